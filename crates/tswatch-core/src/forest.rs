@@ -1,0 +1,284 @@
+//! Isolation forest (Liu, Ting & Zhou, 2008) over a fixed training matrix.
+//!
+//! Invariant: a forest is a pure function of its training rows and seed, so
+//! it is never persisted; the engine keeps the rows and rebuilds it. Scores
+//! follow the paper: `s(x) = 2^(-E[h(x)] / c(psi))`, near 1 for points that
+//! isolate quickly, about 0.5 or less for ordinary ones.
+
+/// SplitMix64: a tiny, fast, deterministic generator (no external crate, and
+/// the same sequence on every platform, which batch invariance relies on).
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_f64() * n as f64) as usize % n.max(1)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Node {
+    Split {
+        feature: usize,
+        value: f64,
+        left: usize,
+        right: usize,
+    },
+    Leaf {
+        size: usize,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Tree {
+    nodes: Vec<Node>,
+}
+
+/// A trained isolation forest.
+#[derive(Debug, Clone)]
+pub struct IsolationForest {
+    trees: Vec<Tree>,
+    features: usize,
+    /// `c(psi)`: the average path length of an unsuccessful BST search,
+    /// the normaliser of the score.
+    norm: f64,
+}
+
+/// Average path length of an unsuccessful search in a BST of `n` points.
+pub fn average_path_length(n: usize) -> f64 {
+    match n {
+        0 | 1 => 0.0,
+        2 => 1.0,
+        _ => {
+            let n = n as f64;
+            2.0 * ((n - 1.0).ln() + 0.577_215_664_901_532_9) - 2.0 * (n - 1.0) / n
+        }
+    }
+}
+
+impl IsolationForest {
+    /// Trains `n_trees` trees, each on `sample_size` rows drawn without
+    /// replacement from `rows` (every row must have the same length).
+    /// Returns `None` for an empty matrix.
+    pub fn train(rows: &[Vec<f64>], n_trees: usize, sample_size: usize, seed: u64) -> Option<Self> {
+        let features = rows.first()?.len();
+        if features == 0 || rows.iter().any(|r| r.len() != features) {
+            return None;
+        }
+        let psi = sample_size.min(rows.len()).max(1);
+        let max_depth = (psi as f64).log2().ceil() as usize;
+        let mut rng = SplitMix64::new(seed);
+        let mut pool: Vec<usize> = (0..rows.len()).collect();
+        let trees = (0..n_trees.max(1))
+            .map(|_| {
+                // Partial Fisher-Yates: the first psi entries are the sample.
+                for i in 0..psi {
+                    let j = i + rng.below(pool.len() - i);
+                    pool.swap(i, j);
+                }
+                let mut idx = pool[..psi].to_vec();
+                let mut nodes = Vec::with_capacity(2 * psi);
+                build(rows, &mut idx, 0, max_depth, &mut rng, &mut nodes);
+                Tree { nodes }
+            })
+            .collect();
+        Some(Self {
+            trees,
+            features,
+            norm: average_path_length(psi),
+        })
+    }
+
+    /// Number of features the forest was trained on.
+    pub fn features(&self) -> usize {
+        self.features
+    }
+
+    /// Anomaly score `s(x)` in (0, 1]; `x` must have [`Self::features`] values.
+    pub fn score(&self, x: &[f64]) -> f64 {
+        let total: f64 = self.trees.iter().map(|t| path_length(t, x)).sum();
+        let mean = total / self.trees.len() as f64;
+        if self.norm <= 0.0 {
+            return 0.5;
+        }
+        2f64.powf(-mean / self.norm)
+    }
+
+    /// For each feature, the share of trees whose last split before `x`'s
+    /// leaf used it: which channels isolated the point.
+    pub fn attribution(&self, x: &[f64]) -> Vec<f64> {
+        let mut counts = vec![0.0; self.features];
+        for t in &self.trees {
+            let mut i = 0;
+            let mut last = None;
+            while let Node::Split {
+                feature,
+                value,
+                left,
+                right,
+            } = t.nodes[i]
+            {
+                last = Some(feature);
+                i = if x[feature] < value { left } else { right };
+            }
+            if let Some(f) = last {
+                counts[f] += 1.0;
+            }
+        }
+        let n = self.trees.len() as f64;
+        counts.iter_mut().for_each(|c| *c /= n);
+        counts
+    }
+}
+
+fn build(
+    rows: &[Vec<f64>],
+    idx: &mut [usize],
+    depth: usize,
+    max_depth: usize,
+    rng: &mut SplitMix64,
+    nodes: &mut Vec<Node>,
+) -> usize {
+    let me = nodes.len();
+    nodes.push(Node::Leaf { size: idx.len() });
+    if idx.len() <= 1 || depth >= max_depth {
+        return me;
+    }
+    let features = rows[idx[0]].len();
+    // Pick a feature that is not constant in this node; try each once from a
+    // random start so constant channels never end the tree early.
+    let start = rng.below(features);
+    for k in 0..features {
+        let f = (start + k) % features;
+        let (lo, hi) = idx.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &i| {
+            (lo.min(rows[i][f]), hi.max(rows[i][f]))
+        });
+        if hi > lo {
+            let value = lo + rng.next_f64() * (hi - lo);
+            // Partition in place: values below the split first.
+            let mut mid = 0;
+            for j in 0..idx.len() {
+                if rows[idx[j]][f] < value {
+                    idx.swap(j, mid);
+                    mid += 1;
+                }
+            }
+            if mid == 0 || mid == idx.len() {
+                continue;
+            }
+            let (l, r) = idx.split_at_mut(mid);
+            let left = build(rows, l, depth + 1, max_depth, rng, nodes);
+            let right = build(rows, r, depth + 1, max_depth, rng, nodes);
+            nodes[me] = Node::Split {
+                feature: f,
+                value,
+                left,
+                right,
+            };
+            return me;
+        }
+    }
+    me
+}
+
+fn path_length(tree: &Tree, x: &[f64]) -> f64 {
+    let mut i = 0;
+    let mut depth = 0.0;
+    loop {
+        match tree.nodes[i] {
+            Node::Split {
+                feature,
+                value,
+                left,
+                right,
+            } => {
+                i = if x[feature] < value { left } else { right };
+                depth += 1.0;
+            }
+            Node::Leaf { size } => return depth + average_path_length(size),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gaussian_rows(n: usize, seed: u64) -> Vec<Vec<f64>> {
+        let mut rng = SplitMix64::new(seed);
+        (0..n)
+            .map(|_| {
+                (0..3)
+                    .map(|_| {
+                        // Box-Muller.
+                        let u = rng.next_f64().max(1e-12);
+                        let v = rng.next_f64();
+                        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn outlier_scores_higher_than_inliers() {
+        let rows = gaussian_rows(512, 1);
+        let f = IsolationForest::train(&rows, 100, 256, 7).unwrap();
+        let inlier = f.score(&[0.0, 0.0, 0.0]);
+        let outlier = f.score(&[6.0, 0.0, 0.0]);
+        assert!(inlier < 0.5, "inlier {inlier}");
+        assert!(outlier > 0.55 && outlier > inlier + 0.1, "outlier {outlier}");
+        // Far from everything on every axis: isolated almost at once.
+        assert!(f.score(&[8.0, -8.0, 8.0]) > 0.7);
+        let a = f.attribution(&[6.0, 0.0, 0.0]);
+        assert!(a[0] > a[1] && a[0] > a[2], "{a:?}");
+    }
+
+    #[test]
+    fn deterministic_for_a_seed() {
+        let rows = gaussian_rows(300, 2);
+        let a = IsolationForest::train(&rows, 20, 128, 3).unwrap();
+        let b = IsolationForest::train(&rows, 20, 128, 3).unwrap();
+        for r in &rows[..20] {
+            assert_eq!(a.score(r), b.score(r));
+        }
+    }
+
+    #[test]
+    fn constant_and_empty_inputs_do_not_panic() {
+        assert!(IsolationForest::train(&[], 10, 10, 0).is_none());
+        let rows = vec![vec![1.0, 2.0]; 50];
+        let f = IsolationForest::train(&rows, 10, 32, 0).unwrap();
+        let s = f.score(&[1.0, 2.0]);
+        assert!(s.is_finite() && s > 0.0 && s <= 1.0);
+        let ragged = vec![vec![1.0], vec![1.0, 2.0]];
+        assert!(IsolationForest::train(&ragged, 10, 10, 0).is_none());
+    }
+
+    #[test]
+    fn path_length_normaliser() {
+        assert_eq!(average_path_length(1), 0.0);
+        assert_eq!(average_path_length(2), 1.0);
+        assert!((average_path_length(256) - 10.2448).abs() < 1e-3);
+    }
+}

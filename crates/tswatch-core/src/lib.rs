@@ -1,0 +1,32 @@
+//! tswatch-core: streaming anomaly detection for multichannel time series.
+//!
+//! Pure: no I/O, no async, no clocks. The service crate feeds rows in and
+//! persists [`EngineState`]; everything statistical lives here.
+//!
+//! ```
+//! use tswatch_core::{Engine, EngineConfig};
+//! let mut engine = Engine::new(EngineConfig::default()).unwrap();
+//! let b = engine.bind(&["temperature"]);
+//! for i in 0..100 {
+//!     let row = [Some(20.0 + (i % 5) as f64 * 0.1)];
+//!     let s = engine.score(&b, &row);   // judged against the past only
+//!     engine.update(&b, &row, &s);      // then absorbed if normal
+//! }
+//! let spike = [Some(35.0)];
+//! assert!(engine.score(&b, &spike).anomaly);
+//! ```
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod forest;
+pub mod score;
+pub mod state;
+pub mod stats;
+
+pub use config::EngineConfig;
+pub use engine::{Binding, Engine, LoadError};
+pub use error::{ConfigError, StateError};
+pub use score::{ForestVerdict, RowScore};
+pub use state::{EngineState, ForestRecipe, History};
+pub use stats::Welford;

@@ -1,0 +1,227 @@
+//! Numerically stable running statistics and normal-tail arithmetic.
+//!
+//! Invariants: [`Welford`] only ever absorbs finite values, so its mean and
+//! `M2` stay finite; `std` is the population standard deviation
+//! `sqrt(M2 / count)`, the definition the seed's `baseline.json` uses.
+
+use serde::{Deserialize, Serialize};
+
+/// Welford's online mean and variance (population form).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Welford {
+    /// Number of values absorbed.
+    pub count: u64,
+    /// Running mean.
+    pub mean: f64,
+    /// Sum of squared deviations from the mean.
+    #[serde(rename = "M2")]
+    pub m2: f64,
+}
+
+impl Welford {
+    /// Absorbs one value. Non-finite values are ignored (they must never
+    /// reach the baseline); returns whether the value was absorbed.
+    pub fn push(&mut self, x: f64) -> bool {
+        if !x.is_finite() {
+            return false;
+        }
+        self.count += 1;
+        let delta = x - self.mean;
+        self.mean += delta / self.count as f64;
+        self.m2 += delta * (x - self.mean);
+        // Rounding can leave M2 a hair below zero on constant input.
+        if self.m2 < 0.0 {
+            self.m2 = 0.0;
+        }
+        true
+    }
+
+    /// Population variance `M2 / count` (0 before the first value).
+    pub fn variance(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.m2 / self.count as f64
+        }
+    }
+
+    /// Population standard deviation `sqrt(M2 / count)`.
+    pub fn std(&self) -> f64 {
+        self.variance().sqrt()
+    }
+
+    /// Combines two independent summaries (Chan et al.), as if every value
+    /// of `other` had been pushed after those of `self`.
+    pub fn merge(&mut self, other: &Welford) {
+        if other.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            *self = *other;
+            return;
+        }
+        let n = self.count + other.count;
+        let delta = other.mean - self.mean;
+        let (na, nb) = (self.count as f64, other.count as f64);
+        self.mean += delta * nb / n as f64;
+        self.m2 += other.m2 + delta * delta * na * nb / n as f64;
+        self.count = n;
+    }
+
+    /// Whether the stored numbers are usable (finite, non-negative M2).
+    pub fn is_valid(&self) -> bool {
+        self.mean.is_finite() && self.m2.is_finite() && self.m2 >= 0.0
+    }
+}
+
+/// `-log10` of the two-sided standard normal tail probability `P(|Z| >= z)`.
+///
+/// Computed in log space, so it stays finite and strictly increasing for any
+/// finite `z` (no underflow to `p = 0` at large `z`): this is what keeps
+/// anomaly scores from saturating.
+pub fn two_sided_surprise(z: f64) -> f64 {
+    let z = z.abs();
+    if z.is_nan() {
+        return 0.0;
+    }
+    if z.is_infinite() {
+        return f64::MAX;
+    }
+    // P(|Z| >= z) = erfc(z / sqrt 2).
+    -ln_erfc(z / std::f64::consts::SQRT_2) / std::f64::consts::LN_10
+}
+
+/// Natural log of the complementary error function for `x >= 0`.
+///
+/// Chebyshev fit from Numerical Recipes (`erfcc`), fractional error below
+/// 1.2e-7 everywhere; written as an exponent so the log needs no `exp`.
+pub fn ln_erfc(x: f64) -> f64 {
+    let x = x.max(0.0);
+    let t = 1.0 / (1.0 + 0.5 * x);
+    let poly = -x * x - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    t.ln() + poly
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn two_pass(xs: &[f64]) -> (f64, f64) {
+        let n = xs.len() as f64;
+        let mean = xs.iter().sum::<f64>() / n;
+        let m2 = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>();
+        (mean, m2)
+    }
+
+    #[test]
+    fn matches_two_pass_reference() {
+        let xs: Vec<f64> = (0..1000).map(|i| ((i * 7919) % 1000) as f64 / 10.0).collect();
+        let mut w = Welford::default();
+        xs.iter().for_each(|&x| {
+            w.push(x);
+        });
+        let (mean, m2) = two_pass(&xs);
+        assert_eq!(w.count, 1000);
+        assert!((w.mean - mean).abs() < 1e-10);
+        assert!((w.m2 - m2).abs() / m2 < 1e-12);
+        assert!((w.std() - (m2 / 1000.0).sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn huge_offset_small_noise_keeps_precision() {
+        // The naive sum-of-squares formula loses every digit here.
+        let xs: Vec<f64> = (0..10_000).map(|i| 1e9 + ((i % 7) as f64 - 3.0) * 0.01).collect();
+        let mut w = Welford::default();
+        for &x in &xs {
+            w.push(x);
+        }
+        // Reference computed on the offset-free values, where it is exact.
+        let small: Vec<f64> = xs.iter().map(|x| x - 1e9).collect();
+        let (mean, m2) = two_pass(&small);
+        assert!((w.mean - 1e9 - mean).abs() < 1e-5, "mean off by {}", w.mean - 1e9 - mean);
+        assert!((w.m2 - m2).abs() / m2 < 1e-4, "{} vs {}", w.m2, m2);
+        // True population sd of the pattern -3..3 (×0.01) repeated.
+        assert!((w.std() - 0.02).abs() < 1e-6);
+    }
+
+    #[test]
+    fn non_finite_values_are_refused() {
+        let mut w = Welford::default();
+        assert!(w.push(1.0));
+        assert!(!w.push(f64::NAN));
+        assert!(!w.push(f64::INFINITY));
+        assert!(!w.push(f64::NEG_INFINITY));
+        assert_eq!(w.count, 1);
+        assert!(w.is_valid());
+    }
+
+    #[test]
+    fn empty_and_single_have_zero_std() {
+        let mut w = Welford::default();
+        assert_eq!(w.std(), 0.0);
+        w.push(5.0);
+        assert_eq!(w.std(), 0.0);
+        assert_eq!(w.mean, 5.0);
+    }
+
+    #[test]
+    fn seed_json_field_names() {
+        let mut w = Welford::default();
+        w.push(1.0);
+        w.push(3.0);
+        let v = serde_json::to_value(w).unwrap();
+        assert_eq!(v["count"], 2);
+        assert_eq!(v["mean"], 2.0);
+        assert_eq!(v["M2"], 2.0);
+    }
+
+    #[test]
+    fn surprise_matches_known_tails() {
+        // P(|Z|>=1.96) = 0.05, P(|Z|>=3) = 0.0026998.
+        assert!((two_sided_surprise(1.959964) - (-(0.05f64).log10())).abs() < 1e-5);
+        assert!((two_sided_surprise(3.0) - (-(0.002_699_796f64).log10())).abs() < 1e-5);
+        assert!(two_sided_surprise(0.0).abs() < 1e-6);
+        // Far in the tail it is still finite and increasing.
+        assert!(two_sided_surprise(50.0) > two_sided_surprise(40.0));
+        assert!(two_sided_surprise(1e6).is_finite());
+    }
+
+    proptest! {
+        #[test]
+        fn welford_agrees_with_two_pass(xs in prop::collection::vec(-1e6f64..1e6, 1..300)) {
+            let mut w = Welford::default();
+            for &x in &xs { w.push(x); }
+            let (mean, m2) = two_pass(&xs);
+            prop_assert!((w.mean - mean).abs() <= 1e-9 * (1.0 + mean.abs()));
+            prop_assert!((w.m2 - m2).abs() <= 1e-7 * (1.0 + m2));
+        }
+
+        #[test]
+        fn merge_equals_sequential(a in prop::collection::vec(-1e3f64..1e3, 0..100),
+                                   b in prop::collection::vec(-1e3f64..1e3, 0..100)) {
+            let mut wa = Welford::default();
+            for &x in &a { wa.push(x); }
+            let mut wb = Welford::default();
+            for &x in &b { wb.push(x); }
+            let mut all = Welford::default();
+            for &x in a.iter().chain(&b) { all.push(x); }
+            wa.merge(&wb);
+            prop_assert_eq!(wa.count, all.count);
+            prop_assert!((wa.mean - all.mean).abs() < 1e-9);
+            prop_assert!((wa.m2 - all.m2).abs() < 1e-6 * (1.0 + all.m2));
+        }
+
+        #[test]
+        fn surprise_is_monotone(a in 0f64..60.0, d in 0.001f64..10.0) {
+            prop_assert!(two_sided_surprise(a + d) > two_sided_surprise(a));
+        }
+    }
+}
