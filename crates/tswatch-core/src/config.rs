@@ -71,7 +71,10 @@ impl EngineConfig {
             ));
         }
         if !(self.forest_threshold > 0.5 && self.forest_threshold < 1.0) {
-            return Err(bad("forest_threshold", "must be strictly between 0.5 and 1"));
+            return Err(bad(
+                "forest_threshold",
+                "must be strictly between 0.5 and 1",
+            ));
         }
         Ok(())
     }
@@ -92,16 +95,31 @@ mod tests {
             z_threshold: f64::NAN,
             ..Default::default()
         };
-        assert!(c.validate().unwrap_err().to_string().contains("z_threshold"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("z_threshold")
+        );
         let c = EngineConfig {
             forest_threshold: 1.0,
             ..Default::default()
         };
-        assert!(c.validate().unwrap_err().to_string().contains("forest_threshold"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("forest_threshold")
+        );
         let c = EngineConfig {
             forest_window: 10,
             ..Default::default()
         };
-        assert!(c.validate().unwrap_err().to_string().contains("forest_window"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("forest_window")
+        );
     }
 }

@@ -87,7 +87,10 @@ impl Engine {
             e.stats[i] = w;
         }
         let History {
-            channels, rows, forest, ..
+            channels,
+            rows,
+            forest,
+            ..
         } = state.history;
         e.history_cols = channels.iter().map(|n| e.channel(n)).collect();
         let width = e.history_cols.len();
@@ -118,7 +121,11 @@ impl Engine {
                 .zip(self.stats.iter().copied())
                 .collect(),
             history: History {
-                channels: self.history_cols.iter().map(|&i| self.names[i].clone()).collect(),
+                channels: self
+                    .history_cols
+                    .iter()
+                    .map(|&i| self.names[i].clone())
+                    .collect(),
                 rows: self
                     .history
                     .iter()
@@ -181,7 +188,11 @@ impl Engine {
 
     /// As [`Engine::score`], reusing `out`'s buffers.
     pub fn score_into(&self, binding: &Binding, values: &[Option<f64>], out: &mut RowScore) {
-        assert_eq!(binding.cols.len(), values.len(), "row width must match binding");
+        assert_eq!(
+            binding.cols.len(),
+            values.len(),
+            "row width must match binding"
+        );
         out.clear();
         let thr = self.config.z_threshold;
         for (&c, v) in binding.cols.iter().zip(values) {
@@ -260,10 +271,11 @@ impl Engine {
         }
         let mut row = vec![f64::NAN; self.history_cols.len()];
         for (&c, v) in binding.cols.iter().zip(values) {
-            if let Some(x) = v.filter(|x| x.is_finite()) {
-                if let Some(p) = self.history_cols.iter().position(|&h| h == c) {
-                    row[p] = x;
-                }
+            if let (Some(x), Some(p)) = (
+                v.filter(|x| x.is_finite()),
+                self.history_cols.iter().position(|&h| h == c),
+            ) {
+                row[p] = x;
             }
         }
         self.history.push_back(row);
@@ -289,7 +301,11 @@ impl Engine {
         let mut features = Vec::new();
         let mut impute = Vec::new();
         for (p, &c) in self.history_cols.iter().enumerate() {
-            let present = self.history.range(start..).filter(|r| r[p].is_finite()).count();
+            let present = self
+                .history
+                .range(start..)
+                .filter(|r| r[p].is_finite())
+                .count();
             if self.stats[c].count >= self.config.min_observations && present * 2 >= window {
                 features.push(self.names[c].clone());
                 impute.push(self.stats[c].mean);
@@ -309,7 +325,10 @@ impl Engine {
 
     /// Rebuilds a forest from its recipe and the rows it names.
     fn build_forest(&self, recipe: ForestRecipe) -> Option<TrainedForest> {
-        let end = self.history.len().checked_sub(self.since_training as usize)?;
+        let end = self
+            .history
+            .len()
+            .checked_sub(self.since_training as usize)?;
         let start = end.checked_sub(recipe.window)?;
         let cols: Vec<usize> = recipe
             .features
@@ -335,14 +354,17 @@ impl Engine {
             self.config.forest_sample,
             recipe.seed,
         )?;
-        let features = recipe.features.iter().map(|n| self.index[n.as_str()]).collect();
+        let features = recipe
+            .features
+            .iter()
+            .map(|n| self.index[n.as_str()])
+            .collect();
         Some(TrainedForest {
             recipe,
             features,
             model,
         })
     }
-
 }
 
 /// `(x - mean) / std`, with a zero spread treated as a tiny one so that any

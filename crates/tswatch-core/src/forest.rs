@@ -170,9 +170,11 @@ fn build(
     let start = rng.below(features);
     for k in 0..features {
         let f = (start + k) % features;
-        let (lo, hi) = idx.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &i| {
-            (lo.min(rows[i][f]), hi.max(rows[i][f]))
-        });
+        let (lo, hi) = idx
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &i| {
+                (lo.min(rows[i][f]), hi.max(rows[i][f]))
+            });
         if hi > lo {
             let value = lo + rng.next_f64() * (hi - lo);
             // Partition in place: values below the split first.
@@ -247,7 +249,10 @@ mod tests {
         let inlier = f.score(&[0.0, 0.0, 0.0]);
         let outlier = f.score(&[6.0, 0.0, 0.0]);
         assert!(inlier < 0.5, "inlier {inlier}");
-        assert!(outlier > 0.55 && outlier > inlier + 0.1, "outlier {outlier}");
+        assert!(
+            outlier > 0.55 && outlier > inlier + 0.1,
+            "outlier {outlier}"
+        );
         // Far from everything on every axis: isolated almost at once.
         assert!(f.score(&[8.0, -8.0, 8.0]) > 0.7);
         let a = f.attribution(&[6.0, 0.0, 0.0]);

@@ -49,7 +49,7 @@ impl RowScore {
         let f_part = self.forest.as_ref().map_or(0.0, |f| {
             ratio_score((f.score - 0.5).max(0.0), forest_threshold - 0.5)
         });
-        let z_flagged = self.z_flag.iter().any(|f| *f == Some(true));
+        let z_flagged = self.z_flag.contains(&Some(true));
         let f_flagged = self.forest.as_ref().is_some_and(|f| f.flagged);
         self.anomaly = z_flagged || f_flagged;
         let mut s = z_part.max(f_part);
@@ -86,7 +86,8 @@ impl RowScore {
             .iter()
             .zip(&self.z_flag)
             .enumerate()
-            .filter_map(|(i, (z, f))| (*f == Some(true)).then(|| (i, z.unwrap_or(0.0))))
+            .filter(|(_, (_, f))| **f == Some(true))
+            .map(|(i, (z, _))| (i, z.unwrap_or(0.0)))
             .collect();
         flagged.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
         let mut parts: Vec<String> = flagged
@@ -108,7 +109,7 @@ impl RowScore {
 /// Maps a non-negative evidence value to [0, 1): `x / (x + at_half)`, which
 /// is 0.5 exactly at `at_half` and never saturates.
 fn ratio_score(x: f64, at_half: f64) -> f64 {
-    if !(x > 0.0) {
+    if x.is_nan() || x <= 0.0 {
         return 0.0;
     }
     if x.is_infinite() {

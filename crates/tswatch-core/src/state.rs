@@ -79,6 +79,9 @@ impl EngineState {
 
     /// Observation count per channel (what summaries report).
     pub fn observation_counts(&self) -> BTreeMap<String, u64> {
-        self.channels.iter().map(|(k, w)| (k.clone(), w.count)).collect()
+        self.channels
+            .iter()
+            .map(|(k, w)| (k.clone(), w.count))
+            .collect()
     }
 }

@@ -123,7 +123,9 @@ mod tests {
 
     #[test]
     fn matches_two_pass_reference() {
-        let xs: Vec<f64> = (0..1000).map(|i| ((i * 7919) % 1000) as f64 / 10.0).collect();
+        let xs: Vec<f64> = (0..1000)
+            .map(|i| ((i * 7919) % 1000) as f64 / 10.0)
+            .collect();
         let mut w = Welford::default();
         xs.iter().for_each(|&x| {
             w.push(x);
@@ -138,7 +140,9 @@ mod tests {
     #[test]
     fn huge_offset_small_noise_keeps_precision() {
         // The naive sum-of-squares formula loses every digit here.
-        let xs: Vec<f64> = (0..10_000).map(|i| 1e9 + ((i % 7) as f64 - 3.0) * 0.01).collect();
+        let xs: Vec<f64> = (0..10_000)
+            .map(|i| 1e9 + ((i % 7) as f64 - 3.0) * 0.01)
+            .collect();
         let mut w = Welford::default();
         for &x in &xs {
             w.push(x);
@@ -146,7 +150,11 @@ mod tests {
         // Reference computed on the offset-free values, where it is exact.
         let small: Vec<f64> = xs.iter().map(|x| x - 1e9).collect();
         let (mean, m2) = two_pass(&small);
-        assert!((w.mean - 1e9 - mean).abs() < 1e-5, "mean off by {}", w.mean - 1e9 - mean);
+        assert!(
+            (w.mean - 1e9 - mean).abs() < 1e-5,
+            "mean off by {}",
+            w.mean - 1e9 - mean
+        );
         assert!((w.m2 - m2).abs() / m2 < 1e-4, "{} vs {}", w.m2, m2);
         // True population sd of the pattern -3..3 (×0.01) repeated.
         assert!((w.std() - 0.02).abs() < 1e-6);

@@ -1,4 +1,6 @@
 //! Engine-level properties: batch invariance, no look-ahead, anomalies kept
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 //! out of the baseline, order independence, and edge cases.
 
 use proptest::prelude::*;
@@ -21,7 +23,10 @@ fn seed_rows(n: usize, seed: u64) -> (Vec<Vec<Option<f64>>>, Vec<bool>) {
     let mut rows = Vec::new();
     let mut truth = Vec::new();
     for _ in 0..n {
-        let mut r: Vec<f64> = params.iter().map(|(m, s)| m + s * normal(&mut rng)).collect();
+        let mut r: Vec<f64> = params
+            .iter()
+            .map(|(m, s)| m + s * normal(&mut rng))
+            .collect();
         r[3] = r[3].abs();
         let bad = rng.next_f64() < 0.05;
         if bad {
@@ -97,9 +102,16 @@ fn anomalies_are_not_absorbed_and_std_stays_true() {
     let sd = e.stats("temperature").unwrap().std();
     // The seed absorbs anomalies and ends 25-30% too wide.
     assert!((sd / 1.5 - 1.0).abs() < 0.05, "temperature std {sd}");
-    let caught = scores.iter().zip(&truth).filter(|(s, t)| **t && s.anomaly).count();
+    let caught = scores
+        .iter()
+        .zip(&truth)
+        .filter(|(s, t)| **t && s.anomaly)
+        .count();
     let total = truth.iter().filter(|t| **t).count();
-    assert!(caught as f64 / total as f64 > 0.95, "recall {caught}/{total}");
+    assert!(
+        caught as f64 / total as f64 > 0.95,
+        "recall {caught}/{total}"
+    );
 }
 
 #[test]
@@ -139,7 +151,13 @@ fn immature_channels_have_no_z_and_constant_channels_flag_changes() {
 fn missing_and_non_finite_cells_never_reach_the_baseline() {
     let mut e = Engine::new(EngineConfig::default()).unwrap();
     let b = e.bind(&["a", "b"]);
-    for v in [Some(1.0), None, Some(f64::NAN), Some(f64::INFINITY), Some(2.0)] {
+    for v in [
+        Some(1.0),
+        None,
+        Some(f64::NAN),
+        Some(f64::INFINITY),
+        Some(2.0),
+    ] {
         let r = [v, Some(3.0)];
         let s = e.score(&b, &r);
         e.update(&b, &r, &s);

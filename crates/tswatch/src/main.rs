@@ -1,1 +1,99 @@
-fn main() {}
+//! `tswatch`: the binary. Parses flags and wires; the work is in the modules.
+
+use anyhow::Context;
+use clap::Parser;
+use std::sync::Arc;
+use std::time::Duration;
+use tswatch::cli::{BaselineAction, Cli, Command, FileConfig, StorageArgs, StorageChoice};
+use tswatch::processor::Processor;
+use tswatch::server::{self, Settings};
+use tswatch::storage::Storage;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let file = FileConfig::load(cli.config.as_deref())?;
+    let log_json = match &cli.command {
+        Command::Serve(a) => a.log_format.as_deref().or(file.log_format.as_deref()),
+        _ => file.log_format.as_deref(),
+    } == Some("json");
+    init_logging(log_json);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(dispatch(cli.command, file))
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TSWATCH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn open(args: &StorageArgs, file: &FileConfig) -> anyhow::Result<Storage> {
+    Ok(match args.resolve(file) {
+        StorageChoice::Local(dir) => Storage::local(&dir)
+            .with_context(|| format!("opening data directory {}", dir.display()))?,
+        StorageChoice::S3(b) => Storage::s3(&b).with_context(|| format!("opening bucket {b}"))?,
+    })
+}
+
+async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
+    match cmd {
+        Command::Serve(a) => {
+            let storage = open(&a.storage, &file)?;
+            let bind = a
+                .bind
+                .or(file.bind)
+                .unwrap_or_else(|| ([127, 0, 0, 1], 8000).into());
+            let settings = Settings {
+                engine: file.engine.clone(),
+                reconcile_every: Duration::from_secs(
+                    a.reconcile_interval
+                        .or(file.reconcile_interval_secs)
+                        .unwrap_or(60)
+                        .max(1),
+                ),
+                insecure_skip_sns_verify: a.insecure_skip_sns_verify
+                    || file.insecure_skip_sns_verify.unwrap_or(false),
+                sns_topics: if a.sns_topic_arn.is_empty() {
+                    file.sns_topic_arn.clone().unwrap_or_default()
+                } else {
+                    a.sns_topic_arn.clone()
+                },
+                queue_capacity: 10_000,
+            };
+            let listener = tokio::net::TcpListener::bind(bind)
+                .await
+                .with_context(|| format!("cannot listen on {bind}"))?;
+            server::run(listener, storage, settings, server::shutdown_signal()).await
+        }
+        Command::Score(a) => tswatch::offline::score_file(&a, &file.engine),
+        Command::Produce(a) => {
+            let storage = open(&a.storage, &file)?;
+            tswatch::offline::produce(&storage, &a).await
+        }
+        Command::Baseline { action, storage } => {
+            let storage = open(&storage, &file)?;
+            let p = Arc::new(Processor::new(storage, file.engine.clone()));
+            match action {
+                BaselineAction::Show => {
+                    let doc = p.snapshot().await?;
+                    println!("{}", serde_json::to_string_pretty(&doc.baseline_json())?);
+                }
+                BaselineAction::Reset => {
+                    p.reset().await?;
+                    eprintln!("baseline cleared");
+                }
+            }
+            Ok(())
+        }
+    }
+}

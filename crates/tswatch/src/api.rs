@@ -1,0 +1,313 @@
+//! The HTTP API: the seed's five endpoints, same paths and JSON shapes.
+//!
+//! Handlers only read the committed state (or queue work); nothing here
+//! blocks on processing, so `/notify` answers at once.
+
+use crate::keys::{self, RawKey};
+use crate::processor::Processor;
+use crate::sns::{SnsError, SnsMessage, Verifier, is_sns_url};
+use crate::statedoc::{RECENT_FILES, now_iso, round4};
+use crate::storage::Location;
+use crate::worker::{Enqueue, Queue};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest `/notify` body accepted (SNS messages are at most 256 KiB).
+pub const MAX_BODY: usize = 300 * 1024;
+/// Largest `limit` of `/anomalies/recent`.
+pub const MAX_LIMIT: usize = 1000;
+
+/// Everything the handlers need.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// Processing and state access.
+    pub processor: Arc<Processor>,
+    /// Where notifications put work.
+    pub queue: Queue,
+    /// SNS authenticity checks.
+    pub verifier: Arc<Verifier>,
+    /// Skip signature checks (local emulators only).
+    pub skip_sns_verify: bool,
+    /// Client for confirming subscriptions.
+    pub http: reqwest::Client,
+    /// Baseline maturity threshold, as `/baseline/current` reports it.
+    pub min_observations: u64,
+}
+
+/// The router with every endpoint.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/notify", post(notify))
+        .route("/anomalies/recent", get(recent))
+        .route("/anomalies/summary", get(summary))
+        .route("/baseline/current", get(baseline))
+        .route("/health", get(health))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": msg.into() }))).into_response()
+}
+
+fn ok(v: Value) -> Response {
+    axum::Json(v).into_response()
+}
+
+async fn notify(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let msg = match SnsMessage::parse(&body) {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    // Emulators omit the header; when present it must agree with the body.
+    if let Some(h) = headers
+        .get("x-amz-sns-message-type")
+        .and_then(|h| h.to_str().ok())
+        && h != msg.kind
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "x-amz-sns-message-type {h:?} does not match Type {:?}",
+                msg.kind
+            ),
+        );
+    }
+    let checked = if st.skip_sns_verify {
+        st.verifier.check_topic(&msg)
+    } else {
+        st.verifier.verify(&msg).await
+    };
+    if let Err(e) = checked {
+        tracing::warn!(error = %e, topic = %msg.topic_arn, "rejected SNS message");
+        let status = match e {
+            SnsError::Malformed(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::FORBIDDEN,
+        };
+        return error(status, e.to_string());
+    }
+    match msg.kind.as_str() {
+        "SubscriptionConfirmation" => {
+            let Some(url) = msg.subscribe_url.clone() else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "SubscriptionConfirmation without SubscribeURL",
+                );
+            };
+            if !st.skip_sns_verify && !is_sns_url(&url) {
+                return error(StatusCode::FORBIDDEN, "SubscribeURL is not an AWS SNS host");
+            }
+            let http = st.http.clone();
+            let topic = msg.topic_arn.clone();
+            tokio::spawn(async move {
+                match http.get(&url).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        tracing::info!(%topic, "subscription confirmed")
+                    }
+                    Ok(r) => {
+                        tracing::warn!(%topic, status = %r.status(), "subscription confirmation refused")
+                    }
+                    Err(e) => {
+                        tracing::warn!(%topic, error = %e, "subscription confirmation failed")
+                    }
+                }
+            });
+            ok(json!({ "status": "confirming", "topic": msg.topic_arn }))
+        }
+        "UnsubscribeConfirmation" => ok(json!({ "status": "acknowledged" })),
+        "Notification" => queue_event(&st, &msg.message),
+        other => error(
+            StatusCode::BAD_REQUEST,
+            format!("unknown SNS message Type {other:?}"),
+        ),
+    }
+}
+
+/// Queues the CSV batches named by an S3 event notification.
+fn queue_event(st: &AppState, message: &str) -> Response {
+    let event: Value = match serde_json::from_str(message) {
+        Ok(v) => v,
+        Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Message is not JSON: expected an S3 event notification",
+            );
+        }
+    };
+    if event.get("Event").and_then(Value::as_str) == Some("s3:TestEvent") {
+        return ok(json!({ "status": "test event acknowledged" }));
+    }
+    let Some(records) = event.get("Records").and_then(Value::as_array) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Message is not an S3 event notification (no Records)",
+        );
+    };
+    let bucket = match st.processor.storage().location() {
+        Location::S3 { bucket } => Some(bucket.clone()),
+        Location::Local(_) => None,
+    };
+    let (mut queued, mut ignored) = (Vec::new(), Vec::new());
+    for r in records {
+        let name = r
+            .get("eventName")
+            .and_then(Value::as_str)
+            .unwrap_or("ObjectCreated:Put");
+        let Some(raw_key) = r.pointer("/s3/object/key").and_then(Value::as_str) else {
+            ignored.push(json!({ "key": null, "reason": "record has no s3.object.key" }));
+            continue;
+        };
+        let key = match keys::decode_event_key(raw_key) {
+            Ok(k) => k,
+            Err(e) => {
+                ignored.push(json!({ "key": raw_key, "reason": e.to_string() }));
+                continue;
+            }
+        };
+        let rec_bucket = r.pointer("/s3/bucket/name").and_then(Value::as_str);
+        if let (Some(want), Some(got)) = (&bucket, rec_bucket)
+            && want != got
+        {
+            ignored.push(
+                json!({ "key": key, "reason": format!("event for bucket {got}, not {want}") }),
+            );
+            continue;
+        }
+        if !name.starts_with("ObjectCreated") {
+            ignored.push(
+                json!({ "key": key, "reason": format!("event {name} is not an object creation") }),
+            );
+            continue;
+        }
+        match RawKey::parse(&key) {
+            Ok(k) => match st.queue.push(k) {
+                Enqueue::Queued | Enqueue::AlreadyQueued => queued.push(key),
+                Enqueue::Full => {
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "work queue is full; retry later",
+                    );
+                }
+            },
+            Err(e) => ignored.push(json!({ "key": key, "reason": e.to_string() })),
+        }
+    }
+    ok(json!({ "queued": queued, "ignored": ignored }))
+}
+
+async fn recent(State(st): State<AppState>, RawQuery(q): RawQuery) -> Response {
+    let mut limit = 50usize;
+    for (k, v) in url_pairs(q.as_deref().unwrap_or("")) {
+        if k == "limit" {
+            match v.parse::<usize>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => limit = n,
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("limit must be a whole number from 1 to {MAX_LIMIT}, got {v:?}"),
+                    );
+                }
+            }
+        }
+    }
+    let doc = match st.processor.snapshot().await {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let rows: Vec<&serde_json::Map<String, Value>> = doc
+        .applied
+        .iter()
+        .rev()
+        .take(RECENT_FILES)
+        .flat_map(|a| a.anomalies.iter().rev())
+        .take(limit)
+        .collect();
+    ok(json!({ "count": rows.len(), "anomalies": rows }))
+}
+
+async fn summary(State(st): State<AppState>) -> Response {
+    let doc = match st.processor.snapshot().await {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let t = &doc.totals;
+    if t.files_processed == 0 {
+        return ok(json!({ "message": "No processed files yet." }));
+    }
+    let recent: Vec<_> = doc
+        .applied
+        .iter()
+        .rev()
+        .take(5)
+        .map(|a| &a.summary)
+        .collect();
+    ok(json!({
+        "files_processed": t.files_processed,
+        "total_rows_scored": t.total_rows_scored,
+        "total_anomalies": t.total_anomalies,
+        "overall_anomaly_rate": if t.total_rows_scored == 0 { 0.0 } else {
+            round4(t.total_anomalies as f64 / t.total_rows_scored as f64)
+        },
+        "most_recent": recent,
+    }))
+}
+
+async fn baseline(State(st): State<AppState>) -> Response {
+    let doc = match st.processor.snapshot().await {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let channels: serde_json::Map<String, Value> = doc
+        .engine
+        .channels
+        .iter()
+        .map(|(name, w)| {
+            (
+                name.clone(),
+                json!({
+                    "observations": w.count,
+                    "mean": round4(w.mean),
+                    "std": round4(w.std()),
+                    "baseline_mature": w.count >= st.min_observations,
+                }),
+            )
+        })
+        .collect();
+    ok(json!({ "last_updated": doc.last_updated, "channels": channels }))
+}
+
+async fn health(State(st): State<AppState>) -> Response {
+    ok(json!({
+        "status": "ok",
+        "bucket": st.processor.storage().label(),
+        "timestamp": now_iso(),
+    }))
+}
+
+fn url_pairs(q: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    q.split('&').filter(|p| !p.is_empty()).map(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        let dec = |s: &str| {
+            percent_encoding::percent_decode_str(&s.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        (dec(k), dec(v))
+    })
+}
+
+/// A client for subscription confirmations: no redirects, short timeout.
+pub fn confirm_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+}

@@ -1,0 +1,201 @@
+//! Command line and configuration file. Precedence: flag, then environment
+//! variable, then the TOML file (`--config`), then the built-in default.
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tswatch_core::EngineConfig;
+
+/// tswatch: scores CSV batches of time series for anomalies as they land in
+/// an S3 bucket or a local folder, and serves the results over HTTP.
+///
+/// With no configuration it uses ./data (created) and listens on
+/// 127.0.0.1:8000. Set BUCKET_NAME (or --bucket) to use S3; AWS_ENDPOINT_URL,
+/// AWS_REGION and the standard AWS credential chain are honoured.
+#[derive(Debug, Parser)]
+#[command(name = "tswatch", version, propagate_version = true)]
+pub struct Cli {
+    /// TOML configuration file (keys: data_dir, bucket, bind,
+    /// reconcile_interval_secs, insecure_skip_sns_verify, sns_topic_arn,
+    /// log_format, and an [engine] table).
+    #[arg(long, global = true, env = "TSWATCH_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service: watch for batches, score them, serve the API.
+    Serve(ServeArgs),
+    /// Score one CSV file offline with the same engine.
+    Score(ScoreArgs),
+    /// Upload synthetic sensor batches, like the seed's test producer.
+    Produce(ProduceArgs),
+    /// Inspect or clear the learned baseline.
+    Baseline {
+        /// What to do.
+        #[command(subcommand)]
+        action: BaselineAction,
+        /// Where the data is.
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+}
+
+/// `baseline` actions.
+#[derive(Debug, Subcommand)]
+pub enum BaselineAction {
+    /// Print the current baseline (the seed's baseline.json shape).
+    Show,
+    /// Forget the learned baseline and model (processed files stay counted).
+    Reset,
+}
+
+/// Where the data lives.
+#[derive(Debug, Args, Clone, Default)]
+pub struct StorageArgs {
+    /// Local data directory (used when no bucket is set) [default: ./data]
+    #[arg(long, env = "TSWATCH_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// S3 bucket; overrides --data-dir. The seed sets BUCKET_NAME in /etc/environment.
+    #[arg(long, env = "BUCKET_NAME", value_name = "NAME")]
+    pub bucket: Option<String>,
+}
+
+/// `serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where the data is.
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    /// Address to listen on; loopback unless you say otherwise [default: 127.0.0.1:8000]
+    #[arg(long, env = "TSWATCH_BIND", value_name = "ADDR")]
+    pub bind: Option<SocketAddr>,
+    /// Seconds between scans of raw/ for files whose notification was lost [default: 60]
+    #[arg(long, env = "TSWATCH_RECONCILE_INTERVAL", value_name = "SECS")]
+    pub reconcile_interval: Option<u64>,
+    /// Accept SNS messages without checking their signature, and confirm any
+    /// SubscribeURL. Only for local emulators (moto, LocalStack): never in production.
+    #[arg(long, env = "TSWATCH_INSECURE_SKIP_SNS_VERIFY")]
+    pub insecure_skip_sns_verify: bool,
+    /// Accept SNS messages only from these topic ARNs (comma-separated) [default: any]
+    #[arg(
+        long,
+        env = "TSWATCH_SNS_TOPIC_ARN",
+        value_name = "ARN[,ARN]",
+        value_delimiter = ','
+    )]
+    pub sns_topic_arn: Vec<String>,
+    /// Log format: text or json [default: text]
+    #[arg(long, env = "TSWATCH_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// `score` options.
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// CSV to score (header `timestamp,<channel>,...`).
+    #[arg(long, value_name = "IN.csv")]
+    pub input: PathBuf,
+    /// Where to write the scored copy.
+    #[arg(long, value_name = "OUT.csv")]
+    pub output: PathBuf,
+    /// Directory that keeps the baseline between runs (engine.json and a
+    /// seed-shaped baseline.json); without it each run starts fresh.
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+}
+
+/// `produce` options.
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    /// Where to upload.
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    /// Files to send; 0 sends until interrupted.
+    #[arg(long, default_value_t = 0)]
+    pub count: u64,
+    /// Seconds between files.
+    #[arg(long, default_value_t = 60.0)]
+    pub interval: f64,
+    /// Rows per file.
+    #[arg(long, default_value_t = 100)]
+    pub rows: usize,
+    /// Random seed (default: from the clock).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// The optional TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// See `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// See `--bucket`.
+    pub bucket: Option<String>,
+    /// See `--bind`.
+    pub bind: Option<SocketAddr>,
+    /// See `--reconcile-interval`.
+    pub reconcile_interval_secs: Option<u64>,
+    /// See `--insecure-skip-sns-verify`.
+    pub insecure_skip_sns_verify: Option<bool>,
+    /// See `--sns-topic-arn`.
+    pub sns_topic_arn: Option<Vec<String>>,
+    /// See `--log-format`.
+    pub log_format: Option<String>,
+    /// Detection settings.
+    #[serde(default)]
+    pub engine: EngineConfig,
+}
+
+impl FileConfig {
+    /// Reads and checks the file, or the defaults when there is none.
+    pub fn load(path: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let Some(p) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", p.display()))?;
+        let cfg: Self = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("config file {}: {e}", p.display()))?;
+        cfg.engine
+            .validate()
+            .map_err(|e| anyhow::anyhow!("config file {}: {e}", p.display()))?;
+        Ok(cfg)
+    }
+}
+
+/// Resolved storage choice.
+#[derive(Debug, Clone)]
+pub enum StorageChoice {
+    /// Local directory.
+    Local(PathBuf),
+    /// S3 bucket.
+    S3(String),
+}
+
+impl StorageArgs {
+    /// Applies precedence: flag/env, file, default `./data`.
+    pub fn resolve(&self, file: &FileConfig) -> StorageChoice {
+        match self
+            .bucket
+            .clone()
+            .or_else(|| file.bucket.clone())
+            .filter(|b| !b.is_empty())
+        {
+            Some(b) => StorageChoice::S3(b),
+            None => StorageChoice::Local(
+                self.data_dir
+                    .clone()
+                    .or_else(|| file.data_dir.clone())
+                    .unwrap_or_else(|| PathBuf::from("data")),
+            ),
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! tswatch: the service around `tswatch-core`.
+//!
+//! Data flows one way: source ([`worker`], [`api`]) → parse and score
+//! ([`csvscore`] via [`pipeline`]) → write outputs → commit state
+//! ([`processor`], [`statedoc`]) through [`storage`].
+
+pub mod api;
+pub mod cli;
+pub mod csvscore;
+pub mod keys;
+pub mod offline;
+pub mod pipeline;
+pub mod processor;
+pub mod produce;
+pub mod server;
+pub mod sns;
+pub mod statedoc;
+pub mod storage;
+pub mod worker;

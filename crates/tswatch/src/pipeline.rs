@@ -1,0 +1,178 @@
+//! Streams one object through [`crate::csvscore::score_csv`]: the storage
+//! byte stream feeds a blocking scoring thread through a small bounded
+//! channel, and the scored bytes flow back out to a multipart upload. At no
+//! point is the file held in memory: a few 256 KiB buffers are in flight.
+
+use crate::csvscore::{FileReport, InputError, score_csv};
+use crate::storage::StoreError;
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::{GetOptions, ObjectStore, buffered::BufWriter, path::Path};
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tswatch_core::Engine;
+
+/// Why a file could not be scored.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The content is unusable; the file is rejected.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// Storage failed; the attempt may be retried.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The object was replaced while it was being read.
+    #[error("the object changed while it was being processed")]
+    Changed,
+}
+
+/// Scores `raw` (at exactly version `etag`) into `staged`, returning the
+/// advanced engine and the report. On error the staged object may be partial.
+pub async fn score_object(
+    store: Arc<dyn ObjectStore>,
+    raw: &Path,
+    etag: &str,
+    staged: &Path,
+    mut engine: Engine,
+) -> Result<(Engine, FileReport), PipelineError> {
+    let opts = GetOptions {
+        if_match: (!etag.is_empty()).then(|| etag.to_string()),
+        ..Default::default()
+    };
+    let got = match store.get_opts(raw, opts).await {
+        Ok(g) => g,
+        Err(object_store::Error::Precondition { .. }) => return Err(PipelineError::Changed),
+        Err(e) => return Err(StoreError::from(e).into()),
+    };
+    let mut stream = got.into_stream();
+    let (in_tx, in_rx) = mpsc::channel::<Result<Bytes, object_store::Error>>(8);
+    let pump = tokio::spawn(async move {
+        while let Some(chunk) = stream.next().await {
+            let stop = chunk.is_err();
+            if in_tx.send(chunk).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(8);
+    let out_store = store.clone();
+    let out_path = staged.clone();
+    let writer = tokio::spawn(async move {
+        let mut w = BufWriter::with_capacity(out_store, out_path, 8 * 1024 * 1024);
+        while let Some(b) = out_rx.recv().await {
+            w.write_all(&b).await?;
+        }
+        w.shutdown().await
+    });
+    let read_error = Arc::new(Mutex::new(None));
+    let slot = read_error.clone();
+    let scored = tokio::task::spawn_blocking(move || {
+        let reader = ChannelReader {
+            rx: in_rx,
+            current: Bytes::new(),
+            error: slot,
+        };
+        let writer = ChannelWriter {
+            tx: out_tx,
+            buf: Vec::with_capacity(CHUNK),
+        };
+        let r = score_csv(reader, writer, &mut engine);
+        (engine, r)
+    })
+    .await;
+    pump.abort();
+    let (engine, result) = scored.map_err(|e| StoreError::Io {
+        path: raw.to_string(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let written = writer.await;
+    // A storage failure explains any input error it caused, so it wins.
+    if let Some(e) = read_error.lock().ok().and_then(|mut g| g.take()) {
+        return Err(StoreError::from(e).into());
+    }
+    let report = result?;
+    match written {
+        Ok(Ok(())) => Ok((engine, report)),
+        Ok(Err(e)) => Err(StoreError::Io {
+            path: staged.to_string(),
+            source: e,
+        }
+        .into()),
+        Err(e) => Err(StoreError::Io {
+            path: staged.to_string(),
+            source: std::io::Error::other(e.to_string()),
+        }
+        .into()),
+    }
+}
+
+const CHUNK: usize = 256 * 1024;
+
+/// `Read` over chunks arriving on a channel (used from a blocking thread).
+struct ChannelReader {
+    rx: mpsc::Receiver<Result<Bytes, object_store::Error>>,
+    current: Bytes,
+    error: Arc<Mutex<Option<object_store::Error>>>,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.current = b,
+                Some(Err(e)) => {
+                    let msg = e.to_string();
+                    if let Ok(mut g) = self.error.lock() {
+                        *g = Some(e);
+                    }
+                    return Err(std::io::Error::other(msg));
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
+
+/// `Write` that ships 256 KiB chunks to the upload task.
+struct ChannelWriter {
+    tx: mpsc::Sender<Bytes>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn ship(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| std::io::Error::other("the upload of the scored file stopped"))
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.ship()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.ship()
+    }
+}
+
+impl Drop for ChannelWriter {
+    fn drop(&mut self) {
+        let _ = self.ship();
+    }
+}

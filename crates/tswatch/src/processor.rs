@@ -1,0 +1,410 @@
+//! Applies one raw batch exactly once: score → stage the output → commit the
+//! state by compare-and-swap → publish the outputs.
+//!
+//! Crash safety: until the commit, nothing outside `state/staging/` has been
+//! written, so a crash just means the file is processed again. After the
+//! commit, the ledger in `state/engine.json` names the staged output, so
+//! whoever next looks at the file (a retry, a duplicate notification, the
+//! reconciler) finishes publishing it instead of applying it twice. A lost
+//! compare-and-swap means another worker committed first: the attempt is
+//! discarded and redone against the newer state.
+
+use crate::csvscore::InputError;
+use crate::keys::{self, RawKey};
+use crate::pipeline::{PipelineError, score_object};
+use crate::statedoc::{
+    self, Applied, BASELINE_KEY, ENGINE_KEY, StateDoc, Summary, Totals, now_iso, round4,
+};
+use crate::storage::{Storage, StoreError, Version};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::RwLock;
+use tswatch_core::{Engine, EngineConfig};
+
+/// What happened to a file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Scored and committed now.
+    Applied(Summary),
+    /// This exact version was already applied (possibly finished publishing now).
+    AlreadyApplied,
+    /// Rejected as unusable; `processed/<name>_error.json` says why.
+    Rejected(String),
+    /// The object no longer exists.
+    Missing,
+}
+
+/// Failures worth retrying later (storage, contention).
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The state document is unusable.
+    #[error("state/engine.json is unusable: {0}")]
+    State(String),
+    /// Too many lost compare-and-swaps in a row.
+    #[error("gave up after {0} conflicting commits")]
+    Contention(u32),
+}
+
+/// Shared processing service.
+#[derive(Debug)]
+pub struct Processor {
+    storage: Storage,
+    config: EngineConfig,
+    /// Last state seen, for the read endpoints: (document, when read).
+    cache: RwLock<Option<(Arc<StateDoc>, Instant)>>,
+}
+
+static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+const MAX_CONFLICTS: u32 = 50;
+/// How stale the read endpoints' view of the state may be.
+const CACHE_TTL: Duration = Duration::from_millis(500);
+
+impl Processor {
+    /// A processor over `storage` with the given engine settings.
+    pub fn new(storage: Storage, config: EngineConfig) -> Self {
+        Self {
+            storage,
+            config,
+            cache: RwLock::new(None),
+        }
+    }
+
+    /// The storage in use.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Loads the state document, creating it on first use (adopting a seed
+    /// `baseline.json` and the totals of existing summaries).
+    pub async fn load(&self) -> Result<(StateDoc, Version), ProcessError> {
+        loop {
+            if let Some((bytes, v)) = self.storage.get_versioned(ENGINE_KEY).await? {
+                let doc: StateDoc = serde_json::from_slice(&bytes)
+                    .map_err(|e| ProcessError::State(e.to_string()))?;
+                doc.engine
+                    .validate()
+                    .map_err(|e| ProcessError::State(e.to_string()))?;
+                return Ok((doc, v));
+            }
+            let doc = self.bootstrap().await?;
+            match self.storage.put_if(ENGINE_KEY, to_bytes(&doc), None).await {
+                Ok(_) | Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The first state: a seed baseline if one exists, and the totals of any
+    /// summaries already in `processed/`.
+    async fn bootstrap(&self) -> Result<StateDoc, ProcessError> {
+        let engine = match self.storage.get(BASELINE_KEY).await? {
+            Some(b) => {
+                let v: Value = serde_json::from_slice(&b)
+                    .map_err(|e| ProcessError::State(format!("state/baseline.json: {e}")))?;
+                let st = statedoc::adopt_seed_baseline(&v)
+                    .map_err(|e| ProcessError::State(e.to_string()))?;
+                tracing::info!(
+                    channels = st.channels.len(),
+                    "adopted existing state/baseline.json"
+                );
+                st
+            }
+            None => Default::default(),
+        };
+        let mut doc = StateDoc::new(engine);
+        let mut recent: Vec<Summary> = Vec::new();
+        for (key, _) in self.storage.list("processed/").await? {
+            if !key.ends_with("_summary.json") {
+                continue;
+            }
+            let Some(b) = self.storage.get(&key).await? else {
+                continue;
+            };
+            match serde_json::from_slice::<Summary>(&b) {
+                Ok(s) => {
+                    doc.totals.files_processed += 1;
+                    doc.totals.total_rows_scored += s.total_rows;
+                    doc.totals.total_anomalies += s.anomaly_count;
+                    recent.push(s);
+                }
+                Err(e) => tracing::warn!(%key, error = %e, "skipping unreadable summary"),
+            }
+        }
+        recent.sort_by(|a, b| a.processed_at.cmp(&b.processed_at));
+        let totals = doc.totals.clone();
+        for s in recent.into_iter().rev().take(statedoc::RECENT_FILES).rev() {
+            doc.applied.push_back(Applied {
+                source_key: s.source_key.clone(),
+                source_etag: s.source_etag.clone().unwrap_or_default(),
+                staged_key: String::new(),
+                summary: s,
+                anomalies: Vec::new(),
+            });
+        }
+        doc.totals = totals;
+        if doc.totals.files_processed > 0 {
+            tracing::info!(
+                files = doc.totals.files_processed,
+                "counted existing processed summaries"
+            );
+        }
+        Ok(doc)
+    }
+
+    /// The state for read endpoints, at most [`CACHE_TTL`] old.
+    pub async fn snapshot(&self) -> Result<Arc<StateDoc>, ProcessError> {
+        if let Some((d, at)) = self.cache.read().await.as_ref()
+            && at.elapsed() < CACHE_TTL
+        {
+            return Ok(d.clone());
+        }
+        let (doc, _) = self.load().await?;
+        let doc = Arc::new(doc);
+        *self.cache.write().await = Some((doc.clone(), Instant::now()));
+        Ok(doc)
+    }
+
+    /// Whether `key` still needs work: it has neither a summary nor an error
+    /// record for its current version.
+    pub async fn is_done(&self, key: &RawKey, etag: &str) -> Result<bool, ProcessError> {
+        for marker in [key.summary(), key.error()] {
+            if let Some(b) = self.storage.get(&marker).await? {
+                let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
+                match v.get("source_etag").and_then(Value::as_str) {
+                    // Written by the seed (no ETag recorded): done.
+                    None => return Ok(true),
+                    Some(e) if e == etag => return Ok(true),
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Processes one raw batch (see the module docs for the protocol).
+    pub async fn process(&self, key: &RawKey) -> Result<Outcome, ProcessError> {
+        let started = Instant::now();
+        let Some(etag) = self.storage.etag(key.as_str()).await? else {
+            return Ok(Outcome::Missing);
+        };
+        if self.is_done(key, &etag).await? {
+            return Ok(Outcome::AlreadyApplied);
+        }
+        let raw_path = keys::validate(key.as_str())?;
+        let mut conflicts = 0;
+        loop {
+            let (mut doc, version) = self.load().await?;
+            if let Some(entry) = doc.find(key.as_str(), &etag).cloned() {
+                self.publish(&entry, &doc).await?;
+                return Ok(Outcome::AlreadyApplied);
+            }
+            let engine = Engine::from_state(self.config.clone(), doc.engine.clone())
+                .map_err(|e| ProcessError::State(e.to_string()))?;
+            let staged_key = format!(
+                "state/staging/{}-{}-{}.csv",
+                std::process::id(),
+                chrono::Utc::now().timestamp_micros(),
+                STAGING_COUNTER.fetch_add(1, Ordering::Relaxed)
+            );
+            let staged = keys::validate(&staged_key)?;
+            let result =
+                score_object(self.storage.store(), &raw_path, &etag, &staged, engine).await;
+            let (engine, report) = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    self.storage.delete(&staged_key).await.ok();
+                    return match e {
+                        PipelineError::Input(ie) => self.reject(key, &etag, &ie).await,
+                        PipelineError::Changed => Box::pin(self.process(key)).await,
+                        PipelineError::Store(se) => Err(se.into()),
+                    };
+                }
+            };
+            doc.seq += 1;
+            doc.last_updated = now_iso();
+            doc.engine = engine.to_state();
+            let summary = Summary {
+                source_key: key.as_str().to_string(),
+                output_key: key.processed(),
+                processed_at: doc.last_updated.clone(),
+                total_rows: report.total_rows,
+                anomaly_count: report.anomaly_count,
+                anomaly_rate: if report.total_rows == 0 {
+                    0.0
+                } else {
+                    round4(report.anomaly_count as f64 / report.total_rows as f64)
+                },
+                baseline_observation_counts: doc.engine.observation_counts(),
+                source_etag: Some(etag.clone()),
+                channels: report.channels.clone(),
+                missing_cells: report.missing_cells,
+                state_seq: doc.seq,
+                duration_ms: started.elapsed().as_secs_f64() * 1e3,
+            };
+            let output_key = key.processed();
+            let anomalies = report
+                .anomalies
+                .into_iter()
+                .map(|mut row| {
+                    row.insert("source_file".into(), Value::from(output_key.clone()));
+                    row
+                })
+                .collect();
+            let entry = Applied {
+                source_key: key.as_str().to_string(),
+                source_etag: etag.clone(),
+                staged_key: staged_key.clone(),
+                summary: summary.clone(),
+                anomalies,
+            };
+            doc.record(entry.clone());
+            match self
+                .storage
+                .put_if(ENGINE_KEY, to_bytes(&doc), Some(&version))
+                .await
+            {
+                Ok(_) => {
+                    let doc = Arc::new(doc);
+                    *self.cache.write().await = Some((doc.clone(), Instant::now()));
+                    self.publish(&entry, &doc).await?;
+                    return Ok(Outcome::Applied(summary));
+                }
+                Err(StoreError::Conflict(_)) => {
+                    self.storage.delete(&staged_key).await.ok();
+                    conflicts += 1;
+                    if conflicts >= MAX_CONFLICTS {
+                        return Err(ProcessError::Contention(conflicts));
+                    }
+                    tracing::debug!(%key, conflicts, "state changed underneath; redoing");
+                }
+                Err(e) => {
+                    self.storage.delete(&staged_key).await.ok();
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    /// Makes a committed file's outputs visible. Idempotent: safe to repeat
+    /// after a crash at any point.
+    async fn publish(&self, entry: &Applied, doc: &StateDoc) -> Result<(), ProcessError> {
+        let key = RawKey::parse(&entry.source_key)?;
+        if !entry.staged_key.is_empty() {
+            match self
+                .storage
+                .rename(&entry.staged_key, &key.processed())
+                .await
+            {
+                Ok(()) => {}
+                // Already moved by an earlier attempt.
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let body = serde_json::to_vec_pretty(&entry.summary).unwrap_or_default();
+        self.storage.put(&key.summary(), body).await?;
+        self.storage.delete(&key.error()).await?;
+        self.project_baseline(doc).await
+    }
+
+    /// Writes `state/baseline.json` for `doc` unless a newer one is there.
+    async fn project_baseline(&self, doc: &StateDoc) -> Result<(), ProcessError> {
+        let body = Bytes::from(serde_json::to_vec_pretty(&doc.baseline_json()).unwrap_or_default());
+        for _ in 0..MAX_CONFLICTS {
+            let current = self.storage.get_versioned(BASELINE_KEY).await?;
+            let expected = match &current {
+                Some((b, v)) => {
+                    let seen: Value = serde_json::from_slice(b).unwrap_or(Value::Null);
+                    let seen_seq = statedoc::projection_seq(&seen);
+                    if seen_seq >= doc.seq && seen_seq > 0 {
+                        return Ok(());
+                    }
+                    Some(v.as_str())
+                }
+                None => None,
+            };
+            match self
+                .storage
+                .put_if(BASELINE_KEY, body.clone(), expected)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ProcessError::Contention(MAX_CONFLICTS))
+    }
+
+    /// Records why a file was refused, next to where its outputs would be.
+    async fn reject(
+        &self,
+        key: &RawKey,
+        etag: &str,
+        err: &InputError,
+    ) -> Result<Outcome, ProcessError> {
+        let msg = err.to_string();
+        tracing::warn!(%key, error = %msg, "rejected input file");
+        let body = json!({
+            "source_key": key.as_str(),
+            "source_etag": etag,
+            "error": msg,
+            "line": err.line(),
+            "failed_at": now_iso(),
+        });
+        self.storage
+            .put(
+                &key.error(),
+                serde_json::to_vec_pretty(&body).unwrap_or_default(),
+            )
+            .await?;
+        Ok(Outcome::Rejected(msg))
+    }
+
+    /// Forgets the learned baseline and model (totals and ledger are kept, so
+    /// already-processed files still count once). Compare-and-swap too.
+    pub async fn reset(&self) -> Result<(), ProcessError> {
+        for _ in 0..MAX_CONFLICTS {
+            let (mut doc, v) = self.load().await?;
+            doc.seq += 1;
+            doc.last_updated = now_iso();
+            doc.engine = Default::default();
+            match self
+                .storage
+                .put_if(ENGINE_KEY, to_bytes(&doc), Some(&v))
+                .await
+            {
+                Ok(_) => {
+                    *self.cache.write().await = None;
+                    return self.project_baseline(&doc).await;
+                }
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ProcessError::Contention(MAX_CONFLICTS))
+    }
+
+    /// Totals, for tests and the CLI.
+    pub async fn totals(&self) -> Result<Totals, ProcessError> {
+        Ok(self.load().await?.0.totals)
+    }
+}
+
+fn to_bytes(doc: &StateDoc) -> Bytes {
+    // Serialising plain data cannot fail; an empty body would fail loudly on read.
+    Bytes::from(serde_json::to_vec(doc).unwrap_or_default())
+}
+
+impl From<crate::keys::KeyError> for ProcessError {
+    fn from(e: crate::keys::KeyError) -> Self {
+        ProcessError::Store(StoreError::Key(e))
+    }
+}

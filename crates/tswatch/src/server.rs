@@ -1,0 +1,114 @@
+//! Wires the service together: `run` receives everything it needs, so tests
+//! can start it on any listener and storage.
+
+use crate::api::{self, AppState};
+use crate::processor::Processor;
+use crate::sns::{HttpsCertSource, Verifier};
+use crate::storage::{Location, Storage};
+use crate::worker::{self, Queue};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tswatch_core::EngineConfig;
+
+/// Service settings, resolved and validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Detection settings.
+    pub engine: EngineConfig,
+    /// Time between reconciliation passes.
+    pub reconcile_every: Duration,
+    /// Skip SNS signature checks (emulators only).
+    pub insecure_skip_sns_verify: bool,
+    /// Accepted SNS topics (empty: any).
+    pub sns_topics: Vec<String>,
+    /// Capacity of the work queue.
+    pub queue_capacity: usize,
+}
+
+/// Runs until `shutdown` resolves: API, worker, reconciler and (locally)
+/// the folder watcher. On shutdown, stops taking requests, lets the worker
+/// finish the file in hand, and returns.
+pub async fn run(
+    listener: TcpListener,
+    storage: Storage,
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let processor = Arc::new(Processor::new(storage.clone(), settings.engine.clone()));
+    // Fail fast on unusable state rather than serving errors.
+    processor.load().await?;
+    let (queue, rx) = Queue::new(settings.queue_capacity);
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let _watcher = match storage.location() {
+        Location::Local(root) => Some(worker::watch_local(root, queue.clone())?),
+        Location::S3 { .. } => None,
+    };
+    let worker = tokio::spawn(worker::run_worker(
+        processor.clone(),
+        queue.clone(),
+        rx,
+        stop_rx.clone(),
+    ));
+    let reconciler = tokio::spawn(worker::run_reconciler(
+        processor.clone(),
+        queue.clone(),
+        settings.reconcile_every,
+        stop_rx.clone(),
+    ));
+
+    if settings.insecure_skip_sns_verify {
+        tracing::warn!(
+            "SNS signature verification is OFF (--insecure-skip-sns-verify): anyone who can reach /notify can queue work and make this service fetch URLs. Use only with local emulators."
+        );
+    }
+    let verifier = Arc::new(Verifier::new(
+        Arc::new(HttpsCertSource::new()?),
+        settings.sns_topics.clone(),
+    ));
+    let state = AppState {
+        processor,
+        queue,
+        verifier,
+        skip_sns_verify: settings.insecure_skip_sns_verify,
+        http: api::confirm_client()?,
+        min_observations: settings.engine.min_observations,
+    };
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, storage = %storage.label(), "tswatch listening");
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing work in hand");
+        })
+        .await?;
+    let _ = stop_tx.send(true);
+    let _ = worker.await;
+    reconciler.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,366 @@
+//! Amazon SNS HTTP(S) messages: parsing, and authenticity checks.
+//!
+//! A message is accepted only if its `Signature` verifies (SignatureVersion
+//! 1: SHA1withRSA, 2: SHA256withRSA) over the canonical string of its type,
+//! with the public key of a certificate fetched over https from an SNS host
+//! of AWS, and if its `TopicArn` is one of the configured topics (when any
+//! are configured). `SubscribeURL` must point to an SNS host too.
+
+use base64::Engine as _;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A message as SNS posts it (the fields tswatch uses).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct SnsMessage {
+    /// `Notification`, `SubscriptionConfirmation` or `UnsubscribeConfirmation`.
+    #[serde(rename = "Type")]
+    pub kind: String,
+    /// Unique message id.
+    pub message_id: String,
+    /// Topic the message came from.
+    pub topic_arn: String,
+    /// The payload (for S3 events, the event JSON as a string).
+    pub message: String,
+    /// When SNS sent it.
+    pub timestamp: String,
+    /// `1` or `2`.
+    #[serde(default)]
+    pub signature_version: String,
+    /// Base64 RSA signature.
+    #[serde(default)]
+    pub signature: String,
+    /// Where the signing certificate is.
+    #[serde(default, rename = "SigningCertURL")]
+    pub signing_cert_url: String,
+    /// Confirmation link (subscription messages).
+    #[serde(default, rename = "SubscribeURL")]
+    pub subscribe_url: Option<String>,
+    /// Confirmation token (subscription messages).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Optional subject (notifications).
+    #[serde(default)]
+    pub subject: Option<String>,
+}
+
+/// Why a message was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SnsError {
+    /// Not an SNS message.
+    #[error("not an SNS message: {0}")]
+    Malformed(String),
+    /// A URL that is not an https URL of an AWS SNS host.
+    #[error("{field} is not an https URL of an AWS SNS host: {url}")]
+    UntrustedUrl {
+        /// Which field.
+        field: &'static str,
+        /// The URL given.
+        url: String,
+    },
+    /// SignatureVersion other than 1 or 2.
+    #[error("unsupported SignatureVersion {0:?}")]
+    UnsupportedVersion(String),
+    /// The signature does not verify.
+    #[error("signature does not verify")]
+    BadSignature,
+    /// The certificate could not be fetched or read.
+    #[error("signing certificate unusable: {0}")]
+    Certificate(String),
+    /// The topic is not one of the configured ones.
+    #[error("topic {0} is not accepted by this service")]
+    WrongTopic(String),
+}
+
+impl SnsMessage {
+    /// Parses a request body.
+    pub fn parse(body: &[u8]) -> Result<Self, SnsError> {
+        serde_json::from_slice(body).map_err(|e| SnsError::Malformed(e.to_string()))
+    }
+
+    /// The canonical string SNS signs for this message type.
+    pub fn string_to_sign(&self) -> Result<String, SnsError> {
+        let mut s = String::new();
+        let mut add = |k: &str, v: &str| {
+            s.push_str(k);
+            s.push('\n');
+            s.push_str(v);
+            s.push('\n');
+        };
+        let missing = |f: &str| SnsError::Malformed(format!("{} without {f}", self.kind));
+        match self.kind.as_str() {
+            "Notification" => {
+                add("Message", &self.message);
+                add("MessageId", &self.message_id);
+                if let Some(subj) = &self.subject {
+                    add("Subject", subj);
+                }
+                add("Timestamp", &self.timestamp);
+                add("TopicArn", &self.topic_arn);
+                add("Type", &self.kind);
+            }
+            "SubscriptionConfirmation" | "UnsubscribeConfirmation" => {
+                add("Message", &self.message);
+                add("MessageId", &self.message_id);
+                add(
+                    "SubscribeURL",
+                    self.subscribe_url
+                        .as_deref()
+                        .ok_or_else(|| missing("SubscribeURL"))?,
+                );
+                add("Timestamp", &self.timestamp);
+                add(
+                    "Token",
+                    self.token.as_deref().ok_or_else(|| missing("Token"))?,
+                );
+                add("TopicArn", &self.topic_arn);
+                add("Type", &self.kind);
+            }
+            other => return Err(SnsError::Malformed(format!("unknown Type {other:?}"))),
+        }
+        Ok(s)
+    }
+}
+
+/// Whether `url` is `https://sns.<region>.amazonaws.com[.cn]/...` with no
+/// user info and no port (so it cannot be steered to another host).
+pub fn is_sns_url(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("https://") else {
+        return false;
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.contains(['@', ':']) {
+        return false;
+    }
+    let Some(region) = host
+        .strip_suffix(".amazonaws.com")
+        .or_else(|| host.strip_suffix(".amazonaws.com.cn"))
+        .and_then(|h| h.strip_prefix("sns."))
+    else {
+        return false;
+    };
+    !region.is_empty()
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Where certificates come from: https in production, fixed PEMs in tests.
+pub trait CertSource: Send + Sync + std::fmt::Debug {
+    /// The PEM at `url`.
+    fn fetch<'a>(
+        &'a self,
+        url: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + 'a>>;
+}
+
+/// Fetches certificates over https: no redirects, short timeout, size cap.
+#[derive(Debug)]
+pub struct HttpsCertSource {
+    client: reqwest::Client,
+}
+
+impl HttpsCertSource {
+    /// A source with a fresh client.
+    pub fn new() -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(5))
+                .build()?,
+        })
+    }
+}
+
+impl CertSource for HttpsCertSource {
+    fn fetch<'a>(
+        &'a self,
+        url: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + 'a>> {
+        Box::pin(async move {
+            let r = self
+                .client
+                .get(url)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if !r.status().is_success() {
+                return Err(format!("HTTP {}", r.status()));
+            }
+            let b = r.bytes().await.map_err(|e| e.to_string())?;
+            if b.len() > 64 * 1024 {
+                return Err("certificate larger than 64 KiB".into());
+            }
+            Ok(b.to_vec())
+        })
+    }
+}
+
+/// Verifies messages; caches the public key of each certificate URL.
+#[derive(Debug)]
+pub struct Verifier {
+    source: Arc<dyn CertSource>,
+    topics: Vec<String>,
+    keys: Mutex<HashMap<String, Arc<Vec<u8>>>>,
+}
+
+impl Verifier {
+    /// A verifier accepting `topics` (all topics when empty).
+    pub fn new(source: Arc<dyn CertSource>, topics: Vec<String>) -> Self {
+        Self {
+            source,
+            topics,
+            keys: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Only the topic check (used when signature checks are switched off).
+    pub fn check_topic(&self, msg: &SnsMessage) -> Result<(), SnsError> {
+        if self.topics.is_empty() || self.topics.contains(&msg.topic_arn) {
+            Ok(())
+        } else {
+            Err(SnsError::WrongTopic(msg.topic_arn.clone()))
+        }
+    }
+
+    /// Full check: topic, URLs, certificate, signature.
+    pub async fn verify(&self, msg: &SnsMessage) -> Result<(), SnsError> {
+        self.check_topic(msg)?;
+        if let Some(u) = &msg.subscribe_url
+            && !is_sns_url(u)
+        {
+            return Err(SnsError::UntrustedUrl {
+                field: "SubscribeURL",
+                url: u.clone(),
+            });
+        }
+        let cert_url = &msg.signing_cert_url;
+        if !is_sns_url(cert_url)
+            || !cert_url
+                .split(['?', '#'])
+                .next()
+                .is_some_and(|p| p.ends_with(".pem"))
+        {
+            return Err(SnsError::UntrustedUrl {
+                field: "SigningCertURL",
+                url: cert_url.clone(),
+            });
+        }
+        let alg: &'static dyn aws_lc_rs::signature::VerificationAlgorithm =
+            match msg.signature_version.as_str() {
+                "1" => &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
+                "2" => &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+                v => return Err(SnsError::UnsupportedVersion(v.to_string())),
+            };
+        let signature = base64::engine::general_purpose::STANDARD
+            .decode(msg.signature.trim())
+            .map_err(|_| SnsError::BadSignature)?;
+        if signature.is_empty() {
+            return Err(SnsError::BadSignature);
+        }
+        let text = msg.string_to_sign()?;
+        let key = self.public_key(cert_url).await?;
+        aws_lc_rs::signature::UnparsedPublicKey::new(alg, key.as_slice())
+            .verify(text.as_bytes(), &signature)
+            .map_err(|_| SnsError::BadSignature)
+    }
+
+    async fn public_key(&self, url: &str) -> Result<Arc<Vec<u8>>, SnsError> {
+        if let Some(k) = self.keys.lock().ok().and_then(|m| m.get(url).cloned()) {
+            return Ok(k);
+        }
+        let pem = self
+            .source
+            .fetch(url)
+            .await
+            .map_err(SnsError::Certificate)?;
+        let key = Arc::new(public_key_from_pem(&pem)?);
+        if let Ok(mut m) = self.keys.lock() {
+            if m.len() > 64 {
+                m.clear();
+            }
+            m.insert(url.to_string(), key.clone());
+        }
+        Ok(key)
+    }
+}
+
+/// The RSA public key (PKCS#1 DER) of a PEM certificate.
+pub fn public_key_from_pem(pem: &[u8]) -> Result<Vec<u8>, SnsError> {
+    use x509_cert::der::DecodePem;
+    let cert = x509_cert::Certificate::from_pem(pem)
+        .map_err(|e| SnsError::Certificate(format!("not a PEM certificate: {e}")))?;
+    let spki = cert.tbs_certificate().subject_public_key_info();
+    spki.subject_public_key
+        .as_bytes()
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| SnsError::Certificate("public key is not a whole number of bytes".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sns_hosts_only() {
+        for ok in [
+            "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem",
+            "https://sns.cn-north-1.amazonaws.com.cn/x.pem",
+            "https://sns.us-gov-west-1.amazonaws.com/x.pem",
+            "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription&Token=x",
+        ] {
+            assert!(is_sns_url(ok), "{ok}");
+        }
+        for bad in [
+            "http://sns.us-east-1.amazonaws.com/x.pem",
+            "https://sns.us-east-1.amazonaws.com.evil.com/x.pem",
+            "https://x@evil.com/sns.us-east-1.amazonaws.com/x.pem",
+            "https://sns.us-east-1.amazonaws.com@evil.com/x.pem",
+            "https://sns.us-east-1.amazonaws.com:8443/x.pem",
+            "https://xsns.us-east-1.amazonaws.com/x.pem",
+            "https://sns..amazonaws.com/x.pem",
+            "https://sns.US-EAST-1.amazonaws.com/x.pem",
+            "https://s3.us-east-1.amazonaws.com/x.pem",
+            "https://127.0.0.1/x.pem",
+        ] {
+            assert!(!is_sns_url(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn canonical_strings() {
+        let m = SnsMessage {
+            kind: "Notification".into(),
+            message_id: "id".into(),
+            topic_arn: "arn".into(),
+            message: "hello".into(),
+            timestamp: "ts".into(),
+            signature_version: "2".into(),
+            signature: String::new(),
+            signing_cert_url: String::new(),
+            subscribe_url: None,
+            token: None,
+            subject: Some("subj".into()),
+        };
+        assert_eq!(
+            m.string_to_sign().unwrap(),
+            "Message\nhello\nMessageId\nid\nSubject\nsubj\nTimestamp\nts\nTopicArn\narn\nType\nNotification\n"
+        );
+        let c = SnsMessage {
+            kind: "SubscriptionConfirmation".into(),
+            subscribe_url: Some("u".into()),
+            token: Some("tok".into()),
+            subject: None,
+            ..m
+        };
+        assert_eq!(
+            c.string_to_sign().unwrap(),
+            "Message\nhello\nMessageId\nid\nSubscribeURL\nu\nTimestamp\nts\nToken\ntok\nTopicArn\narn\nType\nSubscriptionConfirmation\n"
+        );
+    }
+}

@@ -1,0 +1,416 @@
+//! The storage edge: one interface over a local directory and S3.
+//!
+//! Plain objects go through `object_store`. State documents go through
+//! [`Storage::get_versioned`] / [`Storage::put_if`], a compare-and-swap:
+//! S3 conditional writes (If-Match / If-None-Match) on S3, and on the local
+//! backend an exclusive `flock` on a sibling `.lock` file around
+//! read-compare-write-rename, with a content hash as the version. Everything
+//! that writes state goes through that one API.
+
+use crate::keys;
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::{
+    ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion, path::Path,
+};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// What went wrong talking to storage, in terms a caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The object does not exist.
+    #[error("object not found: {0}")]
+    NotFound(String),
+    /// A conditional write lost: the object changed since it was read.
+    #[error("conflicting update of {0}")]
+    Conflict(String),
+    /// The key is unusable.
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    /// The backend failed (network, permissions, ...).
+    #[error("storage error: {0}")]
+    Backend(#[source] object_store::Error),
+    /// Local file-system failure.
+    #[error("local storage error on {path}: {source}")]
+    Io {
+        /// The file involved.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl From<object_store::Error> for StoreError {
+    fn from(e: object_store::Error) -> Self {
+        match e {
+            object_store::Error::NotFound { path, .. } => StoreError::NotFound(path),
+            object_store::Error::Precondition { path, .. }
+            | object_store::Error::AlreadyExists { path, .. } => StoreError::Conflict(path),
+            other => StoreError::Backend(other),
+        }
+    }
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone)]
+pub enum Location {
+    /// A directory on this machine (the embedded default).
+    Local(PathBuf),
+    /// An S3 bucket (or S3-compatible server).
+    S3 {
+        /// Bucket name.
+        bucket: String,
+    },
+}
+
+/// Storage handle shared by every part of the service.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    store: Arc<dyn ObjectStore>,
+    location: Location,
+}
+
+/// Opaque version of a state document (an ETag or a content hash).
+pub type Version = String;
+
+impl Storage {
+    /// Opens a local data directory, creating it (and `raw/`) if needed.
+    pub fn local(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let dir: PathBuf = dir.into();
+        let io = |source| StoreError::Io {
+            path: dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(dir.join("raw")).map_err(io)?;
+        let dir = dir.canonicalize().map_err(io)?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)?
+            .with_automatic_cleanup(true);
+        Ok(Self {
+            store: Arc::new(store),
+            location: Location::Local(dir),
+        })
+    }
+
+    /// Opens an S3 bucket, honouring the `AWS_*` environment (endpoint,
+    /// region, credentials chain).
+    pub fn s3(bucket: &str) -> Result<Self, StoreError> {
+        let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        if let Ok(ep) = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT"))
+        {
+            b = b
+                .with_endpoint(&ep)
+                .with_allow_http(ep.starts_with("http://"));
+        }
+        if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+            b = b.with_region("us-east-1");
+        }
+        let store = b.build()?;
+        Ok(Self {
+            store: Arc::new(store),
+            location: Location::S3 {
+                bucket: bucket.to_string(),
+            },
+        })
+    }
+
+    /// What `/health` reports: the bucket name or the data directory.
+    pub fn label(&self) -> String {
+        match &self.location {
+            Location::Local(d) => d.display().to_string(),
+            Location::S3 { bucket } => bucket.clone(),
+        }
+    }
+
+    /// The backend in use.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// The underlying object store (for streaming reads and writes).
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
+    /// Reads a whole object; `None` if it does not exist.
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        let path = keys::validate(key)?;
+        match self.store.get(&path).await {
+            Ok(r) => Ok(Some(r.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The object's ETag, if it exists.
+    pub async fn etag(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let path = keys::validate(key)?;
+        match self.store.head(&path).await {
+            Ok(m) => Ok(Some(m.e_tag.unwrap_or_default())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes a whole object (atomically replacing any previous one).
+    pub async fn put(&self, key: &str, body: impl Into<Bytes>) -> Result<(), StoreError> {
+        let path = keys::validate(key)?;
+        self.store.put(&path, PutPayload::from(body.into())).await?;
+        Ok(())
+    }
+
+    /// Deletes an object; a missing object is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = keys::validate(key)?;
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Moves an object (a rename locally, copy + delete on S3).
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), StoreError> {
+        let (f, t) = (keys::validate(from)?, keys::validate(to)?);
+        self.store.rename(&f, &t).await?;
+        Ok(())
+    }
+
+    /// Every key under `prefix` (which should end in `/`), with its ETag.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let p = Path::from(prefix.trim_end_matches('/'));
+        let mut out = Vec::new();
+        let mut s = self.store.list(Some(&p));
+        while let Some(m) = s.next().await {
+            match m {
+                Ok(m) => out.push((m.location.to_string(), m.e_tag.unwrap_or_default())),
+                // A directory that does not exist yet lists as empty.
+                Err(object_store::Error::NotFound { .. }) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads a state document with its version; `None` if absent.
+    pub async fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, Version)>, StoreError> {
+        let path = keys::validate(key)?;
+        match &self.location {
+            Location::Local(root) => {
+                let file = root.join(path.as_ref());
+                tokio::task::spawn_blocking(move || local_cas::get(&file))
+                    .await
+                    .map_err(join_err)?
+            }
+            Location::S3 { .. } => match self.store.get(&path).await {
+                Ok(r) => {
+                    let etag = r.meta.e_tag.clone().unwrap_or_default();
+                    Ok(Some((r.bytes().await?, etag)))
+                }
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
+    /// Writes a state document only if it is still at `expected` (`None`:
+    /// only if it does not exist). Returns the new version, or
+    /// [`StoreError::Conflict`] if someone else wrote first.
+    pub async fn put_if(
+        &self,
+        key: &str,
+        body: Bytes,
+        expected: Option<&str>,
+    ) -> Result<Version, StoreError> {
+        let path = keys::validate(key)?;
+        match &self.location {
+            Location::Local(root) => {
+                let file = root.join(path.as_ref());
+                let expected = expected.map(str::to_string);
+                let key = key.to_string();
+                tokio::task::spawn_blocking(move || {
+                    local_cas::put_if(&file, &body, expected.as_deref(), &key)
+                })
+                .await
+                .map_err(join_err)?
+            }
+            Location::S3 { .. } => {
+                let mode = match expected {
+                    Some(v) => PutMode::Update(UpdateVersion {
+                        e_tag: Some(v.to_string()),
+                        version: None,
+                    }),
+                    None => PutMode::Create,
+                };
+                let opts = PutOptions {
+                    mode,
+                    ..Default::default()
+                };
+                let r = self
+                    .store
+                    .put_opts(&path, PutPayload::from(body), opts)
+                    .await?;
+                Ok(r.e_tag.unwrap_or_default())
+            }
+        }
+    }
+}
+
+fn join_err(e: tokio::task::JoinError) -> StoreError {
+    StoreError::Io {
+        path: "(worker thread)".into(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// Compare-and-swap on a local file, for writers in any number of processes.
+mod local_cas {
+    use super::{StoreError, Version};
+    use std::fs::{self, File, OpenOptions};
+    use std::io::{ErrorKind, Write};
+    use std::path::Path;
+
+    fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
+        move |source| StoreError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    /// FNV-1a 64 of the content: stable across builds and platforms.
+    fn version(bytes: &[u8]) -> Version {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{h:016x}-{}", bytes.len())
+    }
+
+    fn read(file: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+        match fs::read(file) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(file)(e)),
+        }
+    }
+
+    pub(super) fn get(file: &Path) -> Result<Option<(bytes::Bytes, Version)>, StoreError> {
+        // Writers replace the file by rename, so a plain read sees one whole version.
+        Ok(read(file)?.map(|b| {
+            let v = version(&b);
+            (bytes::Bytes::from(b), v)
+        }))
+    }
+
+    pub(super) fn put_if(
+        file: &Path,
+        body: &[u8],
+        expected: Option<&str>,
+        key: &str,
+    ) -> Result<Version, StoreError> {
+        let dir = file
+            .parent()
+            .ok_or_else(|| StoreError::Conflict(key.into()))?;
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let lock_path = file.with_extension("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        lock.lock().map_err(io(&lock_path))?;
+        let current = read(file)?.map(|b| version(&b));
+        if current.as_deref() != expected {
+            return Err(StoreError::Conflict(key.into()));
+        }
+        let tmp = file.with_extension(format!("tmp-{}", std::process::id()));
+        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(body).map_err(io(&tmp))?;
+        f.sync_data().map_err(io(&tmp))?;
+        drop(f);
+        fs::rename(&tmp, file).map_err(io(file))?;
+        // Make the rename itself durable before anyone acts on it.
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        drop(lock);
+        Ok(version(body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_compare_and_swap() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::local(dir.path()).unwrap();
+        assert!(s.get_versioned("state/x.json").await.unwrap().is_none());
+        let v1 = s.put_if("state/x.json", "1".into(), None).await.unwrap();
+        assert!(matches!(
+            s.put_if("state/x.json", "2".into(), None).await,
+            Err(StoreError::Conflict(_))
+        ));
+        let v2 = s
+            .put_if("state/x.json", "2".into(), Some(&v1))
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.put_if("state/x.json", "3".into(), Some(&v1)).await,
+            Err(StoreError::Conflict(_))
+        ));
+        let (b, v) = s.get_versioned("state/x.json").await.unwrap().unwrap();
+        assert_eq!((&b[..], v), (&b"2"[..], v2));
+    }
+
+    #[tokio::test]
+    async fn concurrent_increments_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::local(dir.path()).unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..50 {
+                    loop {
+                        let cur = s.get_versioned("state/n").await.unwrap();
+                        let (n, v) = match &cur {
+                            Some((b, v)) => (
+                                std::str::from_utf8(b).unwrap().parse::<u64>().unwrap(),
+                                Some(v.as_str()),
+                            ),
+                            None => (0, None),
+                        };
+                        match s.put_if("state/n", (n + 1).to_string().into(), v).await {
+                            Ok(_) => break,
+                            Err(StoreError::Conflict(_)) => continue,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let (b, _) = s.get_versioned("state/n").await.unwrap().unwrap();
+        assert_eq!(&b[..], b"400");
+    }
+
+    #[tokio::test]
+    async fn keys_cannot_escape_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::local(dir.path().join("data")).unwrap();
+        assert!(matches!(
+            s.put("../evil", "x").await,
+            Err(StoreError::Key(_))
+        ));
+        assert!(matches!(
+            s.get("/etc/passwd").await,
+            Err(StoreError::Key(_))
+        ));
+        assert!(!dir.path().join("evil").exists());
+    }
+}

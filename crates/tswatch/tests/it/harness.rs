@@ -1,0 +1,422 @@
+//! Real components for the integration tests: a moto server, the real
+//! `tswatch` binary, and plain HTTP. Everything binds 127.0.0.1 and every
+//! process is killed when its handle drops.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub(crate) fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout`.
+pub(crate) async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A child process killed on drop.
+pub(crate) struct Proc {
+    child: Child,
+    pub(crate) log: PathBuf,
+}
+
+impl Proc {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub(crate) fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "process ignored SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub(crate) fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A moto server on a free loopback port.
+pub(crate) struct Moto {
+    _proc: Proc,
+    pub(crate) endpoint: String,
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Moto {
+    pub(crate) async fn start() -> Moto {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("moto.log");
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::from(std::fs::File::create(dir.path().join("moto.err")).unwrap()))
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start moto_server ({e}): install it with `pip install \"moto[server]\"` \
+                     (scripts/test does this)"
+                )
+            });
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let c = client.clone();
+        let ep = endpoint.clone();
+        wait_for("moto to start", Duration::from_secs(30), || {
+            let c = c.clone();
+            let ep = ep.clone();
+            async move {
+                c.get(format!("{ep}/moto-api/"))
+                    .send()
+                    .await
+                    .ok()
+                    .map(|_| ())
+            }
+        })
+        .await;
+        Moto {
+            _proc: Proc { child, log },
+            endpoint,
+            client,
+            _dir: dir,
+        }
+    }
+
+    /// A request routed to `service` (moto routes by the credential scope;
+    /// it does not check signatures).
+    pub(crate) fn req(
+        &self,
+        service: &str,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.endpoint))
+            .header(
+                "Authorization",
+                format!(
+                    "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0"
+                ),
+            )
+    }
+
+    pub(crate) async fn create_bucket(&self, bucket: &str) {
+        let r = self
+            .req("s3", reqwest::Method::PUT, &format!("/{bucket}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "create bucket: {}",
+            r.text().await.unwrap()
+        );
+    }
+
+    pub(crate) async fn put_object(&self, bucket: &str, key: &str, body: impl Into<reqwest::Body>) {
+        let path = format!("/{bucket}/{}", encode_key(key));
+        let r = self
+            .req("s3", reqwest::Method::PUT, &path)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "put {key}: {}",
+            r.text().await.unwrap()
+        );
+    }
+
+    /// The object's bytes, or `None` if it does not exist.
+    pub(crate) async fn get_object(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        let path = format!("/{bucket}/{}", encode_key(key));
+        let r = self
+            .req("s3", reqwest::Method::GET, &path)
+            .send()
+            .await
+            .unwrap();
+        r.status().is_success().then_some(())?;
+        Some(r.bytes().await.unwrap().to_vec())
+    }
+
+    pub(crate) async fn list(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let path = format!("/{bucket}?list-type=2&prefix={prefix}&max-keys=1000");
+        let xml = self
+            .req("s3", reqwest::Method::GET, &path)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        xml.split("<Key>")
+            .skip(1)
+            .map(|s| s.split("</Key>").next().unwrap().to_string())
+            .collect()
+    }
+
+    /// Calls an SNS query-API action; returns the response XML.
+    pub(crate) async fn sns(&self, params: &[(&str, &str)]) -> String {
+        let r = self
+            .req("sns", reqwest::Method::POST, "/")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(
+                params
+                    .iter()
+                    .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
+                    .collect::<Vec<_>>()
+                    .join("&"),
+            )
+            .send()
+            .await
+            .unwrap();
+        let ok = r.status().is_success();
+        let text = r.text().await.unwrap();
+        assert!(ok, "SNS {params:?}: {text}");
+        text
+    }
+
+    pub(crate) async fn create_topic(&self, name: &str) -> String {
+        let xml = self.sns(&[("Action", "CreateTopic"), ("Name", name)]).await;
+        between(&xml, "<TopicArn>", "</TopicArn>").to_string()
+    }
+
+    /// Sends S3 "object created" events for `raw/` to the topic.
+    pub(crate) async fn notify_bucket_to_topic(&self, bucket: &str, topic_arn: &str) {
+        let xml = format!(
+            "<NotificationConfiguration><TopicConfiguration><Id>tswatch</Id><Topic>{topic_arn}</Topic>\
+             <Event>s3:ObjectCreated:*</Event><Filter><S3Key><FilterRule><Name>prefix</Name>\
+             <Value>raw/</Value></FilterRule></S3Key></Filter></TopicConfiguration></NotificationConfiguration>"
+        );
+        let r = self
+            .req(
+                "s3",
+                reqwest::Method::PUT,
+                &format!("/{bucket}?notification"),
+            )
+            .body(xml)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "notification config: {}",
+            r.text().await.unwrap()
+        );
+    }
+}
+
+pub(crate) fn between<'a>(s: &'a str, a: &str, b: &str) -> &'a str {
+    s.split(a)
+        .nth(1)
+        .and_then(|x| x.split(b).next())
+        .unwrap_or_else(|| panic!("{a} not in {s}"))
+}
+
+/// Percent-encodes each segment of a key for a URL path.
+pub(crate) fn encode_key(key: &str) -> String {
+    key.split('/')
+        .map(|seg| {
+            seg.bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The real binary.
+pub(crate) fn tswatch() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tswatch"));
+    // Never let the developer's environment leak into a test.
+    for v in [
+        "BUCKET_NAME",
+        "TSWATCH_DATA_DIR",
+        "TSWATCH_BIND",
+        "TSWATCH_CONFIG",
+        "AWS_ENDPOINT_URL",
+        "AWS_PROFILE",
+    ] {
+        c.env_remove(v);
+    }
+    c
+}
+
+/// The environment that points tswatch at a moto bucket.
+pub(crate) fn s3_env(cmd: &mut Command, moto: &Moto, bucket: &str) {
+    cmd.env("BUCKET_NAME", bucket)
+        .env("AWS_ENDPOINT_URL", &moto.endpoint)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+}
+
+/// A running `tswatch serve`.
+pub(crate) struct Service {
+    pub(crate) proc: Proc,
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
+}
+
+impl Service {
+    /// Starts `cmd serve --bind 127.0.0.1:<port> <extra>` and waits for /health.
+    pub(crate) async fn start(mut cmd: Command, extra: &[&str], log_dir: &Path) -> Service {
+        let port = free_port();
+        let log = log_dir.join(format!("tswatch-{port}.log"));
+        cmd.arg("serve")
+            .arg("--bind")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
+            .env("TSWATCH_LOG", "info,tswatch=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let child = cmd.spawn().expect("spawn tswatch");
+        let proc = Proc { child, log };
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let (h, b) = (http.clone(), base.clone());
+        let started = Instant::now();
+        loop {
+            if h.get(format!("{b}/health")).send().await.is_ok() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "tswatch did not come up:\n{}",
+                proc.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Service { proc, base, http }
+    }
+
+    pub(crate) async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap())
+    }
+
+    pub(crate) async fn post(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "text/plain; charset=UTF-8")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+}
+
+/// An SNS Notification envelope around an S3 event for `keys` (unsigned:
+/// for services running with --insecure-skip-sns-verify).
+pub(crate) fn sns_s3_event(bucket: &str, keys: &[&str]) -> String {
+    let records: Vec<serde_json::Value> = keys
+        .iter()
+        .map(|k| {
+            serde_json::json!({
+                "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+                "eventName": "ObjectCreated:Put",
+                "s3": {"bucket": {"name": bucket}, "object": {"key": form_encode(k)}}
+            })
+        })
+        .collect();
+    let message = serde_json::json!({ "Records": records }).to_string();
+    serde_json::json!({
+        "Type": "Notification",
+        "MessageId": format!("m-{}", keys.join(",")),
+        "TopicArn": "arn:aws:sns:us-east-1:123456789012:tswatch",
+        "Message": message,
+        "Timestamp": "2026-11-25T00:00:00.000Z",
+        "SignatureVersion": "2",
+        "Signature": "",
+        "SigningCertURL": "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-x.pem"
+    })
+    .to_string()
+}
+
+/// Form encoding as S3 uses in events (`quote_plus`).
+pub(crate) fn form_encode(key: &str) -> String {
+    key.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".into(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Parses CSV text into rows of fields.
+pub(crate) fn csv_rows(text: &[u8]) -> Vec<Vec<String>> {
+    csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(text)
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_string).collect())
+        .collect()
+}

@@ -1,0 +1,266 @@
+//! The embedded default: a local data directory, no configuration at all.
+
+use crate::harness::*;
+use serde_json::Value;
+use std::path::Path;
+use std::time::Duration;
+
+async fn wait_file(path: &Path) -> Vec<u8> {
+    wait_for(
+        &path.display().to_string(),
+        Duration::from_secs(30),
+        || async { std::fs::read(path).ok().filter(|b| !b.is_empty()) },
+    )
+    .await
+}
+
+/// Copies a file into `raw/` the way a careful producer does: write, then rename.
+fn drop_in(data: &Path, name: &str, body: &[u8]) {
+    let raw = data.join("raw");
+    std::fs::create_dir_all(&raw).unwrap();
+    let tmp = data.join(format!(".{name}.part"));
+    std::fs::write(&tmp, body).unwrap();
+    std::fs::rename(&tmp, raw.join(name)).unwrap();
+}
+
+#[tokio::test]
+async fn runs_with_no_configuration_and_processes_dropped_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = tswatch();
+    cmd.current_dir(tmp.path());
+    let svc = Service::start(cmd, &[], tmp.path()).await;
+    let data = tmp.path().join("data");
+    assert!(data.join("raw").is_dir(), "./data/raw is created");
+    let (_, h) = svc.get_json("/health").await;
+    assert_eq!(
+        h["bucket"],
+        data.canonicalize().unwrap().display().to_string()
+    );
+    let (_, s) = svc.get_json("/anomalies/summary").await;
+    assert_eq!(s["message"], "No processed files yet.");
+
+    let fixture = std::fs::read(fixtures().join("sensors_20260224T001051.csv")).unwrap();
+    drop_in(&data, "sensors_20260224T001051.csv", &fixture);
+    let summary: Value = serde_json::from_slice(
+        &wait_file(&data.join("processed/sensors_20260224T001051_summary.json")).await,
+    )
+    .unwrap();
+    assert_eq!(summary["total_rows"], 100);
+    assert_eq!(summary["source_key"], "raw/sensors_20260224T001051.csv");
+    assert_eq!(
+        summary["output_key"],
+        "processed/sensors_20260224T001051.csv"
+    );
+    let csv = std::fs::read(data.join("processed/sensors_20260224T001051.csv")).unwrap();
+    assert_eq!(csv_rows(&csv).len(), 101);
+    let (_, s) = svc.get_json("/anomalies/summary").await;
+    assert_eq!(s["files_processed"], 1);
+
+    // Files written in place (not renamed in) are picked up when closed.
+    std::fs::write(data.join("raw/second.csv"), &fixture).unwrap();
+    wait_file(&data.join("processed/second_summary.json")).await;
+
+    // A broken file gets an error record naming the line; the service goes on.
+    drop_in(&data, "broken.csv", b"timestamp,a\n1,2\n2,3,4\n");
+    let err: Value =
+        serde_json::from_slice(&wait_file(&data.join("processed/broken_error.json")).await)
+            .unwrap();
+    assert_eq!(err["line"], 3, "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("header has 2 columns"),
+        "{err}"
+    );
+    drop_in(&data, "dupes.csv", b"timestamp,a,a\n1,2,3\n");
+    let err: Value =
+        serde_json::from_slice(&wait_file(&data.join("processed/dupes_error.json")).await).unwrap();
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate column name `a`"),
+        "{err}"
+    );
+    let (st, _) = svc.get_json("/health").await;
+    assert_eq!(st, 200);
+    assert!(svc.proc.log_text().contains("rejected input file"));
+    let (_, s) = svc.get_json("/anomalies/summary").await;
+    assert_eq!(s["files_processed"], 2);
+}
+
+#[tokio::test]
+async fn adopts_a_seed_baseline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(data.join("state")).unwrap();
+    std::fs::copy(
+        fixtures().join("baseline.json"),
+        data.join("state/baseline.json"),
+    )
+    .unwrap();
+    let mut cmd = tswatch();
+    cmd.arg("--config").arg("/dev/null");
+    let svc = Service::start(cmd, &["--data-dir", data.to_str().unwrap()], tmp.path()).await;
+    let (_, b) = svc.get_json("/baseline/current").await;
+    assert_eq!(b["channels"]["temperature"]["observations"], 3700);
+    assert_eq!(b["channels"]["temperature"]["baseline_mature"], true);
+    assert_eq!(b["channels"]["temperature"]["std"], 1.931);
+
+    let fixture = std::fs::read(fixtures().join("sensors_20260224T001051.csv")).unwrap();
+    drop_in(&data, "s.csv", &fixture);
+    let summary: Value =
+        serde_json::from_slice(&wait_file(&data.join("processed/s_summary.json")).await).unwrap();
+    let counts = &summary["baseline_observation_counts"];
+    let t = counts["temperature"].as_u64().unwrap();
+    assert!(t > 3700 && t <= 3800, "{counts}");
+    // Mature from the first row: z-scores everywhere.
+    let rows = csv_rows(&std::fs::read(data.join("processed/s.csv")).unwrap());
+    assert!(rows[1..].iter().all(|r| !r[5].is_empty()));
+    // The fixture's five injected anomalies are all caught.
+    let flagged = rows[1..].iter().filter(|r| r[16] == "True").count();
+    assert!(flagged >= 5, "{flagged} flagged");
+    let base: Value =
+        serde_json::from_slice(&std::fs::read(data.join("state/baseline.json")).unwrap()).unwrap();
+    assert_eq!(base["temperature"]["count"].as_u64().unwrap(), t);
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = tswatch();
+    cmd.current_dir(tmp.path());
+    let svc = Service::start(cmd, &["--insecure-skip-sns-verify"], tmp.path()).await;
+    let (st, b) = svc.post("/notify", "not json").await;
+    assert_eq!(st, 400);
+    assert!(
+        b["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("not an SNS message")
+    );
+    let bad_msg = serde_json::json!({"Type": "Notification", "MessageId": "1", "TopicArn": "t",
+        "Message": "{\"hello\": 1}", "Timestamp": "x"});
+    let (st, b) = svc.post("/notify", bad_msg.to_string()).await;
+    assert_eq!(st, 400, "{b}");
+    // Own client: the server closes the connection after refusing the body.
+    let r = reqwest::Client::new()
+        .post(format!("{}/notify", svc.base))
+        .body(vec![b'x'; 2 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    let (st, b) = svc.get_json("/anomalies/recent?limit=abc").await;
+    assert_eq!(st, 400);
+    assert!(b["error"].as_str().unwrap().contains("limit"));
+    let (st, _) = svc.get_json("/anomalies/recent?limit=0").await;
+    assert_eq!(st, 400);
+    let (st, b) = svc.get_json("/nope").await;
+    assert_eq!(st, 404);
+    assert!(b["error"].is_string());
+    // The S3 test event is acknowledged; keys outside raw/ are ignored.
+    let test_event = serde_json::json!({"Type": "Notification", "MessageId": "2", "TopicArn": "t",
+        "Message": "{\"Service\":\"Amazon S3\",\"Event\":\"s3:TestEvent\",\"Bucket\":\"b\"}", "Timestamp": "x"});
+    let (st, _) = svc.post("/notify", test_event.to_string()).await;
+    assert_eq!(st, 200);
+    let (st, b) = svc
+        .post(
+            "/notify",
+            sns_s3_event("b", &["processed/x.csv", "raw/../state/engine.json"]),
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(b["queued"].as_array().unwrap().len(), 0, "{b}");
+    assert_eq!(b["ignored"].as_array().unwrap().len(), 2, "{b}");
+}
+
+#[test]
+fn score_cli_is_batch_invariant() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path();
+    // 1,000 rows from the producer: one file, and the same rows as ten files.
+    let mut producer = tswatch_produce_rows(1000);
+    let header = producer.remove(0);
+    std::fs::write(
+        p.join("all.csv"),
+        format!("{header}\n{}\n", producer.join("\n")),
+    )
+    .unwrap();
+    let run = |input: &Path, output: &Path, state: &Path| {
+        let o = tswatch()
+            .args(["score", "--input"])
+            .arg(input)
+            .arg("--output")
+            .arg(output)
+            .arg("--state")
+            .arg(state)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    run(
+        &p.join("all.csv"),
+        &p.join("all.out.csv"),
+        &p.join("state1"),
+    );
+    let mut pieces = Vec::new();
+    for (i, chunk) in producer.chunks(100).enumerate() {
+        let f = p.join(format!("part{i}.csv"));
+        std::fs::write(&f, format!("{header}\n{}\n", chunk.join("\n"))).unwrap();
+        let out = p.join(format!("part{i}.out.csv"));
+        run(&f, &out, &p.join("state10"));
+        let rows = csv_rows(&std::fs::read(&out).unwrap());
+        pieces.extend(rows.into_iter().skip(1));
+    }
+    let whole: Vec<Vec<String>> = csv_rows(&std::fs::read(p.join("all.out.csv")).unwrap())
+        .into_iter()
+        .skip(1)
+        .collect();
+    assert_eq!(whole.len(), 1000);
+    assert_eq!(whole, pieces, "identical rows, scores and flags");
+    let e1: Value =
+        serde_json::from_slice(&std::fs::read(p.join("state1/engine.json")).unwrap()).unwrap();
+    let e10: Value =
+        serde_json::from_slice(&std::fs::read(p.join("state10/engine.json")).unwrap()).unwrap();
+    assert_eq!(e1["engine"], e10["engine"], "identical state");
+    let b: Value =
+        serde_json::from_slice(&std::fs::read(p.join("state10/baseline.json")).unwrap()).unwrap();
+    assert!(b["temperature"]["count"].as_u64().unwrap() > 900);
+}
+
+/// 1,000 producer rows (header first), made by `tswatch produce` into a
+/// scratch data directory.
+fn tswatch_produce_rows(n: usize) -> Vec<String> {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = tswatch()
+        .args([
+            "produce",
+            "--count",
+            "1",
+            "--interval",
+            "0",
+            "--seed",
+            "3",
+            "--rows",
+            &n.to_string(),
+            "--data-dir",
+        ])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let raw = tmp.path().join("raw");
+    let f = std::fs::read_dir(&raw)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::read_to_string(f)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}

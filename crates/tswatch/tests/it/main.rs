@@ -1,0 +1,7 @@
+//! Integration tests: the real binary against real components.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod harness;
+mod local;
+mod s3;
