@@ -41,9 +41,6 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         action: BaselineAction,
-        /// Where the data is.
-        #[command(flatten)]
-        storage: StorageArgs,
     },
 }
 
@@ -51,9 +48,9 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum BaselineAction {
     /// Print the current baseline (the seed's baseline.json shape).
-    Show,
+    Show(StorageArgs),
     /// Forget the learned baseline and model (processed files stay counted).
-    Reset,
+    Reset(StorageArgs),
 }
 
 /// Where the data lives.
@@ -81,7 +78,12 @@ pub struct ServeArgs {
     pub reconcile_interval: Option<u64>,
     /// Accept SNS messages without checking their signature, and confirm any
     /// SubscribeURL. Only for local emulators (moto, LocalStack): never in production.
-    #[arg(long, env = "TSWATCH_INSECURE_SKIP_SNS_VERIFY")]
+    #[arg(
+        long,
+        env = "TSWATCH_INSECURE_SKIP_SNS_VERIFY",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub insecure_skip_sns_verify: bool,
     /// Accept SNS messages only from these topic ARNs (comma-separated) [default: any]
     #[arg(
@@ -91,9 +93,19 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub sns_topic_arn: Vec<String>,
-    /// Log format: text or json [default: text]
+    /// Log format [default: text]
     #[arg(long, env = "TSWATCH_LOG_FORMAT", value_name = "FORMAT")]
-    pub log_format: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// How logs are written (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `score` options.
@@ -148,7 +160,7 @@ pub struct FileConfig {
     /// See `--sns-topic-arn`.
     pub sns_topic_arn: Option<Vec<String>>,
     /// See `--log-format`.
-    pub log_format: Option<String>,
+    pub log_format: Option<LogFormat>,
     /// Detection settings.
     #[serde(default)]
     pub engine: EngineConfig,

@@ -4,7 +4,9 @@ use anyhow::Context;
 use clap::Parser;
 use std::sync::Arc;
 use std::time::Duration;
-use tswatch::cli::{BaselineAction, Cli, Command, FileConfig, StorageArgs, StorageChoice};
+use tswatch::cli::{
+    BaselineAction, Cli, Command, FileConfig, LogFormat, StorageArgs, StorageChoice,
+};
 use tswatch::processor::Processor;
 use tswatch::server::{self, Settings};
 use tswatch::storage::Storage;
@@ -13,9 +15,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let file = FileConfig::load(cli.config.as_deref())?;
     let log_json = match &cli.command {
-        Command::Serve(a) => a.log_format.as_deref().or(file.log_format.as_deref()),
-        _ => file.log_format.as_deref(),
-    } == Some("json");
+        Command::Serve(a) => a.log_format.or(file.log_format),
+        _ => file.log_format,
+    } == Some(LogFormat::Json);
     init_logging(log_json);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -80,15 +82,16 @@ async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
             let storage = open(&a.storage, &file)?;
             tswatch::offline::produce(&storage, &a).await
         }
-        Command::Baseline { action, storage } => {
-            let storage = open(&storage, &file)?;
+        Command::Baseline { action } => {
+            let (BaselineAction::Show(s) | BaselineAction::Reset(s)) = &action;
+            let storage = open(s, &file)?;
             let p = Arc::new(Processor::new(storage, file.engine.clone()));
             match action {
-                BaselineAction::Show => {
+                BaselineAction::Show(_) => {
                     let doc = p.snapshot().await?;
                     println!("{}", serde_json::to_string_pretty(&doc.baseline_json())?);
                 }
-                BaselineAction::Reset => {
+                BaselineAction::Reset(_) => {
                     p.reset().await?;
                     eprintln!("baseline cleared");
                 }

@@ -264,3 +264,73 @@ fn tswatch_produce_rows(n: usize) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+#[test]
+fn baseline_show_and_reset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(data.join("state")).unwrap();
+    std::fs::copy(
+        fixtures().join("baseline.json"),
+        data.join("state/baseline.json"),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let o = tswatch()
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let shown: Value = serde_json::from_str(&run(&["baseline", "show"])).unwrap();
+    assert_eq!(shown["temperature"]["count"], 3700);
+    assert!(shown["last_updated"].is_string());
+    run(&["baseline", "reset"]);
+    let shown: Value = serde_json::from_str(&run(&["baseline", "show"])).unwrap();
+    assert!(shown.get("temperature").is_none(), "{shown}");
+    let file: Value =
+        serde_json::from_slice(&std::fs::read(data.join("state/baseline.json")).unwrap()).unwrap();
+    assert_eq!(
+        file.as_object().unwrap().len(),
+        1,
+        "only last_updated is left: {file}"
+    );
+}
+
+#[test]
+fn configuration_errors_are_specific() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, "[engine]\nz_threshold = -1\n").unwrap();
+    let o = tswatch()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["baseline", "show"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("z_threshold"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    std::fs::write(&cfg, "bukket = \"x\"\n").unwrap();
+    let o = tswatch()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["baseline", "show"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("bukket"));
+    let o = tswatch()
+        .args(["score", "--input", "/nonexistent.csv", "--output"])
+        .arg(tmp.path().join("o.csv"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent.csv"));
+}
