@@ -3,16 +3,36 @@
 use crate::error::ConfigError;
 use serde::{Deserialize, Serialize};
 
-/// Tuning of the detection engine. Build with [`EngineConfig::default`] and
-/// adjust, then call [`EngineConfig::validate`] (the engine does it too).
+/// Tuning of the detection engine. The defaults are meant to hold on any
+/// series without per-dataset tuning; see the README for what each does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
-    /// `|z|` above which a channel value is flagged (the seed uses 3).
-    pub z_threshold: f64,
-    /// Observations a channel needs before its z-score is reported.
+    /// Target probability that a normal row is flagged (per row, all
+    /// channels and tests together). Sets the alarm threshold of
+    /// `anomaly_score`; 1e-3 means about one false alarm per 1,000 rows of
+    /// well-behaved data. The per-channel tests share it (Bonferroni); the
+    /// joint test gets a tenth of it on top. The per-channel tests share it (Bonferroni); the
+    /// joint test gets a tenth of it on top.
+    pub false_alarm_rate: f64,
+    /// Observations a channel needs before it is scored.
     pub min_observations: u64,
-    /// Isolation-forest trees.
+    /// Memory of the adaptive baselines, in rows: recent data weighs more,
+    /// so slow drift is followed rather than flagged.
+    pub memory_rows: u64,
+    /// Detect a daily cycle per channel and, where it explains the data,
+    /// score against the baseline of the same time of day.
+    pub seasonality: bool,
+    /// A level shift is accepted (re-learned) after this many consecutive
+    /// rows beyond 2 sigma on the same side; 0 never re-learns.
+    pub level_shift_rows: usize,
+    /// Score rows jointly (Mahalanobis distance over the channels), which
+    /// catches values that are each ordinary but together break the usual
+    /// correlation.
+    pub joint: bool,
+    /// Most channels in the joint model (the first ones, by name).
+    pub joint_max_channels: usize,
+    /// Isolation-forest trees (the seed's `if_*` columns).
     pub forest_trees: usize,
     /// Rows drawn for each tree (psi).
     pub forest_sample: usize,
@@ -20,21 +40,29 @@ pub struct EngineConfig {
     pub forest_window: usize,
     /// Normal rows absorbed between two trainings.
     pub forest_retrain_every: usize,
-    /// Isolation score `s(x)` at or above which a row is flagged as a joint
-    /// (multivariate) anomaly; in (0.5, 1).
+    /// Isolation score `s(x)` at or above which `if_flag` is set; in (0.5, 1).
     pub forest_threshold: f64,
+    /// Whether `if_flag` alone makes a row anomalous. Off by default: on
+    /// real data the forest's flags are not calibrated like the other tests.
+    pub forest_alarm: bool,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            z_threshold: 3.0,
+            false_alarm_rate: 1e-3,
             min_observations: 30,
-            forest_trees: 100,
+            memory_rows: 2000,
+            seasonality: true,
+            level_shift_rows: 16,
+            joint: true,
+            joint_max_channels: 16,
+            forest_trees: 50,
             forest_sample: 256,
             forest_window: 512,
-            forest_retrain_every: 256,
-            forest_threshold: 0.65,
+            forest_retrain_every: 2048,
+            forest_threshold: 0.7,
+            forest_alarm: false,
         }
     }
 }
@@ -46,11 +74,26 @@ impl EngineConfig {
             field,
             reason: why.to_string(),
         };
-        if !(self.z_threshold.is_finite() && self.z_threshold > 0.0) {
-            return Err(bad("z_threshold", "must be a finite number above 0"));
+        if !(self.false_alarm_rate > 0.0 && self.false_alarm_rate < 0.5) {
+            return Err(bad(
+                "false_alarm_rate",
+                "must be strictly between 0 and 0.5",
+            ));
         }
         if self.min_observations < 2 {
             return Err(bad("min_observations", "must be at least 2"));
+        }
+        if self.memory_rows < self.min_observations {
+            return Err(bad("memory_rows", "must be at least min_observations"));
+        }
+        if self.level_shift_rows == 1 || self.level_shift_rows > 10_000 {
+            return Err(bad(
+                "level_shift_rows",
+                "must be 0 (off) or between 2 and 10000",
+            ));
+        }
+        if !(2..=64).contains(&self.joint_max_channels) {
+            return Err(bad("joint_max_channels", "must be between 2 and 64"));
         }
         if !(1..=1000).contains(&self.forest_trees) {
             return Err(bad("forest_trees", "must be between 1 and 1000"));
@@ -64,11 +107,8 @@ impl EngineConfig {
                 "must be at least forest_sample and at most 100000",
             ));
         }
-        if self.forest_retrain_every == 0 || self.forest_retrain_every > self.forest_window {
-            return Err(bad(
-                "forest_retrain_every",
-                "must be between 1 and forest_window",
-            ));
+        if self.forest_retrain_every == 0 {
+            return Err(bad("forest_retrain_every", "must be at least 1"));
         }
         if !(self.forest_threshold > 0.5 && self.forest_threshold < 1.0) {
             return Err(bad(
@@ -77,6 +117,16 @@ impl EngineConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The alarm threshold in surprise units (`-log10` of a probability).
+    pub fn alarm_surprise(&self) -> f64 {
+        -self.false_alarm_rate.log10()
+    }
+
+    /// Weight floor of the adaptive baselines.
+    pub fn alpha(&self) -> f64 {
+        1.0 / self.memory_rows as f64
     }
 }
 
@@ -87,19 +137,20 @@ mod tests {
     #[test]
     fn default_is_valid() {
         EngineConfig::default().validate().unwrap();
+        assert_eq!(EngineConfig::default().alarm_surprise(), 3.0);
     }
 
     #[test]
     fn bad_values_name_the_field() {
         let c = EngineConfig {
-            z_threshold: f64::NAN,
+            false_alarm_rate: f64::NAN,
             ..Default::default()
         };
         assert!(
             c.validate()
                 .unwrap_err()
                 .to_string()
-                .contains("z_threshold")
+                .contains("false_alarm_rate")
         );
         let c = EngineConfig {
             forest_threshold: 1.0,
@@ -120,6 +171,16 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("forest_window")
+        );
+        let c = EngineConfig {
+            level_shift_rows: 1,
+            ..Default::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("level_shift_rows")
         );
     }
 }

@@ -6,26 +6,37 @@
 //! [`Engine::update`] needs the [`RowScore`] that scoring produced. Rows
 //! judged anomalous are never absorbed, and neither is a missing or
 //! non-finite cell.
+//!
+//! A row's evidence: per channel, the two-sided normal tail of its z-score
+//! against the channel's adaptive (or time-of-day) baseline; jointly, the
+//! chi-square tail of its Mahalanobis distance. The strongest evidence,
+//! corrected for how many tests were made (Bonferroni), is compared with the
+//! configured false-alarm rate. So one threshold fits any number of channels.
 
+use crate::channel::ChannelState;
 use crate::config::EngineConfig;
 use crate::error::{ConfigError, StateError};
 use crate::forest::IsolationForest;
-use crate::score::{ForestVerdict, RowScore};
+use crate::joint::Joint;
+use crate::score::{ForestVerdict, JointFinding, RowScore};
 use crate::state::{EngineState, ForestRecipe, History};
-use crate::stats::Welford;
-use std::collections::HashMap;
+use crate::stats::two_sided_surprise;
+use std::collections::{HashMap, VecDeque};
 
 /// Streaming anomaly detector over any number of named channels.
 #[derive(Debug, Clone)]
 pub struct Engine {
     config: EngineConfig,
     names: Vec<String>,
-    stats: Vec<Welford>,
+    channels: Vec<ChannelState>,
     index: HashMap<String, usize>,
+    joint: Option<Joint>,
+    /// Engine channel index of each joint-model channel.
+    joint_cols: Vec<usize>,
     /// History columns, as engine channel indices.
     history_cols: Vec<usize>,
     /// Oldest first, full width of `history_cols`; NaN is a missing cell.
-    history: std::collections::VecDeque<Vec<f64>>,
+    history: VecDeque<Vec<f64>>,
     since_training: u64,
     trainings: u64,
     forest: Option<TrainedForest>,
@@ -74,17 +85,23 @@ impl Engine {
         let mut e = Engine {
             config,
             names: Vec::new(),
-            stats: Vec::new(),
+            channels: Vec::new(),
             index: HashMap::new(),
+            joint: None,
+            joint_cols: Vec::new(),
             history_cols: Vec::new(),
-            history: Default::default(),
+            history: VecDeque::new(),
             since_training: state.history.since_training,
             trainings: state.history.trainings,
             forest: None,
         };
-        for (name, w) in state.channels {
+        for (name, c) in state.channels {
             let i = e.channel(&name);
-            e.stats[i] = w;
+            e.channels[i] = c;
+        }
+        if let Some(j) = state.joint {
+            e.joint_cols = j.channels.iter().map(|n| e.channel(n)).collect();
+            e.joint = Some(j);
         }
         let History {
             channels,
@@ -94,8 +111,7 @@ impl Engine {
         } = state.history;
         e.history_cols = channels.iter().map(|n| e.channel(n)).collect();
         let width = e.history_cols.len();
-        let cap = e.history_capacity();
-        let skip = rows.len().saturating_sub(cap);
+        let skip = rows.len().saturating_sub(e.config.forest_window);
         e.history = rows
             .into_iter()
             .skip(skip)
@@ -118,8 +134,9 @@ impl Engine {
                 .names
                 .iter()
                 .cloned()
-                .zip(self.stats.iter().copied())
+                .zip(self.channels.iter().cloned())
                 .collect(),
+            joint: self.joint.clone(),
             history: History {
                 channels: self
                     .history_cols
@@ -143,14 +160,26 @@ impl Engine {
         &self.config
     }
 
-    /// Statistics of a channel, if it is known.
-    pub fn stats(&self, name: &str) -> Option<&Welford> {
-        self.index.get(name).map(|&i| &self.stats[i])
+    /// A channel's state, if it is known.
+    pub fn channel_state(&self, name: &str) -> Option<&ChannelState> {
+        self.index.get(name).map(|&i| &self.channels[i])
     }
 
-    /// Whether a multivariate model is trained.
+    /// All-time statistics of a channel (the seed's baseline), if known.
+    pub fn stats(&self, name: &str) -> Option<&crate::Welford> {
+        self.channel_state(name).map(|c| &c.stats)
+    }
+
+    /// Whether a multivariate isolation forest is trained.
     pub fn forest_trained(&self) -> bool {
         self.forest.is_some()
+    }
+
+    /// Whether the joint model is in use.
+    pub fn joint_active(&self) -> bool {
+        self.joint
+            .as_ref()
+            .is_some_and(|j| j.n >= j.min_rows(self.config.min_observations))
     }
 
     /// Resolves the channel names of an input; unknown channels are added
@@ -166,103 +195,231 @@ impl Engine {
             return i;
         }
         self.names.push(name.to_string());
-        self.stats.push(Welford::default());
+        self.channels.push(ChannelState::default());
         self.index.insert(name.to_string(), self.names.len() - 1);
         self.names.len() - 1
     }
 
-    fn history_capacity(&self) -> usize {
-        self.config.forest_window + self.config.forest_retrain_every
-    }
-
     /// Scores one row. `values[i]` belongs to the i-th bound channel; `None`
-    /// or a non-finite value is a missing cell.
+    /// or a non-finite value is a missing cell. `ts` is the row's time in
+    /// seconds since the Unix epoch, if known.
     ///
     /// # Panics
     /// If `values` is not as long as the binding (a programming error).
-    pub fn score(&self, binding: &Binding, values: &[Option<f64>]) -> RowScore {
+    pub fn score(&self, binding: &Binding, ts: Option<f64>, values: &[Option<f64>]) -> RowScore {
         let mut out = RowScore::default();
-        self.score_into(binding, values, &mut out);
+        self.score_into(binding, ts, values, &mut out);
         out
     }
 
     /// As [`Engine::score`], reusing `out`'s buffers.
-    pub fn score_into(&self, binding: &Binding, values: &[Option<f64>], out: &mut RowScore) {
+    pub fn score_into(
+        &self,
+        binding: &Binding,
+        ts: Option<f64>,
+        values: &[Option<f64>],
+        out: &mut RowScore,
+    ) {
         assert_eq!(
             binding.cols.len(),
             values.len(),
             "row width must match binding"
         );
         out.clear();
-        let thr = self.config.z_threshold;
+        let cfg = &self.config;
         for (&c, v) in binding.cols.iter().zip(values) {
-            let w = &self.stats[c];
-            let z = match v {
-                Some(x) if x.is_finite() && w.count >= self.config.min_observations => {
-                    Some(z_score(*x, w))
+            let ch = &self.channels[c];
+            let scored = v
+                .filter(|x| x.is_finite())
+                .and_then(|x| ch.reference(ts, cfg).map(|r| (x, r)));
+            match scored {
+                Some((x, r)) => {
+                    let z = z_score(x, r.mean, r.sd);
+                    out.z.push(Some(z));
+                    out.surprise.push(two_sided_surprise(z));
+                    out.seasonal.push(r.seasonal);
+                    let shift = ch.completes_shift(z, cfg);
+                    out.shift.push(shift);
+                    out.shift_since
+                        .push(if shift { ch.run.since } else { None });
                 }
-                _ => None,
-            };
-            out.z.push(z);
-            out.z_flag.push(z.map(|z| z.abs() > thr));
+                None => {
+                    out.z.push(None);
+                    out.surprise.push(0.0);
+                    out.seasonal.push(false);
+                    out.shift.push(false);
+                    out.shift_since.push(None);
+                }
+            }
         }
-        out.forest = self.forest.as_ref().and_then(|f| {
-            let mut x = Vec::with_capacity(f.features.len());
-            let mut present = 0;
-            for (k, &c) in f.features.iter().enumerate() {
-                let v = binding
-                    .cols
-                    .iter()
-                    .position(|&b| b == c)
-                    .and_then(|p| values[p])
-                    .filter(|v| v.is_finite());
-                present += usize::from(v.is_some());
-                x.push(v.unwrap_or(f.recipe.impute[k]));
-            }
-            if present == 0 {
-                return None;
-            }
-            let s = f.model.score(&x);
-            let flagged = s >= self.config.forest_threshold;
-            let drivers = if flagged {
-                let a = f.model.attribution(&x);
-                let mut order: Vec<usize> = (0..a.len()).collect();
-                order.sort_by(|&i, &j| a[j].total_cmp(&a[i]));
-                order
-                    .into_iter()
-                    .take(2)
-                    .filter(|&i| a[i] >= 0.2)
-                    .map(|i| f.recipe.features[i].clone())
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            Some(ForestVerdict {
-                score: s,
-                flagged,
-                drivers,
-            })
-        });
-        out.finish(self.config.z_threshold, self.config.forest_threshold);
+        out.joint = self.score_joint(binding, out);
+        out.forest = self.score_forest(binding, values);
+        out.finish(cfg);
     }
 
-    /// Absorbs a scored row into the state, unless it was judged anomalous.
-    /// Returns whether it was absorbed.
-    pub fn update(&mut self, binding: &Binding, values: &[Option<f64>], score: &RowScore) -> bool {
+    fn row_value(binding: &Binding, values: &[Option<f64>], c: usize) -> Option<f64> {
+        binding
+            .cols
+            .iter()
+            .position(|&b| b == c)
+            .and_then(|p| values[p])
+            .filter(|v| v.is_finite())
+    }
+
+    /// The z-scores of the joint model's channels, if all are present, and
+    /// whether each was taken against a time-of-day baseline.
+    fn joint_input(&self, binding: &Binding, row: &RowScore) -> Option<(Vec<f64>, Vec<bool>)> {
+        self.joint_cols
+            .iter()
+            .map(|&c| {
+                let p = binding.cols.iter().position(|&b| b == c)?;
+                Some((row.z[p]?, row.seasonal[p]))
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.into_iter().unzip())
+    }
+
+    /// The joint model works on the channels' z-scores (each against its own
+    /// plain or time-of-day baseline), so it sees correlation breaks without
+    /// mistaking a shared daily cycle for one.
+    fn score_joint(&self, binding: &Binding, row: &RowScore) -> Option<JointFinding> {
+        if !self.config.joint || !self.joint_active() {
+            return None;
+        }
+        let j = self.joint.as_ref()?;
+        let (x, seasonal) = self.joint_input(binding, row)?;
+        if seasonal != j.seasonal {
+            return None;
+        }
+        let v = j.score(&x)?;
+        let mut order: Vec<usize> = (0..v.contributions.len()).collect();
+        order.sort_by(|&a, &b| v.contributions[b].total_cmp(&v.contributions[a]));
+        let drivers = order
+            .into_iter()
+            .take(2)
+            .filter(|&i| v.contributions[i] >= 0.15)
+            .map(|i| j.channels[i].clone())
+            .collect();
+        Some(JointFinding {
+            d2: v.d2,
+            surprise: v.surprise,
+            drivers,
+        })
+    }
+
+    fn score_forest(&self, binding: &Binding, values: &[Option<f64>]) -> Option<ForestVerdict> {
+        let f = self.forest.as_ref()?;
+        let mut x = Vec::with_capacity(f.features.len());
+        let mut present = 0;
+        for (k, &c) in f.features.iter().enumerate() {
+            let v = Self::row_value(binding, values, c);
+            present += usize::from(v.is_some());
+            x.push(v.unwrap_or(f.recipe.impute[k]));
+        }
+        if present == 0 {
+            return None;
+        }
+        let s = f.model.score(&x);
+        let flagged = s >= self.config.forest_threshold;
+        let drivers = if flagged {
+            let a = f.model.attribution(&x);
+            let mut order: Vec<usize> = (0..a.len()).collect();
+            order.sort_by(|&i, &j| a[j].total_cmp(&a[i]));
+            order
+                .into_iter()
+                .take(2)
+                .filter(|&i| a[i] >= 0.2)
+                .map(|i| f.recipe.features[i].clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Some(ForestVerdict {
+            score: s,
+            flagged,
+            drivers,
+        })
+    }
+
+    /// Absorbs a scored row into the state, unless it was judged anomalous
+    /// (level-shift tracking sees every row). Returns whether it was absorbed.
+    pub fn update(
+        &mut self,
+        binding: &Binding,
+        ts: Option<f64>,
+        values: &[Option<f64>],
+        score: &RowScore,
+    ) -> bool {
+        let cfg = self.config.clone();
+        for (i, (&c, v)) in binding.cols.iter().zip(values).enumerate() {
+            if let Some(x) = v.filter(|x| x.is_finite())
+                && self.channels[c].track_shift(x, score.z.get(i).copied().flatten(), ts, &cfg)
+                && self.joint_cols.contains(&c)
+            {
+                // The joint model's mean and covariance no longer hold.
+                self.joint = None;
+                self.joint_cols.clear();
+            }
+        }
         if score.anomaly {
             return false;
         }
         let mut any = false;
         for (&c, v) in binding.cols.iter().zip(values) {
-            if let Some(x) = v {
-                any |= self.stats[c].push(*x);
+            if let Some(x) = v.filter(|x| x.is_finite()) {
+                self.channels[c].absorb(x, ts, &cfg);
+                any = true;
             }
         }
         if !any {
             return false;
         }
-        // Retain the row for the multivariate model, widening the history
-        // to any channel it has not seen yet.
+        if cfg.joint {
+            self.update_joint(binding, score);
+        }
+        self.retain(binding, values);
+        true
+    }
+
+    fn update_joint(&mut self, binding: &Binding, row: &RowScore) {
+        let min = self.config.min_observations;
+        let mut mature: Vec<usize> = binding
+            .cols
+            .iter()
+            .copied()
+            .filter(|&c| self.channels[c].ew.n >= min)
+            .collect();
+        mature.sort_by(|&a, &b| self.names[a].cmp(&self.names[b]));
+        mature.dedup();
+        mature.truncate(self.config.joint_max_channels);
+        if mature.len() < 2 {
+            return;
+        }
+        if self.joint.is_none() || self.joint_cols != mature {
+            // The set of channels changed (a channel matured, appeared or
+            // went away): start a model over the new set.
+            let k = mature.len();
+            self.joint = Some(Joint::new(
+                mature.iter().map(|&c| self.names[c].clone()).collect(),
+                vec![false; k],
+            ));
+            self.joint_cols = mature;
+        }
+        let Some((x, seasonal)) = self.joint_input(binding, row) else {
+            return;
+        };
+        if let Some(j) = self.joint.as_mut() {
+            if j.seasonal != seasonal {
+                // A channel switched to (or from) its time-of-day baseline:
+                // its z-scores mean something else now.
+                *j = Joint::new(j.channels.clone(), seasonal);
+            }
+            j.push(&x, self.config.alpha());
+        }
+    }
+
+    /// Keeps the row for the isolation forest and retrains on schedule.
+    fn retain(&mut self, binding: &Binding, values: &[Option<f64>]) {
         for &c in &binding.cols {
             if !self.history_cols.contains(&c) {
                 self.history_cols.push(c);
@@ -279,38 +436,43 @@ impl Engine {
             }
         }
         self.history.push_back(row);
-        while self.history.len() > self.history_capacity() {
+        while self.history.len() > self.config.forest_window {
             self.history.pop_front();
         }
         self.since_training += 1;
-        if self.history.len() >= self.config.forest_window
-            && self.since_training >= self.config.forest_retrain_every as u64
-        {
+        let full = self.history.len() >= self.config.forest_window;
+        let first = self.trainings == 0;
+        if full && (first || self.since_training >= self.config.forest_retrain_every as u64) {
             self.retrain();
         }
-        true
     }
 
-    /// Trains a new forest on the newest `forest_window` rows.
+    /// Trains a new forest on the retained window.
     fn retrain(&mut self) {
         self.since_training = 0;
         self.trainings += 1;
-        let window = self.config.forest_window;
-        let start = self.history.len() - window;
-        // Features: mature channels present in at least half the window.
+        let window = self.history.len();
         let mut features = Vec::new();
+        let mut cols = Vec::new();
         let mut impute = Vec::new();
         for (p, &c) in self.history_cols.iter().enumerate() {
-            let present = self
-                .history
-                .range(start..)
-                .filter(|r| r[p].is_finite())
-                .count();
-            if self.stats[c].count >= self.config.min_observations && present * 2 >= window {
+            let present = self.history.iter().filter(|r| r[p].is_finite()).count();
+            if self.channels[c].ew.n >= self.config.min_observations && present * 2 >= window {
                 features.push(self.names[c].clone());
-                impute.push(self.stats[c].mean);
+                cols.push(p);
+                impute.push(self.channels[c].ew.mean);
             }
         }
+        let rows = self
+            .history
+            .iter()
+            .map(|r| {
+                cols.iter()
+                    .zip(&impute)
+                    .map(|(&p, &imp)| if r[p].is_finite() { r[p] } else { imp })
+                    .collect()
+            })
+            .collect();
         self.forest = if features.is_empty() {
             None
         } else {
@@ -318,47 +480,20 @@ impl Engine {
                 features,
                 impute,
                 seed: 0x7357_0000 + self.trainings,
-                window,
+                rows,
             })
         };
     }
 
-    /// Rebuilds a forest from its recipe and the rows it names.
-    fn build_forest(&self, recipe: ForestRecipe) -> Option<TrainedForest> {
-        let end = self
-            .history
-            .len()
-            .checked_sub(self.since_training as usize)?;
-        let start = end.checked_sub(recipe.window)?;
-        let cols: Vec<usize> = recipe
-            .features
-            .iter()
-            .map(|n| {
-                let c = self.index[n.as_str()];
-                self.history_cols.iter().position(|&h| h == c)
-            })
-            .collect::<Option<_>>()?;
-        let rows: Vec<Vec<f64>> = self
-            .history
-            .range(start..end)
-            .map(|r| {
-                cols.iter()
-                    .zip(&recipe.impute)
-                    .map(|(&p, &imp)| if r[p].is_finite() { r[p] } else { imp })
-                    .collect()
-            })
-            .collect();
+    /// Rebuilds a forest from its recipe.
+    fn build_forest(&mut self, recipe: ForestRecipe) -> Option<TrainedForest> {
         let model = IsolationForest::train(
-            &rows,
+            &recipe.rows,
             self.config.forest_trees,
             self.config.forest_sample,
             recipe.seed,
         )?;
-        let features = recipe
-            .features
-            .iter()
-            .map(|n| self.index[n.as_str()])
-            .collect();
+        let features = recipe.features.iter().map(|n| self.channel(n)).collect();
         Some(TrainedForest {
             recipe,
             features,
@@ -367,11 +502,11 @@ impl Engine {
     }
 }
 
-/// `(x - mean) / std`, with a zero spread treated as a tiny one so that any
+/// `(x - mean) / sd`, with a zero spread treated as a tiny one so that any
 /// departure from a constant channel is flagged and nothing divides by zero.
-fn z_score(x: f64, w: &Welford) -> f64 {
-    let floor = 1e-9 * w.mean.abs().max(1.0);
-    let z = (x - w.mean) / w.std().max(floor);
+fn z_score(x: f64, mean: f64, sd: f64) -> f64 {
+    let floor = 1e-9 * mean.abs().max(1.0);
+    let z = (x - mean) / sd.max(floor);
     // Keep the number printable: a z of 1e300 says no more than 1e12.
     z.clamp(-1e12, 1e12)
 }

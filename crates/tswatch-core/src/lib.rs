@@ -9,24 +9,29 @@
 //! let b = engine.bind(&["temperature"]);
 //! for i in 0..100 {
 //!     let row = [Some(20.0 + (i % 5) as f64 * 0.1)];
-//!     let s = engine.score(&b, &row);   // judged against the past only
-//!     engine.update(&b, &row, &s);      // then absorbed if normal
+//!     let s = engine.score(&b, None, &row);   // judged against the past only
+//!     engine.update(&b, None, &row, &s);      // then absorbed if normal
 //! }
 //! let spike = [Some(35.0)];
-//! assert!(engine.score(&b, &spike).anomaly);
+//! let s = engine.score(&b, None, &spike);
+//! assert!(s.anomaly);
+//! assert_eq!(s.reason(&["temperature"]), format!("temperature z={:.2}", s.z[0].unwrap()));
 //! ```
 
+pub mod channel;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod forest;
+pub mod joint;
 pub mod score;
 pub mod state;
 pub mod stats;
 
+pub use channel::ChannelState;
 pub use config::EngineConfig;
 pub use engine::{Binding, Engine, LoadError};
 pub use error::{ConfigError, StateError};
-pub use score::{ForestVerdict, RowScore};
+pub use score::{ForestVerdict, JointFinding, RowScore};
 pub use state::{EngineState, ForestRecipe, History};
 pub use stats::Welford;

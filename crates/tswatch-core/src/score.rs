@@ -2,12 +2,20 @@
 //! human reason.
 //!
 //! `anomaly_score` is built from tail probabilities, so it means the same on
-//! every channel and in every file: `0.5` sits exactly at the flagging
-//! threshold, and it approaches 1 without ever reaching it for finite input.
+//! every channel and in every file: with evidence `S` (`-log10` of the row's
+//! multiplicity-corrected tail probability) and alarm threshold `T`
+//! (`-log10` of the configured false-alarm rate), the score is `S / (S + T)`:
+//! exactly 0.5 at the threshold, approaching 1 without reaching it.
 
-use crate::stats::two_sided_surprise;
+use crate::config::EngineConfig;
+use crate::stats::format_epoch;
 
-/// The isolation forest's view of a row.
+/// The joint test is held to a ten times stricter standard than the
+/// per-channel tests (`-log10(10)`): its Gaussian assumption is the weakest,
+/// and it spends little of the false-alarm budget that way.
+pub const JOINT_PENALTY: f64 = 1.0;
+
+/// The isolation forest's view of a row (the seed's `if_*` columns).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ForestVerdict {
     /// `s(x)` in (0, 1]; higher is more isolated.
@@ -18,16 +26,39 @@ pub struct ForestVerdict {
     pub drivers: Vec<String>,
 }
 
-/// Scores of one row, in the order of the bound channels.
+/// The joint model's view of a row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JointFinding {
+    /// Squared Mahalanobis distance.
+    pub d2: f64,
+    /// `-log10` of its chi-square tail probability.
+    pub surprise: f64,
+    /// The (at most two) channels contributing most to `d2`.
+    pub drivers: Vec<String>,
+}
+
+/// Scores of one row, per bound channel in binding order.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RowScore {
     /// z-score per channel; `None` while immature or for a missing cell.
     pub z: Vec<Option<f64>>,
-    /// `|z| > threshold` per channel; `None` where `z` is `None`.
+    /// Whether the channel's own evidence flags the row; `None` where `z` is.
     pub z_flag: Vec<Option<bool>>,
+    /// `-log10` two-sided tail probability of each `z` (0 when absent).
+    pub surprise: Vec<f64>,
+    /// Whether `z` was taken against the time-of-day baseline.
+    pub seasonal: Vec<bool>,
+    /// Whether this row completes a level shift of the channel.
+    pub shift: Vec<bool>,
+    /// When that shift started (epoch seconds), if known.
+    pub shift_since: Vec<Option<f64>>,
+    /// The joint model's finding, once it is mature.
+    pub joint: Option<JointFinding>,
     /// `None` until a forest is trained (or when the row has no feature value).
     pub forest: Option<ForestVerdict>,
-    /// Whether the row is anomalous (any z flag, or the forest's flag).
+    /// The row's evidence after the multiplicity correction.
+    pub evidence: f64,
+    /// Whether the row is anomalous.
     pub anomaly: bool,
     /// Calibrated score in [0, 1); at least 0.5 exactly when `anomaly`.
     pub anomaly_score: f64,
@@ -37,24 +68,38 @@ impl RowScore {
     pub(crate) fn clear(&mut self) {
         self.z.clear();
         self.z_flag.clear();
+        self.surprise.clear();
+        self.seasonal.clear();
+        self.shift.clear();
+        self.shift_since.clear();
+        self.joint = None;
         self.forest = None;
+        self.evidence = 0.0;
         self.anomaly = false;
         self.anomaly_score = 0.0;
     }
 
-    pub(crate) fn finish(&mut self, z_threshold: f64, forest_threshold: f64) {
-        let max_z = self.z.iter().flatten().fold(0.0f64, |m, z| m.max(z.abs()));
-        let z_part = ratio_score(two_sided_surprise(max_z), two_sided_surprise(z_threshold));
-        // The forest's excess over 0.5, relative to the threshold's excess.
-        let f_part = self.forest.as_ref().map_or(0.0, |f| {
-            ratio_score((f.score - 0.5).max(0.0), forest_threshold - 0.5)
-        });
-        let z_flagged = self.z_flag.contains(&Some(true));
-        let f_flagged = self.forest.as_ref().is_some_and(|f| f.flagged);
-        self.anomaly = z_flagged || f_flagged;
-        let mut s = z_part.max(f_part);
-        // Keep the promise "score >= 0.5 iff anomaly" at the boundary, where
-        // `>` vs `>=` and rounding could disagree.
+    pub(crate) fn finish(&mut self, cfg: &EngineConfig) {
+        let threshold = cfg.alarm_surprise();
+        let k = self.z.iter().flatten().count().max(1) as f64;
+        let penalty = k.log10();
+        let uni = self.surprise.iter().fold(0.0f64, |m, s| m.max(*s)) - penalty;
+        let joint = self
+            .joint
+            .as_ref()
+            .map_or(0.0, |j| j.surprise - JOINT_PENALTY);
+        self.evidence = uni.max(joint).max(0.0);
+        self.z_flag = self
+            .z
+            .iter()
+            .zip(&self.surprise)
+            .map(|(z, s)| z.map(|_| s - penalty >= threshold))
+            .collect();
+        let forest_alarm = cfg.forest_alarm && self.forest.as_ref().is_some_and(|f| f.flagged);
+        self.anomaly = self.evidence >= threshold || self.shift.contains(&true) || forest_alarm;
+        let mut s = ratio_score(self.evidence, threshold);
+        // Keep the promise "score >= 0.5 iff anomaly" where a rule other than
+        // the evidence threshold decided, or rounding disagrees.
         if self.anomaly {
             s = s.max(0.5);
         } else {
@@ -74,33 +119,59 @@ impl RowScore {
         self.forest.as_ref().map(|f| forest_threshold - f.score)
     }
 
-    /// Human explanation of a flagged row, e.g. `temperature z=6.12`, or
-    /// `joint: temperature×humidity (isolation 0.71)`. Empty when normal.
+    /// Human explanation of a flagged row, e.g. `temperature z=6.12`,
+    /// `pressure level shift since 2026-03-01T12:00:00 (z=5.10)` or
+    /// `joint: temperature×humidity (d²=31.2)`. Empty when normal.
     /// `names[i]` is the name of the i-th bound channel.
     pub fn reason(&self, names: &[impl AsRef<str>]) -> String {
         if !self.anomaly {
             return String::new();
         }
-        let mut flagged: Vec<(usize, f64)> = self
-            .z
-            .iter()
-            .zip(&self.z_flag)
-            .enumerate()
-            .filter(|(_, (_, f))| **f == Some(true))
-            .map(|(i, (z, _))| (i, z.unwrap_or(0.0)))
+        let mut parts = Vec::new();
+        let mut flagged: Vec<usize> = (0..self.z.len())
+            .filter(|&i| self.z_flag[i] == Some(true) || self.shift[i])
             .collect();
-        flagged.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
-        let mut parts: Vec<String> = flagged
-            .iter()
-            .map(|(i, z)| format!("{} z={:.2}", names[*i].as_ref(), z))
-            .collect();
-        if let Some(f) = self.forest.as_ref().filter(|f| f.flagged) {
+        flagged.sort_by(|&a, &b| self.surprise[b].total_cmp(&self.surprise[a]));
+        for i in flagged {
+            let name = names[i].as_ref();
+            let z = self.z[i].unwrap_or(0.0);
+            if self.shift[i] {
+                let since = self.shift_since[i]
+                    .map(|t| format!(" since {}", format_epoch(t)))
+                    .unwrap_or_default();
+                parts.push(format!("{name} level shift{since} (z={z:.2}); re-learning"));
+            } else if self.seasonal[i] {
+                parts.push(format!("{name} z={z:.2} for this time of day"));
+            } else {
+                parts.push(format!("{name} z={z:.2}"));
+            }
+        }
+        if let Some(j) = &self.joint {
+            let uni_ok = self.z_flag.iter().all(|f| *f != Some(true));
+            if uni_ok
+                && self.evidence >= 0.0
+                && j.surprise >= self.surprise.iter().fold(0.0f64, |m, s| m.max(*s))
+            {
+                let who = if j.drivers.is_empty() {
+                    "all channels".to_string()
+                } else {
+                    j.drivers.join("×")
+                };
+                parts.push(format!("joint: {who} (d²={:.1})", j.d2));
+            }
+        }
+        if let Some(f) = self.forest.as_ref().filter(|f| f.flagged)
+            && parts.is_empty()
+        {
             let who = if f.drivers.is_empty() {
                 "all channels".to_string()
             } else {
                 f.drivers.join("×")
             };
-            parts.push(format!("joint: {who} (isolation {:.2})", f.score));
+            parts.push(format!("isolation: {who} (s={:.2})", f.score));
+        }
+        if parts.is_empty() {
+            parts.push(format!("combined evidence {:.1}", self.evidence));
         }
         parts.join("; ")
     }
@@ -121,31 +192,48 @@ fn ratio_score(x: f64, at_half: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::two_sided_surprise;
 
-    fn with_z(z: &[Option<f64>], thr: f64) -> RowScore {
+    fn with_z(z: &[Option<f64>]) -> RowScore {
+        let n = z.len();
         let mut s = RowScore {
             z: z.to_vec(),
-            z_flag: z.iter().map(|z| z.map(|z| z.abs() > thr)).collect(),
+            surprise: z
+                .iter()
+                .map(|z| z.map_or(0.0, two_sided_surprise))
+                .collect(),
+            seasonal: vec![false; n],
+            shift: vec![false; n],
+            shift_since: vec![None; n],
             ..Default::default()
         };
-        s.finish(thr, 0.65);
+        s.finish(&EngineConfig::default());
         s
     }
 
     #[test]
     fn half_at_threshold_and_monotone() {
-        let a = with_z(&[Some(2.9)], 3.0);
-        let b = with_z(&[Some(3.1)], 3.0);
-        let c = with_z(&[Some(30.0)], 3.0);
-        let d = with_z(&[Some(40.0)], 3.0);
+        // One channel: threshold at p = 1e-3, i.e. |z| = 3.29.
+        let a = with_z(&[Some(3.2)]);
+        let b = with_z(&[Some(3.35)]);
+        let c = with_z(&[Some(30.0)]);
+        let d = with_z(&[Some(40.0)]);
         assert!(!a.anomaly && a.anomaly_score < 0.5);
         assert!(b.anomaly && b.anomaly_score >= 0.5);
         assert!(c.anomaly_score < d.anomaly_score && d.anomaly_score < 1.0);
     }
 
     #[test]
+    fn more_channels_need_more_evidence() {
+        let one = with_z(&[Some(3.5)]);
+        let four = with_z(&[Some(3.5), Some(0.0), Some(0.0), Some(0.0)]);
+        assert!(one.anomaly);
+        assert!(!four.anomaly, "Bonferroni over 4 channels");
+    }
+
+    #[test]
     fn immature_rows_score_zero() {
-        let s = with_z(&[None, None], 3.0);
+        let s = with_z(&[None, None]);
         assert!(!s.anomaly);
         assert_eq!(s.anomaly_score, 0.0);
         assert_eq!(s.reason(&["a", "b"]), "");
@@ -153,27 +241,34 @@ mod tests {
 
     #[test]
     fn reason_orders_by_strength() {
-        let s = with_z(&[Some(-4.0), Some(6.123), Some(1.0)], 3.0);
-        assert_eq!(s.reason(&["a", "b", "c"]), "b z=6.12; a z=-4.00");
+        let s = with_z(&[Some(-6.0), Some(8.123), Some(1.0)]);
+        assert_eq!(s.reason(&["a", "b", "c"]), "b z=8.12; a z=-6.00");
     }
 
     #[test]
-    fn forest_reason_and_seed_columns() {
+    fn joint_reason_and_seed_columns() {
         let mut s = RowScore {
             z: vec![Some(1.0), Some(1.5)],
-            z_flag: vec![Some(false), Some(false)],
-            forest: Some(ForestVerdict {
-                score: 0.7,
-                flagged: true,
+            surprise: vec![two_sided_surprise(1.0), two_sided_surprise(1.5)],
+            seasonal: vec![false; 2],
+            shift: vec![false; 2],
+            shift_since: vec![None; 2],
+            joint: Some(JointFinding {
+                d2: 40.0,
+                surprise: 8.7,
                 drivers: vec!["h".into(), "t".into()],
+            }),
+            forest: Some(ForestVerdict {
+                score: 0.75,
+                flagged: true,
+                drivers: vec!["h".into()],
             }),
             ..Default::default()
         };
-        s.finish(3.0, 0.65);
+        s.finish(&EngineConfig::default());
         assert!(s.anomaly && s.anomaly_score > 0.5);
         assert_eq!(s.if_label(), Some(-1));
-        assert!(s.if_score(0.65).unwrap() < 0.0);
-        let names = ["t", "h"];
-        assert_eq!(s.reason(&names), "joint: h×t (isolation 0.70)");
+        assert!(s.if_score(0.7).unwrap() < 0.0);
+        assert_eq!(s.reason(&["t", "h"]), "joint: h×t (d²=40.0)");
     }
 }

@@ -2,23 +2,27 @@
 //! load. The in-memory [`crate::Engine`] converts to and from it losslessly,
 //! so saving between two files never changes a result (batch invariance).
 
+use crate::channel::ChannelState;
 use crate::error::StateError;
-use crate::stats::Welford;
+use crate::joint::Joint;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Everything the engine needs to continue a stream where it stopped.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct EngineState {
-    /// Running statistics of the rows judged normal, per channel.
-    pub channels: BTreeMap<String, Welford>,
-    /// Retained normal rows for the multivariate model.
+    /// Per-channel models.
+    pub channels: BTreeMap<String, ChannelState>,
+    /// The joint (multivariate Gaussian) model, once channels are mature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joint: Option<Joint>,
+    /// Retained normal rows and the isolation forest's training set.
     #[serde(default)]
     pub history: History,
 }
 
-/// A bounded ring of the most recent normal rows, and the bookkeeping that
-/// makes the forest a pure function of it.
+/// A bounded window of the most recent normal rows, and the forest's
+/// training set, which makes the forest a pure function of the state.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct History {
     /// Column names of `rows`; only ever grows, so old rows may be shorter.
@@ -43,18 +47,22 @@ pub struct ForestRecipe {
     pub impute: Vec<f64>,
     /// Generator seed.
     pub seed: u64,
-    /// Number of rows trained on: the `window` rows that precede the
-    /// `since_training` newest rows of the history.
-    pub window: usize,
+    /// The training rows (features in order, missing cells imputed).
+    pub rows: Vec<Vec<f64>>,
 }
 
 impl EngineState {
-    /// Checks that every number is usable and the history is consistent.
+    /// Checks that every number is usable and the shapes are consistent.
     pub fn validate(&self) -> Result<(), StateError> {
-        for (name, w) in &self.channels {
-            if !w.is_valid() {
+        for (name, c) in &self.channels {
+            if !c.is_valid() {
                 return Err(StateError::BadChannel(name.clone()));
             }
+        }
+        if let Some(j) = &self.joint
+            && !j.is_valid()
+        {
+            return Err(StateError::BadChannel("(joint model)".into()));
         }
         let h = &self.history;
         for (i, r) in h.rows.iter().enumerate() {
@@ -67,11 +75,14 @@ impl EngineState {
             }
         }
         if let Some(f) = &h.forest {
-            if let Some(missing) = f.features.iter().find(|n| !h.channels.contains(n)) {
-                return Err(StateError::BadFeature(missing.clone()));
-            }
-            if f.impute.len() != f.features.len() || f.impute.iter().any(|v| !v.is_finite()) {
-                return Err(StateError::BadFeature("(imputation values)".into()));
+            let k = f.features.len();
+            if f.impute.len() != k
+                || f.impute.iter().any(|v| !v.is_finite())
+                || f.rows
+                    .iter()
+                    .any(|r| r.len() != k || r.iter().any(|v| !v.is_finite()))
+            {
+                return Err(StateError::BadFeature("(forest training set)".into()));
             }
         }
         Ok(())
@@ -81,7 +92,7 @@ impl EngineState {
     pub fn observation_counts(&self) -> BTreeMap<String, u64> {
         self.channels
             .iter()
-            .map(|(k, w)| (k.clone(), w.count))
+            .map(|(k, c)| (k.clone(), c.stats.count))
             .collect()
     }
 }

@@ -233,3 +233,222 @@ mod tests {
         }
     }
 }
+
+/// Exponentially weighted mean and variance that starts as an exact running
+/// mean/variance: the weight of a new value is `max(1/n, alpha)`, so the
+/// first `1/alpha` values are weighted equally (Welford), and after that the
+/// estimate follows the recent past (drift) with a memory of about `1/alpha`.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Ew {
+    /// Values absorbed.
+    pub n: u64,
+    /// Weighted mean.
+    pub mean: f64,
+    /// Weighted (population) variance.
+    pub var: f64,
+}
+
+impl Ew {
+    /// Absorbs a finite value with minimum weight `alpha`.
+    pub fn push(&mut self, x: f64, alpha: f64) {
+        if !x.is_finite() {
+            return;
+        }
+        self.n += 1;
+        let a = (1.0 / self.n as f64).max(alpha);
+        let d = x - self.mean;
+        self.mean += a * d;
+        self.var = ((1.0 - a) * (self.var + a * d * d)).max(0.0);
+    }
+
+    /// Standard deviation.
+    pub fn sd(&self) -> f64 {
+        self.var.sqrt()
+    }
+
+    /// An estimate summarising `xs` as if they were its only history.
+    pub fn from_values(xs: &[f64]) -> Self {
+        let mut e = Ew::default();
+        for &x in xs {
+            e.push(x, 0.0);
+        }
+        e
+    }
+
+    /// Whether the numbers are usable.
+    pub fn is_valid(&self) -> bool {
+        self.mean.is_finite() && self.var.is_finite() && self.var >= 0.0
+    }
+}
+
+/// `ln Γ(x)` for `x > 0` (Lanczos, g = 7, 9 terms; ~1e-15 relative).
+pub fn ln_gamma(x: f64) -> f64 {
+    const C: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        // Reflection.
+        let pi = std::f64::consts::PI;
+        return (pi / (pi * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let mut a = C[0];
+    let t = x + 7.5;
+    for (i, c) in C.iter().enumerate().skip(1) {
+        a += c / (x + i as f64);
+    }
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln()
+}
+
+/// `ln Q(a, x)`, the log of the regularised upper incomplete gamma function,
+/// finite far into the tail (series for small `x`, continued fraction else).
+pub fn ln_gamma_q(a: f64, x: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    let gln = ln_gamma(a);
+    if x < a + 1.0 {
+        // P by series, Q = 1 - P.
+        let (mut ap, mut sum) = (a, 1.0 / a);
+        let mut del = sum;
+        for _ in 0..500 {
+            ap += 1.0;
+            del *= x / ap;
+            sum += del;
+            if del.abs() < sum.abs() * 1e-15 {
+                break;
+            }
+        }
+        let p = (sum.ln() - x + a * x.ln() - gln).exp();
+        (1.0 - p).max(f64::MIN_POSITIVE).ln()
+    } else {
+        // Modified Lentz continued fraction for Q.
+        let tiny = 1e-300;
+        let mut b = x + 1.0 - a;
+        let mut c = 1.0 / tiny;
+        let mut d = 1.0 / b;
+        let mut h = d;
+        for i in 1..500 {
+            let an = -(i as f64) * (i as f64 - a);
+            b += 2.0;
+            d = an * d + b;
+            if d.abs() < tiny {
+                d = tiny;
+            }
+            c = b + an / c;
+            if c.abs() < tiny {
+                c = tiny;
+            }
+            d = 1.0 / d;
+            let del = d * c;
+            h *= del;
+            if (del - 1.0).abs() < 1e-15 {
+                break;
+            }
+        }
+        h.ln() - x + a * x.ln() - gln
+    }
+}
+
+/// `-log10 P(X >= d2)` for `X ~ chi-square(k)`: the surprise of a squared
+/// Mahalanobis distance over `k` Gaussian channels.
+pub fn chi2_surprise(d2: f64, k: usize) -> f64 {
+    if d2.is_nan() || d2 <= 0.0 || k == 0 {
+        return 0.0;
+    }
+    if d2.is_infinite() {
+        return f64::MAX;
+    }
+    -ln_gamma_q(k as f64 / 2.0, d2 / 2.0) / std::f64::consts::LN_10
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` (UTC) for seconds since the Unix epoch.
+pub fn format_epoch(secs: f64) -> String {
+    let s = secs.floor() as i64;
+    let (days, rem) = (s.div_euclid(86_400), s.rem_euclid(86_400));
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+
+    #[test]
+    fn ew_starts_exact_then_forgets() {
+        let mut e = Ew::default();
+        let mut w = Welford::default();
+        for i in 0..50 {
+            let x = (i % 7) as f64;
+            e.push(x, 0.01);
+            w.push(x);
+        }
+        assert!((e.mean - w.mean).abs() < 1e-12);
+        assert!((e.var - w.variance()).abs() < 1e-9);
+        for _ in 0..2000 {
+            e.push(100.0, 0.01);
+        }
+        assert!(
+            (e.mean - 100.0).abs() < 1e-3,
+            "follows a new level: {}",
+            e.mean
+        );
+    }
+
+    #[test]
+    fn chi_square_tails() {
+        // Known values: P(chi2_1 >= 3.841459) = 0.05, P(chi2_4 >= 9.487729) = 0.05,
+        // P(chi2_2 >= x) = exp(-x/2).
+        assert!((chi2_surprise(3.841_459, 1) - (-(0.05f64).log10())).abs() < 1e-5);
+        assert!((chi2_surprise(9.487_729, 4) - (-(0.05f64).log10())).abs() < 1e-5);
+        for x in [0.5, 2.0, 10.0, 100.0, 1000.0] {
+            let want = x / 2.0 / std::f64::consts::LN_10;
+            assert!(
+                (chi2_surprise(x, 2) - want).abs() < 1e-6 * want.max(1.0),
+                "x={x}"
+            );
+        }
+        // Agrees with the normal tail for one degree of freedom.
+        for z in [1.0f64, 3.0, 6.0, 20.0] {
+            let a = chi2_surprise(z * z, 1);
+            let b = two_sided_surprise(z);
+            assert!((a - b).abs() < 1e-4 * b.max(1.0), "z={z}: {a} vs {b}");
+        }
+        assert!(chi2_surprise(1e6, 3).is_finite());
+    }
+
+    #[test]
+    fn epoch_formatting() {
+        assert_eq!(format_epoch(0.0), "1970-01-01T00:00:00");
+        assert_eq!(format_epoch(1_771_891_851.6), "2026-02-24T00:10:51");
+        assert_eq!(format_epoch(951_782_400.0), "2000-02-29T00:00:00");
+    }
+
+    #[test]
+    fn gamma_function() {
+        assert!((ln_gamma(5.0) - 24f64.ln()).abs() < 1e-12);
+        assert!((ln_gamma(0.5) - std::f64::consts::PI.sqrt().ln()).abs() < 1e-12);
+    }
+}

@@ -273,10 +273,10 @@ async fn baseline(State(st): State<AppState>) -> Response {
             (
                 name.clone(),
                 json!({
-                    "observations": w.count,
-                    "mean": round4(w.mean),
-                    "std": round4(w.std()),
-                    "baseline_mature": w.count >= st.min_observations,
+                    "observations": w.stats.count,
+                    "mean": round4(w.stats.mean),
+                    "std": round4(w.stats.std()),
+                    "baseline_mature": w.stats.count >= st.min_observations,
                 }),
             )
         })

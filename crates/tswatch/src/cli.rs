@@ -36,6 +36,8 @@ pub enum Command {
     Score(ScoreArgs),
     /// Upload synthetic sensor batches, like the seed's test producer.
     Produce(ProduceArgs),
+    /// Measure detection quality on labelled synthetic scenarios.
+    Eval(EvalArgs),
     /// Inspect or clear the learned baseline.
     Baseline {
         /// What to do.
@@ -141,6 +143,41 @@ pub struct ProduceArgs {
     /// Random seed (default: from the clock).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// What to generate: seed (the original producer), clean, drift,
+    /// level_shift, variance, daily, heavy_tail, joint, gaps.
+    #[arg(long, default_value = "seed", value_name = "NAME")]
+    pub scenario: String,
+    /// Time of the first row, e.g. 2026-02-01T00:00:00Z (default: now).
+    #[arg(long, value_name = "TIME")]
+    pub start: Option<chrono::DateTime<chrono::Utc>>,
+    /// Also write the ground truth next to each batch, as
+    /// `raw/<name>.labels.json` (`{"anomalous_rows": [row indices]}`).
+    #[arg(long)]
+    pub labels: bool,
+}
+
+/// `eval` options.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Scenario(s) to run (seed, clean, drift, level_shift, variance, daily,
+    /// heavy_tail, joint, gaps); repeat the flag for several.
+    #[arg(long = "scenario", value_name = "NAME")]
+    pub scenarios: Vec<String>,
+    /// Run every scenario and check the detection targets.
+    #[arg(long)]
+    pub all: bool,
+    /// Rows per scenario.
+    #[arg(long, default_value_t = 50_000)]
+    pub rows: usize,
+    /// Rows per file (state is saved and restored between files).
+    #[arg(long, default_value_t = 100)]
+    pub file_rows: usize,
+    /// Generator seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The optional TOML file.

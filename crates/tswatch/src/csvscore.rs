@@ -168,8 +168,11 @@ pub fn score_csv<R: Read, W: Write>(
             report.missing_cells += u64::from(v.is_none());
             values.push(v);
         }
-        engine.score_into(&binding, &values, &mut score);
-        engine.update(&binding, &values, &score);
+        let ts = ts_col
+            .and_then(|c| rec.get(c))
+            .and_then(crate::timestamp::parse);
+        engine.score_into(&binding, ts, &values, &mut score);
+        engine.update(&binding, ts, &values, &score);
         report.total_rows += 1;
 
         for c in 0..columns.len() {

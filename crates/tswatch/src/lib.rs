@@ -7,13 +7,15 @@
 pub mod api;
 pub mod cli;
 pub mod csvscore;
+pub mod eval;
 pub mod keys;
 pub mod offline;
 pub mod pipeline;
 pub mod processor;
-pub mod produce;
+pub mod scenario;
 pub mod server;
 pub mod sns;
 pub mod statedoc;
 pub mod storage;
+pub mod timestamp;
 pub mod worker;

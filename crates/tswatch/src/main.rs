@@ -78,6 +78,7 @@ async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
             server::run(listener, storage, settings, server::shutdown_signal()).await
         }
         Command::Score(a) => tswatch::offline::score_file(&a, &file.engine),
+        Command::Eval(a) => tswatch::offline::eval(&a, &file.engine),
         Command::Produce(a) => {
             let storage = open(&a.storage, &file)?;
             tswatch::offline::produce(&storage, &a).await

@@ -3,6 +3,7 @@
 
 use crate::cli::{ProduceArgs, ScoreArgs};
 use crate::csvscore::score_csv;
+use crate::scenario::Scenario;
 use crate::statedoc::{self, StateDoc, Summary, now_iso, round4};
 use crate::storage::Storage;
 use anyhow::Context;
@@ -107,24 +108,77 @@ pub async fn produce(storage: &Storage, args: &ProduceArgs) -> anyhow::Result<()
     let seed = args
         .seed
         .unwrap_or_else(|| chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0) as u64);
-    let mut p = crate::produce::Producer::new(seed);
+    let now = args.start.unwrap_or_else(chrono::Utc::now).timestamp() as f64;
+    let mut sc = Scenario::new(&args.scenario, seed, now).ok_or_else(|| {
+        anyhow::anyhow!(
+            "unknown scenario {:?}; known: {}",
+            args.scenario,
+            crate::scenario::ALL.join(", ")
+        )
+    })?;
+    let prefix = if args.scenario == "seed" {
+        "sensors"
+    } else {
+        sc.name()
+    };
     let mut sent = 0u64;
     loop {
-        let b = p.batch(args.rows, chrono::Utc::now());
+        let (csv, labels, first) = sc.batch(args.rows);
+        let stamp = chrono::DateTime::from_timestamp(first as i64, 0)
+            .map(|d| d.format("%Y%m%dT%H%M%S").to_string())
+            .unwrap_or_default();
+        let key = format!("raw/{prefix}_{stamp}.csv");
+        let anomalous: Vec<usize> = (0..labels.len()).filter(|&i| labels[i]).collect();
+        if args.labels {
+            // Written first, so the truth is there when the batch is scored.
+            let sidecar = key.replace(".csv", ".labels.json");
+            let body = serde_json::json!({ "source_key": key, "anomalous_rows": anomalous });
+            storage.put(&sidecar, serde_json::to_vec(&body)?).await?;
+        }
         storage
-            .put(&b.key, b.csv.into_bytes())
+            .put(&key, csv.into_bytes())
             .await
-            .with_context(|| format!("uploading {}", b.key))?;
+            .with_context(|| format!("uploading {key}"))?;
         sent += 1;
         println!(
-            "{} ({} rows, {} anomalies injected)",
-            b.key,
+            "{key} ({} rows, {} anomalies injected)",
             args.rows,
-            b.anomalous_rows.len()
+            anomalous.len()
         );
         if args.count != 0 && sent >= args.count {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_secs_f64(args.interval.max(0.0))).await;
     }
+}
+
+/// `tswatch eval`: prints the quality table (or JSON).
+pub fn eval(args: &crate::cli::EvalArgs, engine: &EngineConfig) -> anyhow::Result<()> {
+    let names: Vec<String> = if args.all || args.scenarios.is_empty() {
+        crate::scenario::ALL.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.scenarios.clone()
+    };
+    let opts = crate::eval::EvalOptions {
+        rows: args.rows.max(1),
+        file_rows: args.file_rows.max(1),
+        seed: args.seed,
+        engine: engine.clone(),
+    };
+    let mut results = Vec::new();
+    for n in &names {
+        results.push(crate::eval::run(n, &opts)?);
+    }
+    let targets = crate::eval::targets(&results);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "scenarios": results, "targets": targets })
+            )?
+        );
+    } else {
+        print!("{}", crate::eval::render(&results, &targets));
+    }
+    Ok(())
 }

@@ -152,7 +152,7 @@ impl StateDoc {
     pub fn baseline_json(&self) -> Value {
         let mut m = Map::new();
         for (name, w) in &self.engine.channels {
-            m.insert(name.clone(), channel_json(w, self.seq));
+            m.insert(name.clone(), channel_json(&w.stats, self.seq));
         }
         m.insert(
             "last_updated".into(),
@@ -225,7 +225,9 @@ pub fn adopt_seed_baseline(v: &Value) -> Result<EngineState, AdoptError> {
         if !w.is_valid() {
             return Err(AdoptError::Channel(name.clone(), "negative M2".into()));
         }
-        state.channels.insert(name.clone(), w);
+        state
+            .channels
+            .insert(name.clone(), tswatch_core::ChannelState::from_welford(w));
     }
     Ok(state)
 }
@@ -240,7 +242,7 @@ mod tests {
         let v: Value = serde_json::from_str(text).unwrap();
         let s = adopt_seed_baseline(&v).unwrap();
         assert_eq!(s.channels.len(), 4);
-        let t = &s.channels["temperature"];
+        let t = &s.channels["temperature"].stats;
         assert_eq!(t.count, 3700);
         assert!((t.std() - 1.9309615368611945).abs() < 1e-12);
     }

@@ -1,0 +1,275 @@
+//! One channel's model: the seed's all-time Welford statistics (what
+//! `baseline.json` shows), the adaptive baseline rows are scored against, an
+//! optional time-of-day baseline, and the level-shift tracker.
+
+use crate::config::EngineConfig;
+use crate::stats::{Ew, Welford};
+use serde::{Deserialize, Serialize};
+
+/// Time-of-day buckets of the seasonal baseline (30 minutes each).
+pub const SEASON_BUCKETS: usize = 48;
+const DAY: f64 = 86_400.0;
+/// Memory of the error trackers that decide whether the cycle is real.
+const SEASON_ERR_ALPHA: f64 = 1.0 / 500.0;
+/// |z| beyond which a value counts towards a level shift.
+pub const SHIFT_Z: f64 = 2.0;
+
+/// Persisted state of one channel.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ChannelState {
+    /// All-time statistics of absorbed values (seed: `count`, `mean`, `M2`).
+    #[serde(flatten)]
+    pub stats: Welford,
+    /// Adaptive baseline (follows drift with a memory of `memory_rows`).
+    #[serde(default)]
+    pub ew: Ew,
+    /// Time-of-day baseline.
+    #[serde(default)]
+    pub season: Season,
+    /// Values of the current run beyond 2 sigma on one side.
+    #[serde(default)]
+    pub run: ShiftRun,
+    /// When the channel last re-learned a level shift (epoch seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relearned_at: Option<f64>,
+}
+
+/// A daily profile and the evidence for using it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Season {
+    /// One baseline per time-of-day bucket (empty until a timestamped value).
+    pub buckets: Vec<Ew>,
+    /// Running mean squared error against the plain baseline.
+    pub err_plain: f64,
+    /// Running mean squared error against the time-of-day baseline.
+    pub err_season: f64,
+    /// Values that updated both errors.
+    pub n: u64,
+}
+
+/// Consecutive values beyond [`SHIFT_Z`] on one side.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ShiftRun {
+    /// +1 above, -1 below, 0 no run.
+    pub sign: i8,
+    /// The values (capped at `level_shift_rows`).
+    pub values: Vec<f64>,
+    /// Timestamp of the first value of the run (epoch seconds), if known.
+    pub since: Option<f64>,
+}
+
+/// The baseline a value is judged against.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reference {
+    /// Expected value.
+    pub mean: f64,
+    /// Expected spread.
+    pub sd: f64,
+    /// Whether it is the time-of-day baseline.
+    pub seasonal: bool,
+}
+
+fn bucket(ts: f64) -> usize {
+    ((ts.rem_euclid(DAY) / DAY) * SEASON_BUCKETS as f64) as usize % SEASON_BUCKETS
+}
+
+impl ChannelState {
+    /// A channel adopted from seed statistics.
+    pub fn from_welford(w: Welford) -> Self {
+        Self {
+            stats: w,
+            ew: Ew {
+                n: w.count,
+                mean: w.mean,
+                var: w.variance(),
+            },
+            ..Default::default()
+        }
+    }
+
+    /// Whether every stored number is usable.
+    pub fn is_valid(&self) -> bool {
+        self.stats.is_valid()
+            && self.ew.is_valid()
+            && self.season.buckets.iter().all(Ew::is_valid)
+            && self.season.err_plain.is_finite()
+            && self.season.err_season.is_finite()
+            && self.run.values.iter().all(|v| v.is_finite())
+    }
+
+    fn season_active(&self, cfg: &EngineConfig) -> bool {
+        let s = &self.season;
+        cfg.seasonality
+            && s.n >= SEASON_BUCKETS as u64 * cfg.min_observations
+            && s.err_season < 0.5 * s.err_plain
+    }
+
+    /// The baseline for a value at `ts`, or `None` while immature.
+    pub fn reference(&self, ts: Option<f64>, cfg: &EngineConfig) -> Option<Reference> {
+        if self.ew.n < cfg.min_observations {
+            return None;
+        }
+        if let Some(t) = ts
+            && self.season_active(cfg)
+            && let Some(b) = self.season.buckets.get(bucket(t))
+            && b.n >= cfg.min_observations
+        {
+            return Some(Reference {
+                mean: b.mean,
+                sd: b.sd(),
+                seasonal: true,
+            });
+        }
+        Some(Reference {
+            mean: self.ew.mean,
+            sd: self.ew.sd(),
+            seasonal: false,
+        })
+    }
+
+    /// Absorbs a normal value.
+    pub fn absorb(&mut self, x: f64, ts: Option<f64>, cfg: &EngineConfig) {
+        if !x.is_finite() {
+            return;
+        }
+        if cfg.seasonality
+            && let Some(t) = ts
+        {
+            let s = &mut self.season;
+            if s.buckets.is_empty() {
+                s.buckets = vec![Ew::default(); SEASON_BUCKETS];
+            }
+            let b = &mut s.buckets[bucket(t)];
+            if b.n >= cfg.min_observations && self.ew.n >= cfg.min_observations {
+                let (ep, es) = ((x - self.ew.mean).powi(2), (x - b.mean).powi(2));
+                if s.n == 0 {
+                    (s.err_plain, s.err_season) = (ep, es);
+                } else {
+                    s.err_plain += SEASON_ERR_ALPHA * (ep - s.err_plain);
+                    s.err_season += SEASON_ERR_ALPHA * (es - s.err_season);
+                }
+                s.n += 1;
+            }
+            b.push(x, (SEASON_BUCKETS as f64 * cfg.alpha()).min(0.5));
+        }
+        self.stats.push(x);
+        self.ew.push(x, cfg.alpha());
+    }
+
+    /// Whether a value with this z would complete a level shift.
+    pub fn completes_shift(&self, z: f64, cfg: &EngineConfig) -> bool {
+        cfg.level_shift_rows > 0
+            && z.abs() > SHIFT_Z
+            && self.run.sign == sign(z)
+            && self.run.values.len() + 1 >= cfg.level_shift_rows
+    }
+
+    /// Tracks runs beyond 2 sigma; when a run is long enough, re-learns the
+    /// channel at the new level. Returns whether it re-learned.
+    pub fn track_shift(
+        &mut self,
+        x: f64,
+        z: Option<f64>,
+        ts: Option<f64>,
+        cfg: &EngineConfig,
+    ) -> bool {
+        let Some(z) = z.filter(|z| z.abs() > SHIFT_Z) else {
+            self.run = ShiftRun::default();
+            return false;
+        };
+        if cfg.level_shift_rows == 0 {
+            return false;
+        }
+        if self.run.sign != sign(z) {
+            self.run = ShiftRun {
+                sign: sign(z),
+                values: Vec::new(),
+                since: ts,
+            };
+        }
+        // Record the departure from the baseline in force, so a shift of a
+        // channel with a daily cycle moves the whole profile.
+        let reference = self.reference(ts, cfg);
+        let expected = reference.map_or(self.ew.mean, |r| r.mean);
+        let seasonal = reference.is_some_and(|r| r.seasonal);
+        self.run.values.push(x - expected);
+        if self.run.values.len() < cfg.level_shift_rows {
+            return false;
+        }
+        let run = std::mem::take(&mut self.run);
+        let delta = run.values.iter().sum::<f64>() / run.values.len() as f64;
+        // The spread is kept: a short run measures it poorly, and shrinking
+        // it would turn ordinary variation into new "shifts".
+        self.ew.mean += delta;
+        self.ew.n = self.ew.n.max(cfg.min_observations);
+        // Only a profile in use moves with the level; one still being
+        // learned keeps learning from the data itself.
+        if seasonal {
+            for b in &mut self.season.buckets {
+                b.mean += delta;
+            }
+        }
+        // The all-time statistics restart at the new level, with the spread
+        // they had.
+        let var = self.stats.variance();
+        let n = self.stats.count.min(cfg.memory_rows);
+        self.stats = Welford {
+            count: n,
+            mean: self.stats.mean + delta,
+            m2: var * n as f64,
+        };
+        self.relearned_at = run.since;
+        true
+    }
+}
+
+fn sign(z: f64) -> i8 {
+    if z > 0.0 { 1 } else { -1 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn season_buckets_wrap_the_day() {
+        assert_eq!(bucket(0.0), 0);
+        assert_eq!(bucket(DAY - 1.0), SEASON_BUCKETS - 1);
+        assert_eq!(bucket(DAY + 1800.0), 1);
+        assert_eq!(bucket(-1.0), SEASON_BUCKETS - 1);
+    }
+
+    #[test]
+    fn a_long_run_relearns_the_level() {
+        let cfg = EngineConfig::default();
+        let mut c = ChannelState::default();
+        for i in 0..100 {
+            c.absorb(10.0 + (i % 5) as f64 * 0.1, None, &cfg);
+        }
+        let mut relearned = false;
+        for i in 0..cfg.level_shift_rows {
+            let x = 20.0 + (i % 5) as f64 * 0.1;
+            let r = c.reference(None, &cfg).unwrap();
+            relearned = c.track_shift(x, Some((x - r.mean) / r.sd), Some(i as f64), &cfg);
+        }
+        assert!(relearned);
+        assert!((c.ew.mean - 20.2).abs() < 0.2, "{}", c.ew.mean);
+        assert!((c.stats.mean - 20.2).abs() < 0.2, "{}", c.stats.mean);
+        assert_eq!(c.relearned_at, Some(0.0));
+        assert_eq!(c.stats.count, 100);
+    }
+
+    #[test]
+    fn an_interrupted_run_does_not_relearn() {
+        let cfg = EngineConfig::default();
+        let mut c = ChannelState::default();
+        for _ in 0..40 {
+            c.absorb(0.0, None, &cfg);
+            c.absorb(1.0, None, &cfg);
+        }
+        for i in 0..100 {
+            let z = if i % 10 == 9 { 0.5 } else { 5.0 };
+            assert!(!c.track_shift(3.0, Some(z), None, &cfg));
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The joint model: an adaptive mean vector and covariance matrix over the
+//! mature channels, and the squared Mahalanobis distance of a row from it.
+//! Under Gaussian data that distance is chi-square distributed, so its tail
+//! probability is calibrated like the per-channel ones.
+
+use crate::stats::chi2_surprise;
+use serde::{Deserialize, Serialize};
+
+/// Persisted joint model.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Joint {
+    /// Channels, in order (sorted by name).
+    pub channels: Vec<String>,
+    /// Rows absorbed.
+    pub n: u64,
+    /// Mean vector.
+    pub mean: Vec<f64>,
+    /// Covariance, row-major `k x k`.
+    pub cov: Vec<f64>,
+    /// Which channels' z-scores were against a time-of-day baseline when
+    /// the model started; the model only holds while that stays so.
+    #[serde(default)]
+    pub seasonal: Vec<bool>,
+}
+
+/// A row's distance from the joint model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JointVerdict {
+    /// Squared Mahalanobis distance.
+    pub d2: f64,
+    /// `-log10` of its chi-square tail probability.
+    pub surprise: f64,
+    /// Share of `d2` contributed by each channel (same order as the model).
+    pub contributions: Vec<f64>,
+}
+
+impl Joint {
+    /// An empty model over `channels`.
+    pub fn new(channels: Vec<String>, seasonal: Vec<bool>) -> Self {
+        let k = channels.len();
+        Self {
+            channels,
+            n: 0,
+            mean: vec![0.0; k],
+            cov: vec![0.0; k * k],
+            seasonal,
+        }
+    }
+
+    /// Whether every number is usable and the shapes agree.
+    pub fn is_valid(&self) -> bool {
+        let k = self.channels.len();
+        self.mean.len() == k
+            && self.cov.len() == k * k
+            && self.mean.iter().chain(&self.cov).all(|v| v.is_finite())
+    }
+
+    /// Rows needed before the model is used.
+    pub fn min_rows(&self, min_observations: u64) -> u64 {
+        min_observations.max(10 * self.channels.len() as u64)
+    }
+
+    /// Absorbs a row (values in model order, all present).
+    pub fn push(&mut self, x: &[f64], alpha: f64) {
+        let k = self.channels.len();
+        if x.len() != k || x.iter().any(|v| !v.is_finite()) {
+            return;
+        }
+        self.n += 1;
+        let a = (1.0 / self.n as f64).max(alpha);
+        let d: Vec<f64> = x.iter().zip(&self.mean).map(|(x, m)| x - m).collect();
+        for (m, di) in self.mean.iter_mut().zip(&d) {
+            *m += a * di;
+        }
+        for i in 0..k {
+            for j in 0..k {
+                let c = &mut self.cov[i * k + j];
+                *c = (1.0 - a) * (*c + a * d[i] * d[j]);
+            }
+        }
+    }
+
+    /// Distance of a row (values in model order, all present); `None` if the
+    /// covariance cannot be factored.
+    pub fn score(&self, x: &[f64]) -> Option<JointVerdict> {
+        let k = self.channels.len();
+        if x.len() != k || k == 0 {
+            return None;
+        }
+        let r: Vec<f64> = x.iter().zip(&self.mean).map(|(x, m)| x - m).collect();
+        let l = cholesky(&self.cov, k)?;
+        // Solve L y = r, then L^T w = y; d2 = r . w = |y|^2.
+        let mut y = vec![0.0; k];
+        for i in 0..k {
+            let s: f64 = (0..i).map(|j| l[i * k + j] * y[j]).sum();
+            y[i] = (r[i] - s) / l[i * k + i];
+        }
+        let mut w = vec![0.0; k];
+        for i in (0..k).rev() {
+            let s: f64 = (i + 1..k).map(|j| l[j * k + i] * w[j]).sum();
+            w[i] = (y[i] - s) / l[i * k + i];
+        }
+        let d2: f64 = y.iter().map(|v| v * v).sum();
+        if !d2.is_finite() {
+            return None;
+        }
+        let contributions = r
+            .iter()
+            .zip(&w)
+            .map(|(a, b)| a * b / d2.max(f64::MIN_POSITIVE))
+            .collect();
+        Some(JointVerdict {
+            d2,
+            surprise: chi2_surprise(d2, k),
+            contributions,
+        })
+    }
+}
+
+/// Lower Cholesky factor of a covariance, with a small ridge so that
+/// collinear or constant channels do not make it singular.
+fn cholesky(cov: &[f64], k: usize) -> Option<Vec<f64>> {
+    let mut l = vec![0.0; k * k];
+    for i in 0..k {
+        let diag = cov[i * k + i];
+        let ridge = 1e-9 * diag.abs().max(1e-12) + 1e-300;
+        for j in 0..=i {
+            let s: f64 = (0..j).map(|p| l[i * k + p] * l[j * k + p]).sum();
+            if i == j {
+                let v = cov[i * k + i] + ridge - s;
+                if v.is_nan() || v <= 0.0 {
+                    return None;
+                }
+                l[i * k + i] = v.sqrt();
+            } else {
+                l[i * k + j] = (cov[i * k + j] - s) / l[j * k + j];
+            }
+        }
+    }
+    Some(l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forest::SplitMix64;
+
+    fn normal(rng: &mut SplitMix64) -> f64 {
+        let u = rng.next_f64().max(1e-300);
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * rng.next_f64()).cos()
+    }
+
+    #[test]
+    fn correlation_breaks_are_far_and_ordinary_rows_are_not() {
+        let mut rng = SplitMix64::new(3);
+        let mut j = Joint::new(vec!["a".into(), "b".into()], vec![false; 2]);
+        let rho: f64 = -0.9;
+        for _ in 0..5000 {
+            let (z1, z2) = (normal(&mut rng), normal(&mut rng));
+            j.push(&[z1, rho * z1 + (1.0 - rho * rho).sqrt() * z2], 0.0);
+        }
+        let ordinary = j.score(&[1.5, -1.4]).unwrap();
+        let broken = j.score(&[1.5, 1.5]).unwrap();
+        assert!(ordinary.d2 < 6.0, "{ordinary:?}");
+        assert!(broken.d2 > 40.0, "{broken:?}");
+        assert!(broken.surprise > 8.0);
+        let total: f64 = broken.contributions.iter().sum();
+        assert!((total - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn degenerate_covariances_do_not_panic() {
+        let mut j = Joint::new(vec!["a".into(), "b".into()], vec![false; 2]);
+        for _ in 0..100 {
+            j.push(&[1.0, 2.0], 0.0);
+        }
+        let v = j.score(&[1.0, 2.0]);
+        assert!(v.is_none_or(|v| v.d2.is_finite()));
+        assert!(j.score(&[1.0]).is_none());
+    }
+}

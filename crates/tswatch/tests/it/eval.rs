@@ -1,0 +1,107 @@
+//! Detection quality, measured by the real binary on labelled scenarios
+//! (smaller than `tswatch eval --all`, to keep the suite fast in debug builds).
+
+use crate::harness::*;
+use serde_json::Value;
+
+fn eval(args: &[&str]) -> Value {
+    let o = tswatch()
+        .arg("eval")
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn scenario<'a>(v: &'a Value, name: &str) -> &'a Value {
+    v["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["scenario"] == name)
+        .unwrap()
+}
+
+#[test]
+fn detection_targets_hold_on_the_scenarios() {
+    let v = eval(&[
+        "--scenario",
+        "clean",
+        "--scenario",
+        "level_shift",
+        "--scenario",
+        "daily",
+        "--scenario",
+        "joint",
+        "--rows",
+        "12000",
+    ]);
+    for t in v["targets"].as_array().unwrap() {
+        assert_eq!(t["pass"], true, "target missed: {t}");
+    }
+    assert_eq!(v["targets"].as_array().unwrap().len(), 4);
+    let shift = scenario(&v, "level_shift");
+    assert!(shift["detection_delay"].as_u64().unwrap() < 20, "{shift}");
+    let joint = scenario(&v, "joint");
+    assert!(joint["recall"].as_f64().unwrap() >= 0.8, "{joint}");
+}
+
+#[test]
+fn seed_scenario_is_precise_and_keeps_a_true_baseline() {
+    let v = eval(&["--scenario", "seed", "--rows", "6000", "--seed", "7"]);
+    let s = scenario(&v, "seed");
+    assert!(s["precision"].as_f64().unwrap() >= 0.95, "{s}");
+    assert!(s["recall"].as_f64().unwrap() >= 0.95, "{s}");
+    assert!(s["std_error_at_5000"].as_f64().unwrap() <= 0.05, "{s}");
+}
+
+#[test]
+fn eval_rejects_unknown_scenarios() {
+    let o = tswatch()
+        .args(["eval", "--scenario", "nope"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown scenario \"nope\""));
+}
+
+#[test]
+fn produce_writes_scenarios_with_labels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = tswatch()
+        .args([
+            "produce",
+            "--scenario",
+            "joint",
+            "--labels",
+            "--count",
+            "2",
+            "--interval",
+            "0",
+            "--seed",
+            "5",
+            "--data-dir",
+        ])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut names: Vec<String> = std::fs::read_dir(tmp.path().join("raw"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 4, "{names:?}");
+    let labels = names.iter().find(|n| n.ends_with(".labels.json")).unwrap();
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("raw").join(labels)).unwrap())
+            .unwrap();
+    assert!(v["anomalous_rows"].is_array());
+    let csv = names.iter().find(|n| n.ends_with(".csv")).unwrap();
+    assert!(csv.starts_with("joint_"));
+    let text = std::fs::read_to_string(tmp.path().join("raw").join(csv)).unwrap();
+    assert!(text.starts_with("timestamp,temperature,humidity,pressure,wind_speed\n"));
+    assert_eq!(text.lines().count(), 101);
+}
