@@ -32,6 +32,42 @@ pub struct ChannelState {
     /// When the channel last re-learned a level shift (epoch seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relearned_at: Option<f64>,
+    /// The evidence for scoring on a log scale (positive, right-skewed data).
+    #[serde(default)]
+    pub log: LogScale,
+}
+
+/// Tracks whether a channel is better modelled on a log scale: all values
+/// positive, and much less skewed after taking logs (latencies, sizes,
+/// prices). Heavy right tails otherwise read as endless anomalies.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct LogScale {
+    /// Adaptive baseline of `ln x`.
+    pub ew: Ew,
+    /// Running skewness of the values.
+    pub skew: f64,
+    /// Running skewness of their logarithms.
+    pub log_skew: f64,
+    /// Values that updated both skewness trackers.
+    pub n: u64,
+    /// A value at or below zero was seen: logs do not apply.
+    pub nonpositive: bool,
+}
+
+/// Memory of the skewness trackers.
+const SKEW_ALPHA: f64 = 1.0 / 1000.0;
+
+/// Which baseline a z-score was taken against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Basis {
+    /// The adaptive baseline of the values.
+    #[default]
+    Plain,
+    /// The baseline of the same time of day.
+    Daily,
+    /// The adaptive baseline of the values' logarithms.
+    Log,
 }
 
 /// A daily profile and the evidence for using it.
@@ -65,8 +101,19 @@ pub struct Reference {
     pub mean: f64,
     /// Expected spread.
     pub sd: f64,
-    /// Whether it is the time-of-day baseline.
-    pub seasonal: bool,
+    /// Which baseline it is.
+    pub basis: Basis,
+}
+
+impl Reference {
+    /// The value on this baseline's scale (`None`: not representable, as a
+    /// non-positive value on a log scale).
+    pub fn scale(&self, x: f64) -> Option<f64> {
+        match self.basis {
+            Basis::Log => (x > 0.0).then(|| x.ln()),
+            _ => Some(x),
+        }
+    }
 }
 
 fn bucket(ts: f64) -> usize {
@@ -94,6 +141,9 @@ impl ChannelState {
             && self.season.buckets.iter().all(Ew::is_valid)
             && self.season.err_plain.is_finite()
             && self.season.err_season.is_finite()
+            && self.log.ew.is_valid()
+            && self.log.skew.is_finite()
+            && self.log.log_skew.is_finite()
             && self.run.values.iter().all(|v| v.is_finite())
     }
 
@@ -117,14 +167,39 @@ impl ChannelState {
             return Some(Reference {
                 mean: b.mean,
                 sd: b.sd(),
-                seasonal: true,
+                basis: Basis::Daily,
+            });
+        }
+        if self.log_active(cfg) {
+            return Some(Reference {
+                mean: self.log.ew.mean,
+                sd: self.log.ew.sd(),
+                basis: Basis::Log,
             });
         }
         Some(Reference {
             mean: self.ew.mean,
             sd: self.ew.sd(),
-            seasonal: false,
+            basis: Basis::Plain,
         })
+    }
+
+    fn log_active(&self, cfg: &EngineConfig) -> bool {
+        let l = &self.log;
+        !l.nonpositive
+            && l.n >= 10 * cfg.min_observations
+            && l.skew > 1.0
+            && l.log_skew.abs() < 0.5 * l.skew
+            && l.ew.n >= cfg.min_observations
+    }
+
+    /// The z-score of `x` against `r` (on `r`'s scale; a value a log scale
+    /// cannot represent is judged on the plain baseline).
+    pub fn z(&self, x: f64, r: &Reference) -> f64 {
+        match r.scale(x) {
+            Some(v) => z_score(v, r.mean, r.sd),
+            None => z_score(x, self.ew.mean, self.ew.sd()),
+        }
     }
 
     /// Absorbs a normal value.
@@ -151,6 +226,23 @@ impl ChannelState {
                 s.n += 1;
             }
             b.push(x, (SEASON_BUCKETS as f64 * cfg.alpha()).min(0.5));
+        }
+        let l = &mut self.log;
+        if x <= 0.0 {
+            l.nonpositive = true;
+        } else if !l.nonpositive {
+            let lx = x.ln();
+            if self.ew.n >= cfg.min_observations && l.ew.n >= cfg.min_observations {
+                let (sd, lsd) = (self.ew.sd(), l.ew.sd());
+                if sd > 0.0 && lsd > 0.0 {
+                    let u = ((x - self.ew.mean) / sd).clamp(-50.0, 50.0);
+                    let v = ((lx - l.ew.mean) / lsd).clamp(-50.0, 50.0);
+                    l.skew += SKEW_ALPHA.max(1.0 / (l.n + 1) as f64) * (u.powi(3) - l.skew);
+                    l.log_skew += SKEW_ALPHA.max(1.0 / (l.n + 1) as f64) * (v.powi(3) - l.log_skew);
+                    l.n += 1;
+                }
+            }
+            l.ew.push(lx, cfg.alpha());
         }
         self.stats.push(x);
         self.ew.push(x, cfg.alpha());
@@ -190,9 +282,12 @@ impl ChannelState {
         // Record the departure from the baseline in force, so a shift of a
         // channel with a daily cycle moves the whole profile.
         let reference = self.reference(ts, cfg);
-        let expected = reference.map_or(self.ew.mean, |r| r.mean);
-        let seasonal = reference.is_some_and(|r| r.seasonal);
-        self.run.values.push(x - expected);
+        let basis = reference.map_or(Basis::Plain, |r| r.basis);
+        let resid = match reference {
+            Some(r) => r.scale(x).map_or(x - self.ew.mean, |v| v - r.mean),
+            None => x - self.ew.mean,
+        };
+        self.run.values.push(resid);
         if self.run.values.len() < cfg.level_shift_rows {
             return false;
         }
@@ -200,15 +295,27 @@ impl ChannelState {
         let delta = run.values.iter().sum::<f64>() / run.values.len() as f64;
         // The spread is kept: a short run measures it poorly, and shrinking
         // it would turn ordinary variation into new "shifts".
-        self.ew.mean += delta;
+        if basis == Basis::Log {
+            // A shift on the log scale is a change of scale of the values.
+            self.log.ew.mean += delta;
+            self.ew.mean *= delta.exp();
+            self.ew.var *= (2.0 * delta).exp();
+        } else {
+            self.ew.mean += delta;
+        }
         self.ew.n = self.ew.n.max(cfg.min_observations);
         // Only a profile in use moves with the level; one still being
         // learned keeps learning from the data itself.
-        if seasonal {
+        if basis == Basis::Daily {
             for b in &mut self.season.buckets {
                 b.mean += delta;
             }
         }
+        let delta = if basis == Basis::Log {
+            self.ew.mean - self.stats.mean
+        } else {
+            delta
+        };
         // The all-time statistics restart at the new level, with the spread
         // they had.
         let var = self.stats.variance();
@@ -221,6 +328,15 @@ impl ChannelState {
         self.relearned_at = run.since;
         true
     }
+}
+
+/// `(x - mean) / sd`, with a zero spread treated as a tiny one so that any
+/// departure from a constant channel is flagged and nothing divides by zero.
+pub fn z_score(x: f64, mean: f64, sd: f64) -> f64 {
+    let floor = 1e-9 * mean.abs().max(1.0);
+    let z = (x - mean) / sd.max(floor);
+    // Keep the number printable: a z of 1e300 says no more than 1e12.
+    z.clamp(-1e12, 1e12)
 }
 
 fn sign(z: f64) -> i8 {
@@ -250,7 +366,7 @@ mod tests {
         for i in 0..cfg.level_shift_rows {
             let x = 20.0 + (i % 5) as f64 * 0.1;
             let r = c.reference(None, &cfg).unwrap();
-            relearned = c.track_shift(x, Some((x - r.mean) / r.sd), Some(i as f64), &cfg);
+            relearned = c.track_shift(x, Some(c.z(x, &r)), Some(i as f64), &cfg);
         }
         assert!(relearned);
         assert!((c.ew.mean - 20.2).abs() < 0.2, "{}", c.ew.mean);

@@ -13,7 +13,7 @@
 //! corrected for how many tests were made (Bonferroni), is compared with the
 //! configured false-alarm rate. So one threshold fits any number of channels.
 
-use crate::channel::ChannelState;
+use crate::channel::{Basis, ChannelState};
 use crate::config::EngineConfig;
 use crate::error::{ConfigError, StateError};
 use crate::forest::IsolationForest;
@@ -234,10 +234,10 @@ impl Engine {
                 .and_then(|x| ch.reference(ts, cfg).map(|r| (x, r)));
             match scored {
                 Some((x, r)) => {
-                    let z = z_score(x, r.mean, r.sd);
+                    let z = ch.z(x, &r);
                     out.z.push(Some(z));
                     out.surprise.push(two_sided_surprise(z));
-                    out.seasonal.push(r.seasonal);
+                    out.basis.push(r.basis);
                     let shift = ch.completes_shift(z, cfg);
                     out.shift.push(shift);
                     out.shift_since
@@ -246,7 +246,7 @@ impl Engine {
                 None => {
                     out.z.push(None);
                     out.surprise.push(0.0);
-                    out.seasonal.push(false);
+                    out.basis.push(Basis::Plain);
                     out.shift.push(false);
                     out.shift_since.push(None);
                 }
@@ -268,12 +268,12 @@ impl Engine {
 
     /// The z-scores of the joint model's channels, if all are present, and
     /// whether each was taken against a time-of-day baseline.
-    fn joint_input(&self, binding: &Binding, row: &RowScore) -> Option<(Vec<f64>, Vec<bool>)> {
+    fn joint_input(&self, binding: &Binding, row: &RowScore) -> Option<(Vec<f64>, Vec<Basis>)> {
         self.joint_cols
             .iter()
             .map(|&c| {
                 let p = binding.cols.iter().position(|&b| b == c)?;
-                Some((row.z[p]?, row.seasonal[p]))
+                Some((row.z[p]?, row.basis[p]))
             })
             .collect::<Option<Vec<_>>>()
             .map(|v| v.into_iter().unzip())
@@ -287,8 +287,8 @@ impl Engine {
             return None;
         }
         let j = self.joint.as_ref()?;
-        let (x, seasonal) = self.joint_input(binding, row)?;
-        if seasonal != j.seasonal {
+        let (x, basis) = self.joint_input(binding, row)?;
+        if basis != j.basis {
             return None;
         }
         let v = j.score(&x)?;
@@ -401,18 +401,18 @@ impl Engine {
             let k = mature.len();
             self.joint = Some(Joint::new(
                 mature.iter().map(|&c| self.names[c].clone()).collect(),
-                vec![false; k],
+                vec![Basis::Plain; k],
             ));
             self.joint_cols = mature;
         }
-        let Some((x, seasonal)) = self.joint_input(binding, row) else {
+        let Some((x, basis)) = self.joint_input(binding, row) else {
             return;
         };
         if let Some(j) = self.joint.as_mut() {
-            if j.seasonal != seasonal {
+            if j.basis != basis {
                 // A channel switched to (or from) its time-of-day baseline:
                 // its z-scores mean something else now.
-                *j = Joint::new(j.channels.clone(), seasonal);
+                *j = Joint::new(j.channels.clone(), basis);
             }
             j.push(&x, self.config.alpha());
         }
@@ -500,15 +500,6 @@ impl Engine {
             model,
         })
     }
-}
-
-/// `(x - mean) / sd`, with a zero spread treated as a tiny one so that any
-/// departure from a constant channel is flagged and nothing divides by zero.
-fn z_score(x: f64, mean: f64, sd: f64) -> f64 {
-    let floor = 1e-9 * mean.abs().max(1.0);
-    let z = (x - mean) / sd.max(floor);
-    // Keep the number printable: a z of 1e300 says no more than 1e12.
-    z.clamp(-1e12, 1e12)
 }
 
 /// Why a persisted engine could not be restored.

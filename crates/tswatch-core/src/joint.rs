@@ -3,6 +3,7 @@
 //! Under Gaussian data that distance is chi-square distributed, so its tail
 //! probability is calibrated like the per-channel ones.
 
+use crate::channel::Basis;
 use crate::stats::chi2_surprise;
 use serde::{Deserialize, Serialize};
 
@@ -17,10 +18,10 @@ pub struct Joint {
     pub mean: Vec<f64>,
     /// Covariance, row-major `k x k`.
     pub cov: Vec<f64>,
-    /// Which channels' z-scores were against a time-of-day baseline when
-    /// the model started; the model only holds while that stays so.
+    /// The baseline each channel's z-scores were taken against when the
+    /// model started; the model only holds while that stays so.
     #[serde(default)]
-    pub seasonal: Vec<bool>,
+    pub basis: Vec<Basis>,
 }
 
 /// A row's distance from the joint model.
@@ -36,14 +37,14 @@ pub struct JointVerdict {
 
 impl Joint {
     /// An empty model over `channels`.
-    pub fn new(channels: Vec<String>, seasonal: Vec<bool>) -> Self {
+    pub fn new(channels: Vec<String>, basis: Vec<Basis>) -> Self {
         let k = channels.len();
         Self {
             channels,
             n: 0,
             mean: vec![0.0; k],
             cov: vec![0.0; k * k],
-            seasonal,
+            basis,
         }
     }
 
@@ -153,7 +154,7 @@ mod tests {
     #[test]
     fn correlation_breaks_are_far_and_ordinary_rows_are_not() {
         let mut rng = SplitMix64::new(3);
-        let mut j = Joint::new(vec!["a".into(), "b".into()], vec![false; 2]);
+        let mut j = Joint::new(vec!["a".into(), "b".into()], vec![Basis::Plain; 2]);
         let rho: f64 = -0.9;
         for _ in 0..5000 {
             let (z1, z2) = (normal(&mut rng), normal(&mut rng));
@@ -170,7 +171,7 @@ mod tests {
 
     #[test]
     fn degenerate_covariances_do_not_panic() {
-        let mut j = Joint::new(vec!["a".into(), "b".into()], vec![false; 2]);
+        let mut j = Joint::new(vec!["a".into(), "b".into()], vec![Basis::Plain; 2]);
         for _ in 0..100 {
             j.push(&[1.0, 2.0], 0.0);
         }

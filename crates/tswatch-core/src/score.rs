@@ -7,6 +7,7 @@
 //! (`-log10` of the configured false-alarm rate), the score is `S / (S + T)`:
 //! exactly 0.5 at the threshold, approaching 1 without reaching it.
 
+use crate::channel::Basis;
 use crate::config::EngineConfig;
 use crate::stats::format_epoch;
 
@@ -46,8 +47,8 @@ pub struct RowScore {
     pub z_flag: Vec<Option<bool>>,
     /// `-log10` two-sided tail probability of each `z` (0 when absent).
     pub surprise: Vec<f64>,
-    /// Whether `z` was taken against the time-of-day baseline.
-    pub seasonal: Vec<bool>,
+    /// The baseline each `z` was taken against.
+    pub basis: Vec<Basis>,
     /// Whether this row completes a level shift of the channel.
     pub shift: Vec<bool>,
     /// When that shift started (epoch seconds), if known.
@@ -69,7 +70,7 @@ impl RowScore {
         self.z.clear();
         self.z_flag.clear();
         self.surprise.clear();
-        self.seasonal.clear();
+        self.basis.clear();
         self.shift.clear();
         self.shift_since.clear();
         self.joint = None;
@@ -140,8 +141,10 @@ impl RowScore {
                     .map(|t| format!(" since {}", format_epoch(t)))
                     .unwrap_or_default();
                 parts.push(format!("{name} level shift{since} (z={z:.2}); re-learning"));
-            } else if self.seasonal[i] {
+            } else if self.basis[i] == Basis::Daily {
                 parts.push(format!("{name} z={z:.2} for this time of day"));
+            } else if self.basis[i] == Basis::Log {
+                parts.push(format!("{name} z={z:.2} on a log scale"));
             } else {
                 parts.push(format!("{name} z={z:.2}"));
             }
@@ -202,7 +205,7 @@ mod tests {
                 .iter()
                 .map(|z| z.map_or(0.0, two_sided_surprise))
                 .collect(),
-            seasonal: vec![false; n],
+            basis: vec![Basis::Plain; n],
             shift: vec![false; n],
             shift_since: vec![None; n],
             ..Default::default()
@@ -250,7 +253,7 @@ mod tests {
         let mut s = RowScore {
             z: vec![Some(1.0), Some(1.5)],
             surprise: vec![two_sided_surprise(1.0), two_sided_surprise(1.5)],
-            seasonal: vec![false; 2],
+            basis: vec![Basis::Plain; 2],
             shift: vec![false; 2],
             shift_since: vec![None; 2],
             joint: Some(JointFinding {
