@@ -36,28 +36,24 @@ impl SplitMix64 {
     }
 }
 
-#[derive(Debug, Clone)]
-enum Node {
-    Split {
-        feature: usize,
-        value: f64,
-        left: usize,
-        right: usize,
-    },
-    Leaf {
-        size: usize,
-    },
+/// One node of a tree, 16 bytes. A split sends `x[feature] < value` to
+/// `child` and the rest to `child + 1` (children are stored side by side);
+/// a leaf (`feature == LEAF`) holds in `value` the depth it adds,
+/// `c(size)`, precomputed so scoring does no logarithms.
+#[derive(Debug, Clone, Copy)]
+struct Node {
+    value: f64,
+    feature: u32,
+    child: u32,
 }
 
-#[derive(Debug, Clone)]
-struct Tree {
-    nodes: Vec<Node>,
-}
+const LEAF: u32 = u32::MAX;
 
-/// A trained isolation forest.
+/// A trained isolation forest: every tree in one flat array.
 #[derive(Debug, Clone)]
 pub struct IsolationForest {
-    trees: Vec<Tree>,
+    nodes: Vec<Node>,
+    roots: Vec<u32>,
     features: usize,
     /// `c(psi)`: the average path length of an unsuccessful BST search,
     /// the normaliser of the score.
@@ -79,31 +75,37 @@ pub fn average_path_length(n: usize) -> f64 {
 impl IsolationForest {
     /// Trains `n_trees` trees, each on `sample_size` rows drawn without
     /// replacement from `rows` (every row must have the same length).
-    /// Returns `None` for an empty matrix.
+    /// Returns `None` for an empty or ragged matrix.
     pub fn train(rows: &[Vec<f64>], n_trees: usize, sample_size: usize, seed: u64) -> Option<Self> {
         let features = rows.first()?.len();
-        if features == 0 || rows.iter().any(|r| r.len() != features) {
+        if features == 0 || features >= LEAF as usize || rows.iter().any(|r| r.len() != features) {
             return None;
         }
         let psi = sample_size.min(rows.len()).max(1);
         let max_depth = (psi as f64).log2().ceil() as usize;
         let mut rng = SplitMix64::new(seed);
         let mut pool: Vec<usize> = (0..rows.len()).collect();
-        let trees = (0..n_trees.max(1))
-            .map(|_| {
-                // Partial Fisher-Yates: the first psi entries are the sample.
-                for i in 0..psi {
-                    let j = i + rng.below(pool.len() - i);
-                    pool.swap(i, j);
-                }
-                let mut idx = pool[..psi].to_vec();
-                let mut nodes = Vec::with_capacity(2 * psi);
-                build(rows, &mut idx, 0, max_depth, &mut rng, &mut nodes);
-                Tree { nodes }
-            })
-            .collect();
+        let mut nodes = Vec::with_capacity(n_trees * 2 * psi);
+        let mut roots = Vec::with_capacity(n_trees);
+        for _ in 0..n_trees.max(1) {
+            // Partial Fisher-Yates: the first psi entries are the sample.
+            for i in 0..psi {
+                let j = i + rng.below(pool.len() - i);
+                pool.swap(i, j);
+            }
+            let mut idx = pool[..psi].to_vec();
+            let root = nodes.len();
+            nodes.push(Node {
+                value: 0.0,
+                feature: LEAF,
+                child: 0,
+            });
+            roots.push(root as u32);
+            build(rows, &mut idx, root, 0, max_depth, &mut rng, &mut nodes);
+        }
         Some(Self {
-            trees,
+            nodes,
+            roots,
             features,
             norm: average_path_length(psi),
         })
@@ -114,55 +116,68 @@ impl IsolationForest {
         self.features
     }
 
+    fn leaf_of(&self, root: u32, x: &[f64], mut visit: impl FnMut(usize)) -> (usize, f64) {
+        let mut i = root as usize;
+        let mut depth = 0.0;
+        loop {
+            let n = self.nodes[i];
+            if n.feature == LEAF {
+                return (i, depth + n.value);
+            }
+            let f = n.feature as usize;
+            visit(f);
+            i = n.child as usize + usize::from(x[f] >= n.value);
+            depth += 1.0;
+        }
+    }
+
     /// Anomaly score `s(x)` in (0, 1]; `x` must have [`Self::features`] values.
     pub fn score(&self, x: &[f64]) -> f64 {
-        let total: f64 = self.trees.iter().map(|t| path_length(t, x)).sum();
-        let mean = total / self.trees.len() as f64;
+        let total: f64 = self
+            .roots
+            .iter()
+            .map(|&r| self.leaf_of(r, x, |_| {}).1)
+            .sum();
         if self.norm <= 0.0 {
             return 0.5;
         }
-        2f64.powf(-mean / self.norm)
+        2f64.powf(-(total / self.roots.len() as f64) / self.norm)
     }
 
     /// For each feature, the share of trees whose last split before `x`'s
     /// leaf used it: which channels isolated the point.
     pub fn attribution(&self, x: &[f64]) -> Vec<f64> {
         let mut counts = vec![0.0; self.features];
-        for t in &self.trees {
-            let mut i = 0;
+        for &r in &self.roots {
             let mut last = None;
-            while let Node::Split {
-                feature,
-                value,
-                left,
-                right,
-            } = t.nodes[i]
-            {
-                last = Some(feature);
-                i = if x[feature] < value { left } else { right };
-            }
+            self.leaf_of(r, x, |f| last = Some(f));
             if let Some(f) = last {
                 counts[f] += 1.0;
             }
         }
-        let n = self.trees.len() as f64;
+        let n = self.roots.len() as f64;
         counts.iter_mut().for_each(|c| *c /= n);
         counts
     }
 }
 
+/// Fills node `me` (already allocated) for the rows in `idx`.
 fn build(
     rows: &[Vec<f64>],
     idx: &mut [usize],
+    me: usize,
     depth: usize,
     max_depth: usize,
     rng: &mut SplitMix64,
     nodes: &mut Vec<Node>,
-) -> usize {
-    let me = nodes.len();
-    nodes.push(Node::Leaf { size: idx.len() });
+) {
+    nodes[me] = Node {
+        value: average_path_length(idx.len()),
+        feature: LEAF,
+        child: 0,
+    };
     if idx.len() <= 1 || depth >= max_depth {
-        return me;
+        return;
     }
     let features = rows[idx[0]].len();
     // Pick a feature that is not constant in this node; try each once from a
@@ -188,36 +203,23 @@ fn build(
             if mid == 0 || mid == idx.len() {
                 continue;
             }
-            let (l, r) = idx.split_at_mut(mid);
-            let left = build(rows, l, depth + 1, max_depth, rng, nodes);
-            let right = build(rows, r, depth + 1, max_depth, rng, nodes);
-            nodes[me] = Node::Split {
-                feature: f,
-                value,
-                left,
-                right,
+            let child = nodes.len();
+            let leaf = Node {
+                value: 0.0,
+                feature: LEAF,
+                child: 0,
             };
-            return me;
-        }
-    }
-    me
-}
-
-fn path_length(tree: &Tree, x: &[f64]) -> f64 {
-    let mut i = 0;
-    let mut depth = 0.0;
-    loop {
-        match tree.nodes[i] {
-            Node::Split {
-                feature,
+            nodes.push(leaf);
+            nodes.push(leaf);
+            nodes[me] = Node {
                 value,
-                left,
-                right,
-            } => {
-                i = if x[feature] < value { left } else { right };
-                depth += 1.0;
-            }
-            Node::Leaf { size } => return depth + average_path_length(size),
+                feature: f as u32,
+                child: child as u32,
+            };
+            let (l, r) = idx.split_at_mut(mid);
+            build(rows, l, child, depth + 1, max_depth, rng, nodes);
+            build(rows, r, child + 1, depth + 1, max_depth, rng, nodes);
+            return;
         }
     }
 }
