@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// Tuning of the detection engine. The defaults are meant to hold on any
 /// series without per-dataset tuning; see the README for what each does.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
     /// Target probability that a normal row is flagged (per row, all
@@ -92,8 +92,8 @@ impl EngineConfig {
                 "must be 0 (off) or between 2 and 10000",
             ));
         }
-        if !(2..=64).contains(&self.joint_max_channels) {
-            return Err(bad("joint_max_channels", "must be between 2 and 64"));
+        if !(2..=crate::joint::MAX_CHANNELS).contains(&self.joint_max_channels) {
+            return Err(bad("joint_max_channels", "must be between 2 and 16"));
         }
         if !(1..=1000).contains(&self.forest_trees) {
             return Err(bad("forest_trees", "must be between 1 and 1000"));

@@ -268,15 +268,22 @@ impl Engine {
 
     /// The z-scores of the joint model's channels, if all are present, and
     /// whether each was taken against a time-of-day baseline.
-    fn joint_input(&self, binding: &Binding, row: &RowScore) -> Option<(Vec<f64>, Vec<Basis>)> {
-        self.joint_cols
-            .iter()
-            .map(|&c| {
-                let p = binding.cols.iter().position(|&b| b == c)?;
-                Some((row.z[p]?, row.basis[p]))
-            })
-            .collect::<Option<Vec<_>>>()
-            .map(|v| v.into_iter().unzip())
+    fn joint_input(&self, binding: &Binding, row: &RowScore) -> Option<JointInput> {
+        let k = self.joint_cols.len();
+        if k > MAX_JOINT {
+            return None;
+        }
+        let mut input = JointInput {
+            z: [0.0; MAX_JOINT],
+            basis: [Basis::Plain; MAX_JOINT],
+            k,
+        };
+        for (i, &c) in self.joint_cols.iter().enumerate() {
+            let p = binding.cols.iter().position(|&b| b == c)?;
+            input.z[i] = row.z[p]?;
+            input.basis[i] = row.basis[p];
+        }
+        Some(input)
     }
 
     /// The joint model works on the channels' z-scores (each against its own
@@ -287,11 +294,20 @@ impl Engine {
             return None;
         }
         let j = self.joint.as_ref()?;
-        let (x, basis) = self.joint_input(binding, row)?;
-        if basis != j.basis {
+        let input = self.joint_input(binding, row)?;
+        if input.basis() != j.basis.as_slice() {
             return None;
         }
-        let v = j.score(&x)?;
+        let mut v = j.score(input.z(), false)?;
+        if v.surprise - crate::score::JOINT_PENALTY < self.config.alarm_surprise() {
+            return Some(JointFinding {
+                d2: v.d2,
+                surprise: v.surprise,
+                drivers: Vec::new(),
+            });
+        }
+        // An alarm: work out which channels drive it.
+        v = j.score(input.z(), true)?;
         let mut order: Vec<usize> = (0..v.contributions.len()).collect();
         order.sort_by(|&a, &b| v.contributions[b].total_cmp(&v.contributions[a]));
         let drivers = order
@@ -350,7 +366,7 @@ impl Engine {
         values: &[Option<f64>],
         score: &RowScore,
     ) -> bool {
-        let cfg = self.config.clone();
+        let cfg = self.config;
         for (i, (&c, v)) in binding.cols.iter().zip(values).enumerate() {
             if let Some(x) = v.filter(|x| x.is_finite())
                 && self.channels[c].track_shift(x, score.z.get(i).copied().flatten(), ts, &cfg)
@@ -405,16 +421,17 @@ impl Engine {
             ));
             self.joint_cols = mature;
         }
-        let Some((x, basis)) = self.joint_input(binding, row) else {
+        let Some(input) = self.joint_input(binding, row) else {
             return;
         };
+        let alpha = self.config.alpha();
         if let Some(j) = self.joint.as_mut() {
-            if j.basis != basis {
-                // A channel switched to (or from) its time-of-day baseline:
-                // its z-scores mean something else now.
-                *j = Joint::new(j.channels.clone(), basis);
+            if j.basis.as_slice() != input.basis() {
+                // A channel switched baseline (time of day, log scale): its
+                // z-scores mean something else now.
+                *j = Joint::new(j.channels.clone(), input.basis().to_vec());
             }
-            j.push(&x, self.config.alpha());
+            j.push(input.z(), alpha);
         }
     }
 
@@ -426,7 +443,14 @@ impl Engine {
                 self.history.iter_mut().for_each(|r| r.push(f64::NAN));
             }
         }
-        let mut row = vec![f64::NAN; self.history_cols.len()];
+        // Reuse the buffer of the row that falls out of the window.
+        let mut row = if self.history.len() >= self.config.forest_window {
+            self.history.pop_front().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        row.clear();
+        row.resize(self.history_cols.len(), f64::NAN);
         for (&c, v) in binding.cols.iter().zip(values) {
             if let (Some(x), Some(p)) = (
                 v.filter(|x| x.is_finite()),
@@ -499,6 +523,25 @@ impl Engine {
             features,
             model,
         })
+    }
+}
+
+const MAX_JOINT: usize = crate::joint::MAX_CHANNELS;
+
+/// A row's input to the joint model, on the stack (this runs per row).
+struct JointInput {
+    z: [f64; MAX_JOINT],
+    basis: [Basis; MAX_JOINT],
+    k: usize,
+}
+
+impl JointInput {
+    fn z(&self) -> &[f64] {
+        &self.z[..self.k]
+    }
+
+    fn basis(&self) -> &[Basis] {
+        &self.basis[..self.k]
     }
 }
 

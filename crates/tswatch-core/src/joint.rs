@@ -7,6 +7,9 @@ use crate::channel::Basis;
 use crate::stats::chi2_surprise;
 use serde::{Deserialize, Serialize};
 
+/// Most channels in a joint model: the per-row work is on the stack.
+pub const MAX_CHANNELS: usize = 16;
+
 /// Persisted joint model.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Joint {
@@ -64,13 +67,16 @@ impl Joint {
     /// Absorbs a row (values in model order, all present).
     pub fn push(&mut self, x: &[f64], alpha: f64) {
         let k = self.channels.len();
-        if x.len() != k || x.iter().any(|v| !v.is_finite()) {
+        if x.len() != k || k > MAX_CHANNELS || x.iter().any(|v| !v.is_finite()) {
             return;
         }
         self.n += 1;
         let a = (1.0 / self.n as f64).max(alpha);
-        let d: Vec<f64> = x.iter().zip(&self.mean).map(|(x, m)| x - m).collect();
-        for (m, di) in self.mean.iter_mut().zip(&d) {
+        let mut d = [0.0; MAX_CHANNELS];
+        for i in 0..k {
+            d[i] = x[i] - self.mean[i];
+        }
+        for (m, di) in self.mean.iter_mut().zip(&d[..k]) {
             *m += a * di;
         }
         for i in 0..k {
@@ -82,34 +88,41 @@ impl Joint {
     }
 
     /// Distance of a row (values in model order, all present); `None` if the
-    /// covariance cannot be factored.
-    pub fn score(&self, x: &[f64]) -> Option<JointVerdict> {
+    /// covariance cannot be factored. Per-channel contributions are computed
+    /// only when `explain` is set: they are needed only to explain an alarm.
+    pub fn score(&self, x: &[f64], explain: bool) -> Option<JointVerdict> {
         let k = self.channels.len();
-        if x.len() != k || k == 0 {
+        if x.len() != k || k == 0 || k > MAX_CHANNELS {
             return None;
         }
-        let r: Vec<f64> = x.iter().zip(&self.mean).map(|(x, m)| x - m).collect();
-        let l = cholesky(&self.cov, k)?;
+        let mut r = [0.0; MAX_CHANNELS];
+        for i in 0..k {
+            r[i] = x[i] - self.mean[i];
+        }
+        let mut l = [0.0; MAX_CHANNELS * MAX_CHANNELS];
+        cholesky(&self.cov, k, &mut l)?;
         // Solve L y = r, then L^T w = y; d2 = r . w = |y|^2.
-        let mut y = vec![0.0; k];
+        let mut y = [0.0; MAX_CHANNELS];
         for i in 0..k {
             let s: f64 = (0..i).map(|j| l[i * k + j] * y[j]).sum();
             y[i] = (r[i] - s) / l[i * k + i];
         }
-        let mut w = vec![0.0; k];
-        for i in (0..k).rev() {
-            let s: f64 = (i + 1..k).map(|j| l[j * k + i] * w[j]).sum();
-            w[i] = (y[i] - s) / l[i * k + i];
-        }
-        let d2: f64 = y.iter().map(|v| v * v).sum();
+        let d2: f64 = y[..k].iter().map(|v| v * v).sum();
         if !d2.is_finite() {
             return None;
         }
-        let contributions = r
-            .iter()
-            .zip(&w)
-            .map(|(a, b)| a * b / d2.max(f64::MIN_POSITIVE))
-            .collect();
+        let contributions = if explain {
+            let mut w = [0.0; MAX_CHANNELS];
+            for i in (0..k).rev() {
+                let s: f64 = (i + 1..k).map(|j| l[j * k + i] * w[j]).sum();
+                w[i] = (y[i] - s) / l[i * k + i];
+            }
+            (0..k)
+                .map(|i| r[i] * w[i] / d2.max(f64::MIN_POSITIVE))
+                .collect()
+        } else {
+            Vec::new()
+        };
         Some(JointVerdict {
             d2,
             surprise: chi2_surprise(d2, k),
@@ -118,10 +131,9 @@ impl Joint {
     }
 }
 
-/// Lower Cholesky factor of a covariance, with a small ridge so that
-/// collinear or constant channels do not make it singular.
-fn cholesky(cov: &[f64], k: usize) -> Option<Vec<f64>> {
-    let mut l = vec![0.0; k * k];
+/// Lower Cholesky factor of a covariance into `l`, with a small ridge so
+/// that collinear or constant channels do not make it singular.
+fn cholesky(cov: &[f64], k: usize, l: &mut [f64]) -> Option<()> {
     for i in 0..k {
         let diag = cov[i * k + i];
         let ridge = 1e-9 * diag.abs().max(1e-12) + 1e-300;
@@ -138,7 +150,7 @@ fn cholesky(cov: &[f64], k: usize) -> Option<Vec<f64>> {
             }
         }
     }
-    Some(l)
+    Some(())
 }
 
 #[cfg(test)]
@@ -160,8 +172,8 @@ mod tests {
             let (z1, z2) = (normal(&mut rng), normal(&mut rng));
             j.push(&[z1, rho * z1 + (1.0 - rho * rho).sqrt() * z2], 0.0);
         }
-        let ordinary = j.score(&[1.5, -1.4]).unwrap();
-        let broken = j.score(&[1.5, 1.5]).unwrap();
+        let ordinary = j.score(&[1.5, -1.4], true).unwrap();
+        let broken = j.score(&[1.5, 1.5], true).unwrap();
         assert!(ordinary.d2 < 6.0, "{ordinary:?}");
         assert!(broken.d2 > 40.0, "{broken:?}");
         assert!(broken.surprise > 8.0);
@@ -175,8 +187,8 @@ mod tests {
         for _ in 0..100 {
             j.push(&[1.0, 2.0], 0.0);
         }
-        let v = j.score(&[1.0, 2.0]);
+        let v = j.score(&[1.0, 2.0], true);
         assert!(v.is_none_or(|v| v.d2.is_finite()));
-        assert!(j.score(&[1.0]).is_none());
+        assert!(j.score(&[1.0], true).is_none());
     }
 }

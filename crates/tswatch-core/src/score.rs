@@ -90,12 +90,10 @@ impl RowScore {
             .as_ref()
             .map_or(0.0, |j| j.surprise - JOINT_PENALTY);
         self.evidence = uni.max(joint).max(0.0);
-        self.z_flag = self
-            .z
-            .iter()
-            .zip(&self.surprise)
-            .map(|(z, s)| z.map(|_| s - penalty >= threshold))
-            .collect();
+        self.z_flag.clear();
+        for (z, s) in self.z.iter().zip(&self.surprise) {
+            self.z_flag.push(z.map(|_| s - penalty >= threshold));
+        }
         let forest_alarm = cfg.forest_alarm && self.forest.as_ref().is_some_and(|f| f.flagged);
         self.anomaly = self.evidence >= threshold || self.shift.contains(&true) || forest_alarm;
         let mut s = ratio_score(self.evidence, threshold);
