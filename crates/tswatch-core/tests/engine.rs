@@ -55,7 +55,7 @@ fn run(engine: &mut Engine, names: &[&str], rows: &[Vec<Option<f64>>]) -> Vec<Ro
 fn roundtrip(e: &Engine) -> Engine {
     let json = serde_json::to_string(&e.to_state()).unwrap();
     let state: EngineState = serde_json::from_str(&json).unwrap();
-    Engine::from_state(e.config().clone(), state).unwrap()
+    Engine::from_state(*e.config(), state).unwrap()
 }
 
 #[test]

@@ -72,7 +72,7 @@ pub fn run(name: &str, opts: &EvalOptions) -> anyhow::Result<Metrics> {
         let (csv, lab, _) = sc.batch(n);
         // Persist and restore, as the service does between files.
         let json = serde_json::to_vec(&state)?;
-        let mut engine = Engine::from_state(opts.engine.clone(), serde_json::from_slice(&json)?)?;
+        let mut engine = Engine::from_state(opts.engine, serde_json::from_slice(&json)?)?;
         let mut out = Vec::with_capacity(csv.len() * 3);
         score_csv(csv.as_bytes(), &mut out, &mut engine)?;
         flags.extend(anomaly_column(&out)?);

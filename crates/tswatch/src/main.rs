@@ -56,7 +56,7 @@ async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
                 .or(file.bind)
                 .unwrap_or_else(|| ([127, 0, 0, 1], 8000).into());
             let settings = Settings {
-                engine: file.engine.clone(),
+                engine: file.engine,
                 reconcile_every: Duration::from_secs(
                     a.reconcile_interval
                         .or(file.reconcile_interval_secs)
@@ -86,7 +86,7 @@ async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
         Command::Baseline { action } => {
             let (BaselineAction::Show(s) | BaselineAction::Reset(s)) = &action;
             let storage = open(s, &file)?;
-            let p = Arc::new(Processor::new(storage, file.engine.clone()));
+            let p = Arc::new(Processor::new(storage, file.engine));
             match action {
                 BaselineAction::Show(_) => {
                     let doc = p.snapshot().await?;

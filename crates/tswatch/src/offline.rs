@@ -21,7 +21,7 @@ pub fn score_file(args: &ScoreArgs, config: &EngineConfig) -> anyhow::Result<()>
         Some(dir) => load_state(dir)?,
         None => StateDoc::new(Default::default()),
     };
-    let mut engine = Engine::from_state(config.clone(), doc.engine.clone())
+    let mut engine = Engine::from_state(*config, doc.engine.clone())
         .context("the saved state cannot be used")?;
     let input =
         File::open(&args.input).with_context(|| format!("cannot open {}", args.input.display()))?;
@@ -163,7 +163,7 @@ pub fn eval(args: &crate::cli::EvalArgs, engine: &EngineConfig) -> anyhow::Resul
         rows: args.rows.max(1),
         file_rows: args.file_rows.max(1),
         seed: args.seed,
-        engine: engine.clone(),
+        engine: *engine,
     };
     let mut results = Vec::new();
     for n in &names {

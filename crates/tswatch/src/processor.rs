@@ -205,7 +205,7 @@ impl Processor {
                 self.publish(&entry, &doc).await?;
                 return Ok(Outcome::AlreadyApplied);
             }
-            let engine = Engine::from_state(self.config.clone(), doc.engine.clone())
+            let engine = Engine::from_state(self.config, doc.engine.clone())
                 .map_err(|e| ProcessError::State(e.to_string()))?;
             let staged_key = format!(
                 "state/staging/{}-{}-{}.csv",

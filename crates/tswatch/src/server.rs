@@ -36,7 +36,7 @@ pub async fn run(
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let processor = Arc::new(Processor::new(storage.clone(), settings.engine.clone()));
+    let processor = Arc::new(Processor::new(storage.clone(), settings.engine));
     // Fail fast on unusable state rather than serving errors.
     processor.load().await?;
     let (queue, rx) = Queue::new(settings.queue_capacity);
