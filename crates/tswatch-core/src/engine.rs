@@ -252,13 +252,15 @@ impl Engine {
         if score.anomaly {
             return false;
         }
-        let mut any = false;
-        for (&c, v) in binding.cols.iter().zip(values) {
-            if let Some(x) = v {
-                any |= self.stats[c].push(*x);
-            }
-        }
-        if !any {
+        // What each channel actually absorbed: the history holds exactly
+        // the values the baseline took (never one its statistics refused).
+        let absorbed: Vec<Option<f64>> = binding
+            .cols
+            .iter()
+            .zip(values)
+            .map(|(&c, v)| v.filter(|&x| self.stats[c].push(x)))
+            .collect();
+        if absorbed.iter().all(Option::is_none) {
             return false;
         }
         // Retain the row for the multivariate model, widening the history
@@ -270,11 +272,8 @@ impl Engine {
             }
         }
         let mut row = vec![f64::NAN; self.history_cols.len()];
-        for (&c, v) in binding.cols.iter().zip(values) {
-            if let (Some(x), Some(p)) = (
-                v.filter(|x| x.is_finite()),
-                self.history_cols.iter().position(|&h| h == c),
-            ) {
+        for (&c, v) in binding.cols.iter().zip(&absorbed) {
+            if let (Some(x), Some(p)) = (*v, self.history_cols.iter().position(|&h| h == c)) {
                 row[p] = x;
             }
         }
