@@ -70,6 +70,10 @@ async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
                 } else {
                     a.sns_topic_arn.clone()
                 },
+                sns_cert_endpoint: a
+                    .sns_cert_endpoint
+                    .clone()
+                    .or_else(|| file.sns_cert_endpoint.clone()),
                 queue_capacity: 10_000,
             };
             let listener = tokio::net::TcpListener::bind(bind)

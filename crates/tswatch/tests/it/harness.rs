@@ -137,12 +137,7 @@ impl Moto {
     ) -> reqwest::RequestBuilder {
         self.client
             .request(method, format!("{}{path}", self.endpoint))
-            .header(
-                "Authorization",
-                format!(
-                    "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0"
-                ),
-            )
+            .header("Authorization", moto_auth(service))
     }
 
     pub(crate) async fn create_bucket(&self, bucket: &str) {
@@ -250,6 +245,13 @@ impl Moto {
             r.text().await.unwrap()
         );
     }
+}
+
+/// An `Authorization` header that makes moto route a request to `service`.
+pub(crate) fn moto_auth(service: &str) -> String {
+    format!(
+        "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0"
+    )
 }
 
 pub(crate) fn between<'a>(s: &'a str, a: &str, b: &str) -> &'a str {

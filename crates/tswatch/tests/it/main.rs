@@ -5,3 +5,5 @@
 mod harness;
 mod local;
 mod s3;
+mod signer;
+mod sns_verify;
