@@ -74,6 +74,12 @@ async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
                     .sns_cert_endpoint
                     .clone()
                     .or_else(|| file.sns_cert_endpoint.clone()),
+                request_timeout: Duration::from_secs(
+                    a.request_timeout
+                        .or(file.request_timeout_secs)
+                        .unwrap_or(15)
+                        .max(1),
+                ),
                 queue_capacity: 10_000,
             };
             let listener = tokio::net::TcpListener::bind(bind)

@@ -26,6 +26,8 @@ pub struct Settings {
     /// Where to fetch SNS signing certificates instead of the SNS host
     /// (emulators only).
     pub sns_cert_endpoint: Option<String>,
+    /// Longest time a request may take.
+    pub request_timeout: Duration,
     /// Capacity of the work queue.
     pub queue_capacity: usize,
 }
@@ -89,6 +91,7 @@ pub async fn run(
         skip_sns_verify: settings.insecure_skip_sns_verify,
         http: api::confirm_client()?,
         min_observations: settings.engine.min_observations,
+        request_timeout: settings.request_timeout,
     };
     let addr = listener.local_addr()?;
     tracing::info!(%addr, storage = %storage.label(), "tswatch listening");
