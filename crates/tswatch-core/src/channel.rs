@@ -202,10 +202,14 @@ impl ChannelState {
         }
     }
 
-    /// Absorbs a normal value.
-    pub fn absorb(&mut self, x: f64, ts: Option<f64>, cfg: &EngineConfig) {
-        if !x.is_finite() {
-            return;
+    /// Absorbs a normal value. A value the running statistics cannot hold
+    /// (non-finite, or so extreme that they would overflow) is refused and
+    /// leaves the channel untouched; returns whether it was absorbed.
+    pub fn absorb(&mut self, x: f64, ts: Option<f64>, cfg: &EngineConfig) -> bool {
+        let mut probe = self.ew;
+        probe.push(x, cfg.alpha());
+        if !x.is_finite() || !probe.is_valid() || !self.stats.push(x) {
+            return false;
         }
         if cfg.seasonality
             && let Some(t) = ts
@@ -226,6 +230,9 @@ impl ChannelState {
                 s.n += 1;
             }
             b.push(x, (SEASON_BUCKETS as f64 * cfg.alpha()).min(0.5));
+            if !b.is_valid() {
+                *b = Ew::default();
+            }
         }
         let l = &mut self.log;
         if x <= 0.0 {
@@ -244,8 +251,8 @@ impl ChannelState {
             }
             l.ew.push(lx, cfg.alpha());
         }
-        self.stats.push(x);
-        self.ew.push(x, cfg.alpha());
+        self.ew = probe;
+        true
     }
 
     /// Whether a value with this z would complete a level shift.
@@ -287,6 +294,11 @@ impl ChannelState {
             Some(r) => r.scale(x).map_or(x - self.ew.mean, |v| v - r.mean),
             None => x - self.ew.mean,
         };
+        if !resid.is_finite() {
+            // Too extreme to average: no level can be learned from it.
+            self.run = ShiftRun::default();
+            return false;
+        }
         self.run.values.push(resid);
         if self.run.values.len() < cfg.level_shift_rows {
             return false;

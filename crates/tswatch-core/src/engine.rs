@@ -380,20 +380,20 @@ impl Engine {
         if score.anomaly {
             return false;
         }
-        let mut any = false;
+        // What each channel actually absorbed: the history holds exactly
+        // the values the baseline took (never one its statistics refused).
+        let mut absorbed: Vec<Option<f64>> = Vec::with_capacity(values.len());
         for (&c, v) in binding.cols.iter().zip(values) {
-            if let Some(x) = v.filter(|x| x.is_finite()) {
-                self.channels[c].absorb(x, ts, &cfg);
-                any = true;
-            }
+            let took = v.filter(|&x| self.channels[c].absorb(x, ts, &cfg));
+            absorbed.push(took);
         }
-        if !any {
+        if absorbed.iter().all(Option::is_none) {
             return false;
         }
         if cfg.joint {
             self.update_joint(binding, score);
         }
-        self.retain(binding, values);
+        self.retain(binding, &absorbed);
         true
     }
 
@@ -452,10 +452,7 @@ impl Engine {
         row.clear();
         row.resize(self.history_cols.len(), f64::NAN);
         for (&c, v) in binding.cols.iter().zip(values) {
-            if let (Some(x), Some(p)) = (
-                v.filter(|x| x.is_finite()),
-                self.history_cols.iter().position(|&h| h == c),
-            ) {
+            if let (Some(x), Some(p)) = (*v, self.history_cols.iter().position(|&h| h == c)) {
                 row[p] = x;
             }
         }

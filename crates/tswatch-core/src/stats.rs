@@ -20,19 +20,24 @@ pub struct Welford {
 
 impl Welford {
     /// Absorbs one value. Non-finite values are ignored (they must never
-    /// reach the baseline); returns whether the value was absorbed.
+    /// reach the baseline), and so is a finite value so far from the mean
+    /// that the statistics would overflow (e.g. `1e308` after `-1e308`):
+    /// the state is left untouched. Returns whether the value was absorbed.
     pub fn push(&mut self, x: f64) -> bool {
         if !x.is_finite() {
             return false;
         }
-        self.count += 1;
+        let count = self.count + 1;
         let delta = x - self.mean;
-        self.mean += delta / self.count as f64;
-        self.m2 += delta * (x - self.mean);
+        let mean = self.mean + delta / count as f64;
         // Rounding can leave M2 a hair below zero on constant input.
-        if self.m2 < 0.0 {
-            self.m2 = 0.0;
+        let m2 = (self.m2 + delta * (x - mean)).max(0.0);
+        if !(delta.is_finite() && mean.is_finite() && m2.is_finite()) {
+            return false;
         }
+        self.count = count;
+        self.mean = mean;
+        self.m2 = m2;
         true
     }
 
@@ -169,6 +174,22 @@ mod tests {
         assert!(!w.push(f64::NEG_INFINITY));
         assert_eq!(w.count, 1);
         assert!(w.is_valid());
+    }
+
+    #[test]
+    fn values_that_would_overflow_are_refused() {
+        let mut w = Welford::default();
+        assert!(w.push(-1e308));
+        // 1e308 - (-1e308) overflows: refused, state untouched.
+        assert!(!w.push(1e308));
+        assert_eq!((w.count, w.mean, w.m2), (1, -1e308, 0.0));
+        let mut w = Welford::default();
+        assert!(w.push(1e200));
+        // A finite delta whose square overflows M2.
+        assert!(!w.push(-1e200));
+        assert_eq!(w.count, 1);
+        assert!(w.push(1e200));
+        assert!(w.is_valid() && w.std().is_finite());
     }
 
     #[test]

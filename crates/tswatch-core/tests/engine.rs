@@ -300,3 +300,35 @@ fn batch_invariance_with_timestamps_and_a_daily_cycle() {
     assert_eq!(first_diff, None, "first differing row");
     assert!(whole.to_state() == parts.to_state(), "states differ");
 }
+
+#[test]
+fn extreme_finite_values_keep_the_state_finite() {
+    let mut e = Engine::new(EngineConfig::default()).unwrap();
+    let b = e.bind(&["v", "w"]);
+    // Alternating extremes overflow naive running statistics (1e308 - -1e308
+    // is infinite; 1e200 squared is too). The state must stay usable.
+    for i in 0..200 {
+        let x = match i % 4 {
+            0 => f64::MAX,
+            1 => -f64::MAX,
+            2 => 1e200,
+            _ => -1e200,
+        };
+        let r = [Some(x), Some(i as f64)];
+        let s = e.score(&b, None, &r);
+        prop_assert_finite(&s);
+        e.update(&b, None, &r, &s);
+        let st = e.to_state();
+        st.validate().unwrap();
+        // Survives the JSON round trip (serde_json writes non-finite as null).
+        let back: EngineState = serde_json::from_str(&serde_json::to_string(&st).unwrap()).unwrap();
+        assert_eq!(back, st);
+    }
+    let w = e.stats("v").unwrap();
+    assert!(w.count >= 1 && w.mean.is_finite() && w.m2.is_finite() && w.std().is_finite());
+}
+
+fn prop_assert_finite(s: &RowScore) {
+    assert!(s.anomaly_score.is_finite());
+    assert!(s.z.iter().flatten().all(|z| z.is_finite()));
+}

@@ -12,12 +12,14 @@ use crate::worker::{Enqueue, Queue};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
+use tower_http::timeout::TimeoutLayer;
 
 /// Largest `/notify` body accepted (SNS messages are at most 256 KiB).
 pub const MAX_BODY: usize = 300 * 1024;
@@ -39,10 +41,15 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// Baseline maturity threshold, as `/baseline/current` reports it.
     pub min_observations: u64,
+    /// Longest time a request may take, reading its body included.
+    pub request_timeout: Duration,
 }
 
-/// The router with every endpoint.
+/// The router with every endpoint. Every refusal, whichever layer makes it
+/// (body limit, timeout, unknown method or path), is a 4xx with a JSON
+/// `{"error": ...}` body.
 pub fn router(state: AppState) -> Router {
+    let timeout = state.request_timeout;
     Router::new()
         .route("/notify", post(notify))
         .route("/anomalies/recent", get(recent))
@@ -51,7 +58,48 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// Gives an error response that is not JSON (a framework rejection, a
+/// timeout) the API's error shape, keeping its status and headers.
+async fn json_errors(res: Response) -> Response {
+    let status = res.status();
+    let is_json = res
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let msg = if !text.is_empty() {
+        text
+    } else if status == StatusCode::REQUEST_TIMEOUT {
+        "the request was not completed in time".to_string()
+    } else {
+        status
+            .canonical_reason()
+            .unwrap_or("request refused")
+            .to_lowercase()
+    };
+    let mut out = error(status, msg);
+    for (name, value) in &parts.headers {
+        if name != CONTENT_TYPE && name != CONTENT_LENGTH {
+            out.headers_mut().append(name, value.clone());
+        }
+    }
+    out
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {

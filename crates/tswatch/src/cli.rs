@@ -17,8 +17,8 @@ use tswatch_core::EngineConfig;
 #[command(name = "tswatch", version, propagate_version = true)]
 pub struct Cli {
     /// TOML configuration file (keys: data_dir, bucket, bind,
-    /// reconcile_interval_secs, insecure_skip_sns_verify, sns_topic_arn,
-    /// log_format, and an [engine] table).
+    /// reconcile_interval_secs, request_timeout_secs, insecure_skip_sns_verify,
+    /// sns_topic_arn, sns_cert_endpoint, log_format, and an [engine] table).
     #[arg(long, global = true, env = "TSWATCH_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -95,6 +95,15 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub sns_topic_arn: Vec<String>,
+    /// Fetch SNS signing certificates from this base URL instead of the AWS
+    /// SNS host a message names (an emulator or a mirror); signatures are
+    /// still checked. Not for production.
+    #[arg(long, env = "TSWATCH_SNS_CERT_ENDPOINT", value_name = "URL")]
+    pub sns_cert_endpoint: Option<String>,
+    /// Seconds a request may take, body included, before it is answered with
+    /// 408 (so a slow client cannot hold a handler) [default: 15]
+    #[arg(long, env = "TSWATCH_REQUEST_TIMEOUT", value_name = "SECS")]
+    pub request_timeout: Option<u64>,
     /// Log format [default: text]
     #[arg(long, env = "TSWATCH_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -196,6 +205,10 @@ pub struct FileConfig {
     pub insecure_skip_sns_verify: Option<bool>,
     /// See `--sns-topic-arn`.
     pub sns_topic_arn: Option<Vec<String>>,
+    /// See `--sns-cert-endpoint`.
+    pub sns_cert_endpoint: Option<String>,
+    /// See `--request-timeout`.
+    pub request_timeout_secs: Option<u64>,
     /// See `--log-format`.
     pub log_format: Option<LogFormat>,
     /// Detection settings.

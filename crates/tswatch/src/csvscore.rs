@@ -6,13 +6,36 @@
 //! other column whose non-empty cells in the first rows are mostly numbers
 //! is a channel; the rest pass through untouched. A cell that is empty,
 //! non-numeric or non-finite is a missing value: counted, never absorbed.
+//!
+//! Memory stays bounded whatever the input: a record (a line, or a quoted
+//! field spanning lines) longer than [`MAX_RECORD_BYTES`] and a header wider
+//! than [`MAX_COLUMNS`] are refused, and the rows held back to sniff column
+//! types are capped in count and bytes. Line numbers in errors are physical
+//! lines, counted here (the CSV parser's own count is off after CRLF line
+//! ends and blank lines).
 
 use serde_json::{Map, Value};
+use std::collections::{HashSet, VecDeque};
 use std::io::{Read, Write};
 use tswatch_core::{Engine, RowScore};
 
 /// Rows examined to decide which columns are numeric.
 const SNIFF_ROWS: usize = 256;
+/// At most this many bytes of rows are held back for sniffing.
+const SNIFF_BYTES: usize = 4 * 1024 * 1024;
+/// Longest record accepted, in bytes.
+pub const MAX_RECORD_BYTES: u64 = 1024 * 1024;
+/// Most columns accepted in a header.
+pub const MAX_COLUMNS: usize = 1024;
+/// Names of the columns tswatch appends (besides `<ch>_zscore[_flag]`).
+const SCORE_COLUMNS: [&str; 6] = [
+    "if_label",
+    "if_score",
+    "if_flag",
+    "anomaly",
+    "anomaly_score",
+    "reason",
+];
 /// Anomalous rows kept per file for `/anomalies/recent`.
 pub const MAX_KEPT_ANOMALIES: usize = 1000;
 
@@ -78,9 +101,9 @@ pub fn score_csv<R: Read, W: Write>(
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
-        .from_reader(input);
+        .from_reader(Lines::new(input));
     let mut header = csv::ByteRecord::new();
-    if !rdr.read_byte_record(&mut header).map_err(csv_err)? {
+    if !next_record(&mut rdr, &mut header)? {
         return Err(InputError::Empty);
     }
     let columns = header_names(&header)?;
@@ -90,22 +113,34 @@ pub fn score_csv<R: Read, W: Write>(
 
     // Buffer a bounded number of rows to tell numeric columns from text.
     let mut sniffed = Vec::new();
+    let mut sniffed_bytes = 0;
     let mut rec = csv::ByteRecord::new();
-    while sniffed.len() < SNIFF_ROWS && rdr.read_byte_record(&mut rec).map_err(csv_err)? {
+    while sniffed.len() < SNIFF_ROWS
+        && sniffed_bytes < SNIFF_BYTES
+        && next_record(&mut rdr, &mut rec)?
+    {
+        sniffed_bytes += rec.as_slice().len();
         sniffed.push(rec.clone());
     }
     let channel_cols: Vec<usize> = (0..columns.len())
         .filter(|&c| Some(c) != ts_col && looks_numeric(&sniffed, c))
         .collect();
     let channels: Vec<String> = channel_cols.iter().map(|&c| columns[c].clone()).collect();
+    let taken: HashSet<&str> = columns.iter().map(String::as_str).collect();
     for ch in &channels {
         for suffix in ["_zscore", "_zscore_flag"] {
-            if columns.contains(&format!("{ch}{suffix}")) {
+            let name = format!("{ch}{suffix}");
+            if taken.contains(name.as_str()) {
                 return Err(InputError::Header(format!(
-                    "column `{ch}{suffix}` would collide with the score column tswatch adds"
+                    "column `{name}` would collide with the score column tswatch adds"
                 )));
             }
         }
+    }
+    if let Some(name) = SCORE_COLUMNS.iter().find(|n| taken.contains(*n)) {
+        return Err(InputError::Header(format!(
+            "column `{name}` would collide with the score column tswatch adds"
+        )));
     }
     let binding = engine.bind(&channels);
     let forest_threshold = engine.config().forest_threshold;
@@ -118,23 +153,18 @@ pub fn score_csv<R: Read, W: Write>(
         out_header.push(format!("{ch}_zscore"));
         out_header.push(format!("{ch}_zscore_flag"));
     }
-    out_header.extend(
-        [
-            "if_label",
-            "if_score",
-            "if_flag",
-            "anomaly",
-            "anomaly_score",
-            "reason",
-        ]
-        .map(String::from),
-    );
+    out_header.extend(SCORE_COLUMNS.map(String::from));
     out.write_record(&out_header).map_err(csv_err)?;
 
+    // Channel index of each column, if it is one.
+    let mut channel_of = vec![None; columns.len()];
+    for (k, &c) in channel_cols.iter().enumerate() {
+        channel_of[c] = Some(k);
+    }
     let mut report = FileReport {
         channels: channels.clone(),
         passthrough: (0..columns.len())
-            .filter(|c| !channel_cols.contains(c))
+            .filter(|&c| channel_of[c].is_none())
             .map(|c| columns[c].clone())
             .collect(),
         ..Default::default()
@@ -142,13 +172,12 @@ pub fn score_csv<R: Read, W: Write>(
     let mut values: Vec<Option<f64>> = Vec::with_capacity(channels.len());
     let mut score = RowScore::default();
     let mut num = NumBuf::default();
-    let mut line = 1u64;
 
     let mut process = |rec: &csv::ByteRecord,
+                       line: u64,
                        out: &mut csv::Writer<W>,
                        report: &mut FileReport|
      -> Result<(), InputError> {
-        line = rec.position().map_or(line + 1, |p| p.line());
         if rec.len() > columns.len() {
             return Err(InputError::Row {
                 line,
@@ -213,7 +242,7 @@ pub fn score_csv<R: Read, W: Write>(
             if report.anomalies.len() < MAX_KEPT_ANOMALIES {
                 report.anomalies.push(row_json(
                     &columns,
-                    &channel_cols,
+                    &channel_of,
                     rec,
                     &values,
                     &channels,
@@ -227,11 +256,13 @@ pub fn score_csv<R: Read, W: Write>(
     };
 
     for r in &sniffed {
-        process(r, &mut out, &mut report)?;
+        let line = rdr.get_mut().line_of(r);
+        process(r, line, &mut out, &mut report)?;
     }
     drop(sniffed);
-    while rdr.read_byte_record(&mut rec).map_err(csv_err)? {
-        process(&rec, &mut out, &mut report)?;
+    while next_record(&mut rdr, &mut rec)? {
+        let line = rdr.get_mut().line_of(&rec);
+        process(&rec, line, &mut out, &mut report)?;
     }
     out.flush()
         .map_err(|e| InputError::Csv(format!("writing output: {e}")))?;
@@ -248,8 +279,117 @@ fn csv_err(e: csv::Error) -> InputError {
     }
 }
 
+/// Reads the next record, refusing one longer than [`MAX_RECORD_BYTES`].
+fn next_record<R: Read>(
+    rdr: &mut csv::Reader<Lines<R>>,
+    rec: &mut csv::ByteRecord,
+) -> Result<bool, InputError> {
+    match rdr.read_byte_record(rec) {
+        Ok(more) => {
+            let next = rdr.position().byte();
+            rdr.get_mut().record_start = next;
+            Ok(more)
+        }
+        Err(_) if rdr.get_ref().too_long => {
+            let lines = rdr.get_mut();
+            let start = lines.record_start;
+            Err(InputError::Row {
+                line: lines.line_at(start),
+                message: format!(
+                    "a record longer than {} MiB (a missing line end or an unclosed quote?)",
+                    MAX_RECORD_BYTES / (1024 * 1024)
+                ),
+            })
+        }
+        Err(e) => Err(csv_err(e)),
+    }
+}
+
+/// The input as the CSV parser reads it, counting physical lines (`\n`)
+/// and stopping a record that grows past [`MAX_RECORD_BYTES`].
+struct Lines<R> {
+    inner: R,
+    /// Bytes handed to the parser so far.
+    offset: u64,
+    /// Offsets of the CR and LF bytes not yet behind a record start, and
+    /// whether each is an LF.
+    breaks: VecDeque<(u64, bool)>,
+    /// LFs before the first entry of `breaks`.
+    lines_before: u64,
+    /// Where the record being read starts (as the parser reports it).
+    record_start: u64,
+    /// Set when a read was refused for the record length.
+    too_long: bool,
+}
+
+impl<R> Lines<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            offset: 0,
+            breaks: VecDeque::new(),
+            lines_before: 0,
+            record_start: 0,
+            too_long: false,
+        }
+    }
+
+    /// 1-based line of a record the parser read.
+    fn line_of(&mut self, rec: &csv::ByteRecord) -> u64 {
+        let at = rec.position().map_or(self.record_start, |p| p.byte());
+        self.line_at(at)
+    }
+
+    /// 1-based line of the first byte at or after `at` that is not a line
+    /// end: the parser reports a record's start before the LF of a CRLF
+    /// and before any blank lines it skips. Calls must not go backwards.
+    fn line_at(&mut self, at: u64) -> u64 {
+        while let Some(&(off, lf)) = self.breaks.front() {
+            if off >= at {
+                break;
+            }
+            self.lines_before += u64::from(lf);
+            self.breaks.pop_front();
+        }
+        // The run of line ends starting exactly at `at`.
+        let run = (at..)
+            .zip(&self.breaks)
+            .take_while(|(expect, (off, _))| off == expect)
+            .filter(|(_, (_, lf))| *lf)
+            .count();
+        1 + self.lines_before + run as u64
+    }
+}
+
+impl<R: Read> Read for Lines<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.offset.saturating_sub(self.record_start) > MAX_RECORD_BYTES {
+            self.too_long = true;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "record too long",
+            ));
+        }
+        let n = self.inner.read(buf)?;
+        for (i, &b) in buf[..n].iter().enumerate() {
+            if b == b'\n' || b == b'\r' {
+                self.breaks.push_back((self.offset + i as u64, b == b'\n'));
+            }
+        }
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
 fn header_names(header: &csv::ByteRecord) -> Result<Vec<String>, InputError> {
+    if header.len() > MAX_COLUMNS {
+        return Err(InputError::Header(format!(
+            "{} columns; at most {MAX_COLUMNS} are accepted",
+            header.len()
+        )));
+    }
     let mut names = Vec::with_capacity(header.len());
+    let mut seen = HashSet::with_capacity(header.len());
     for (i, raw) in header.iter().enumerate() {
         let raw = if i == 0 {
             raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw)
@@ -266,7 +406,7 @@ fn header_names(header: &csv::ByteRecord) -> Result<Vec<String>, InputError> {
                 i + 1
             )));
         }
-        if names.contains(&name) {
+        if !seen.insert(name.clone()) {
             return Err(InputError::Header(format!(
                 "duplicate column name `{name}`"
             )));
@@ -321,7 +461,7 @@ fn bool_cell(f: Option<bool>) -> &'static [u8] {
 #[allow(clippy::too_many_arguments)]
 fn row_json(
     columns: &[String],
-    channel_cols: &[usize],
+    channel_of: &[Option<usize>],
     rec: &csv::ByteRecord,
     values: &[Option<f64>],
     channels: &[String],
@@ -331,7 +471,7 @@ fn row_json(
 ) -> Map<String, Value> {
     let mut m = Map::new();
     for (c, name) in columns.iter().enumerate() {
-        let v = match channel_cols.iter().position(|&cc| cc == c) {
+        let v = match channel_of[c] {
             Some(k) => values[k].map_or(Value::Null, Value::from),
             None => Value::from(String::from_utf8_lossy(rec.get(c).unwrap_or(b"")).into_owned()),
         };
@@ -480,6 +620,88 @@ mod tests {
     }
 
     #[test]
+    fn errors_name_the_physical_line() {
+        // CRLF, blank lines and a quoted field spanning lines before the bad row.
+        for (input, line) in [
+            ("timestamp,a\n1,2\n2,3,4\n", 3),
+            ("timestamp,a\r\n1,2\r\n2,3,4\r\n", 3),
+            ("timestamp,a\r\n1,2\r\n\r\n\r\n2,3,4\r\n", 5),
+            ("timestamp,a\n\n1,2\n\n2,3,4\n", 5),
+            ("timestamp,a\n\"x\ny\nz\",2\n2,3,4\n", 5),
+            ("timestamp,a\r\n\"x\r\ny\",2\r\n\r\n2,3,4", 5),
+            ("\n\ntimestamp,a\n1,2\n2,3,4\n", 5),
+        ] {
+            let e = run(input).unwrap_err();
+            assert_eq!(e.line(), Some(line), "{input:?}: {e}");
+            assert!(e.to_string().starts_with(&format!("line {line}: ")), "{e}");
+        }
+    }
+
+    /// Counts the bytes read through it.
+    struct Counted<R> {
+        inner: R,
+        n: std::rc::Rc<std::cell::Cell<u64>>,
+    }
+
+    impl<R: Read> Read for Counted<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let k = self.inner.read(buf)?;
+            self.n.set(self.n.get() + k as u64);
+            Ok(k)
+        }
+    }
+
+    #[test]
+    fn an_endless_record_is_refused_without_reading_it_all() {
+        for tail in [&b"x"[..], b"\"never closed\n"] {
+            let n = std::rc::Rc::new(std::cell::Cell::new(0));
+            let body = std::io::repeat(tail[0])
+                .take(1)
+                .chain(std::io::repeat(*tail.last().unwrap()).take(64 << 20));
+            let input = Counted {
+                inner: (&b"timestamp,a\n1,2\n3,"[..]).chain(body),
+                n: n.clone(),
+            };
+            let mut e = Engine::new(EngineConfig::default()).unwrap();
+            let err = score_csv(input, std::io::sink(), &mut e).unwrap_err();
+            assert_eq!(err.line(), Some(3), "{err}");
+            assert!(err.to_string().contains("longer than 1 MiB"), "{err}");
+            assert!(
+                n.get() < MAX_RECORD_BYTES + (1 << 20),
+                "read {} bytes",
+                n.get()
+            );
+        }
+    }
+
+    #[test]
+    fn wide_headers_and_score_column_names_are_refused() {
+        let wide = (0..=MAX_COLUMNS)
+            .map(|i| format!("c{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let e = run(&format!("{wide}\n")).unwrap_err();
+        assert!(e.to_string().contains("at most 1024"), "{e}");
+        let ok = (0..MAX_COLUMNS)
+            .map(|i| format!("c{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(run(&format!("{ok}\n")).is_ok());
+        for name in SCORE_COLUMNS {
+            let e = run(&format!("timestamp,{name},v\n1,2,3\n")).unwrap_err();
+            assert!(
+                e.to_string().contains(&format!("`{name}` would collide")),
+                "{e}"
+            );
+        }
+        let e = run("timestamp,v,v_zscore_flag\n1,2,3\n").unwrap_err();
+        assert!(
+            e.to_string().contains("`v_zscore_flag` would collide"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn bom_crlf_quotes_and_header_only() {
         let (out, r) = run("\u{feff}timestamp,a\r\n\"2026-01-01, noon\",\"1.5\"\r\n").unwrap();
         assert_eq!(r.total_rows, 1);
@@ -510,5 +732,310 @@ mod tests {
         );
         assert_eq!(r.anomalies[0]["t"], 40.0);
         assert_eq!(r.anomalies[0]["anomaly"], true);
+    }
+}
+
+/// Property tests: any bytes, and structured but hostile CSVs.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use tswatch_core::{EngineConfig, EngineState};
+
+    /// A small engine, so the isolation forest trains within a few files.
+    fn engine() -> Engine {
+        Engine::new(EngineConfig {
+            min_observations: 5,
+            forest_trees: 8,
+            forest_sample: 16,
+            forest_window: 24,
+            forest_retrain_every: 8,
+            ..EngineConfig::default()
+        })
+        .unwrap()
+    }
+
+    /// The state is usable: valid, finite, and survives the JSON round
+    /// trip that every commit makes (serde_json writes NaN/inf as null).
+    fn assert_state_usable(e: &Engine) -> Result<(), TestCaseError> {
+        let st = e.to_state();
+        prop_assert!(st.validate().is_ok(), "{:?}", st.validate());
+        for (name, w) in &st.channels {
+            prop_assert!(w.is_valid() && w.stats.std().is_finite(), "{name}: {w:?}");
+        }
+        let json = serde_json::to_string(&st).unwrap();
+        let back: EngineState = serde_json::from_str(&json)
+            .map_err(|e| TestCaseError::fail(format!("state does not round-trip: {e}")))?;
+        prop_assert_eq!(back, st);
+        Ok(())
+    }
+
+    fn read_all(out: &[u8]) -> Result<Vec<csv::ByteRecord>, csv::Error> {
+        // Not flexible: every output record must be as wide as the header.
+        csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(out)
+            .byte_records()
+            .collect()
+    }
+
+    fn csvish_bytes() -> impl Strategy<Value = Vec<u8>> {
+        // Mostly bytes that matter to CSV and to number parsing, some that
+        // break UTF-8 (a BOM's bytes, 0xFF, a lone continuation byte, NUL).
+        let alphabet = b",,,\"\"\n\n\r a1.e-+9ItsfnNAxyz_\t\xEF\xBB\xBF\xFF\x00\x80\xc3".to_vec();
+        prop_oneof![
+            3 => prop::collection::vec(prop::sample::select(alphabet), 0..1500),
+            1 => prop::collection::vec(any::<u8>(), 0..600),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any bytes at all: a report or an `InputError`, never a panic; a
+        /// report means a well-formed output with one row per data row, and
+        /// the state stays usable either way.
+        #[test]
+        fn any_bytes_give_a_report_or_an_input_error(files in prop::collection::vec(csvish_bytes(), 1..4)) {
+            let mut e = engine();
+            for input in files {
+                let before = e.to_state();
+                let mut out = Vec::new();
+                match score_csv(&input[..], &mut out, &mut e) {
+                    Ok(r) => {
+                        let recs = read_all(&out).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                        prop_assert_eq!(recs.len() as u64, r.total_rows + 1);
+                        prop_assert!(r.anomaly_count <= r.total_rows);
+                    }
+                    Err(err) => {
+                        // The caller discards the engine on error; the
+                        // one kept here must still be usable.
+                        let _ = (err.to_string(), err.line(), before);
+                    }
+                }
+                assert_state_usable(&e)?;
+            }
+        }
+    }
+
+    /// One generated cell: its raw bytes.
+    fn cell() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            6 => (-50.0f64..50.0).prop_map(|v| format!("{v:.3}").into_bytes()),
+            1 => prop::sample::select(vec![
+                "inf", "-inf", "Infinity", "NaN", "nan", "-NaN", "1e400", "-1e400",
+                "1e308", "-1e308", "1.7976931348623157e308", "-1.7976931348623157e308",
+                "1e200", "-1e200", "5e-324", "0", "-0", "+3", " 7 ", "\t8", "0x10", "1_000",
+                "1,5", "\"", "a\"b", "multi\nline", "two\n\nblank", "", "", "abc", "N/A",
+                "null", "--", "１２", "é", "\u{feff}1",
+            ])
+            .prop_map(|s| s.as_bytes().to_vec()),
+            1 => prop::sample::select(vec![&b"\xff\xfe"[..], b"12\xff", b"\xc3\x28", b"\x00"])
+                .prop_map(<[u8]>::to_vec),
+        ]
+    }
+
+    fn header_name() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            6 => prop::sample::select(vec![
+                "timestamp", "Time", "ts", "datetime", "temperature", "humidity", "a", "b",
+                "c", "d", "site id", "x,y", "q\"uote", " padded ", "é", "multi\nline",
+            ])
+            .prop_map(|s| s.as_bytes().to_vec()),
+            1 => prop::sample::select(vec![
+                "", "a", "anomaly", "reason", "if_score", "a_zscore", "b_zscore_flag",
+            ])
+            .prop_map(|s| s.as_bytes().to_vec()),
+            1 => Just(b"\xffbad".to_vec()),
+        ]
+    }
+
+    /// Quotes a field when it needs it (or sometimes anyway).
+    fn field(out: &mut Vec<u8>, f: &[u8], force: bool) {
+        if force || f.iter().any(|b| b",\"\r\n".contains(b)) {
+            out.push(b'"');
+            for &b in f {
+                if b == b'"' {
+                    out.push(b'"');
+                }
+                out.push(b);
+            }
+            out.push(b'"');
+        } else {
+            out.extend_from_slice(f);
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    struct Weird {
+        header: Vec<Vec<u8>>,
+        rows: Vec<Vec<Vec<u8>>>,
+        crlf: bool,
+        bom: bool,
+        quote_all: bool,
+    }
+
+    impl Weird {
+        fn bytes(&self) -> Vec<u8> {
+            let eol: &[u8] = if self.crlf { b"\r\n" } else { b"\n" };
+            let mut out = Vec::new();
+            if self.bom {
+                out.extend_from_slice(b"\xEF\xBB\xBF");
+            }
+            for (i, r) in std::iter::once(&self.header).chain(&self.rows).enumerate() {
+                for (k, f) in r.iter().enumerate() {
+                    if k > 0 {
+                        out.push(b',');
+                    }
+                    // A lone empty field is written as an empty line (a
+                    // skipped blank line), except in the header.
+                    let lone_empty = r.len() == 1 && f.is_empty();
+                    let force = if i == 0 {
+                        lone_empty
+                    } else {
+                        self.quote_all && !lone_empty
+                    };
+                    field(&mut out, f, force);
+                }
+                out.extend_from_slice(eol);
+            }
+            out
+        }
+
+        /// Rows the reader sees (an empty line is no row).
+        fn data_rows(&self) -> Vec<&Vec<Vec<u8>>> {
+            self.rows
+                .iter()
+                .filter(|r| !(r.len() == 1 && r[0].is_empty()))
+                .collect()
+        }
+
+        /// Line of each generated row (1-based; the header is line 1).
+        fn lines(&self) -> Vec<u64> {
+            let mut line = 1 + self
+                .header
+                .iter()
+                .flatten()
+                .filter(|&&b| b == b'\n')
+                .count() as u64;
+            self.rows
+                .iter()
+                .map(|r| {
+                    line += 1;
+                    let here = line;
+                    line += r.iter().flatten().filter(|&&b| b == b'\n').count() as u64;
+                    here
+                })
+                .collect()
+        }
+
+        fn names(&self) -> Option<Vec<String>> {
+            let mut names = Vec::new();
+            for n in &self.header {
+                let n = std::str::from_utf8(n).ok()?.trim().to_string();
+                if n.is_empty() || names.contains(&n) {
+                    return None;
+                }
+                names.push(n);
+            }
+            Some(names)
+        }
+    }
+
+    fn weird_csv() -> impl Strategy<Value = Weird> {
+        prop::collection::vec(header_name(), 1..7)
+            .prop_flat_map(|header| {
+                let n = header.len();
+                let row = prop_oneof![
+                    12 => prop::collection::vec(cell(), n..=n),
+                    2 => prop::collection::vec(cell(), 1..=n),
+                    1 => prop::collection::vec(cell(), n + 1..n + 3),
+                ];
+                (
+                    Just(header),
+                    prop::collection::vec(row, 0..60),
+                    any::<bool>(),
+                    any::<bool>(),
+                    prop::bool::weighted(0.2),
+                )
+            })
+            .prop_map(|(header, rows, crlf, bom, quote_all)| Weird {
+                header,
+                rows,
+                crlf,
+                bom,
+                quote_all,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(384))]
+
+        /// Structured but hostile CSVs, several through one engine: a clean
+        /// header without over-long rows always gives a report with one
+        /// output row per data row, input cells passed through byte for byte
+        /// and every unusable channel cell counted; an over-long row is
+        /// refused naming its line; the state stays usable throughout.
+        #[test]
+        fn weird_csvs_are_scored_or_refused_precisely(files in prop::collection::vec(weird_csv(), 1..4)) {
+            let mut e = engine();
+            for w in &files {
+                let input = w.bytes();
+                let mut out = Vec::new();
+                let result = score_csv(&input[..], &mut out, &mut e);
+                let data = w.data_rows();
+                let ncols = w.header.len();
+                let first_long = w.rows.iter().zip(w.lines()).find(|(r, _)| r.len() > ncols).map(|(_, l)| l);
+                match (&w.names(), result) {
+                    (None, r) => prop_assert!(matches!(r, Err(InputError::Header(_))), "{r:?}"),
+                    (Some(_), Err(InputError::Header(msg))) => {
+                        prop_assert!(msg.contains("would collide"), "{msg}");
+                    }
+                    (Some(_), Err(err)) => {
+                        prop_assert_eq!(err.line(), first_long, "{}", err);
+                        prop_assert!(err.to_string().contains("fields, but the header has"), "{}", err);
+                    }
+                    (Some(names), Ok(r)) => {
+                        prop_assert_eq!(first_long, None, "an over-long row was accepted");
+                        prop_assert_eq!(r.total_rows, data.len() as u64);
+                        let recs = read_all(&out).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                        prop_assert_eq!(recs.len(), data.len() + 1);
+                        let header: Vec<&[u8]> = recs[0].iter().collect();
+                        prop_assert_eq!(header.len(), ncols + 2 * r.channels.len() + 6);
+                        for (k, n) in names.iter().enumerate() {
+                            prop_assert_eq!(header[k], n.as_bytes());
+                        }
+                        let chan_cols: Vec<usize> = r
+                            .channels
+                            .iter()
+                            .map(|c| names.iter().position(|n| n == c).unwrap())
+                            .collect();
+                        let mut missing = 0;
+                        for (row, rec) in data.iter().zip(&recs[1..]) {
+                            for k in 0..ncols {
+                                let want = row.get(k).map_or(&b""[..], |c| &c[..]);
+                                prop_assert_eq!(rec.get(k).unwrap(), want);
+                            }
+                            for &c in &chan_cols {
+                                let usable = row
+                                    .get(c)
+                                    .and_then(|v| std::str::from_utf8(v).ok())
+                                    .and_then(|v| v.trim_matches(|ch: char| ch.is_ascii_whitespace()).parse::<f64>().ok())
+                                    .is_some_and(f64::is_finite);
+                                missing += u64::from(!usable);
+                            }
+                            let flag = rec.get(ncols + 2 * chan_cols.len() + 3).unwrap();
+                            prop_assert!(flag == b"True" || flag == b"False");
+                        }
+                        prop_assert_eq!(r.missing_cells, missing);
+                        prop_assert_eq!(
+                            r.anomaly_count as usize,
+                            recs[1..].iter().filter(|x| x.get(ncols + 2 * chan_cols.len() + 3) == Some(b"True")).count()
+                        );
+                    }
+                }
+                assert_state_usable(&e)?;
+            }
+        }
     }
 }

@@ -70,6 +70,16 @@ async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
                 } else {
                     a.sns_topic_arn.clone()
                 },
+                sns_cert_endpoint: a
+                    .sns_cert_endpoint
+                    .clone()
+                    .or_else(|| file.sns_cert_endpoint.clone()),
+                request_timeout: Duration::from_secs(
+                    a.request_timeout
+                        .or(file.request_timeout_secs)
+                        .unwrap_or(15)
+                        .max(1),
+                ),
                 queue_capacity: 10_000,
             };
             let listener = tokio::net::TcpListener::bind(bind)

@@ -23,6 +23,11 @@ pub struct Settings {
     pub insecure_skip_sns_verify: bool,
     /// Accepted SNS topics (empty: any).
     pub sns_topics: Vec<String>,
+    /// Where to fetch SNS signing certificates instead of the SNS host
+    /// (emulators only).
+    pub sns_cert_endpoint: Option<String>,
+    /// Longest time a request may take.
+    pub request_timeout: Duration,
     /// Capacity of the work queue.
     pub queue_capacity: usize,
 }
@@ -64,10 +69,21 @@ pub async fn run(
             "SNS signature verification is OFF (--insecure-skip-sns-verify): anyone who can reach /notify can queue work and make this service fetch URLs. Use only with local emulators."
         );
     }
-    let verifier = Arc::new(Verifier::new(
-        Arc::new(HttpsCertSource::new()?),
-        settings.sns_topics.clone(),
-    ));
+    let certs = match &settings.sns_cert_endpoint {
+        Some(ep) => {
+            anyhow::ensure!(
+                ep.starts_with("http://") || ep.starts_with("https://"),
+                "--sns-cert-endpoint must be an http(s) URL, got {ep:?}"
+            );
+            tracing::warn!(
+                endpoint = %ep,
+                "SNS signing certificates are fetched from --sns-cert-endpoint, not from AWS. Use only with emulators."
+            );
+            HttpsCertSource::with_endpoint(ep)?
+        }
+        None => HttpsCertSource::new()?,
+    };
+    let verifier = Arc::new(Verifier::new(Arc::new(certs), settings.sns_topics.clone()));
     let state = AppState {
         processor,
         queue,
@@ -75,6 +91,7 @@ pub async fn run(
         skip_sns_verify: settings.insecure_skip_sns_verify,
         http: api::confirm_client()?,
         min_observations: settings.engine.min_observations,
+        request_timeout: settings.request_timeout,
     };
     let addr = listener.local_addr()?;
     tracing::info!(%addr, storage = %storage.label(), "tswatch listening");

@@ -163,18 +163,38 @@ pub trait CertSource: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 pub struct HttpsCertSource {
     client: reqwest::Client,
+    endpoint: Option<String>,
 }
 
 impl HttpsCertSource {
-    /// A source with a fresh client.
+    /// A source with a fresh client, fetching from the SNS host named by
+    /// each message (the only choice in production).
     pub fn new() -> Result<Self, reqwest::Error> {
         Ok(Self {
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .timeout(Duration::from_secs(5))
                 .build()?,
+            endpoint: None,
         })
     }
+
+    /// A source that fetches `https://sns.<region>.amazonaws.com/<path>`
+    /// from `<endpoint>/<path>` instead: an SNS emulator or a mirror. The
+    /// message must still name an SNS host, and its signature must still
+    /// verify with the certificate found there.
+    pub fn with_endpoint(endpoint: &str) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            endpoint: Some(endpoint.trim_end_matches('/').to_string()),
+            ..Self::new()?
+        })
+    }
+}
+
+/// The part of an `https://host...` URL after the host (`/x.pem`, `?a=b`, ...).
+fn after_host(url: &str) -> &str {
+    let rest = url.strip_prefix("https://").unwrap_or(url);
+    rest.find(['/', '?', '#']).map_or("", |i| &rest[i..])
 }
 
 impl CertSource for HttpsCertSource {
@@ -183,9 +203,13 @@ impl CertSource for HttpsCertSource {
         url: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + 'a>> {
         Box::pin(async move {
+            let target = match &self.endpoint {
+                Some(base) => format!("{base}{}", after_host(url)),
+                None => url.to_string(),
+            };
             let r = self
                 .client
-                .get(url)
+                .get(&target)
                 .send()
                 .await
                 .map_err(|e| e.to_string())?;
@@ -330,6 +354,16 @@ mod tests {
         ] {
             assert!(!is_sns_url(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn endpoint_keeps_the_path() {
+        assert_eq!(
+            after_host("https://sns.us-east-1.amazonaws.com/SimpleNotificationService-a.pem"),
+            "/SimpleNotificationService-a.pem"
+        );
+        assert_eq!(after_host("https://sns.x.amazonaws.com?q=1"), "?q=1");
+        assert_eq!(after_host("https://sns.x.amazonaws.com"), "");
     }
 
     #[test]

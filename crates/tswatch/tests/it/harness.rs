@@ -44,6 +44,21 @@ pub(crate) struct Proc {
 }
 
 impl Proc {
+    /// Spawns `cmd` with stderr to `log` and stdout discarded.
+    pub(crate) fn spawn(mut cmd: Command, log: &Path) -> Proc {
+        cmd.stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap());
+        Proc {
+            child: cmd.spawn().expect("spawn"),
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// Whether the process has exited.
+    pub(crate) fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -137,12 +152,7 @@ impl Moto {
     ) -> reqwest::RequestBuilder {
         self.client
             .request(method, format!("{}{path}", self.endpoint))
-            .header(
-                "Authorization",
-                format!(
-                    "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0"
-                ),
-            )
+            .header("Authorization", moto_auth(service))
     }
 
     pub(crate) async fn create_bucket(&self, bucket: &str) {
@@ -250,6 +260,13 @@ impl Moto {
             r.text().await.unwrap()
         );
     }
+}
+
+/// An `Authorization` header that makes moto route a request to `service`.
+pub(crate) fn moto_auth(service: &str) -> String {
+    format!(
+        "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0"
+    )
 }
 
 pub(crate) fn between<'a>(s: &'a str, a: &str, b: &str) -> &'a str {
@@ -409,6 +426,27 @@ pub(crate) fn form_encode(key: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Every file under `dir` (relative paths, sorted).
+pub(crate) fn files_under(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
 }
 
 /// Parses CSV text into rows of fields.

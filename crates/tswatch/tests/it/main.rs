@@ -4,5 +4,8 @@
 
 mod eval;
 mod harness;
+mod hygiene;
 mod local;
 mod s3;
+mod signer;
+mod sns_verify;
