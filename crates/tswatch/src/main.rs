@@ -23,7 +23,10 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(dispatch(cli.command, file))
+    let result = rt.block_on(dispatch(cli.command, file));
+    // An abandoned file's scoring thread must not hold up the exit.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 fn init_logging(json: bool) {
@@ -63,6 +66,9 @@ async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
                         .unwrap_or(60)
                         .max(1),
                 ),
+                shutdown_grace: Duration::from_secs(
+                    a.shutdown_grace.or(file.shutdown_grace_secs).unwrap_or(15),
+                ),
                 insecure_skip_sns_verify: a.insecure_skip_sns_verify
                     || file.insecure_skip_sns_verify.unwrap_or(false),
                 sns_topics: if a.sns_topic_arn.is_empty() {
@@ -88,7 +94,7 @@ async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
             let p = Arc::new(Processor::new(storage, file.engine.clone()));
             match action {
                 BaselineAction::Show(_) => {
-                    let doc = p.snapshot().await?;
+                    let doc = p.refresh().await?;
                     println!("{}", serde_json::to_string_pretty(&doc.baseline_json())?);
                 }
                 BaselineAction::Reset(_) => {
