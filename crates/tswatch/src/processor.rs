@@ -79,7 +79,7 @@ pub struct Processor {
     /// Last state seen, for the read endpoints: (document, when read).
     cache: RwLock<Option<(Arc<StateDoc>, Instant)>>,
     /// One refresh of the cache at a time; other readers use the copy in hand.
-    refresh: Mutex<()>,
+    refresh: Arc<Mutex<()>>,
     /// Whether the last refresh reached storage.
     storage_ok: AtomicBool,
 }
@@ -92,6 +92,8 @@ const CACHE_TTL: Duration = Duration::from_millis(500);
 /// How long a read endpoint waits for storage before answering from the
 /// last state it has (the object store client itself retries for minutes).
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a background probe of unreachable storage may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Staged outputs older than this and not named by the ledger are debris of
 /// crashed attempts. Generous: a huge file's multipart upload is dated from
 /// its start, and must survive until its commit.
@@ -104,7 +106,7 @@ impl Processor {
             storage,
             config,
             cache: RwLock::new(None),
-            refresh: Mutex::new(()),
+            refresh: Arc::new(Mutex::new(())),
             storage_ok: AtomicBool::new(true),
         }
     }
@@ -193,34 +195,49 @@ impl Processor {
 
     /// The state for read endpoints, at most [`CACHE_TTL`] old while
     /// storage answers. Unless it has never been read, this never waits more
-    /// than [`READ_TIMEOUT`]: when storage is unreachable the last state read
-    /// is returned (and the view says how old it is).
-    pub async fn view(&self) -> Result<View, ProcessError> {
+    /// than [`READ_TIMEOUT`] for storage: when storage is unreachable the last
+    /// state read is returned at once (the view says how old it is) while a
+    /// background probe looks for storage to come back.
+    pub async fn view(self: &Arc<Self>) -> Result<View, ProcessError> {
         let cached = self.cache.read().await.clone();
-        if let Some((doc, at)) = &cached
-            && at.elapsed() < CACHE_TTL
-        {
-            return Ok(self.view_of(doc.clone(), *at));
-        }
-        let _guard = match (self.refresh.try_lock(), &cached) {
-            (Ok(g), _) => g,
-            // Someone is refreshing: answer from the copy in hand.
-            (Err(_), Some((doc, at))) => return Ok(self.view_of(doc.clone(), *at)),
-            (Err(_), None) => self.refresh.lock().await,
+        let Some((doc, at)) = cached else {
+            let _guard = self.refresh.lock().await;
+            return self.reload(READ_TIMEOUT).await;
         };
-        if let Some((doc, at)) = self.cache.read().await.as_ref()
-            && at.elapsed() < CACHE_TTL
-        {
-            return Ok(self.view_of(doc.clone(), *at));
+        if at.elapsed() < CACHE_TTL {
+            return Ok(self.view_of(doc, at));
         }
-        let loaded = match tokio::time::timeout(READ_TIMEOUT, self.load()).await {
+        let Ok(guard) = self.refresh.clone().try_lock_owned() else {
+            // Someone is refreshing: answer from the copy in hand.
+            return Ok(self.view_of(doc, at));
+        };
+        if !self.storage_ok.load(Ordering::Relaxed) {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let _guard = guard;
+                let _ = me.reload(PROBE_TIMEOUT).await;
+            });
+            return Ok(self.view_of(doc, at));
+        }
+        match self.reload(READ_TIMEOUT).await {
+            Ok(v) => Ok(v),
+            Err(_) => Ok(self.view_of(doc, at)),
+        }
+    }
+
+    /// Reads the state into the cache, waiting at most `timeout`; records
+    /// whether storage answered. The caller holds the refresh lock.
+    async fn reload(&self, timeout: Duration) -> Result<View, ProcessError> {
+        let loaded = match tokio::time::timeout(timeout, self.load()).await {
             Ok(r) => r,
-            Err(_) => Err(ProcessError::Timeout(READ_TIMEOUT)),
+            Err(_) => Err(ProcessError::Timeout(timeout)),
         };
         match loaded {
             Ok((doc, _)) => {
                 let doc = Arc::new(doc);
-                self.storage_ok.store(true, Ordering::Relaxed);
+                if !self.storage_ok.swap(true, Ordering::Relaxed) {
+                    tracing::info!("state readable again");
+                }
                 *self.cache.write().await = Some((doc.clone(), Instant::now()));
                 Ok(View {
                     doc,
@@ -231,14 +248,7 @@ impl Processor {
                 if self.storage_ok.swap(false, Ordering::Relaxed) {
                     tracing::warn!(error = %e, "cannot read the state; serving the last one read");
                 }
-                let cached = self.cache.read().await.clone();
-                match cached {
-                    Some((doc, at)) => Ok(View {
-                        doc,
-                        stale_for: Some(at.elapsed()),
-                    }),
-                    None => Err(e),
-                }
+                Err(e)
             }
         }
     }
@@ -258,11 +268,6 @@ impl Processor {
         let doc = Arc::new(doc);
         *self.cache.write().await = Some((doc.clone(), Instant::now()));
         Ok(doc)
-    }
-
-    /// The state document, as [`Processor::view`] returns it.
-    pub async fn snapshot(&self) -> Result<Arc<StateDoc>, ProcessError> {
-        Ok(self.view().await?.doc)
     }
 
     /// Whether `key` still needs work: it has neither a summary nor an error
@@ -377,6 +382,7 @@ impl Processor {
                 Ok(_) => {
                     let doc = Arc::new(doc);
                     *self.cache.write().await = Some((doc.clone(), Instant::now()));
+                    self.storage_ok.store(true, Ordering::Relaxed);
                     self.publish(&entry, &doc).await?;
                     return Ok(Outcome::Applied(summary));
                 }
