@@ -1,5 +1,6 @@
 //! Crash at every write: an exhaustive, in-process check of the
-//! exactly-once protocol in [`crate::processor`].
+//! exactly-once protocol in [`crate::processor`], and of what the worker
+//! does with a file during a long storage outage.
 //!
 //! An in-memory object store (S3 semantics: conditional puts, rename as copy
 //! then delete) is wrapped so that its `k`-th mutation either never happens
@@ -50,6 +51,10 @@ struct Plan {
     crash_at: Option<(usize, Fault)>,
     dead: bool,
     log: Vec<String>,
+    /// Unreachable for now: every call fails, nothing is applied.
+    down: bool,
+    /// `head` calls refused while down (one per processing attempt).
+    refused_heads: usize,
 }
 
 /// An object store that dies at a chosen mutation.
@@ -83,7 +88,8 @@ impl Crashy {
     }
 
     fn alive(&self) -> object_store::Result<()> {
-        if self.plan.lock().unwrap().dead {
+        let p = self.plan.lock().unwrap();
+        if p.dead || p.down {
             Err(died())
         } else {
             Ok(())
@@ -92,7 +98,7 @@ impl Crashy {
 
     fn mutation(plan: &Mutex<Plan>, what: String) -> object_store::Result<Step> {
         let mut p = plan.lock().unwrap();
-        if p.dead {
+        if p.dead || p.down {
             return Err(died());
         }
         let n = p.mutations;
@@ -202,6 +208,12 @@ impl ObjectStore for Crashy {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
+        {
+            let mut p = self.plan.lock().unwrap();
+            if p.down && options.head {
+                p.refused_heads += 1;
+            }
+        }
         self.alive()?;
         self.inner.get_opts(location, options).await
     }
@@ -494,4 +506,59 @@ async fn an_unpublished_commit_survives_ledger_eviction() {
         got.processed.contains_key(&first_key.processed()),
         "the scored copy of the first file is published"
     );
+}
+
+/// During a long outage the worker gives each file its bounded number of
+/// attempts and moves on; reconciliation finishes the files once storage is
+/// back. Virtual time: the real backoff adds up to minutes.
+#[tokio::test(start_paused = true)]
+async fn files_given_up_during_an_outage_are_finished_by_reconciliation() {
+    let files = batches(2, 50);
+    let mem = Arc::new(InMemory::new());
+    seed(&mem, &files).await;
+    let store = Arc::new(Crashy::new(mem.clone(), None));
+    let plan = store.plan.clone();
+    let p = Arc::new(Processor::new(storage(store), EngineConfig::default()));
+    p.load().await.unwrap();
+    plan.lock().unwrap().down = true;
+    let (queue, rx) = Queue::new(16);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(worker::run_worker(
+        p.clone(),
+        queue.clone(),
+        rx,
+        stop_rx.clone(),
+        Duration::ZERO,
+    ));
+    let reconciler = tokio::spawn(worker::run_reconciler(
+        p.clone(),
+        queue.clone(),
+        Duration::from_secs(60),
+        stop_rx,
+    ));
+    for (k, _) in &files {
+        queue.push(RawKey::parse(k).unwrap());
+    }
+    // Ten minutes down: each file gets exactly its attempts, then is left.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(
+        plan.lock().unwrap().refused_heads,
+        files.len() * worker::ATTEMPTS as usize
+    );
+    plan.lock().unwrap().down = false;
+    // The next reconciliation pass (within a minute) queues them again.
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    for _ in 0..200 {
+        if p.totals().await.unwrap().files_processed == files.len() as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(p.totals().await.unwrap().files_processed, 2);
+    let _ = stop_tx.send(true);
+    worker.await.unwrap();
+    reconciler.await.unwrap();
+    let (got, junk) = outcome(&mem).await;
+    assert!(junk.is_empty(), "{junk:?}");
+    assert_eq!(got.processed.len(), 4);
 }

@@ -130,7 +130,7 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 /// Attempts per file before it is left to reconciliation.
-const ATTEMPTS: u32 = 10;
+pub(crate) const ATTEMPTS: u32 = 10;
 
 async fn process_with_retry(processor: &Processor, key: &RawKey, shutdown: watch::Receiver<bool>) {
     for attempt in 1..=ATTEMPTS {
