@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+mod faultkit;
+mod faults;
 mod harness;
 mod local;
 mod s3;
