@@ -5,5 +5,6 @@
 mod faultkit;
 mod faults;
 mod harness;
+mod load;
 mod local;
 mod s3;
