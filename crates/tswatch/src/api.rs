@@ -4,7 +4,7 @@
 //! blocks on processing, so `/notify` answers at once.
 
 use crate::keys::{self, RawKey};
-use crate::processor::Processor;
+use crate::processor::{Processor, View};
 use crate::sns::{SnsError, SnsMessage, Verifier, is_sns_url};
 use crate::statedoc::{RECENT_FILES, now_iso, round4};
 use crate::storage::Location;
@@ -13,7 +13,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, RawQuery, State};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
@@ -108,6 +108,18 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 
 fn ok(v: Value) -> Response {
     axum::Json(v).into_response()
+}
+
+/// Header set when storage is unreachable and a read endpoint answers from
+/// the last state it read: how many seconds ago that was.
+pub const STALE_HEADER: &str = "x-tswatch-stale-seconds";
+
+fn with_age(view: &View, mut r: Response) -> Response {
+    if let Some(age) = view.stale_for {
+        r.headers_mut()
+            .insert(STALE_HEADER, HeaderValue::from(age.as_secs()));
+    }
+    r
 }
 
 async fn notify(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
@@ -266,10 +278,11 @@ async fn recent(State(st): State<AppState>, RawQuery(q): RawQuery) -> Response {
             }
         }
     }
-    let doc = match st.processor.snapshot().await {
-        Ok(d) => d,
+    let view = match st.processor.view().await {
+        Ok(v) => v,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
+    let doc = &view.doc;
     let rows: Vec<&serde_json::Map<String, Value>> = doc
         .applied
         .iter()
@@ -278,17 +291,18 @@ async fn recent(State(st): State<AppState>, RawQuery(q): RawQuery) -> Response {
         .flat_map(|a| a.anomalies.iter().rev())
         .take(limit)
         .collect();
-    ok(json!({ "count": rows.len(), "anomalies": rows }))
+    with_age(&view, ok(json!({ "count": rows.len(), "anomalies": rows })))
 }
 
 async fn summary(State(st): State<AppState>) -> Response {
-    let doc = match st.processor.snapshot().await {
-        Ok(d) => d,
+    let view = match st.processor.view().await {
+        Ok(v) => v,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
+    let doc = &view.doc;
     let t = &doc.totals;
     if t.files_processed == 0 {
-        return ok(json!({ "message": "No processed files yet." }));
+        return with_age(&view, ok(json!({ "message": "No processed files yet." })));
     }
     let recent: Vec<_> = doc
         .applied
@@ -297,7 +311,7 @@ async fn summary(State(st): State<AppState>) -> Response {
         .take(5)
         .map(|a| &a.summary)
         .collect();
-    ok(json!({
+    let body = ok(json!({
         "files_processed": t.files_processed,
         "total_rows_scored": t.total_rows_scored,
         "total_anomalies": t.total_anomalies,
@@ -305,14 +319,16 @@ async fn summary(State(st): State<AppState>) -> Response {
             round4(t.total_anomalies as f64 / t.total_rows_scored as f64)
         },
         "most_recent": recent,
-    }))
+    }));
+    with_age(&view, body)
 }
 
 async fn baseline(State(st): State<AppState>) -> Response {
-    let doc = match st.processor.snapshot().await {
-        Ok(d) => d,
+    let view = match st.processor.view().await {
+        Ok(v) => v,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
+    let doc = &view.doc;
     let channels: serde_json::Map<String, Value> = doc
         .engine
         .channels
@@ -329,7 +345,10 @@ async fn baseline(State(st): State<AppState>) -> Response {
             )
         })
         .collect();
-    ok(json!({ "last_updated": doc.last_updated, "channels": channels }))
+    with_age(
+        &view,
+        ok(json!({ "last_updated": doc.last_updated, "channels": channels })),
+    )
 }
 
 async fn health(State(st): State<AppState>) -> Response {

@@ -17,8 +17,9 @@ use tswatch_core::EngineConfig;
 #[command(name = "tswatch", version, propagate_version = true)]
 pub struct Cli {
     /// TOML configuration file (keys: data_dir, bucket, bind,
-    /// reconcile_interval_secs, request_timeout_secs, insecure_skip_sns_verify,
-    /// sns_topic_arn, sns_cert_endpoint, log_format, and an [engine] table).
+    /// reconcile_interval_secs, request_timeout_secs, shutdown_grace_secs,
+    /// insecure_skip_sns_verify, sns_topic_arn, sns_cert_endpoint, log_format,
+    /// and an [engine] table).
     #[arg(long, global = true, env = "TSWATCH_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -78,6 +79,10 @@ pub struct ServeArgs {
     /// Seconds between scans of raw/ for files whose notification was lost [default: 60]
     #[arg(long, env = "TSWATCH_RECONCILE_INTERVAL", value_name = "SECS")]
     pub reconcile_interval: Option<u64>,
+    /// On SIGTERM, seconds to let the file in hand finish before abandoning
+    /// it (safely: it is processed again on the next start) [default: 15]
+    #[arg(long, env = "TSWATCH_SHUTDOWN_GRACE", value_name = "SECS")]
+    pub shutdown_grace: Option<u64>,
     /// Accept SNS messages without checking their signature, and confirm any
     /// SubscribeURL. Only for local emulators (moto, LocalStack): never in production.
     #[arg(
@@ -201,6 +206,8 @@ pub struct FileConfig {
     pub bind: Option<SocketAddr>,
     /// See `--reconcile-interval`.
     pub reconcile_interval_secs: Option<u64>,
+    /// See `--shutdown-grace`.
+    pub shutdown_grace_secs: Option<u64>,
     /// See `--insecure-skip-sns-verify`.
     pub insecure_skip_sns_verify: Option<bool>,
     /// See `--sns-topic-arn`.

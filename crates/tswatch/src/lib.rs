@@ -6,6 +6,8 @@
 
 pub mod api;
 pub mod cli;
+#[cfg(test)]
+mod crashtest;
 pub mod csvscore;
 pub mod eval;
 pub mod keys;

@@ -23,14 +23,19 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(dispatch(cli.command, file))
+    let result = rt.block_on(dispatch(cli.command, file));
+    // An abandoned file's scoring thread must not hold up the exit.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TSWATCH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a terminal: not into journald or log files.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         b.json().init();
@@ -62,6 +67,9 @@ async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
                         .or(file.reconcile_interval_secs)
                         .unwrap_or(60)
                         .max(1),
+                ),
+                shutdown_grace: Duration::from_secs(
+                    a.shutdown_grace.or(file.shutdown_grace_secs).unwrap_or(15),
                 ),
                 insecure_skip_sns_verify: a.insecure_skip_sns_verify
                     || file.insecure_skip_sns_verify.unwrap_or(false),
@@ -99,7 +107,7 @@ async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
             let p = Arc::new(Processor::new(storage, file.engine));
             match action {
                 BaselineAction::Show(_) => {
-                    let doc = p.snapshot().await?;
+                    let doc = p.refresh().await?;
                     println!("{}", serde_json::to_string_pretty(&doc.baseline_json())?);
                 }
                 BaselineAction::Reset(_) => {

@@ -124,10 +124,7 @@ pub async fn produce(storage: &Storage, args: &ProduceArgs) -> anyhow::Result<()
     let mut sent = 0u64;
     loop {
         let (csv, labels, first) = sc.batch(args.rows);
-        let stamp = chrono::DateTime::from_timestamp(first as i64, 0)
-            .map(|d| d.format("%Y%m%dT%H%M%S").to_string())
-            .unwrap_or_default();
-        let key = format!("raw/{prefix}_{stamp}.csv");
+        let key = crate::scenario::batch_key(prefix, first);
         let anomalous: Vec<usize> = (0..labels.len()).filter(|&i| labels[i]).collect();
         if args.labels {
             // Written first, so the truth is there when the batch is scored.

@@ -5,23 +5,30 @@
 //! written, so a crash just means the file is processed again. After the
 //! commit, the ledger in `state/engine.json` names the staged output, so
 //! whoever next looks at the file (a retry, a duplicate notification, the
-//! reconciler) finishes publishing it instead of applying it twice. A lost
-//! compare-and-swap means another worker committed first: the attempt is
-//! discarded and redone against the newer state.
+//! reconciler) finishes publishing it instead of applying it twice. The
+//! summary is written last: it is the "done" marker, so everything it
+//! vouches for (the scored copy, the baseline projection) exists first. An
+//! entry leaves the bounded ledger only once its outputs are published.
+//!
+//! A failed compare-and-swap usually means another worker committed first;
+//! but a conditional write whose response was lost is retried by the client
+//! and then fails its own precondition, and a write that timed out may have
+//! landed. So a failed commit never discards its staged output until the
+//! reloaded ledger shows the commit is not there.
 
 use crate::csvscore::InputError;
 use crate::keys::{self, RawKey};
 use crate::pipeline::{PipelineError, score_object};
 use crate::statedoc::{
-    self, Applied, BASELINE_KEY, ENGINE_KEY, StateDoc, Summary, Totals, now_iso, round4,
+    self, Applied, BASELINE_KEY, ENGINE_KEY, LEDGER_LEN, StateDoc, Summary, Totals, now_iso, round4,
 };
 use crate::storage::{Storage, StoreError, Version};
 use bytes::Bytes;
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::RwLock;
+use tokio::sync::{Mutex, RwLock};
 use tswatch_core::{Engine, EngineConfig};
 
 /// What happened to a file.
@@ -49,6 +56,19 @@ pub enum ProcessError {
     /// Too many lost compare-and-swaps in a row.
     #[error("gave up after {0} conflicting commits")]
     Contention(u32),
+    /// Storage did not answer in time.
+    #[error("storage did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// The committed state as the read endpoints see it.
+#[derive(Debug, Clone)]
+pub struct View {
+    /// The state document.
+    pub doc: Arc<StateDoc>,
+    /// Set when storage could not be read just now: the document is the
+    /// last one read, this long ago.
+    pub stale_for: Option<Duration>,
 }
 
 /// Shared processing service.
@@ -58,6 +78,10 @@ pub struct Processor {
     config: EngineConfig,
     /// Last state seen, for the read endpoints: (document, when read).
     cache: RwLock<Option<(Arc<StateDoc>, Instant)>>,
+    /// One refresh of the cache at a time; other readers use the copy in hand.
+    refresh: Arc<Mutex<()>>,
+    /// Whether the last refresh reached storage.
+    storage_ok: AtomicBool,
 }
 
 static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -65,6 +89,15 @@ static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
 const MAX_CONFLICTS: u32 = 50;
 /// How stale the read endpoints' view of the state may be.
 const CACHE_TTL: Duration = Duration::from_millis(500);
+/// How long a read endpoint waits for storage before answering from the
+/// last state it has (the object store client itself retries for minutes).
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a background probe of unreachable storage may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Staged outputs older than this and not named by the ledger are debris of
+/// crashed attempts. Generous: a huge file's multipart upload is dated from
+/// its start, and must survive until its commit.
+pub const STAGING_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
 impl Processor {
     /// A processor over `storage` with the given engine settings.
@@ -73,6 +106,8 @@ impl Processor {
             storage,
             config,
             cache: RwLock::new(None),
+            refresh: Arc::new(Mutex::new(())),
+            storage_ok: AtomicBool::new(true),
         }
     }
 
@@ -158,13 +193,77 @@ impl Processor {
         Ok(doc)
     }
 
-    /// The state for read endpoints, at most [`CACHE_TTL`] old.
-    pub async fn snapshot(&self) -> Result<Arc<StateDoc>, ProcessError> {
-        if let Some((d, at)) = self.cache.read().await.as_ref()
-            && at.elapsed() < CACHE_TTL
-        {
-            return Ok(d.clone());
+    /// The state for read endpoints, at most [`CACHE_TTL`] old while
+    /// storage answers. Unless it has never been read, this never waits more
+    /// than [`READ_TIMEOUT`] for storage: when storage is unreachable the last
+    /// state read is returned at once (the view says how old it is) while a
+    /// background probe looks for storage to come back.
+    pub async fn view(self: &Arc<Self>) -> Result<View, ProcessError> {
+        let cached = self.cache.read().await.clone();
+        let Some((doc, at)) = cached else {
+            let _guard = self.refresh.lock().await;
+            return self.reload(READ_TIMEOUT).await;
+        };
+        if at.elapsed() < CACHE_TTL {
+            return Ok(self.view_of(doc, at));
         }
+        let Ok(guard) = self.refresh.clone().try_lock_owned() else {
+            // Someone is refreshing: answer from the copy in hand.
+            return Ok(self.view_of(doc, at));
+        };
+        if !self.storage_ok.load(Ordering::Relaxed) {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let _guard = guard;
+                let _ = me.reload(PROBE_TIMEOUT).await;
+            });
+            return Ok(self.view_of(doc, at));
+        }
+        match self.reload(READ_TIMEOUT).await {
+            Ok(v) => Ok(v),
+            Err(_) => Ok(self.view_of(doc, at)),
+        }
+    }
+
+    /// Reads the state into the cache, waiting at most `timeout`; records
+    /// whether storage answered. The caller holds the refresh lock.
+    async fn reload(&self, timeout: Duration) -> Result<View, ProcessError> {
+        let loaded = match tokio::time::timeout(timeout, self.load()).await {
+            Ok(r) => r,
+            Err(_) => Err(ProcessError::Timeout(timeout)),
+        };
+        match loaded {
+            Ok((doc, _)) => {
+                let doc = Arc::new(doc);
+                if !self.storage_ok.swap(true, Ordering::Relaxed) {
+                    tracing::info!("state readable again");
+                }
+                *self.cache.write().await = Some((doc.clone(), Instant::now()));
+                Ok(View {
+                    doc,
+                    stale_for: None,
+                })
+            }
+            Err(e) => {
+                if self.storage_ok.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "cannot read the state; serving the last one read");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn view_of(&self, doc: Arc<StateDoc>, at: Instant) -> View {
+        let ok = self.storage_ok.load(Ordering::Relaxed);
+        View {
+            doc,
+            stale_for: (!ok).then(|| at.elapsed()),
+        }
+    }
+
+    /// Reads the state (retrying as long as the storage client does) and
+    /// caches it for the read endpoints.
+    pub async fn refresh(&self) -> Result<Arc<StateDoc>, ProcessError> {
         let (doc, _) = self.load().await?;
         let doc = Arc::new(doc);
         *self.cache.write().await = Some((doc.clone(), Instant::now()));
@@ -199,20 +298,29 @@ impl Processor {
         }
         let raw_path = keys::validate(key.as_str())?;
         let mut conflicts = 0;
+        // The staged output of a commit whose fate is not known yet.
+        let mut unsure: Option<String> = None;
         loop {
             let (mut doc, version) = self.load().await?;
             if let Some(entry) = doc.find(key.as_str(), &etag).cloned() {
                 self.publish(&entry, &doc).await?;
+                let unsure = unsure.take();
+                // Our own commit landed although the write reported failure.
+                if unsure.as_deref() == Some(entry.staged_key.as_str()) {
+                    return Ok(Outcome::Applied(entry.summary));
+                }
+                if let Some(s) = unsure {
+                    self.storage.delete(&s).await.ok();
+                }
                 return Ok(Outcome::AlreadyApplied);
+            }
+            // Not in the ledger: the failed commit really did not happen.
+            if let Some(s) = unsure.take() {
+                self.storage.delete(&s).await.ok();
             }
             let engine = Engine::from_state(self.config, doc.engine.clone())
                 .map_err(|e| ProcessError::State(e.to_string()))?;
-            let staged_key = format!(
-                "state/staging/{}-{}-{}.csv",
-                std::process::id(),
-                chrono::Utc::now().timestamp_micros(),
-                STAGING_COUNTER.fetch_add(1, Ordering::Relaxed)
-            );
+            let staged_key = new_staged_key();
             let staged = keys::validate(&staged_key)?;
             let result =
                 score_object(self.storage.store(), &raw_path, &etag, &staged, engine).await;
@@ -264,6 +372,7 @@ impl Processor {
                 summary: summary.clone(),
                 anomalies,
             };
+            self.publish_evicted(&doc).await?;
             doc.record(entry.clone());
             match self
                 .storage
@@ -273,11 +382,15 @@ impl Processor {
                 Ok(_) => {
                     let doc = Arc::new(doc);
                     *self.cache.write().await = Some((doc.clone(), Instant::now()));
+                    self.storage_ok.store(true, Ordering::Relaxed);
                     self.publish(&entry, &doc).await?;
                     return Ok(Outcome::Applied(summary));
                 }
                 Err(StoreError::Conflict(_)) => {
-                    self.storage.delete(&staged_key).await.ok();
+                    // Usually another worker committed first; possibly this
+                    // very write landed and its retry failed. The reload
+                    // tells which.
+                    unsure = Some(staged_key);
                     conflicts += 1;
                     if conflicts >= MAX_CONFLICTS {
                         return Err(ProcessError::Contention(conflicts));
@@ -285,15 +398,48 @@ impl Processor {
                     tracing::debug!(%key, conflicts, "state changed underneath; redoing");
                 }
                 Err(e) => {
-                    self.storage.delete(&staged_key).await.ok();
+                    // The write may have landed: keep the staged output for
+                    // whoever finds the commit in the ledger (a retry, the
+                    // reconciler). If it did not land, the staging sweep
+                    // removes it.
                     return Err(e.into());
                 }
             }
         }
     }
 
+    /// Publishes the ledger entries the next commit will push out of the
+    /// bounded ledger, if their outputs are not out yet: once an entry is
+    /// gone, nothing would stop its file from being applied a second time.
+    async fn publish_evicted(&self, doc: &StateDoc) -> Result<(), ProcessError> {
+        let leaving = (doc.applied.len() + 1).saturating_sub(LEDGER_LEN);
+        for entry in doc.applied.iter().take(leaving) {
+            if !self.is_published(entry).await? {
+                tracing::info!(key = %entry.source_key, "publishing a committed file before it leaves the ledger");
+                self.publish(entry, doc).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `entry`'s summary (or a later commit's, for the same key) is out.
+    async fn is_published(&self, entry: &Applied) -> Result<bool, ProcessError> {
+        let key = RawKey::parse(&entry.source_key)?;
+        let Some(b) = self.storage.get(&key.summary()).await? else {
+            return Ok(false);
+        };
+        Ok(match serde_json::from_slice::<Summary>(&b) {
+            Ok(s) => {
+                s.source_etag.unwrap_or_default() == entry.source_etag
+                    || s.state_seq >= entry.summary.state_seq
+            }
+            Err(_) => false,
+        })
+    }
+
     /// Makes a committed file's outputs visible. Idempotent: safe to repeat
-    /// after a crash at any point.
+    /// after a crash at any point. The summary goes last, as the marker that
+    /// the rest is done.
     async fn publish(&self, entry: &Applied, doc: &StateDoc) -> Result<(), ProcessError> {
         let key = RawKey::parse(&entry.source_key)?;
         if !entry.staged_key.is_empty() {
@@ -304,14 +450,37 @@ impl Processor {
             {
                 Ok(()) => {}
                 // Already moved by an earlier attempt.
-                Err(StoreError::NotFound(_)) => {}
+                Err(StoreError::NotFound(_)) => {
+                    if self.storage.etag(&key.processed()).await?.is_none() {
+                        tracing::error!(
+                            key = %entry.source_key, staged = %entry.staged_key,
+                            "the scored copy of a committed file is missing"
+                        );
+                    }
+                }
                 Err(e) => return Err(e.into()),
             }
         }
+        self.project_baseline(doc).await?;
+        self.storage.delete(&key.error()).await?;
         let body = serde_json::to_vec_pretty(&entry.summary).unwrap_or_default();
         self.storage.put(&key.summary(), body).await?;
-        self.storage.delete(&key.error()).await?;
-        self.project_baseline(doc).await
+        Ok(())
+    }
+
+    /// Deletes staged outputs older than `older_than` that the ledger does
+    /// not name: debris of attempts that crashed before their commit, or
+    /// whose commit failed. Returns how many were removed.
+    pub async fn sweep_staging(&self, older_than: Duration) -> Result<usize, ProcessError> {
+        let (doc, _) = self.load().await?;
+        let keep = doc.applied.iter().map(|a| a.staged_key.clone()).collect();
+        // A commit made after this load names an object completed moments
+        // before it, which is younger than `older_than` (unless scoring it
+        // took longer than that, hence the generous default).
+        Ok(self
+            .storage
+            .sweep("state/staging/", older_than, keep)
+            .await?)
     }
 
     /// Writes `state/baseline.json` for `doc` unless a newer one is there.
@@ -396,6 +565,20 @@ impl Processor {
     pub async fn totals(&self) -> Result<Totals, ProcessError> {
         Ok(self.load().await?.0.totals)
     }
+}
+
+/// A staging name no other attempt, here or on another machine, can pick.
+fn new_staged_key() -> String {
+    let mut r = [0u8; 8];
+    // Without randomness the pid, clock and counter still separate attempts.
+    let _ = aws_lc_rs::rand::fill(&mut r);
+    format!(
+        "state/staging/{}-{}-{}-{:016x}.csv",
+        std::process::id(),
+        chrono::Utc::now().timestamp_micros(),
+        STAGING_COUNTER.fetch_add(1, Ordering::Relaxed),
+        u64::from_le_bytes(r)
+    )
 }
 
 fn to_bytes(doc: &StateDoc) -> Bytes {

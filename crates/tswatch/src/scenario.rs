@@ -277,6 +277,15 @@ impl Scenario {
     }
 }
 
+/// The producer's key for a batch whose first row is at `first`:
+/// `raw/<prefix>_<YYYYmmddTHHMMSS>.csv` (names sort chronologically).
+pub fn batch_key(prefix: &str, first: f64) -> String {
+    let stamp = chrono::DateTime::from_timestamp(first.floor() as i64, 0)
+        .map(|d| d.format("%Y%m%dT%H%M%S").to_string())
+        .unwrap_or_default();
+    format!("raw/{prefix}_{stamp}.csv")
+}
+
 /// `YYYY-MM-DDTHH:MM:SS` for epoch seconds.
 pub fn iso(ts: f64) -> String {
     chrono::DateTime::from_timestamp(ts.floor() as i64, 0)

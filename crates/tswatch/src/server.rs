@@ -19,6 +19,8 @@ pub struct Settings {
     pub engine: EngineConfig,
     /// Time between reconciliation passes.
     pub reconcile_every: Duration,
+    /// On shutdown, how long the file in hand may take before it is abandoned.
+    pub shutdown_grace: Duration,
     /// Skip SNS signature checks (emulators only).
     pub insecure_skip_sns_verify: bool,
     /// Accepted SNS topics (empty: any).
@@ -33,8 +35,9 @@ pub struct Settings {
 }
 
 /// Runs until `shutdown` resolves: API, worker, reconciler and (locally)
-/// the folder watcher. On shutdown, stops taking requests, lets the worker
-/// finish the file in hand, and returns.
+/// the folder watcher. On shutdown, stops taking requests, gives the worker
+/// `shutdown_grace` to finish the file in hand (then abandons it, which the
+/// commit protocol makes safe), and returns.
 pub async fn run(
     listener: TcpListener,
     storage: Storage,
@@ -43,7 +46,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let processor = Arc::new(Processor::new(storage.clone(), settings.engine));
     // Fail fast on unusable state rather than serving errors.
-    processor.load().await?;
+    processor.refresh().await?;
     let (queue, rx) = Queue::new(settings.queue_capacity);
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -56,6 +59,7 @@ pub async fn run(
         queue.clone(),
         rx,
         stop_rx.clone(),
+        settings.shutdown_grace,
     ));
     let reconciler = tokio::spawn(worker::run_reconciler(
         processor.clone(),

@@ -114,6 +114,12 @@ impl Storage {
         })
     }
 
+    /// A storage over any object store (tests inject faults this way).
+    #[cfg(test)]
+    pub(crate) fn from_store(store: Arc<dyn ObjectStore>, location: Location) -> Self {
+        Self { store, location }
+    }
+
     /// What `/health` reports: the bucket name or the data directory.
     pub fn label(&self) -> String {
         match &self.location {
@@ -191,6 +197,50 @@ impl Storage {
         Ok(out)
     }
 
+    /// Deletes the objects under `prefix` last modified more than
+    /// `older_than` ago, except those in `keep`. Locally this includes the
+    /// partial files an interrupted upload leaves (`<key>#<n>`), which
+    /// listings do not show. Returns how many were deleted.
+    pub async fn sweep(
+        &self,
+        prefix: &str,
+        older_than: std::time::Duration,
+        keep: std::collections::HashSet<String>,
+    ) -> Result<usize, StoreError> {
+        let prefix = prefix.trim_end_matches('/');
+        keys::validate(prefix)?;
+        match &self.location {
+            Location::Local(root) => {
+                let dir = root.join(prefix);
+                let prefix = prefix.to_string();
+                tokio::task::spawn_blocking(move || local_sweep(&dir, &prefix, older_than, &keep))
+                    .await
+                    .map_err(join_err)?
+            }
+            Location::S3 { .. } => {
+                let now = chrono::Utc::now();
+                let mut old = Vec::new();
+                let mut s = self.store.list(Some(&Path::from(prefix)));
+                while let Some(m) = s.next().await {
+                    let m = match m {
+                        Ok(m) => m,
+                        Err(object_store::Error::NotFound { .. }) => break,
+                        Err(e) => return Err(e.into()),
+                    };
+                    let key = m.location.to_string();
+                    let age = (now - m.last_modified).to_std().unwrap_or_default();
+                    if age >= older_than && !keep.contains(&key) {
+                        old.push(key);
+                    }
+                }
+                for k in &old {
+                    self.delete(k).await?;
+                }
+                Ok(old.len())
+            }
+        }
+    }
+
     /// Reads a state document with its version; `None` if absent.
     pub async fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, Version)>, StoreError> {
         let path = keys::validate(key)?;
@@ -253,6 +303,46 @@ impl Storage {
             }
         }
     }
+}
+
+fn local_sweep(
+    dir: &std::path::Path,
+    prefix: &str,
+    older_than: std::time::Duration,
+    keep: &std::collections::HashSet<String>,
+) -> Result<usize, StoreError> {
+    let io = |source| StoreError::Io {
+        path: dir.display().to_string(),
+        source,
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io(e)),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.map_err(io)?;
+        let meta = entry.metadata().map_err(io)?;
+        if !meta.is_file() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .unwrap_or_default();
+        if age < older_than || keep.contains(&format!("{prefix}/{name}")) {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
+    Ok(removed)
 }
 
 fn join_err(e: tokio::task::JoinError) -> StoreError {
@@ -397,6 +487,31 @@ mod tests {
         }
         let (b, _) = s.get_versioned("state/n").await.unwrap().unwrap();
         assert_eq!(&b[..], b"400");
+    }
+
+    #[tokio::test]
+    async fn sweep_removes_old_debris_but_keeps_named_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::local(dir.path()).unwrap();
+        s.put("state/staging/a.csv", "a").await.unwrap();
+        s.put("state/staging/b.csv", "b").await.unwrap();
+        // What an upload killed half-way leaves behind locally.
+        std::fs::write(dir.path().join("state/staging/c.csv#1"), "c").unwrap();
+        let keep = |k: &str| std::iter::once(k.to_string()).collect();
+        let hour = std::time::Duration::from_secs(3600);
+        assert_eq!(s.sweep("state/staging/", hour, keep("x")).await.unwrap(), 0);
+        let zero = std::time::Duration::ZERO;
+        let n = s
+            .sweep("state/staging/", zero, keep("state/staging/b.csv"))
+            .await
+            .unwrap();
+        assert_eq!(n, 2);
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("state/staging"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left, ["b.csv"]);
+        assert_eq!(s.sweep("nothing/here/", zero, keep("x")).await.unwrap(), 0);
     }
 
     #[tokio::test]

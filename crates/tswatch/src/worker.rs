@@ -6,7 +6,7 @@
 //! still fails is left for the next reconciliation pass, never dropped.
 
 use crate::keys::RawKey;
-use crate::processor::{Outcome, Processor};
+use crate::processor::{Outcome, Processor, STAGING_MAX_AGE};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -77,12 +77,16 @@ impl Queue {
     }
 }
 
-/// Drains the queue until `shutdown` flips; finishes the file in hand first.
+/// Drains the queue until `shutdown` flips. The file in hand then gets
+/// `grace` to finish; after that it is abandoned, which is safe: nothing is
+/// visible before its commit, and a commit is finished by whoever next
+/// looks at the file.
 pub async fn run_worker(
     processor: Arc<Processor>,
     queue: Queue,
     mut rx: mpsc::Receiver<RawKey>,
     mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
 ) {
     loop {
         let key = tokio::select! {
@@ -92,20 +96,45 @@ pub async fn run_worker(
         // Taken off the waiting set before work starts, so a new version
         // uploaded meanwhile is queued again rather than lost.
         queue.done(&key);
-        process_with_retry(&processor, &key, &mut shutdown).await;
+        let work = process_with_retry(&processor, &key, shutdown.clone());
+        tokio::pin!(work);
+        tokio::select! {
+            _ = &mut work => {}
+            _ = stopped(shutdown.clone()) => {
+                if tokio::time::timeout(grace, &mut work).await.is_err() {
+                    tracing::warn!(%key, ?grace, "shutdown grace period over: abandoning the file in hand; it will be processed on the next start");
+                }
+                return;
+            }
+        }
         if *shutdown.borrow() {
             return;
         }
     }
 }
 
-async fn process_with_retry(
-    processor: &Processor,
-    key: &RawKey,
-    shutdown: &mut watch::Receiver<bool>,
-) {
-    let mut delay = Duration::from_millis(200);
-    for attempt in 1..=8 {
+/// Resolves once shutdown is requested (or its sender is gone).
+async fn stopped(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+/// Backoff before the `attempt`-th retry (from 1): 0.2 s doubling, at most
+/// 30 s: the waits between the [`ATTEMPTS`] attempts add up to about 80 s,
+/// on top of the storage client's own retries inside each attempt, so an
+/// outage of a minute costs no file a trip through reconciliation (which
+/// still catches anything longer).
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(200)
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(Duration::from_secs(30))
+}
+
+/// Attempts per file before it is left to reconciliation.
+pub(crate) const ATTEMPTS: u32 = 10;
+
+async fn process_with_retry(processor: &Processor, key: &RawKey, shutdown: watch::Receiver<bool>) {
+    for attempt in 1..=ATTEMPTS {
+        tracing::debug!(%key, attempt, "processing");
         match processor.process(key).await {
             Ok(Outcome::Applied(s)) => {
                 tracing::info!(
@@ -119,17 +148,18 @@ async fn process_with_retry(
                 return;
             }
             Ok(Outcome::Rejected(_)) | Ok(Outcome::Missing) => return,
-            Err(e) => {
+            Err(e) if attempt < ATTEMPTS => {
                 tracing::warn!(%key, attempt, error = %e, "processing failed; will retry");
                 tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(backoff(attempt)) => {}
+                    _ = stopped(shutdown.clone()) => return,
                 }
-                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => {
+                tracing::error!(%key, error = %e, "giving up for now; the next reconciliation will retry");
             }
         }
     }
-    tracing::error!(%key, "giving up for now; the next reconciliation will retry");
 }
 
 /// Queues every `raw/*.csv` that has neither a summary nor an error record.
@@ -167,6 +197,11 @@ pub async fn run_reconciler(
             Ok(0) => {}
             Ok(n) => tracing::info!(files = n, "reconciliation queued unprocessed files"),
             Err(e) => tracing::warn!(error = %e, "reconciliation failed; will retry"),
+        }
+        match processor.sweep_staging(STAGING_MAX_AGE).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(objects = n, "removed staged outputs of abandoned attempts"),
+            Err(e) => tracing::warn!(error = %e, "staging sweep failed; will retry"),
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -211,4 +246,20 @@ pub fn watch_local(
     })?;
     watcher.watch(&raw, RecursiveMode::Recursive)?;
     Ok(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_outlast_a_thirty_second_outage() {
+        assert_eq!(backoff(1), Duration::from_millis(200));
+        assert_eq!(backoff(8), Duration::from_millis(25_600));
+        assert_eq!(backoff(9), Duration::from_secs(30));
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(30));
+        let waited: Duration = (1..ATTEMPTS).map(backoff).sum();
+        // Waits between the attempts alone, not counting the attempts.
+        assert!(waited > Duration::from_secs(60), "{waited:?}");
+    }
 }

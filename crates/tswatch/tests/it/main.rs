@@ -3,8 +3,11 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 mod eval;
+mod faultkit;
+mod faults;
 mod harness;
 mod hygiene;
+mod load;
 mod local;
 mod s3;
 mod signer;
