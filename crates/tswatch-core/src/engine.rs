@@ -47,7 +47,7 @@ struct TrainedForest {
     recipe: ForestRecipe,
     /// Engine channel index of each feature.
     features: Vec<usize>,
-    model: IsolationForest,
+    model: std::sync::Arc<IsolationForest>,
 }
 
 /// Channels of one input, resolved to engine channel indices once, so the
@@ -253,7 +253,12 @@ impl Engine {
             }
         }
         out.joint = self.score_joint(binding, out);
-        out.forest = self.score_forest(binding, values);
+        // The forest decides nothing unless `forest_alarm` is set, so by
+        // default its verdicts are left to the caller, who can compute many
+        // rows at once (much faster) with a `ForestView`.
+        if self.config.forest_alarm {
+            out.forest = self.score_forest(binding, values);
+        }
         out.finish(cfg);
     }
 
@@ -320,6 +325,34 @@ impl Engine {
             d2: v.d2,
             surprise: v.surprise,
             drivers,
+        })
+    }
+
+    /// Changes whenever a new forest is trained (rows scored under different
+    /// versions need different [`ForestView`]s).
+    pub fn forest_version(&self) -> u64 {
+        self.trainings
+    }
+
+    /// Whether [`Engine::score`] fills in the forest's verdict itself
+    /// (`forest_alarm`); otherwise use [`Engine::forest_view`].
+    pub fn forest_inline(&self) -> bool {
+        self.config.forest_alarm
+    }
+
+    /// The current forest, for scoring rows of `binding` in bulk.
+    pub fn forest_view(&self, binding: &Binding) -> Option<ForestView> {
+        let f = self.forest.as_ref()?;
+        Some(ForestView {
+            model: f.model.clone(),
+            cols: f
+                .features
+                .iter()
+                .map(|&c| binding.cols.iter().position(|&b| b == c))
+                .collect(),
+            impute: f.recipe.impute.clone(),
+            names: f.recipe.features.clone(),
+            threshold: self.config.forest_threshold,
         })
     }
 
@@ -518,8 +551,74 @@ impl Engine {
         Some(TrainedForest {
             recipe,
             features,
-            model,
+            model: std::sync::Arc::new(model),
         })
+    }
+}
+
+/// A trained forest, detached from the engine, that scores many rows at
+/// once: tree by tree, so each tree stays in cache for the whole batch.
+#[derive(Debug, Clone)]
+pub struct ForestView {
+    model: std::sync::Arc<IsolationForest>,
+    /// Position in the row (binding order) of each feature, if bound.
+    cols: Vec<Option<usize>>,
+    impute: Vec<f64>,
+    names: Vec<String>,
+    threshold: f64,
+}
+
+impl ForestView {
+    /// Verdicts for `rows` (values in binding order), as [`Engine::score`]
+    /// would give them; `None` for a row with no feature value.
+    pub fn verdicts<'a>(
+        &self,
+        rows: impl ExactSizeIterator<Item = &'a [Option<f64>]>,
+    ) -> Vec<Option<ForestVerdict>> {
+        let k = self.cols.len();
+        let n = rows.len();
+        let mut x = Vec::with_capacity(n * k);
+        let mut usable = Vec::with_capacity(n);
+        for row in rows {
+            let mut present = false;
+            for (f, col) in self.cols.iter().enumerate() {
+                let v = col
+                    .and_then(|p| row.get(p).copied().flatten())
+                    .filter(|v| v.is_finite());
+                present |= v.is_some();
+                x.push(v.unwrap_or(self.impute[f]));
+            }
+            usable.push(present);
+        }
+        let mut scores = vec![0.0; n];
+        self.model.score_many(&x, &mut scores);
+        (0..n)
+            .map(|i| {
+                if !usable[i] {
+                    return None;
+                }
+                let s = scores[i];
+                let flagged = s >= self.threshold;
+                let drivers = if flagged {
+                    let a = self.model.attribution(&x[i * k..(i + 1) * k]);
+                    let mut order: Vec<usize> = (0..a.len()).collect();
+                    order.sort_by(|&p, &q| a[q].total_cmp(&a[p]));
+                    order
+                        .into_iter()
+                        .take(2)
+                        .filter(|&p| a[p] >= 0.2)
+                        .map(|p| self.names[p].clone())
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                Some(ForestVerdict {
+                    score: s,
+                    flagged,
+                    drivers,
+                })
+            })
+            .collect()
     }
 }
 

@@ -30,7 +30,7 @@ pub mod stats;
 
 pub use channel::ChannelState;
 pub use config::EngineConfig;
-pub use engine::{Binding, Engine, LoadError};
+pub use engine::{Binding, Engine, ForestView, LoadError};
 pub use error::{ConfigError, StateError};
 pub use score::{ForestVerdict, JointFinding, RowScore};
 pub use state::{EngineState, ForestRecipe, History};

@@ -17,7 +17,7 @@
 use serde_json::{Map, Value};
 use std::collections::{HashSet, VecDeque};
 use std::io::{Read, Write};
-use tswatch_core::{Engine, RowScore};
+use tswatch_core::{Engine, ForestView, RowScore};
 
 /// Rows examined to decide which columns are numeric.
 const SNIFF_ROWS: usize = 256;
@@ -169,9 +169,23 @@ pub fn score_csv<R: Read, W: Write>(
             .collect(),
         ..Default::default()
     };
-    let mut values: Vec<Option<f64>> = Vec::with_capacity(channels.len());
-    let mut score = RowScore::default();
-    let mut num = NumBuf::default();
+    let mut ctx = Writing {
+        columns: &columns,
+        channel_of: &channel_of,
+        channels: &channels,
+        forest_threshold,
+        num: NumBuf::default(),
+    };
+    // Rows wait here between scoring and writing, so the isolation forest
+    // can score them together (see `Engine::forest_view`).
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut used = 0usize;
+    let mut view: Option<ForestView> = None;
+    let mut view_version = engine.forest_version();
+    let inline = engine.forest_inline();
+    if !inline {
+        view = engine.forest_view(&binding);
+    }
 
     let mut process = |rec: &csv::ByteRecord,
                        line: u64,
@@ -191,20 +205,106 @@ pub fn score_csv<R: Read, W: Write>(
         if rec.len() == 1 && rec.get(0).is_some_and(|f| f.is_empty()) && columns.len() > 1 {
             return Ok(()); // a blank line
         }
-        values.clear();
+        if !inline && engine.forest_version() != view_version {
+            // A new forest: rows scored so far belong to the old one.
+            ctx.flush(&mut pending[..used], view.as_ref(), out, report)?;
+            used = 0;
+            view = engine.forest_view(&binding);
+            view_version = engine.forest_version();
+        }
+        if used == pending.len() {
+            pending.push(Pending::default());
+        }
+        let slot = &mut pending[used];
+        slot.rec.clear();
+        for f in rec.iter() {
+            slot.rec.push_field(f);
+        }
+        slot.values.clear();
         for &c in &channel_cols {
             let v = rec.get(c).and_then(parse_cell);
             report.missing_cells += u64::from(v.is_none());
-            values.push(v);
+            slot.values.push(v);
         }
         let ts = ts_col
             .and_then(|c| rec.get(c))
             .and_then(crate::timestamp::parse);
-        engine.score_into(&binding, ts, &values, &mut score);
-        engine.update(&binding, ts, &values, &score);
+        engine.score_into(&binding, ts, &slot.values, &mut slot.score);
+        engine.update(&binding, ts, &slot.values, &slot.score);
         report.total_rows += 1;
+        used += 1;
+        if used == BATCH_ROWS {
+            ctx.flush(&mut pending[..used], view.as_ref(), out, report)?;
+            used = 0;
+        }
+        Ok(())
+    };
 
-        for c in 0..columns.len() {
+    for r in &sniffed {
+        let line = rdr.get_mut().line_of(r);
+        process(r, line, &mut out, &mut report)?;
+    }
+    drop(sniffed);
+    while next_record(&mut rdr, &mut rec)? {
+        let line = rdr.get_mut().line_of(&rec);
+        process(&rec, line, &mut out, &mut report)?;
+    }
+    drop(process);
+    ctx.flush(&mut pending[..used], view.as_ref(), &mut out, &mut report)?;
+    out.flush()
+        .map_err(|e| InputError::Csv(format!("writing output: {e}")))?;
+    Ok(report)
+}
+
+/// Rows scored per forest batch (and so held before writing).
+const BATCH_ROWS: usize = 256;
+
+/// A scored row waiting to be written.
+#[derive(Default)]
+struct Pending {
+    rec: csv::ByteRecord,
+    values: Vec<Option<f64>>,
+    score: RowScore,
+}
+
+/// What writing rows needs, borrowed from `score_csv`.
+struct Writing<'a> {
+    columns: &'a [String],
+    channel_of: &'a [Option<usize>],
+    channels: &'a [String],
+    forest_threshold: f64,
+    num: NumBuf,
+}
+
+impl Writing<'_> {
+    /// Adds the forest's verdicts (if it is scored here) and writes the rows.
+    fn flush<W: Write>(
+        &mut self,
+        rows: &mut [Pending],
+        view: Option<&ForestView>,
+        out: &mut csv::Writer<W>,
+        report: &mut FileReport,
+    ) -> Result<(), InputError> {
+        if let Some(v) = view {
+            let verdicts = v.verdicts(rows.iter().map(|p| p.values.as_slice()));
+            for (p, verdict) in rows.iter_mut().zip(verdicts) {
+                p.score.forest = verdict;
+            }
+        }
+        for p in rows.iter() {
+            self.write_row(p, out, report)?;
+        }
+        Ok(())
+    }
+
+    fn write_row<W: Write>(
+        &mut self,
+        p: &Pending,
+        out: &mut csv::Writer<W>,
+        report: &mut FileReport,
+    ) -> Result<(), InputError> {
+        let (rec, score, num) = (&p.rec, &p.score, &mut self.num);
+        for c in 0..self.columns.len() {
             out.write_field(rec.get(c).unwrap_or(b""))
                 .map_err(csv_err)?;
         }
@@ -219,7 +319,7 @@ pub fn score_csv<R: Read, W: Write>(
             Some(l) => {
                 out.write_field(if l < 0 { "-1" } else { "1" })
                     .map_err(csv_err)?;
-                let s = score.if_score(forest_threshold).unwrap_or_default();
+                let s = score.if_score(self.forest_threshold).unwrap_or_default();
                 out.write_field(num.fixed4(s)).map_err(csv_err)?;
                 out.write_field(bool_cell(Some(l < 0))).map_err(csv_err)?;
             }
@@ -233,7 +333,7 @@ pub fn score_csv<R: Read, W: Write>(
             .map_err(csv_err)?;
         out.write_field(num.full(score.anomaly_score))
             .map_err(csv_err)?;
-        let reason = score.reason(&channels);
+        let reason = score.reason(self.channels);
         out.write_field(reason.as_bytes()).map_err(csv_err)?;
         out.write_record(None::<&[u8]>).map_err(csv_err)?;
 
@@ -241,32 +341,19 @@ pub fn score_csv<R: Read, W: Write>(
             report.anomaly_count += 1;
             if report.anomalies.len() < MAX_KEPT_ANOMALIES {
                 report.anomalies.push(row_json(
-                    &columns,
-                    &channel_of,
+                    self.columns,
+                    self.channel_of,
                     rec,
-                    &values,
-                    &channels,
-                    &score,
-                    forest_threshold,
+                    &p.values,
+                    self.channels,
+                    score,
+                    self.forest_threshold,
                     reason,
                 ));
             }
         }
         Ok(())
-    };
-
-    for r in &sniffed {
-        let line = rdr.get_mut().line_of(r);
-        process(r, line, &mut out, &mut report)?;
     }
-    drop(sniffed);
-    while next_record(&mut rdr, &mut rec)? {
-        let line = rdr.get_mut().line_of(&rec);
-        process(&rec, line, &mut out, &mut report)?;
-    }
-    out.flush()
-        .map_err(|e| InputError::Csv(format!("writing output: {e}")))?;
-    Ok(report)
 }
 
 fn csv_err(e: csv::Error) -> InputError {
@@ -552,6 +639,43 @@ mod tests {
         let mut out = Vec::new();
         let r = score_csv(input.as_bytes(), &mut out, &mut e)?;
         Ok((String::from_utf8(out).unwrap(), r))
+    }
+
+    #[test]
+    fn forest_columns_are_the_same_scored_in_batches_or_row_by_row() {
+        // 3,000 rows: the forest is trained and retrained mid-file.
+        let mut text = String::from("timestamp,a,b\n");
+        let mut rng = tswatch_core::forest::SplitMix64::new(3);
+        for i in 0..3000 {
+            text.push_str(&format!(
+                "{i},{},{}\n",
+                rng.next_f64(),
+                rng.next_f64() * 10.0
+            ));
+        }
+        let run = |inline: bool| {
+            let cfg = EngineConfig {
+                forest_alarm: inline,
+                forest_threshold: 0.99, // no forest alarm, so both runs judge alike
+                forest_retrain_every: 700,
+                ..Default::default()
+            };
+            let mut e = Engine::new(cfg).unwrap();
+            let mut out = Vec::new();
+            score_csv(text.as_bytes(), &mut out, &mut e).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        let (inline, batched) = (run(true), run(false));
+        assert!(
+            inline
+                .lines()
+                .nth(2999)
+                .unwrap()
+                .split(',')
+                .nth(7)
+                .is_some_and(|s| !s.is_empty())
+        );
+        assert_eq!(inline, batched);
     }
 
     #[test]
