@@ -249,7 +249,6 @@ pub fn score_csv<R: Read, W: Write>(
         let line = rdr.get_mut().line_of(&rec);
         process(&rec, line, &mut out, &mut report)?;
     }
-    drop(process);
     ctx.flush(&mut pending[..used], view.as_ref(), &mut out, &mut report)?;
     out.flush()
         .map_err(|e| InputError::Csv(format!("writing output: {e}")))?;
