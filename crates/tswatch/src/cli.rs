@@ -37,6 +37,8 @@ pub enum Command {
     Score(ScoreArgs),
     /// Upload synthetic sensor batches, like the seed's test producer.
     Produce(ProduceArgs),
+    /// Measure throughput and memory end to end against the I/O floor.
+    Bench(BenchArgs),
     /// Measure detection quality on labelled synthetic scenarios.
     Eval(EvalArgs),
     /// Inspect or clear the learned baseline.
@@ -168,6 +170,23 @@ pub struct ProduceArgs {
     /// `raw/<name>.labels.json` (`{"anomalous_rows": [row indices]}`).
     #[arg(long)]
     pub labels: bool,
+}
+
+/// `bench` options.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// File sizes in rows (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [100usize, 10_000, 100_000, 1_000_000])]
+    pub rows: Vec<usize>,
+    /// Scratch directory [default: a temporary directory]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Internal: measure one size in this process and print it as JSON.
+    #[arg(long, hide = true)]
+    pub child: Option<usize>,
 }
 
 /// `eval` options.

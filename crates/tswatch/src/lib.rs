@@ -5,6 +5,7 @@
 //! ([`processor`], [`statedoc`]) through [`storage`].
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 #[cfg(test)]
 mod crashtest;

@@ -97,6 +97,7 @@ async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
         }
         Command::Score(a) => tswatch::offline::score_file(&a, &file.engine),
         Command::Eval(a) => tswatch::offline::eval(&a, &file.engine),
+        Command::Bench(a) => bench(&a, file.engine).await,
         Command::Produce(a) => {
             let storage = open(&a.storage, &file)?;
             tswatch::offline::produce(&storage, &a).await
@@ -118,4 +119,51 @@ async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `tswatch bench`: each size in a child process (its own peak memory).
+async fn bench(
+    a: &tswatch::cli::BenchArgs,
+    engine: tswatch_core::EngineConfig,
+) -> anyhow::Result<()> {
+    let scratch = match &a.dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("tswatch-bench-{}", std::process::id())),
+    };
+    if let Some(rows) = a.child {
+        let m = tswatch::bench::measure_one(rows, &scratch, engine).await?;
+        println!("{}", serde_json::to_string(&m)?);
+        return Ok(());
+    }
+    let exe = std::env::current_exe()?;
+    let mut results = Vec::new();
+    for &rows in &a.rows {
+        let dir = scratch.join(format!("rows-{rows}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = std::process::Command::new(&exe)
+            .args(["bench", "--child", &rows.to_string(), "--dir"])
+            .arg(&dir)
+            .output()
+            .with_context(|| format!("running the {rows}-row measurement"))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "the {rows}-row measurement failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let m: tswatch::bench::Measure = serde_json::from_slice(&out.stdout)?;
+        let _ = std::fs::remove_dir_all(&dir);
+        if !a.json {
+            eprintln!("measured {rows} rows");
+        }
+        results.push(m);
+    }
+    if a.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        print!("{}", tswatch::bench::render(&results));
+    }
+    Ok(())
 }

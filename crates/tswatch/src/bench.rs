@@ -1,0 +1,171 @@
+//! `tswatch bench`: end-to-end throughput on the local backend against the
+//! floor (the same input parsed and an output of the same shape written,
+//! without scoring), with each size measured in a fresh child process so
+//! its peak memory is its own.
+
+use crate::processor::{Outcome, Processor};
+use crate::scenario::Scenario;
+use crate::storage::Storage;
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::io::{BufReader, BufWriter, Write};
+use std::path::Path;
+use std::time::Instant;
+use tswatch_core::EngineConfig;
+
+/// Figures for one file size.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Measure {
+    /// Data rows.
+    pub rows: usize,
+    /// Input size in bytes.
+    pub input_bytes: u64,
+    /// Seconds to parse the input and write an output of the scored shape.
+    pub floor_s: f64,
+    /// Seconds from the start of processing to the committed summary (the
+    /// state already exists: a warm-up file is processed first).
+    pub end_to_end_s: f64,
+    /// Peak resident memory of the process (KiB).
+    pub peak_rss_kib: u64,
+}
+
+/// Writes a seed-scenario file of `rows` rows.
+fn generate(path: &Path, rows: usize) -> anyhow::Result<()> {
+    let mut sc = Scenario::new("seed", 11, 1_769_904_000.0).context("seed scenario")?;
+    let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let mut left = rows;
+    let mut first = true;
+    while left > 0 {
+        let n = left.min(10_000);
+        let (csv, _, _) = sc.batch(n);
+        let body = if first {
+            csv.as_str()
+        } else {
+            csv.split_once('\n').map_or("", |x| x.1)
+        };
+        w.write_all(body.as_bytes())?;
+        first = false;
+        left -= n;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+/// Parses `input` and writes rows of the scored shape with constant score
+/// cells: the cost of I/O and CSV alone.
+fn floor(input: &Path, output: &Path) -> anyhow::Result<()> {
+    let mut rdr =
+        csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(BufReader::with_capacity(
+                1 << 20,
+                std::fs::File::open(input)?,
+            ));
+    let mut out = csv::WriterBuilder::new()
+        .buffer_capacity(256 * 1024)
+        .from_writer(BufWriter::with_capacity(
+            1 << 20,
+            std::fs::File::create(output)?,
+        ));
+    let mut rec = csv::ByteRecord::new();
+    let mut channels = 0;
+    let mut first = true;
+    while rdr.read_byte_record(&mut rec)? {
+        for f in rec.iter() {
+            // Parse every cell as the scorer does.
+            let _ = std::str::from_utf8(f)
+                .ok()
+                .and_then(|s| s.parse::<f64>().ok());
+            out.write_field(f)?;
+        }
+        if first {
+            channels = rec.len().saturating_sub(1);
+            first = false;
+        }
+        for _ in 0..channels {
+            out.write_field(b"-1.2345")?;
+            out.write_field(b"False")?;
+        }
+        for f in [
+            &b"1"[..],
+            b"0.1234",
+            b"False",
+            b"False",
+            b"0.123456789012345",
+            b"",
+        ] {
+            out.write_field(f)?;
+        }
+        out.write_record(None::<&[u8]>)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// One size, in this process: generate, floor, then the real pipeline.
+pub async fn measure_one(rows: usize, dir: &Path, engine: EngineConfig) -> anyhow::Result<Measure> {
+    std::fs::create_dir_all(dir.join("raw"))?;
+    let input = dir.join("raw/bench.csv");
+    generate(&input, rows)?;
+    let input_bytes = std::fs::metadata(&input)?.len();
+    let t = Instant::now();
+    floor(&input, &dir.join("floor.csv"))?;
+    let floor_s = t.elapsed().as_secs_f64();
+    std::fs::remove_file(dir.join("floor.csv")).ok();
+    let storage = Storage::local(dir)?;
+    let p = Processor::new(storage, engine);
+    // Warm up: the first file of a fresh directory also creates the state.
+    generate(&dir.join("raw/warmup.csv"), 10)?;
+    p.process(&crate::keys::RawKey::parse("raw/warmup.csv")?)
+        .await?;
+    let key = crate::keys::RawKey::parse("raw/bench.csv")?;
+    let t = Instant::now();
+    let outcome = p.process(&key).await?;
+    let end_to_end_s = t.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        matches!(outcome, Outcome::Applied(_)),
+        "bench file not applied: {outcome:?}"
+    );
+    Ok(Measure {
+        rows,
+        input_bytes,
+        floor_s,
+        end_to_end_s,
+        peak_rss_kib: peak_rss_kib(),
+    })
+}
+
+/// The table.
+pub fn render(ms: &[Measure]) -> String {
+    let mut s = format!(
+        "{:>10} {:>9} {:>9} {:>9} {:>11} {:>8} {:>8} {:>10}\n",
+        "rows", "input MB", "floor s", "e2e s", "rows/s", "MB/s", "x floor", "peak RSS"
+    );
+    for m in ms {
+        let mb = m.input_bytes as f64 / 1e6;
+        s.push_str(&format!(
+            "{:>10} {:>9.1} {:>9.3} {:>9.3} {:>11.0} {:>8.1} {:>8.2} {:>7.1} MB\n",
+            m.rows,
+            mb,
+            m.floor_s,
+            m.end_to_end_s,
+            m.rows as f64 / m.end_to_end_s.max(1e-9),
+            mb / m.end_to_end_s.max(1e-9),
+            m.end_to_end_s / m.floor_s.max(1e-9),
+            m.peak_rss_kib as f64 / 1024.0,
+        ));
+    }
+    s
+}
