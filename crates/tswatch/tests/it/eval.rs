@@ -105,3 +105,21 @@ fn produce_writes_scenarios_with_labels() {
     assert!(text.starts_with("timestamp,temperature,humidity,pressure,wind_speed\n"));
     assert_eq!(text.lines().count(), 101);
 }
+
+#[test]
+fn bench_measures_each_size_against_the_floor() {
+    let o = tswatch()
+        .args(["bench", "--rows", "50,500", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ms = v.as_array().unwrap();
+    assert_eq!(ms.len(), 2);
+    assert_eq!(ms[1]["rows"], 500);
+    for m in ms {
+        assert!(m["input_bytes"].as_u64().unwrap() > 0);
+        assert!(m["end_to_end_s"].as_f64().unwrap() > 0.0);
+        assert!(m["peak_rss_kib"].as_u64().unwrap() > 0);
+    }
+}
