@@ -53,6 +53,8 @@ const LEAF: u32 = u32::MAX;
 #[derive(Debug, Clone)]
 pub struct IsolationForest {
     nodes: Vec<Node>,
+    /// No tree is deeper than this.
+    max_depth: usize,
     roots: Vec<u32>,
     features: usize,
     /// `c(psi)`: the average path length of an unsuccessful BST search,
@@ -105,6 +107,7 @@ impl IsolationForest {
         }
         Some(Self {
             nodes,
+            max_depth,
             roots,
             features,
             norm: average_path_length(psi),
@@ -145,24 +148,41 @@ impl IsolationForest {
     }
 
     /// Scores many points at once (`xs` row-major, [`Self::features`]
-    /// values each) into `out`: tree by tree, so each tree's nodes stay in
-    /// cache across the batch. Same results as [`Self::score`].
+    /// values each) into `out`, with the same results as [`Self::score`].
+    /// Tree by tree, eight points in lockstep with branch-free steps: the
+    /// tree stays in cache and the eight independent walks overlap, where
+    /// one walk at a time waits on every load and mispredicts every branch.
     pub fn score_many(&self, xs: &[f64], out: &mut [f64]) {
+        const LANES: usize = 8;
         let k = self.features;
         let n = out.len().min(xs.len() / k.max(1));
         out[..n].iter_mut().for_each(|o| *o = 0.0);
-        for &r in &self.roots {
-            for (i, o) in out[..n].iter_mut().enumerate() {
-                *o += self.leaf_of(r, &xs[i * k..(i + 1) * k], |_| {}).1;
+        for &root in &self.roots {
+            let mut start = 0;
+            while start < n {
+                let m = (n - start).min(LANES);
+                let mut idx = [root as usize; LANES];
+                let mut depth = [0u32; LANES];
+                for _ in 0..self.max_depth {
+                    for j in 0..m {
+                        let node = self.nodes[idx[j]];
+                        let leaf = node.feature == LEAF;
+                        let f = if leaf { 0 } else { node.feature as usize };
+                        let right = usize::from(xs[(start + j) * k + f] >= node.value);
+                        idx[j] = if leaf { idx[j] } else { node.child as usize + right };
+                        depth[j] += u32::from(!leaf);
+                    }
+                }
+                for j in 0..m {
+                    // A leaf's value is the depth its size adds, c(size).
+                    out[start + j] += f64::from(depth[j]) + self.nodes[idx[j]].value;
+                }
+                start += m;
             }
         }
         let trees = self.roots.len() as f64;
         for o in &mut out[..n] {
-            *o = if self.norm <= 0.0 {
-                0.5
-            } else {
-                2f64.powf(-(*o / trees) / self.norm)
-            };
+            *o = if self.norm <= 0.0 { 0.5 } else { 2f64.powf(-(*o / trees) / self.norm) };
         }
     }
 
