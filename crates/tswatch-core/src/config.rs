@@ -60,7 +60,7 @@ impl Default for EngineConfig {
             forest_trees: 50,
             forest_sample: 256,
             forest_window: 512,
-            forest_retrain_every: 2048,
+            forest_retrain_every: 8192,
             forest_threshold: 0.7,
             forest_alarm: false,
         }
