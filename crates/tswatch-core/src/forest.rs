@@ -169,7 +169,11 @@ impl IsolationForest {
                         let leaf = node.feature == LEAF;
                         let f = if leaf { 0 } else { node.feature as usize };
                         let right = usize::from(xs[(start + j) * k + f] >= node.value);
-                        idx[j] = if leaf { idx[j] } else { node.child as usize + right };
+                        idx[j] = if leaf {
+                            idx[j]
+                        } else {
+                            node.child as usize + right
+                        };
                         depth[j] += u32::from(!leaf);
                     }
                 }
@@ -182,7 +186,11 @@ impl IsolationForest {
         }
         let trees = self.roots.len() as f64;
         for o in &mut out[..n] {
-            *o = if self.norm <= 0.0 { 0.5 } else { 2f64.powf(-(*o / trees) / self.norm) };
+            *o = if self.norm <= 0.0 {
+                0.5
+            } else {
+                2f64.powf(-(*o / trees) / self.norm)
+            };
         }
     }
 
