@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 mod harness;
+mod hostile;
 mod hygiene;
 mod local;
 mod s3;
