@@ -271,9 +271,14 @@ async fn hostile_files_on_the_local_backend() {
         serde_json::from_slice(&wait_file(&data.join("processed/extreme_summary.json")).await)
             .unwrap();
     assert_eq!(s["total_rows"], 40);
-    assert_baseline_finite(
-        &serde_json::from_slice(&std::fs::read(data.join("state/baseline.json")).unwrap()).unwrap(),
-    );
+    // The baseline projection is written just after the summary.
+    let b = wait_for("baseline.json with x", Duration::from_secs(30), || async {
+        let b = std::fs::read(data.join("state/baseline.json")).ok()?;
+        let v: Value = serde_json::from_slice(&b).ok()?;
+        v.get("x").is_some().then_some(v)
+    })
+    .await;
+    assert_baseline_finite(&b);
 
     let cases = cases();
     for c in &cases {
