@@ -119,8 +119,11 @@ pub fn score_csv<R: Read, W: Write>(
         && sniffed_bytes < SNIFF_BYTES
         && next_record(&mut rdr, &mut rec)?
     {
+        // Lines are counted as records are read, so the line-end log
+        // never holds more than the read-ahead.
+        let line = rdr.get_mut().line_of(&rec);
         sniffed_bytes += rec.as_slice().len();
-        sniffed.push(rec.clone());
+        sniffed.push((rec.clone(), line));
     }
     let channel_cols: Vec<usize> = (0..columns.len())
         .filter(|&c| Some(c) != ts_col && looks_numeric(&sniffed, c))
@@ -240,9 +243,8 @@ pub fn score_csv<R: Read, W: Write>(
         Ok(())
     };
 
-    for r in &sniffed {
-        let line = rdr.get_mut().line_of(r);
-        process(r, line, &mut out, &mut report)?;
+    for (r, line) in &sniffed {
+        process(r, *line, &mut out, &mut report)?;
     }
     drop(sniffed);
     while next_record(&mut rdr, &mut rec)? {
@@ -504,9 +506,9 @@ fn header_names(header: &csv::ByteRecord) -> Result<Vec<String>, InputError> {
 
 /// A column is numeric when at least 80% of its non-empty sampled cells
 /// parse as numbers (so a few bad cells do not turn a channel into text).
-fn looks_numeric(rows: &[csv::ByteRecord], col: usize) -> bool {
+fn looks_numeric(rows: &[(csv::ByteRecord, u64)], col: usize) -> bool {
     let (mut filled, mut numeric) = (0, 0);
-    for r in rows {
+    for (r, _) in rows {
         if let Some(cell) = r.get(col).map(trim).filter(|c| !c.is_empty()) {
             filled += 1;
             numeric += usize::from(parse_number(cell).is_some());

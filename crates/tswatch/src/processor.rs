@@ -296,6 +296,7 @@ impl Processor {
         if self.is_done(key, &etag).await? {
             return Ok(Outcome::AlreadyApplied);
         }
+        tracing::debug!(%key, %etag, "processing");
         let raw_path = keys::validate(key.as_str())?;
         let mut conflicts = 0;
         // The staged output of a commit whose fate is not known yet.

@@ -102,7 +102,10 @@ pub struct Summary {
 
 /// Rounds to 4 decimals, as the seed reports rates.
 pub fn round4(x: f64) -> f64 {
-    (x * 1e4).round() / 1e4
+    let r = (x * 1e4).round() / 1e4;
+    // Beyond ~1e304 the scaling overflows (and would be written as null);
+    // such a number has no decimals left to round.
+    if r.is_finite() { r } else { x }
 }
 
 /// Current UTC time as the seed writes it (`datetime.utcnow().isoformat()`).
@@ -235,6 +238,15 @@ pub fn adopt_seed_baseline(v: &Value) -> Result<EngineState, AdoptError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn round4_keeps_huge_numbers() {
+        assert_eq!(round4(1.23456), 1.2346);
+        assert_eq!(round4(-2.5e-5), -0.0);
+        for x in [f64::MAX, -f64::MAX, 1e305, -1e300] {
+            assert_eq!(round4(x), x);
+        }
+    }
 
     #[test]
     fn adopts_the_seed_fixture() {

@@ -212,15 +212,21 @@ pub async fn run_reconciler(
 
 /// Watches `<root>/raw` for finished files (closed after writing, or moved
 /// in) and queues them. The watcher lives as long as the returned handle.
+///
+/// A directory created or moved in is scanned: files that land in it before
+/// the watch on it is in place raise no event of their own. The watcher adds
+/// that watch only after handing out the event, so the directory is scanned
+/// again shortly after (reconciliation remains the backstop).
 pub fn watch_local(
     root: &std::path::Path,
     queue: Queue,
 ) -> anyhow::Result<notify::RecommendedWatcher> {
-    use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
     use notify::{EventKind, RecursiveMode, Watcher};
     let raw = root.join("raw");
     std::fs::create_dir_all(&raw)?;
     let root = root.to_path_buf();
+    let rescans = tokio::runtime::Handle::try_current().ok();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(ev) = res else { return };
         let finished = matches!(
@@ -228,24 +234,61 @@ pub fn watch_local(
             EventKind::Access(AccessKind::Close(AccessMode::Write))
                 | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
         );
-        if !finished {
+        let new_dir = matches!(ev.kind, EventKind::Create(CreateKind::Folder));
+        if !(finished || new_dir) {
             return;
         }
         for p in ev.paths {
-            let Ok(rel) = p.strip_prefix(&root) else {
-                continue;
-            };
-            let Some(rel) = rel.to_str() else { continue };
-            let key = rel.replace(std::path::MAIN_SEPARATOR, "/");
-            if let Ok(k) = RawKey::parse(&key)
-                && queue.push(k) == Enqueue::Full
-            {
-                tracing::warn!(%key, "queue full; reconciliation will pick it up");
+            if p.is_dir() {
+                for_each_file(&p, &mut |f| queue_path(&root, f, &queue));
+                if let Some(rt) = &rescans {
+                    let (root, queue) = (root.clone(), queue.clone());
+                    rt.spawn(async move {
+                        for wait in [RESCAN_SOON, RESCAN_LATER] {
+                            tokio::time::sleep(wait).await;
+                            for_each_file(&p, &mut |f| queue_path(&root, f, &queue));
+                        }
+                    });
+                }
+            } else if finished {
+                queue_path(&root, &p, &queue);
             }
         }
     })?;
     watcher.watch(&raw, RecursiveMode::Recursive)?;
     Ok(watcher)
+}
+
+/// When a new directory is scanned again (see [`watch_local`]).
+const RESCAN_SOON: Duration = Duration::from_millis(250);
+const RESCAN_LATER: Duration = Duration::from_secs(2);
+
+/// Queues the file at `path` if it is a raw batch under `root`.
+fn queue_path(root: &std::path::Path, path: &std::path::Path, queue: &Queue) {
+    let Ok(rel) = path.strip_prefix(root) else {
+        return;
+    };
+    let Some(rel) = rel.to_str() else { return };
+    let key = rel.replace(std::path::MAIN_SEPARATOR, "/");
+    if let Ok(k) = RawKey::parse(&key)
+        && queue.push(k) == Enqueue::Full
+    {
+        tracing::warn!(%key, "queue full; reconciliation will pick it up");
+    }
+}
+
+/// Calls `f` on every file under `dir` (symbolic links are not followed).
+fn for_each_file(dir: &std::path::Path, f: &mut dyn FnMut(&std::path::Path)) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        match e.file_type() {
+            Ok(t) if t.is_dir() => for_each_file(&e.path(), f),
+            Ok(t) if t.is_file() => f(&e.path()),
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]

@@ -428,6 +428,26 @@ pub(crate) fn form_encode(key: &str) -> String {
         .collect()
 }
 
+/// The file's bytes once it exists and is not empty.
+pub(crate) async fn wait_file(path: &Path) -> Vec<u8> {
+    wait_for(
+        &path.display().to_string(),
+        Duration::from_secs(60),
+        || async { std::fs::read(path).ok().filter(|b| !b.is_empty()) },
+    )
+    .await
+}
+
+/// Copies a file into `raw/` the way a careful producer does: write, then
+/// rename (`name` may contain `/`).
+pub(crate) fn drop_in(data: &Path, name: &str, body: &[u8]) {
+    let dest = data.join("raw").join(name);
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    let tmp = data.join(format!(".{}.part", name.replace('/', "_")));
+    std::fs::write(&tmp, body).unwrap();
+    std::fs::rename(&tmp, dest).unwrap();
+}
+
 /// Every file under `dir` (relative paths, sorted).
 pub(crate) fn files_under(dir: &Path) -> Vec<String> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {

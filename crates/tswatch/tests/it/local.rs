@@ -3,25 +3,6 @@
 use crate::harness::*;
 use serde_json::Value;
 use std::path::Path;
-use std::time::Duration;
-
-async fn wait_file(path: &Path) -> Vec<u8> {
-    wait_for(
-        &path.display().to_string(),
-        Duration::from_secs(30),
-        || async { std::fs::read(path).ok().filter(|b| !b.is_empty()) },
-    )
-    .await
-}
-
-/// Copies a file into `raw/` the way a careful producer does: write, then rename.
-fn drop_in(data: &Path, name: &str, body: &[u8]) {
-    let raw = data.join("raw");
-    std::fs::create_dir_all(&raw).unwrap();
-    let tmp = data.join(format!(".{name}.part"));
-    std::fs::write(&tmp, body).unwrap();
-    std::fs::rename(&tmp, raw.join(name)).unwrap();
-}
 
 #[tokio::test]
 async fn runs_with_no_configuration_and_processes_dropped_files() {

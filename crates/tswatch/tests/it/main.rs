@@ -6,6 +6,7 @@ mod eval;
 mod faultkit;
 mod faults;
 mod harness;
+mod hostile;
 mod hygiene;
 mod load;
 mod local;
