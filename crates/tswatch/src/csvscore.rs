@@ -17,6 +17,7 @@
 use serde_json::{Map, Value};
 use std::collections::{HashSet, VecDeque};
 use std::io::{Read, Write};
+use std::sync::mpsc;
 use tswatch_core::{Engine, ForestView, RowScore};
 
 /// Rows examined to decide which columns are numeric.
@@ -93,7 +94,7 @@ const TIMESTAMP_NAMES: [&str; 5] = ["timestamp", "time", "date", "datetime", "ts
 
 /// Scores every row of `input` with `engine` (score, then absorb) and writes
 /// the annotated copy to `output`.
-pub fn score_csv<R: Read, W: Write>(
+pub fn score_csv<R: Read, W: Write + Send>(
     input: R,
     output: W,
     engine: &mut Engine,
@@ -172,88 +173,130 @@ pub fn score_csv<R: Read, W: Write>(
             .collect(),
         ..Default::default()
     };
-    let mut ctx = Writing {
-        columns: &columns,
-        channel_of: &channel_of,
-        channels: &channels,
-        forest_threshold,
-        num: NumBuf::default(),
-    };
-    // Rows wait here between scoring and writing, so the isolation forest
-    // can score them together (see `Engine::forest_view`).
-    let mut pending: Vec<Pending> = Vec::new();
-    let mut used = 0usize;
-    let mut view: Option<ForestView> = None;
-    let mut view_version = engine.forest_version();
+    // Scoring (this thread) and writing (a second thread) overlap: batches
+    // of scored rows cross a small bounded channel, each with the forest it
+    // was scored under, and emptied batches come back to be reused.
     let inline = engine.forest_inline();
-    if !inline {
-        view = engine.forest_view(&binding);
-    }
+    let (to_writer, from_scorer) = mpsc::sync_channel::<(Vec<Pending>, Option<ForestView>)>(4);
+    let (to_scorer, recycled) = mpsc::channel::<Vec<Pending>>();
+    let (columns_ref, channel_of_ref, channels_ref) = (&columns, &channel_of, &channels);
+    let written = std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> Result<FileReport, InputError> {
+            let mut ctx = Writing {
+                columns: columns_ref,
+                channel_of: channel_of_ref,
+                channels: channels_ref,
+                forest_threshold,
+                num: NumBuf::default(),
+            };
+            let mut written = FileReport::default();
+            for (mut batch, view) in from_scorer {
+                ctx.flush(&mut batch, view.as_ref(), &mut out, &mut written)?;
+                // The scorer may be gone already; then the batch is just freed.
+                let _ = to_scorer.send(batch);
+            }
+            out.flush()
+                .map_err(|e| InputError::Csv(format!("writing output: {e}")))?;
+            Ok(written)
+        });
 
-    let mut process = |rec: &csv::ByteRecord,
-                       line: u64,
-                       out: &mut csv::Writer<W>,
-                       report: &mut FileReport|
-     -> Result<(), InputError> {
-        if rec.len() > columns.len() {
-            return Err(InputError::Row {
-                line,
-                message: format!(
-                    "{} fields, but the header has {} columns",
-                    rec.len(),
-                    columns.len()
-                ),
-            });
-        }
-        if rec.len() == 1 && rec.get(0).is_some_and(|f| f.is_empty()) && columns.len() > 1 {
-            return Ok(()); // a blank line
-        }
-        if !inline && engine.forest_version() != view_version {
-            // A new forest: rows scored so far belong to the old one.
-            ctx.flush(&mut pending[..used], view.as_ref(), out, report)?;
-            used = 0;
-            view = engine.forest_view(&binding);
-            view_version = engine.forest_version();
-        }
-        if used == pending.len() {
-            pending.push(Pending::default());
-        }
-        let slot = &mut pending[used];
-        slot.rec.clear();
-        for f in rec.iter() {
-            slot.rec.push_field(f);
-        }
-        slot.values.clear();
-        for &c in &channel_cols {
-            let v = rec.get(c).and_then(parse_cell);
-            report.missing_cells += u64::from(v.is_none());
-            slot.values.push(v);
-        }
-        let ts = ts_col
-            .and_then(|c| rec.get(c))
-            .and_then(crate::timestamp::parse);
-        engine.score_into(&binding, ts, &slot.values, &mut slot.score);
-        engine.update(&binding, ts, &slot.values, &slot.score);
-        report.total_rows += 1;
-        used += 1;
-        if used == BATCH_ROWS {
-            ctx.flush(&mut pending[..used], view.as_ref(), out, report)?;
-            used = 0;
-        }
-        Ok(())
-    };
+        let mut batch: Vec<Pending> = Vec::with_capacity(BATCH_ROWS);
+        let mut spare: Vec<Pending> = Vec::new();
+        let mut view = if inline {
+            None
+        } else {
+            engine.forest_view(&binding)
+        };
+        let mut view_version = engine.forest_version();
+        // Hands the batch to the writer; false if the writer has stopped.
+        let ship =
+            |batch: &mut Vec<Pending>, view: &Option<ForestView>, spare: &mut Vec<Pending>| {
+                let full = std::mem::replace(batch, Vec::with_capacity(BATCH_ROWS));
+                if full.is_empty() {
+                    return true;
+                }
+                let sent = to_writer.send((full, view.clone())).is_ok();
+                while let Ok(mut back) = recycled.try_recv() {
+                    spare.append(&mut back);
+                }
+                sent
+            };
 
-    for (r, line) in &sniffed {
-        process(r, *line, &mut out, &mut report)?;
-    }
-    drop(sniffed);
-    while next_record(&mut rdr, &mut rec)? {
-        let line = rdr.get_mut().line_of(&rec);
-        process(&rec, line, &mut out, &mut report)?;
-    }
-    ctx.flush(&mut pending[..used], view.as_ref(), &mut out, &mut report)?;
-    out.flush()
-        .map_err(|e| InputError::Csv(format!("writing output: {e}")))?;
+        let mut process = |rec: &csv::ByteRecord,
+                           line: u64,
+                           report: &mut FileReport|
+         -> Result<bool, InputError> {
+            if rec.len() > columns.len() {
+                return Err(InputError::Row {
+                    line,
+                    message: format!(
+                        "{} fields, but the header has {} columns",
+                        rec.len(),
+                        columns.len()
+                    ),
+                });
+            }
+            if rec.len() == 1 && rec.get(0).is_some_and(|f| f.is_empty()) && columns.len() > 1 {
+                return Ok(true); // a blank line
+            }
+            if !inline && engine.forest_version() != view_version {
+                // A new forest: rows scored so far belong to the old one.
+                if !ship(&mut batch, &view, &mut spare) {
+                    return Ok(false);
+                }
+                view = engine.forest_view(&binding);
+                view_version = engine.forest_version();
+            }
+            let mut slot = spare.pop().unwrap_or_default();
+            slot.rec.clear();
+            for f in rec.iter() {
+                slot.rec.push_field(f);
+            }
+            slot.values.clear();
+            for &c in &channel_cols {
+                let v = rec.get(c).and_then(parse_cell);
+                report.missing_cells += u64::from(v.is_none());
+                slot.values.push(v);
+            }
+            let ts = ts_col
+                .and_then(|c| rec.get(c))
+                .and_then(crate::timestamp::parse);
+            engine.score_into(&binding, ts, &slot.values, &mut slot.score);
+            engine.update(&binding, ts, &slot.values, &slot.score);
+            report.total_rows += 1;
+            batch.push(slot);
+            if batch.len() == BATCH_ROWS && !ship(&mut batch, &view, &mut spare) {
+                return Ok(false);
+            }
+            Ok(true)
+        };
+
+        let mut scored = || -> Result<(), InputError> {
+            for (r, line) in &sniffed {
+                if !process(r, *line, &mut report)? {
+                    return Ok(());
+                }
+            }
+            while next_record(&mut rdr, &mut rec)? {
+                let line = rdr.get_mut().line_of(&rec);
+                if !process(&rec, line, &mut report)? {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        };
+        let scored = scored();
+        if scored.is_ok() {
+            ship(&mut batch, &view, &mut spare);
+        }
+        drop(to_writer);
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(InputError::Csv("the output writer failed".into())));
+        scored.and(written)
+    })?;
+    report.anomaly_count = written.anomaly_count;
+    report.anomalies = written.anomalies;
     Ok(report)
 }
 
