@@ -160,7 +160,9 @@ async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     let up: Mutex<Option<String>> = Mutex::new(None);
 
     // Files keep arriving (notified when someone is up) while instances are
-    // started and killed with SIGKILL after a random delay.
+    // started and killed with SIGKILL after a random delay: spread over
+    // about as long as the kills take.
+    let pace = Duration::from_millis((kills * 1200 / files.len() as u64).max(100));
     let producer = async {
         for (key, body) in &files {
             data.put(key, body).await;
@@ -168,7 +170,7 @@ async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
             if let Some(base) = base {
                 notify(&http, &base, bucket, key).await;
             }
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::time::sleep(pace).await;
         }
     };
     let killer = async {
