@@ -154,13 +154,15 @@ async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     let bucket = "killed";
     moto.create_bucket(bucket).await;
     let data = Data::S3(&moto, bucket);
-    let files = producer_files(30, 200, 31);
+    let files = producer_files(30, 500, 31);
     let http = reqwest::Client::new();
     // The instance up now, if any, for the producer's notifications.
     let up: Mutex<Option<String>> = Mutex::new(None);
 
     // Files keep arriving (notified when someone is up) while instances are
-    // started and killed with SIGKILL after a random delay.
+    // started and killed with SIGKILL after a random delay: spread over
+    // about as long as the kills take.
+    let pace = Duration::from_millis((kills * 1200 / files.len() as u64).max(100));
     let producer = async {
         for (key, body) in &files {
             data.put(key, body).await;
@@ -168,12 +170,12 @@ async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
             if let Some(base) = base {
                 notify(&http, &base, bucket, key).await;
             }
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::time::sleep(pace).await;
         }
     };
     let killer = async {
         let (mut in_flight, mut delays) = (0, Vec::new());
-        for _ in 0..kills {
+        for trial in 0..kills {
             let svc = serve_s3(
                 &moto,
                 &moto.endpoint,
@@ -183,7 +185,17 @@ async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
             )
             .await;
             *up.lock().unwrap() = Some(svc.base.clone());
-            let delay = rng.below(1500);
+            // Every other kill aims at work in progress: shortly after the
+            // instance starts on a file (if it does within 5 s).
+            let aimed = trial % 2 == 1
+                && tokio::time::timeout(Duration::from_secs(5), async {
+                    while !log_lines(&svc).iter().any(|l| l.contains(" processing ")) {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+                .await
+                .is_ok();
+            let delay = rng.below(if aimed { 300 } else { 1500 });
             delays.push(delay);
             tokio::time::sleep(Duration::from_millis(delay)).await;
             *up.lock().unwrap() = None;
