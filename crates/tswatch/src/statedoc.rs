@@ -250,7 +250,7 @@ mod tests {
 
     #[test]
     fn adopts_the_seed_fixture() {
-        let text = include_str!("../../../../shared/fixtures/baseline.json");
+        let text = include_str!("../tests/fixtures/baseline.json");
         let v: Value = serde_json::from_str(text).unwrap();
         let s = adopt_seed_baseline(&v).unwrap();
         assert_eq!(s.channels.len(), 4);
@@ -262,7 +262,7 @@ mod tests {
     #[test]
     fn baseline_projection_has_the_seed_shape() {
         let v: Value =
-            serde_json::from_str(include_str!("../../../../shared/fixtures/baseline.json"))
+            serde_json::from_str(include_str!("../tests/fixtures/baseline.json"))
                 .unwrap();
         let mut doc = StateDoc::new(adopt_seed_baseline(&v).unwrap());
         doc.seq = 7;

@@ -15,7 +15,7 @@ pub(crate) fn free_port() -> u16 {
 }
 
 pub(crate) fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 /// Polls `f` until it returns `Some`, or panics after `timeout`.
