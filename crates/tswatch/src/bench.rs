@@ -169,3 +169,104 @@ pub fn render(ms: &[Measure]) -> String {
     }
     s
 }
+
+/// Read-endpoint latency with `files` processed files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadMeasure {
+    /// Processed files behind the endpoints.
+    pub files: usize,
+    /// `/anomalies/summary` latency, median and 99th percentile (ms).
+    pub summary_ms: (f64, f64),
+    /// `/anomalies/recent?limit=50` latency, median and 99th percentile (ms).
+    pub recent_ms: (f64, f64),
+}
+
+/// Processes `files` small files through the real service (local backend,
+/// found by the start-up reconciliation), then times the read endpoints
+/// over loopback HTTP, one request at a time.
+pub async fn measure_reads(
+    files: usize,
+    dir: &Path,
+    engine: EngineConfig,
+) -> anyhow::Result<ReadMeasure> {
+    std::fs::create_dir_all(dir.join("raw"))?;
+    let mut sc = Scenario::new("seed", 5, 1_769_904_000.0).context("seed scenario")?;
+    for i in 0..files {
+        let (csv, _, _) = sc.batch(20);
+        std::fs::write(dir.join(format!("raw/f{i:06}.csv")), csv)?;
+    }
+    let storage = Storage::local(dir)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let settings = crate::server::Settings {
+        engine,
+        reconcile_every: std::time::Duration::from_secs(3600),
+        shutdown_grace: std::time::Duration::from_secs(5),
+        insecure_skip_sns_verify: false,
+        sns_topics: Vec::new(),
+        sns_cert_endpoint: None,
+        request_timeout: std::time::Duration::from_secs(15),
+        queue_capacity: files + 16,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::server::run(listener, storage, settings, async {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        let v: serde_json::Value = http
+            .get(format!("{base}/anomalies/summary"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if v["files_processed"].as_u64() == Some(files as u64) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "files were not processed in 10 minutes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let time = |path: String| {
+        let http = http.clone();
+        async move {
+            let mut ms = Vec::with_capacity(1000);
+            for _ in 0..1000 {
+                let t = Instant::now();
+                let r = http.get(&path).send().await?;
+                anyhow::ensure!(r.status().is_success(), "{path}: {}", r.status());
+                r.bytes().await?;
+                ms.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            ms.sort_by(f64::total_cmp);
+            Ok::<_, anyhow::Error>((ms[499], ms[989]))
+        }
+    };
+    let summary_ms = time(format!("{base}/anomalies/summary")).await?;
+    let recent_ms = time(format!("{base}/anomalies/recent?limit=50")).await?;
+    let _ = stop.send(());
+    server.await??;
+    Ok(ReadMeasure {
+        files,
+        summary_ms,
+        recent_ms,
+    })
+}
+
+/// The read-latency table.
+pub fn render_reads(ms: &[ReadMeasure]) -> String {
+    let mut s = format!(
+        "{:>10} {:>22} {:>22}\n",
+        "files", "summary p50/p99 ms", "recent p50/p99 ms"
+    );
+    for m in ms {
+        s.push_str(&format!(
+            "{:>10} {:>13.2} / {:>6.2} {:>13.2} / {:>6.2}\n",
+            m.files, m.summary_ms.0, m.summary_ms.1, m.recent_ms.0, m.recent_ms.1
+        ));
+    }
+    s
+}

@@ -178,6 +178,10 @@ pub struct BenchArgs {
     /// File sizes in rows (comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = [100usize, 10_000, 100_000, 1_000_000])]
     pub rows: Vec<usize>,
+    /// Also time the read endpoints with this many processed files
+    /// (comma-separated, e.g. 10,1000); each is processed first.
+    #[arg(long, value_delimiter = ',', value_name = "FILES")]
+    pub reads: Vec<usize>,
     /// Scratch directory [default: a temporary directory]
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,

@@ -157,13 +157,26 @@ async fn bench(
         }
         results.push(m);
     }
+    let mut reads = Vec::new();
+    for &files in &a.reads {
+        let dir = scratch.join(format!("reads-{files}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        reads.push(tswatch::bench::measure_reads(files, &dir, engine).await?);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     if a.dir.is_none() {
         let _ = std::fs::remove_dir_all(&scratch);
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "files": results, "reads": reads }))?
+        );
     } else {
         print!("{}", tswatch::bench::render(&results));
+        if !reads.is_empty() {
+            print!("\n{}", tswatch::bench::render_reads(&reads));
+        }
     }
     Ok(())
 }

@@ -262,8 +262,7 @@ mod tests {
     #[test]
     fn baseline_projection_has_the_seed_shape() {
         let v: Value =
-            serde_json::from_str(include_str!("../tests/fixtures/baseline.json"))
-                .unwrap();
+            serde_json::from_str(include_str!("../tests/fixtures/baseline.json")).unwrap();
         let mut doc = StateDoc::new(adopt_seed_baseline(&v).unwrap());
         doc.seq = 7;
         let out = doc.baseline_json();
