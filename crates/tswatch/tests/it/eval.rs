@@ -109,12 +109,16 @@ fn produce_writes_scenarios_with_labels() {
 #[test]
 fn bench_measures_each_size_against_the_floor() {
     let o = tswatch()
-        .args(["bench", "--rows", "50,500", "--json"])
+        .args(["bench", "--rows", "50,500", "--reads", "3", "--json"])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    let ms = v.as_array().unwrap();
+    let reads = v["reads"].as_array().unwrap();
+    assert_eq!(reads.len(), 1);
+    assert_eq!(reads[0]["files"], 3);
+    assert!(reads[0]["summary_ms"][0].as_f64().unwrap() > 0.0);
+    let ms = v["files"].as_array().unwrap();
     assert_eq!(ms.len(), 2);
     assert_eq!(ms[1]["rows"], 500);
     for m in ms {
