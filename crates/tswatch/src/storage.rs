@@ -197,6 +197,24 @@ impl Storage {
         Ok(out)
     }
 
+    /// Every key under `prefix` with its last-modified time.
+    pub async fn list_modified(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, StoreError> {
+        let p = Path::from(prefix.trim_end_matches('/'));
+        let mut out = Vec::new();
+        let mut s = self.store.list(Some(&p));
+        while let Some(m) = s.next().await {
+            match m {
+                Ok(m) => out.push((m.location.to_string(), m.last_modified)),
+                Err(object_store::Error::NotFound { .. }) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(out)
+    }
+
     /// Deletes the objects under `prefix` last modified more than
     /// `older_than` ago, except those in `keep`. Locally this includes the
     /// partial files an interrupted upload leaves (`<key>#<n>`), which

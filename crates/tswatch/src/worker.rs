@@ -7,7 +7,7 @@
 
 use crate::keys::RawKey;
 use crate::processor::{Outcome, Processor, STAGING_MAX_AGE};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -162,20 +162,23 @@ async fn process_with_retry(processor: &Processor, key: &RawKey, shutdown: watch
     }
 }
 
-/// Queues every `raw/*.csv` that has neither a summary nor an error record.
-/// Returns how many were queued.
+/// Queues every `raw/*.csv` that has neither a summary nor an error record
+/// written after it (a file replaced after it was processed counts as new;
+/// the processor then compares ETags). Returns how many were queued.
 pub async fn reconcile(processor: &Processor, queue: &Queue) -> anyhow::Result<usize> {
     let storage = processor.storage();
-    let processed: HashSet<String> = storage
-        .list("processed/")
+    let processed: HashMap<String, chrono::DateTime<chrono::Utc>> = storage
+        .list_modified("processed/")
         .await?
         .into_iter()
-        .map(|(k, _)| k)
         .collect();
     let mut queued = 0;
-    for (k, _) in storage.list("raw/").await? {
+    for (k, modified) in storage.list_modified("raw/").await? {
         let Ok(key) = RawKey::parse(&k) else { continue };
-        if processed.contains(&key.summary()) || processed.contains(&key.error()) {
+        let covered = [key.summary(), key.error()]
+            .iter()
+            .any(|m| processed.get(m).is_some_and(|&done| done >= modified));
+        if covered {
             continue;
         }
         if queue.push(key) == Enqueue::Queued {

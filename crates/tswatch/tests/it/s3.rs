@@ -334,3 +334,40 @@ async fn unsigned_messages_are_refused_by_default() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn a_replaced_file_whose_notification_is_lost_is_reprocessed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let moto = Moto::start().await;
+    moto.create_bucket(BUCKET).await;
+    let mut cmd = tswatch();
+    s3_env(&mut cmd, &moto, BUCKET);
+    // No notifications at all: only reconciliation finds files.
+    let _svc = Service::start(cmd, &["--reconcile-interval", "1"], tmp.path()).await;
+    let fixture = std::fs::read_to_string(fixtures().join("sensors_20260224T001051.csv")).unwrap();
+    moto.put_object(BUCKET, "raw/replaced.csv", fixture.clone())
+        .await;
+    let summary = |rows: u64| {
+        let moto = &moto;
+        async move {
+            let b = moto
+                .get_object(BUCKET, "processed/replaced_summary.json")
+                .await?;
+            let v: Value = serde_json::from_slice(&b).ok()?;
+            (v["total_rows"] == rows).then_some(v)
+        }
+    };
+    let first = wait_for("first version processed", Duration::from_secs(30), || {
+        summary(100)
+    })
+    .await;
+    // A new version (half the rows) replaces it; its notification is lost.
+    let half: String = fixture.lines().take(51).map(|l| format!("{l}\n")).collect();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    moto.put_object(BUCKET, "raw/replaced.csv", half).await;
+    let second = wait_for("new version processed", Duration::from_secs(30), || {
+        summary(50)
+    })
+    .await;
+    assert_ne!(first["source_etag"], second["source_etag"]);
+}
