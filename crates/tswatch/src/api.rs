@@ -6,7 +6,7 @@
 use crate::keys::{self, RawKey};
 use crate::processor::{Processor, View};
 use crate::sns::{SnsError, SnsMessage, Verifier, is_sns_url};
-use crate::statedoc::{RECENT_FILES, now_iso, round4};
+use crate::statedoc::{Applied, RECENT_FILES, StateDoc, Summary, Totals, now_iso, round4};
 use crate::storage::Location;
 use crate::worker::{Enqueue, Queue};
 use axum::Router;
@@ -278,39 +278,48 @@ async fn recent(State(st): State<AppState>, RawQuery(q): RawQuery) -> Response {
             }
         }
     }
-    let view = match st.processor.view().await {
+    let views = match st.processor.views().await {
         Ok(v) => v,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
-    let doc = &view.doc;
-    let rows: Vec<&serde_json::Map<String, Value>> = doc
-        .applied
+    // The most recent files over every stream, newest first.
+    let mut files: Vec<&Applied> = views
         .iter()
-        .rev()
+        .flat_map(|(_, v)| v.doc.applied.iter().rev().take(RECENT_FILES))
+        .collect();
+    files.sort_by(|a, b| b.summary.processed_at.cmp(&a.summary.processed_at));
+    let rows: Vec<&serde_json::Map<String, Value>> = files
+        .into_iter()
         .take(RECENT_FILES)
         .flat_map(|a| a.anomalies.iter().rev())
         .take(limit)
         .collect();
-    with_age(&view, ok(json!({ "count": rows.len(), "anomalies": rows })))
+    with_ages(
+        &views,
+        ok(json!({ "count": rows.len(), "anomalies": rows })),
+    )
 }
 
 async fn summary(State(st): State<AppState>) -> Response {
-    let view = match st.processor.view().await {
+    let views = match st.processor.views().await {
         Ok(v) => v,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
-    let doc = &view.doc;
-    let t = &doc.totals;
-    if t.files_processed == 0 {
-        return with_age(&view, ok(json!({ "message": "No processed files yet." })));
+    let mut t = Totals::default();
+    for (_, v) in &views {
+        t.files_processed += v.doc.totals.files_processed;
+        t.total_rows_scored += v.doc.totals.total_rows_scored;
+        t.total_anomalies += v.doc.totals.total_anomalies;
     }
-    let recent: Vec<_> = doc
-        .applied
+    if t.files_processed == 0 {
+        return with_ages(&views, ok(json!({ "message": "No processed files yet." })));
+    }
+    let mut recent: Vec<&Summary> = views
         .iter()
-        .rev()
-        .take(5)
-        .map(|a| &a.summary)
+        .flat_map(|(_, v)| v.doc.applied.iter().rev().take(5).map(|a| &a.summary))
         .collect();
+    recent.sort_by(|a, b| b.processed_at.cmp(&a.processed_at));
+    recent.truncate(5);
     let body = ok(json!({
         "files_processed": t.files_processed,
         "total_rows_scored": t.total_rows_scored,
@@ -320,17 +329,11 @@ async fn summary(State(st): State<AppState>) -> Response {
         },
         "most_recent": recent,
     }));
-    with_age(&view, body)
+    with_ages(&views, body)
 }
 
-async fn baseline(State(st): State<AppState>) -> Response {
-    let view = match st.processor.view().await {
-        Ok(v) => v,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    };
-    let doc = &view.doc;
-    let channels: serde_json::Map<String, Value> = doc
-        .engine
+fn channels_json(doc: &StateDoc, min_observations: u64) -> serde_json::Map<String, Value> {
+    doc.engine
         .channels
         .iter()
         .map(|(name, w)| {
@@ -340,15 +343,49 @@ async fn baseline(State(st): State<AppState>) -> Response {
                     "observations": w.stats.count,
                     "mean": round4(w.stats.mean),
                     "std": round4(w.stats.std()),
-                    "baseline_mature": w.stats.count >= st.min_observations,
+                    "baseline_mature": w.stats.count >= min_observations,
                 }),
             )
         })
-        .collect();
-    with_age(
-        &view,
-        ok(json!({ "last_updated": doc.last_updated, "channels": channels })),
-    )
+        .collect()
+}
+
+/// The default stream's baseline in the seed's shape; other streams, if
+/// any, under an extra `streams` field.
+async fn baseline(State(st): State<AppState>) -> Response {
+    let views = match st.processor.views().await {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let mut body = serde_json::Map::new();
+    let mut streams = serde_json::Map::new();
+    for (name, v) in &views {
+        let channels = channels_json(&v.doc, st.min_observations);
+        if name.is_empty() {
+            body.insert(
+                "last_updated".into(),
+                Value::from(v.doc.last_updated.clone()),
+            );
+            body.insert("channels".into(), Value::Object(channels));
+        } else {
+            streams.insert(
+                name.clone(),
+                json!({ "last_updated": v.doc.last_updated, "channels": channels }),
+            );
+        }
+    }
+    if !streams.is_empty() {
+        body.insert("streams".into(), Value::Object(streams));
+    }
+    with_ages(&views, ok(Value::Object(body)))
+}
+
+/// Marks a response built from several streams' views with the oldest age.
+fn with_ages(views: &[(String, View)], r: Response) -> Response {
+    match views.iter().max_by_key(|(_, v)| v.stale_for) {
+        Some((_, v)) => with_age(v, r),
+        None => r,
+    }
 }
 
 async fn health(State(st): State<AppState>) -> Response {

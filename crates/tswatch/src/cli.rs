@@ -53,9 +53,21 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum BaselineAction {
     /// Print the current baseline (the seed's baseline.json shape).
-    Show(StorageArgs),
+    Show(BaselineArgs),
     /// Forget the learned baseline and model (processed files stay counted).
-    Reset(StorageArgs),
+    Reset(BaselineArgs),
+}
+
+/// `baseline` options.
+#[derive(Debug, Args, Clone, Default)]
+pub struct BaselineArgs {
+    /// Where the data is.
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    /// The stream (files under `raw/<stream>/`); default: the default stream
+    /// (`raw/<name>.csv`, state in `state/baseline.json`).
+    #[arg(long, value_name = "NAME", default_value = "")]
+    pub stream: String,
 }
 
 /// Where the data lives.

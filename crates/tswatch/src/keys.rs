@@ -75,6 +75,13 @@ impl RawKey {
         &self.key
     }
 
+    /// The stream the batch belongs to: the first folder of
+    /// `raw/<stream>/<name>.csv`, or `""` (the default stream) for
+    /// `raw/<name>.csv`. Each stream has its own state.
+    pub fn stream(&self) -> &str {
+        self.name.split_once('/').map_or("", |(s, _)| s)
+    }
+
     /// `processed/<name>.csv`
     pub fn processed(&self) -> String {
         format!("processed/{}.csv", self.name)
@@ -120,6 +127,19 @@ mod tests {
         assert_eq!(k.processed(), "processed/site 1/sensors_x.csv");
         assert_eq!(k.summary(), "processed/site 1/sensors_x_summary.json");
         assert_eq!(k.error(), "processed/site 1/sensors_x_error.json");
+    }
+
+    #[test]
+    fn streams_are_the_first_folder() {
+        assert_eq!(RawKey::parse("raw/x.csv").unwrap().stream(), "");
+        assert_eq!(
+            RawKey::parse("raw/site-a/x.csv").unwrap().stream(),
+            "site-a"
+        );
+        assert_eq!(
+            RawKey::parse("raw/site-a/2026/x.csv").unwrap().stream(),
+            "site-a"
+        );
     }
 
     #[test]

@@ -103,16 +103,16 @@ async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
             tswatch::offline::produce(&storage, &a).await
         }
         Command::Baseline { action } => {
-            let (BaselineAction::Show(s) | BaselineAction::Reset(s)) = &action;
-            let storage = open(s, &file)?;
+            let (BaselineAction::Show(a) | BaselineAction::Reset(a)) = &action;
+            let storage = open(&a.storage, &file)?;
             let p = Arc::new(Processor::new(storage, file.engine));
             match action {
-                BaselineAction::Show(_) => {
-                    let doc = p.refresh().await?;
+                BaselineAction::Show(a) => {
+                    let doc = p.refresh(&a.stream).await?;
                     println!("{}", serde_json::to_string_pretty(&doc.baseline_json())?);
                 }
-                BaselineAction::Reset(_) => {
-                    p.reset().await?;
+                BaselineAction::Reset(a) => {
+                    p.reset(&a.stream).await?;
                     eprintln!("baseline cleared");
                 }
             }

@@ -20,11 +20,13 @@ use crate::csvscore::InputError;
 use crate::keys::{self, RawKey};
 use crate::pipeline::{PipelineError, score_object};
 use crate::statedoc::{
-    self, Applied, BASELINE_KEY, ENGINE_KEY, LEDGER_LEN, StateDoc, Summary, Totals, now_iso, round4,
+    self, Applied, BASELINE_KEY, LEDGER_LEN, StateDoc, Summary, Totals, baseline_key, engine_key,
+    now_iso, round4,
 };
 use crate::storage::{Storage, StoreError, Version};
 use bytes::Bytes;
 use serde_json::{Value, json};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -76,8 +78,10 @@ pub struct View {
 pub struct Processor {
     storage: Storage,
     config: EngineConfig,
-    /// Last state seen, for the read endpoints: (document, when read).
-    cache: RwLock<Option<(Arc<StateDoc>, Instant)>>,
+    /// Last state seen per stream, for the read endpoints: (document, when read).
+    cache: RwLock<HashMap<String, (Arc<StateDoc>, Instant)>>,
+    /// Streams known to exist, and when `state/` was last listed for them.
+    streams: RwLock<(BTreeSet<String>, Option<Instant>)>,
     /// One refresh of the cache at a time; other readers use the copy in hand.
     refresh: Arc<Mutex<()>>,
     /// Whether the last refresh reached storage.
@@ -92,6 +96,8 @@ const CACHE_TTL: Duration = Duration::from_millis(500);
 /// How long a read endpoint waits for storage before answering from the
 /// last state it has (the object store client itself retries for minutes).
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often `state/` is listed to find new streams.
+const STREAMS_TTL: Duration = Duration::from_secs(5);
 /// How long a background probe of unreachable storage may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Staged outputs older than this and not named by the ledger are debris of
@@ -105,7 +111,8 @@ impl Processor {
         Self {
             storage,
             config,
-            cache: RwLock::new(None),
+            cache: RwLock::new(HashMap::new()),
+            streams: RwLock::new((BTreeSet::from([String::new()]), None)),
             refresh: Arc::new(Mutex::new(())),
             storage_ok: AtomicBool::new(true),
         }
@@ -116,11 +123,13 @@ impl Processor {
         &self.storage
     }
 
-    /// Loads the state document, creating it on first use (adopting a seed
-    /// `baseline.json` and the totals of existing summaries).
-    pub async fn load(&self) -> Result<(StateDoc, Version), ProcessError> {
+    /// Loads a stream's state document (`""`: the default stream), creating
+    /// it on first use (adopting a seed `baseline.json` and the totals of
+    /// existing summaries).
+    pub async fn load(&self, stream: &str) -> Result<(StateDoc, Version), ProcessError> {
+        let key = engine_key(stream);
         loop {
-            if let Some((bytes, v)) = self.storage.get_versioned(ENGINE_KEY).await? {
+            if let Some((bytes, v)) = self.storage.get_versioned(&key).await? {
                 let doc: StateDoc = serde_json::from_slice(&bytes)
                     .map_err(|e| ProcessError::State(e.to_string()))?;
                 doc.engine
@@ -128,8 +137,8 @@ impl Processor {
                     .map_err(|e| ProcessError::State(e.to_string()))?;
                 return Ok((doc, v));
             }
-            let doc = self.bootstrap().await?;
-            match self.storage.put_if(ENGINE_KEY, to_bytes(&doc), None).await {
+            let doc = self.bootstrap(stream).await?;
+            match self.storage.put_if(&key, to_bytes(&doc), None).await {
                 Ok(_) | Err(StoreError::Conflict(_)) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -138,8 +147,13 @@ impl Processor {
 
     /// The first state: a seed baseline if one exists, and the totals of any
     /// summaries already in `processed/`.
-    async fn bootstrap(&self) -> Result<StateDoc, ProcessError> {
-        let engine = match self.storage.get(BASELINE_KEY).await? {
+    async fn bootstrap(&self, stream: &str) -> Result<StateDoc, ProcessError> {
+        let seed_baseline = if stream.is_empty() {
+            self.storage.get(BASELINE_KEY).await?
+        } else {
+            None
+        };
+        let engine = match seed_baseline {
             Some(b) => {
                 let v: Value = serde_json::from_slice(&b)
                     .map_err(|e| ProcessError::State(format!("state/baseline.json: {e}")))?;
@@ -163,12 +177,16 @@ impl Processor {
                 continue;
             };
             match serde_json::from_slice::<Summary>(&b) {
-                Ok(s) => {
+                Ok(s)
+                    if RawKey::parse(&s.source_key)
+                        .map_or(stream.is_empty(), |k| k.stream() == stream) =>
+                {
                     doc.totals.files_processed += 1;
                     doc.totals.total_rows_scored += s.total_rows;
                     doc.totals.total_anomalies += s.anomaly_count;
                     recent.push(s);
                 }
+                Ok(_) => {}
                 Err(e) => tracing::warn!(%key, error = %e, "skipping unreadable summary"),
             }
         }
@@ -198,11 +216,11 @@ impl Processor {
     /// than [`READ_TIMEOUT`] for storage: when storage is unreachable the last
     /// state read is returned at once (the view says how old it is) while a
     /// background probe looks for storage to come back.
-    pub async fn view(self: &Arc<Self>) -> Result<View, ProcessError> {
-        let cached = self.cache.read().await.clone();
+    pub async fn view(self: &Arc<Self>, stream: &str) -> Result<View, ProcessError> {
+        let cached = self.cache.read().await.get(stream).cloned();
         let Some((doc, at)) = cached else {
             let _guard = self.refresh.lock().await;
-            return self.reload(READ_TIMEOUT).await;
+            return self.reload(stream, READ_TIMEOUT).await;
         };
         if at.elapsed() < CACHE_TTL {
             return Ok(self.view_of(doc, at));
@@ -213,13 +231,14 @@ impl Processor {
         };
         if !self.storage_ok.load(Ordering::Relaxed) {
             let me = self.clone();
+            let stream = stream.to_string();
             tokio::spawn(async move {
                 let _guard = guard;
-                let _ = me.reload(PROBE_TIMEOUT).await;
+                let _ = me.reload(&stream, PROBE_TIMEOUT).await;
             });
             return Ok(self.view_of(doc, at));
         }
-        match self.reload(READ_TIMEOUT).await {
+        match self.reload(stream, READ_TIMEOUT).await {
             Ok(v) => Ok(v),
             Err(_) => Ok(self.view_of(doc, at)),
         }
@@ -227,8 +246,8 @@ impl Processor {
 
     /// Reads the state into the cache, waiting at most `timeout`; records
     /// whether storage answered. The caller holds the refresh lock.
-    async fn reload(&self, timeout: Duration) -> Result<View, ProcessError> {
-        let loaded = match tokio::time::timeout(timeout, self.load()).await {
+    async fn reload(&self, stream: &str, timeout: Duration) -> Result<View, ProcessError> {
+        let loaded = match tokio::time::timeout(timeout, self.load(stream)).await {
             Ok(r) => r,
             Err(_) => Err(ProcessError::Timeout(timeout)),
         };
@@ -238,7 +257,7 @@ impl Processor {
                 if !self.storage_ok.swap(true, Ordering::Relaxed) {
                     tracing::info!("state readable again");
                 }
-                *self.cache.write().await = Some((doc.clone(), Instant::now()));
+                self.remember(stream, doc.clone()).await;
                 Ok(View {
                     doc,
                     stale_for: None,
@@ -261,12 +280,62 @@ impl Processor {
         }
     }
 
-    /// Reads the state (retrying as long as the storage client does) and
-    /// caches it for the read endpoints.
-    pub async fn refresh(&self) -> Result<Arc<StateDoc>, ProcessError> {
-        let (doc, _) = self.load().await?;
+    /// The views of every stream (the default one first), for endpoints
+    /// that report over all of them. Streams are found by listing `state/`
+    /// at most every few seconds.
+    pub async fn views(self: &Arc<Self>) -> Result<Vec<(String, View)>, ProcessError> {
+        let mut out = Vec::new();
+        for s in self.known_streams().await {
+            out.push((s.clone(), self.view(&s).await?));
+        }
+        Ok(out)
+    }
+
+    /// Every stream with state, from a listing of `state/` no older than
+    /// [`STREAMS_TTL`] (or the last known set if storage does not answer).
+    pub async fn known_streams(&self) -> Vec<String> {
+        let fresh = self
+            .streams
+            .read()
+            .await
+            .1
+            .is_some_and(|t| t.elapsed() < STREAMS_TTL);
+        if !fresh {
+            let listed = tokio::time::timeout(READ_TIMEOUT, self.storage.list("state/")).await;
+            let mut s = self.streams.write().await;
+            if let Ok(Ok(keys)) = listed {
+                for (k, _) in keys {
+                    if let Some(name) = k
+                        .strip_prefix("state/")
+                        .and_then(|r| r.strip_suffix("/engine.json"))
+                        .filter(|n| !n.contains('/') && *n != "staging")
+                    {
+                        s.0.insert(name.to_string());
+                    }
+                }
+            }
+            s.1 = Some(Instant::now());
+        }
+        self.streams.read().await.0.iter().cloned().collect()
+    }
+
+    async fn remember(&self, stream: &str, doc: Arc<StateDoc>) {
+        self.cache
+            .write()
+            .await
+            .insert(stream.to_string(), (doc, Instant::now()));
+        let known = self.streams.read().await.0.contains(stream);
+        if !known {
+            self.streams.write().await.0.insert(stream.to_string());
+        }
+    }
+
+    /// Reads a stream's state (retrying as long as the storage client does)
+    /// and caches it for the read endpoints.
+    pub async fn refresh(&self, stream: &str) -> Result<Arc<StateDoc>, ProcessError> {
+        let (doc, _) = self.load(stream).await?;
         let doc = Arc::new(doc);
-        *self.cache.write().await = Some((doc.clone(), Instant::now()));
+        self.remember(stream, doc.clone()).await;
         Ok(doc)
     }
 
@@ -298,11 +367,13 @@ impl Processor {
         }
         tracing::debug!(%key, %etag, "processing");
         let raw_path = keys::validate(key.as_str())?;
+        let stream = key.stream();
+        let state_key = engine_key(stream);
         let mut conflicts = 0;
         // The staged output of a commit whose fate is not known yet.
         let mut unsure: Option<String> = None;
         loop {
-            let (mut doc, version) = self.load().await?;
+            let (mut doc, version) = self.load(stream).await?;
             if let Some(entry) = doc.find(key.as_str(), &etag).cloned() {
                 self.publish(&entry, &doc).await?;
                 let unsure = unsure.take();
@@ -377,12 +448,12 @@ impl Processor {
             doc.record(entry.clone());
             match self
                 .storage
-                .put_if(ENGINE_KEY, to_bytes(&doc), Some(&version))
+                .put_if(&state_key, to_bytes(&doc), Some(&version))
                 .await
             {
                 Ok(_) => {
                     let doc = Arc::new(doc);
-                    *self.cache.write().await = Some((doc.clone(), Instant::now()));
+                    self.remember(stream, doc.clone()).await;
                     self.storage_ok.store(true, Ordering::Relaxed);
                     self.publish(&entry, &doc).await?;
                     return Ok(Outcome::Applied(summary));
@@ -462,7 +533,7 @@ impl Processor {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.project_baseline(doc).await?;
+        self.project_baseline(doc, key.stream()).await?;
         self.storage.delete(&key.error()).await?;
         let body = serde_json::to_vec_pretty(&entry.summary).unwrap_or_default();
         self.storage.put(&key.summary(), body).await?;
@@ -473,8 +544,11 @@ impl Processor {
     /// not name: debris of attempts that crashed before their commit, or
     /// whose commit failed. Returns how many were removed.
     pub async fn sweep_staging(&self, older_than: Duration) -> Result<usize, ProcessError> {
-        let (doc, _) = self.load().await?;
-        let keep = doc.applied.iter().map(|a| a.staged_key.clone()).collect();
+        let mut keep = std::collections::HashSet::new();
+        for stream in self.known_streams().await {
+            let (doc, _) = self.load(&stream).await?;
+            keep.extend(doc.applied.iter().map(|a| a.staged_key.clone()));
+        }
         // A commit made after this load names an object completed moments
         // before it, which is younger than `older_than` (unless scoring it
         // took longer than that, hence the generous default).
@@ -485,10 +559,11 @@ impl Processor {
     }
 
     /// Writes `state/baseline.json` for `doc` unless a newer one is there.
-    async fn project_baseline(&self, doc: &StateDoc) -> Result<(), ProcessError> {
+    async fn project_baseline(&self, doc: &StateDoc, stream: &str) -> Result<(), ProcessError> {
         let body = Bytes::from(serde_json::to_vec_pretty(&doc.baseline_json()).unwrap_or_default());
+        let key = baseline_key(stream);
         for _ in 0..MAX_CONFLICTS {
-            let current = self.storage.get_versioned(BASELINE_KEY).await?;
+            let current = self.storage.get_versioned(&key).await?;
             let expected = match &current {
                 Some((b, v)) => {
                     let seen: Value = serde_json::from_slice(b).unwrap_or(Value::Null);
@@ -500,11 +575,7 @@ impl Processor {
                 }
                 None => None,
             };
-            match self
-                .storage
-                .put_if(BASELINE_KEY, body.clone(), expected)
-                .await
-            {
+            match self.storage.put_if(&key, body.clone(), expected).await {
                 Ok(_) => return Ok(()),
                 Err(StoreError::Conflict(_)) => continue,
                 Err(e) => return Err(e.into()),
@@ -540,20 +611,17 @@ impl Processor {
 
     /// Forgets the learned baseline and model (totals and ledger are kept, so
     /// already-processed files still count once). Compare-and-swap too.
-    pub async fn reset(&self) -> Result<(), ProcessError> {
+    pub async fn reset(&self, stream: &str) -> Result<(), ProcessError> {
+        let key = engine_key(stream);
         for _ in 0..MAX_CONFLICTS {
-            let (mut doc, v) = self.load().await?;
+            let (mut doc, v) = self.load(stream).await?;
             doc.seq += 1;
             doc.last_updated = now_iso();
             doc.engine = Default::default();
-            match self
-                .storage
-                .put_if(ENGINE_KEY, to_bytes(&doc), Some(&v))
-                .await
-            {
+            match self.storage.put_if(&key, to_bytes(&doc), Some(&v)).await {
                 Ok(_) => {
-                    *self.cache.write().await = None;
-                    return self.project_baseline(&doc).await;
+                    self.cache.write().await.remove(stream);
+                    return self.project_baseline(&doc, stream).await;
                 }
                 Err(StoreError::Conflict(_)) => continue,
                 Err(e) => return Err(e.into()),
@@ -562,9 +630,9 @@ impl Processor {
         Err(ProcessError::Contention(MAX_CONFLICTS))
     }
 
-    /// Totals, for tests and the CLI.
-    pub async fn totals(&self) -> Result<Totals, ProcessError> {
-        Ok(self.load().await?.0.totals)
+    /// Totals of a stream, for tests and the CLI.
+    pub async fn totals(&self, stream: &str) -> Result<Totals, ProcessError> {
+        Ok(self.load(stream).await?.0.totals)
     }
 }
 

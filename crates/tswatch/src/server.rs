@@ -46,21 +46,31 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let processor = Arc::new(Processor::new(storage.clone(), settings.engine));
     // Fail fast on unusable state rather than serving errors.
-    processor.refresh().await?;
-    let (queue, rx) = Queue::new(settings.queue_capacity);
+    processor.refresh("").await?;
+    // One worker per core; each stream always goes to the same worker, so
+    // its files stay in order while independent streams run in parallel.
+    let lanes = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .max(1);
+    let (queue, receivers) = Queue::with_lanes(settings.queue_capacity, lanes);
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let _watcher = match storage.location() {
         Location::Local(root) => Some(worker::watch_local(root, queue.clone())?),
         Location::S3 { .. } => None,
     };
-    let worker = tokio::spawn(worker::run_worker(
-        processor.clone(),
-        queue.clone(),
-        rx,
-        stop_rx.clone(),
-        settings.shutdown_grace,
-    ));
+    let workers: Vec<_> = receivers
+        .into_iter()
+        .map(|rx| {
+            tokio::spawn(worker::run_worker(
+                processor.clone(),
+                queue.clone(),
+                rx,
+                stop_rx.clone(),
+                settings.shutdown_grace,
+            ))
+        })
+        .collect();
     let reconciler = tokio::spawn(worker::run_reconciler(
         processor.clone(),
         queue.clone(),
@@ -106,7 +116,9 @@ pub async fn run(
         })
         .await?;
     let _ = stop_tx.send(true);
-    let _ = worker.await;
+    for w in workers {
+        let _ = w.await;
+    }
     reconciler.abort();
     tracing::info!("stopped");
     Ok(())

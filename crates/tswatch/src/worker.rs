@@ -1,8 +1,9 @@
 //! The work queue and its feeders: notifications, the local folder watcher
 //! and the periodic reconciliation of `raw/` against what was processed.
 //!
-//! One worker drains the queue in order; a key already waiting is not queued
-//! twice. Storage failures are retried with exponential backoff; a file that
+//! One worker per lane drains the queue; every file of a stream goes to the
+//! same lane, so a stream is processed in order and different streams in
+//! parallel. A key already waiting is not queued twice. Storage failures are retried with exponential backoff; a file that
 //! still fails is left for the next reconciliation pass, never dropped.
 
 use crate::keys::RawKey;
@@ -12,10 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// Keys waiting to be processed, without duplicates.
+/// Keys waiting to be processed, without duplicates, in lanes: every key
+/// of a stream goes to the same lane (one worker each), so a stream's files
+/// are processed in order while different streams proceed in parallel.
 #[derive(Debug, Clone)]
 pub struct Queue {
-    tx: mpsc::Sender<RawKey>,
+    lanes: Vec<mpsc::Sender<RawKey>>,
     pending: Arc<Mutex<HashSet<RawKey>>>,
 }
 
@@ -31,16 +34,33 @@ pub enum Enqueue {
 }
 
 impl Queue {
-    /// A queue holding at most `capacity` keys, and its receiving end.
+    /// A single-lane queue holding at most `capacity` keys, and its receiving end.
     pub fn new(capacity: usize) -> (Self, mpsc::Receiver<RawKey>) {
-        let (tx, rx) = mpsc::channel(capacity);
+        let (q, mut rx) = Self::with_lanes(capacity, 1);
+        (q, rx.remove(0))
+    }
+
+    /// A queue of `lanes` lanes of at most `capacity` keys each, and their
+    /// receiving ends.
+    pub fn with_lanes(capacity: usize, lanes: usize) -> (Self, Vec<mpsc::Receiver<RawKey>>) {
+        let (txs, rxs) = (0..lanes.max(1))
+            .map(|_| mpsc::channel(capacity.max(1)))
+            .unzip();
         (
             Self {
-                tx,
+                lanes: txs,
                 pending: Default::default(),
             },
-            rx,
+            rxs,
         )
+    }
+
+    fn lane(&self, key: &RawKey) -> &mpsc::Sender<RawKey> {
+        // FNV-1a of the stream name: stable, so a stream keeps its lane.
+        let h = key.stream().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        &self.lanes[(h % self.lanes.len() as u64) as usize]
     }
 
     /// Queues `key` unless it is already waiting.
@@ -51,7 +71,7 @@ impl Queue {
         if p.contains(&key) {
             return Enqueue::AlreadyQueued;
         }
-        match self.tx.try_send(key.clone()) {
+        match self.lane(&key).try_send(key.clone()) {
             Ok(()) => {
                 p.insert(key);
                 Enqueue::Queued

@@ -315,3 +315,55 @@ fn configuration_errors_are_specific() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent.csv"));
 }
+
+#[tokio::test]
+async fn streams_have_their_own_state_and_the_api_reports_them_all() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = tswatch();
+    cmd.current_dir(tmp.path());
+    let svc = Service::start(cmd, &[], tmp.path()).await;
+    let data = tmp.path().join("data");
+    let fixture = std::fs::read(fixtures().join("sensors_20260224T001051.csv")).unwrap();
+    // Station a gets two files, station b one with other channels, and the
+    // default stream one.
+    drop_in(&data, "a/one.csv", &fixture);
+    drop_in(&data, "a/two.csv", &fixture);
+    drop_in(
+        &data,
+        "b/one.csv",
+        b"timestamp,voltage\n2026-01-01T00:00:00,1.5\n2026-01-01T00:01:00,1.6\n",
+    );
+    drop_in(&data, "plain.csv", &fixture);
+    for s in ["a/one", "a/two", "b/one", "plain"] {
+        wait_file(&data.join(format!("processed/{s}_summary.json"))).await;
+    }
+    let read = |p: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(data.join(p)).unwrap()).unwrap()
+    };
+    assert_eq!(
+        read("state/a/baseline.json")["temperature"]["count"]
+            .as_u64()
+            .unwrap()
+            > 100,
+        true
+    );
+    assert!(read("state/b/baseline.json").get("temperature").is_none());
+    assert_eq!(read("state/b/baseline.json")["voltage"]["count"], 2);
+    let plain = read("state/baseline.json")["temperature"]["count"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        plain <= 100,
+        "the default stream saw only its own file: {plain}"
+    );
+    let (_, s) = svc.get_json("/anomalies/summary").await;
+    assert_eq!(s["files_processed"], 4, "{s}");
+    assert_eq!(s["total_rows_scored"], 302);
+    let (_, b) = svc.get_json("/baseline/current").await;
+    assert!(b["channels"]["temperature"].is_object(), "{b}");
+    assert_eq!(
+        b["streams"]["b"]["channels"]["voltage"]["observations"], 2,
+        "{b}"
+    );
+    assert!(b["streams"]["a"]["channels"]["temperature"].is_object());
+}
