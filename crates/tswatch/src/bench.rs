@@ -270,3 +270,83 @@ pub fn render_reads(ms: &[ReadMeasure]) -> String {
     }
     s
 }
+
+/// Throughput of the real service over `files` files of `rows` rows, all
+/// in one stream or spread over `streams` streams (seconds from start to
+/// the last commit).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamMeasure {
+    /// Streams the files were spread over.
+    pub streams: usize,
+    /// Files processed.
+    pub files: usize,
+    /// Rows per file.
+    pub rows: usize,
+    /// Wall time for all of them.
+    pub seconds: f64,
+}
+
+/// Runs the service over `files` files spread round-robin over `streams`
+/// streams (`raw/s<k>/…`, or `raw/…` for one stream) and times it.
+pub async fn measure_streams(
+    streams: usize,
+    files: usize,
+    rows: usize,
+    dir: &Path,
+    engine: EngineConfig,
+) -> anyhow::Result<StreamMeasure> {
+    let mut sc = Scenario::new("seed", 9, 1_769_904_000.0).context("seed scenario")?;
+    for i in 0..files {
+        let sub = if streams <= 1 {
+            String::new()
+        } else {
+            format!("s{}/", i % streams)
+        };
+        let path = dir.join(format!("raw/{sub}f{i:04}.csv"));
+        std::fs::create_dir_all(path.parent().context("a file has a folder")?)?;
+        std::fs::write(&path, sc.batch(rows).0)?;
+    }
+    let storage = Storage::local(dir)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let settings = crate::server::Settings {
+        engine,
+        reconcile_every: std::time::Duration::from_secs(3600),
+        shutdown_grace: std::time::Duration::from_secs(5),
+        insecure_skip_sns_verify: false,
+        sns_topics: Vec::new(),
+        sns_cert_endpoint: None,
+        request_timeout: std::time::Duration::from_secs(15),
+        queue_capacity: files + 16,
+    };
+    let started = Instant::now();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::server::run(listener, storage, settings, async {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    loop {
+        let v: serde_json::Value = match http.get(format!("{base}/anomalies/summary")).send().await
+        {
+            Ok(r) => r.json().await?,
+            Err(_) => serde_json::Value::Null,
+        };
+        if v["files_processed"].as_u64() == Some(files as u64) {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed().as_secs() < 1800,
+            "files were not processed in 30 minutes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = stop.send(());
+    server.await??;
+    Ok(StreamMeasure {
+        streams,
+        files,
+        rows,
+        seconds,
+    })
+}

@@ -194,6 +194,10 @@ pub struct BenchArgs {
     /// (comma-separated, e.g. 10,1000); each is processed first.
     #[arg(long, value_delimiter = ',', value_name = "FILES")]
     pub reads: Vec<usize>,
+    /// Also compare one stream with two: eight 100,000-row files through
+    /// the real service, all in `raw/` and then split over `raw/s0/`, `raw/s1/`.
+    #[arg(long)]
+    pub streams: bool,
     /// Scratch directory [default: a temporary directory]
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,

@@ -164,18 +164,44 @@ async fn bench(
         reads.push(tswatch::bench::measure_reads(files, &dir, engine).await?);
         let _ = std::fs::remove_dir_all(&dir);
     }
+    let mut streams = Vec::new();
+    if a.streams {
+        for n in [1, 2] {
+            let dir = scratch.join(format!("streams-{n}"));
+            let _ = std::fs::remove_dir_all(&dir);
+            streams.push(tswatch::bench::measure_streams(n, 8, 100_000, &dir, engine).await?);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
     if a.dir.is_none() {
         let _ = std::fs::remove_dir_all(&scratch);
     }
     if a.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "files": results, "reads": reads }))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "files": results, "reads": reads, "streams": streams })
+            )?
         );
     } else {
         print!("{}", tswatch::bench::render(&results));
         if !reads.is_empty() {
             print!("\n{}", tswatch::bench::render_reads(&reads));
+        }
+        for m in &streams {
+            println!(
+                "\n{} x {} rows over {} stream(s): {:.2} s, {:.0} rows/s{}",
+                m.files,
+                m.rows,
+                m.streams,
+                m.seconds,
+                (m.files * m.rows) as f64 / m.seconds,
+                match streams.first() {
+                    Some(one) if m.streams > 1 =>
+                        format!(" ({:.2}x one stream)", one.seconds / m.seconds),
+                    _ => String::new(),
+                }
+            );
         }
     }
     Ok(())
