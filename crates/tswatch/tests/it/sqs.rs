@@ -1,0 +1,476 @@
+//! The SQS path against a real moto server: S3 → SQS (and S3 → SNS → SQS)
+//! notifications consumed by the real binary, two instances on one queue,
+//! the dead-letter path, and SigV4 signing with moto's auth checks on.
+
+use crate::harness::*;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::Duration;
+use tswatch::sqs::SqsClient;
+
+const BUCKET: &str = "tswatch-sqs";
+
+impl Moto {
+    /// Calls an SQS JSON-protocol action (unsigned: moto's auth is off).
+    pub(crate) async fn sqs(&self, action: &str, body: Value) -> Value {
+        let r = self
+            .req("sqs", reqwest::Method::POST, "/")
+            .header("content-type", "application/x-amz-json-1.0")
+            .header("x-amz-target", format!("AmazonSQS.{action}"))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let ok = r.status().is_success();
+        let text = r.text().await.unwrap();
+        assert!(ok, "SQS {action}: {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    /// Creates a queue; returns its URL and ARN.
+    pub(crate) async fn create_queue(&self, name: &str) -> (String, String) {
+        let r = self.sqs("CreateQueue", json!({ "QueueName": name })).await;
+        let url = r["QueueUrl"].as_str().unwrap().to_string();
+        let a = self
+            .sqs(
+                "GetQueueAttributes",
+                json!({ "QueueUrl": url, "AttributeNames": ["QueueArn"] }),
+            )
+            .await;
+        (
+            url,
+            a["Attributes"]["QueueArn"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// Messages visible plus in flight.
+    pub(crate) async fn queue_depth(&self, url: &str) -> u64 {
+        let a = self
+            .sqs(
+                "GetQueueAttributes",
+                json!({ "QueueUrl": url, "AttributeNames": [
+                    "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"] }),
+            )
+            .await;
+        [
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+        ]
+        .iter()
+        .map(|k| {
+            a["Attributes"][k]
+                .as_str()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
+    }
+
+    /// Sends S3 "object created" events for `raw/` straight to the queue.
+    pub(crate) async fn notify_bucket_to_queue(&self, bucket: &str, queue_arn: &str) {
+        let xml = format!(
+            "<NotificationConfiguration><QueueConfiguration><Id>tswatch</Id><Queue>{queue_arn}</Queue>\
+             <Event>s3:ObjectCreated:*</Event><Filter><S3Key><FilterRule><Name>prefix</Name>\
+             <Value>raw/</Value></FilterRule></S3Key></Filter></QueueConfiguration></NotificationConfiguration>"
+        );
+        let r = self
+            .req(
+                "s3",
+                reqwest::Method::PUT,
+                &format!("/{bucket}?notification"),
+            )
+            .body(xml)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "notification config: {}",
+            r.text().await.unwrap()
+        );
+    }
+}
+
+fn fixture() -> Vec<u8> {
+    std::fs::read(fixtures().join("sensors_20260224T001051.csv")).unwrap()
+}
+
+/// The baseline counts after `n` copies of the fixture went through the
+/// engine one after the other, by the offline scorer. Every file is the
+/// same, so the order in which the service takes them does not matter.
+fn expected_counts(n: usize, dir: &Path) -> Value {
+    let state = dir.join("offline-state");
+    let input = dir.join("in.csv");
+    std::fs::write(&input, fixture()).unwrap();
+    for _ in 0..n {
+        let out = tswatch()
+            .arg("score")
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(dir.join("out.csv"))
+            .arg("--state")
+            .arg(&state)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let b: Value =
+        serde_json::from_slice(&std::fs::read(state.join("baseline.json")).unwrap()).unwrap();
+    let mut counts = serde_json::Map::new();
+    for (ch, v) in b.as_object().unwrap() {
+        if ch != "last_updated" {
+            counts.insert(ch.clone(), v["count"].clone());
+        }
+    }
+    Value::Object(counts)
+}
+
+fn current_counts(baseline: &Value) -> Value {
+    let mut counts = serde_json::Map::new();
+    for (ch, v) in baseline["channels"].as_object().unwrap() {
+        counts.insert(ch.clone(), v["observations"].clone());
+    }
+    Value::Object(counts)
+}
+
+async fn wait_processed(svc: &Service, n: u64) -> Value {
+    wait_for(
+        &format!("{n} files processed"),
+        Duration::from_secs(90),
+        || async {
+            let (_, s) = svc.get_json("/anomalies/summary").await;
+            (s["files_processed"].as_u64() == Some(n)).then_some(s)
+        },
+    )
+    .await
+}
+
+async fn wait_drained(moto: &Moto, url: &str) {
+    wait_for("the queue to drain", Duration::from_secs(60), || async {
+        (moto.queue_depth(url).await == 0).then_some(())
+    })
+    .await;
+}
+
+/// `processed` log lines (files applied) in a JSON log.
+fn applied_in(log: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "processed")
+        .filter_map(|v| v["fields"]["key"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn sqs_args(url: &str) -> Vec<String> {
+    [
+        "--sqs-queue-url",
+        url,
+        "--sqs-wait-time",
+        "1",
+        "--reconcile-interval",
+        "3600",
+        "--log-format",
+        "json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn start_cmd(moto: &Moto) -> std::process::Command {
+    let mut cmd = tswatch();
+    s3_env(&mut cmd, moto, BUCKET);
+    cmd
+}
+
+#[tokio::test]
+async fn sqs_s3_events_each_file_once_and_queue_drained() {
+    let tmp = tempfile::tempdir().unwrap();
+    let moto = Moto::start().await;
+    moto.create_bucket(BUCKET).await;
+    let (url, arn) = moto.create_queue("tswatch-events").await;
+    // Sends an s3:TestEvent first.
+    moto.notify_bucket_to_queue(BUCKET, &arn).await;
+
+    let args = sqs_args(&url);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let svc = Service::start(start_cmd(&moto), &args, tmp.path()).await;
+
+    const N: usize = 8;
+    let body = fixture();
+    for i in 0..N {
+        // Keys that need URL-encoding in the event: a space and a subfolder.
+        let key = format!("raw/site {}/sensors_{i:02}.csv", i % 2);
+        moto.put_object(BUCKET, &key, body.clone()).await;
+    }
+    // Not raw batches: notified (prefix raw/) but ignored.
+    moto.put_object(BUCKET, "raw/readme.txt", "x").await;
+
+    let s = wait_processed(&svc, N as u64).await;
+    assert_eq!(s["total_rows_scored"], json!(N * 100));
+    wait_drained(&moto, &url).await;
+    for i in 0..N {
+        let name = format!("processed/site {}/sensors_{i:02}_summary.json", i % 2);
+        assert!(moto.get_object(BUCKET, &name).await.is_some(), "{name}");
+    }
+    let (_, b) = svc.get_json("/baseline/current").await;
+    assert_eq!(current_counts(&b), expected_counts(N, tmp.path()));
+    let log = svc.proc.log_text();
+    assert_eq!(applied_in(&log).len(), N, "{log}");
+    assert!(log.contains("S3 test event received"), "{log}");
+    assert!(svc.proc.terminate().success());
+}
+
+#[tokio::test]
+async fn sqs_sns_wrapped_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let moto = Moto::start().await;
+    moto.create_bucket(BUCKET).await;
+    let (url, arn) = moto.create_queue("tswatch-sns").await;
+    // S3 → SNS → SQS: moto wraps each event in an SNS Notification.
+    let topic = moto.create_topic("tswatch-events").await;
+    moto.sns(&[
+        ("Action", "Subscribe"),
+        ("TopicArn", &topic),
+        ("Protocol", "sqs"),
+        ("Endpoint", &arn),
+    ])
+    .await;
+    moto.notify_bucket_to_topic(BUCKET, &topic).await;
+
+    let mut args = sqs_args(&url);
+    args.extend(["--sns-topic-arn".to_string(), topic.clone()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let svc = Service::start(start_cmd(&moto), &args, tmp.path()).await;
+
+    let body = fixture();
+    for i in 0..4 {
+        moto.put_object(BUCKET, &format!("raw/sns_{i}.csv"), body.clone())
+            .await;
+    }
+    // A duplicate notification, one from a topic not accepted, and junk:
+    // all consumed, none double-counted.
+    let client = sqs_client(&moto, &url, "testing", "testing");
+    client
+        .send(
+            &sns_s3_event(BUCKET, &["raw/sns_0.csv"])
+                .replace("arn:aws:sns:us-east-1:123456789012:tswatch", &topic),
+        )
+        .await
+        .unwrap();
+    client
+        .send(&sns_s3_event(BUCKET, &["raw/sns_1.csv"]))
+        .await
+        .unwrap();
+    client.send("not an event").await.unwrap();
+
+    let s = wait_processed(&svc, 4).await;
+    assert_eq!(s["total_rows_scored"], 400);
+    wait_drained(&moto, &url).await;
+    let (_, b) = svc.get_json("/baseline/current").await;
+    assert_eq!(current_counts(&b), expected_counts(4, tmp.path()));
+    let log = svc.proc.log_text();
+    assert_eq!(applied_in(&log).len(), 4, "{log}");
+    assert!(log.contains("is not an accepted topic"), "{log}");
+    assert!(svc.proc.terminate().success());
+}
+
+#[tokio::test]
+async fn sqs_two_instances_share_one_queue() {
+    let tmp = tempfile::tempdir().unwrap();
+    let moto = Moto::start().await;
+    moto.create_bucket(BUCKET).await;
+    let (url, arn) = moto.create_queue("tswatch-shared").await;
+    moto.notify_bucket_to_queue(BUCKET, &arn).await;
+
+    let mut args = sqs_args(&url);
+    // Small batches so that both instances get work.
+    args.extend(["--sqs-max-messages".to_string(), "2".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let a = Service::start(start_cmd(&moto), &args, tmp.path()).await;
+    let b = Service::start(start_cmd(&moto), &args, tmp.path()).await;
+
+    const N: usize = 24;
+    let body = fixture();
+    let uploads = (0..N).map(|i| {
+        let body = body.clone();
+        let moto = &moto;
+        async move {
+            moto.put_object(BUCKET, &format!("raw/shared_{i:02}.csv"), body)
+                .await
+        }
+    });
+    futures::future::join_all(uploads).await;
+
+    let s = wait_processed(&a, N as u64).await;
+    assert_eq!(s["total_rows_scored"], json!(N * 100));
+    wait_processed(&b, N as u64).await;
+    wait_drained(&moto, &url).await;
+    let expected = expected_counts(N, tmp.path());
+    for svc in [&a, &b] {
+        let (_, bl) = svc.get_json("/baseline/current").await;
+        assert_eq!(current_counts(&bl), expected);
+    }
+    // Exactly once: every file applied by exactly one of the two.
+    let (la, lb) = (
+        applied_in(&a.proc.log_text()),
+        applied_in(&b.proc.log_text()),
+    );
+    eprintln!("instance A applied {}, instance B {}", la.len(), lb.len());
+    let mut all: Vec<String> = la.into_iter().chain(lb).collect();
+    all.sort();
+    let want: Vec<String> = (0..N).map(|i| format!("raw/shared_{i:02}.csv")).collect();
+    assert_eq!(all, want);
+    assert!(a.proc.terminate().success());
+    assert!(b.proc.terminate().success());
+}
+
+/// A batch archived to Glacier cannot be read (`InvalidObjectState`) however
+/// often it is retried: an honest poison file.
+#[tokio::test]
+async fn sqs_poison_file_is_dead_lettered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let moto = Moto::start().await;
+    moto.create_bucket(BUCKET).await;
+    let (url, arn) = moto.create_queue("tswatch-poison").await;
+    moto.notify_bucket_to_queue(BUCKET, &arn).await;
+
+    let mut args = sqs_args(&url);
+    args.extend(["--sqs-max-receives".to_string(), "3".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let svc = Service::start(start_cmd(&moto), &args, tmp.path()).await;
+
+    let r = moto
+        .req(
+            "s3",
+            reqwest::Method::PUT,
+            &format!("/{BUCKET}/raw/archived.csv"),
+        )
+        .header("x-amz-storage-class", "GLACIER")
+        .body(fixture())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    moto.put_object(BUCKET, "raw/fine.csv", fixture()).await;
+
+    let err = wait_for(
+        "the dead-letter record",
+        Duration::from_secs(60),
+        || async {
+            moto.get_object(BUCKET, "processed/archived_error.json")
+                .await
+        },
+    )
+    .await;
+    let err: Value = serde_json::from_slice(&err).unwrap();
+    eprintln!("dead letter: {err}");
+    assert_eq!(err["dead_letter"], true, "{err}");
+    assert_eq!(err["receive_count"], 3, "{err}");
+    assert_eq!(err["source_key"], "raw/archived.csv");
+    wait_drained(&moto, &url).await;
+    let s = wait_processed(&svc, 1).await;
+    assert_eq!(s["total_rows_scored"], 100);
+    assert!(
+        moto.get_object(BUCKET, "processed/archived_summary.json")
+            .await
+            .is_none()
+    );
+    let log = svc.proc.log_text();
+    assert!(log.contains("DEAD LETTER"), "{log}");
+    assert!(svc.proc.terminate().success());
+}
+
+fn sqs_client(moto: &Moto, url: &str, key: &str, secret: &str) -> SqsClient {
+    let cred = object_store::aws::AwsCredential {
+        key_id: key.to_string(),
+        secret_key: secret.to_string(),
+        token: None,
+    };
+    let provider = std::sync::Arc::new(object_store::StaticCredentialProvider::new(cred));
+    let _ = moto;
+    SqsClient::new(url, Some("us-east-1"), provider).unwrap()
+}
+
+/// Calls an IAM query-API action (auth still off); returns the XML.
+async fn iam(moto: &Moto, params: &[(&str, &str)]) -> String {
+    let r = moto
+        .req("iam", reqwest::Method::POST, "/")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(
+            params
+                .iter()
+                .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
+                .collect::<Vec<_>>()
+                .join("&"),
+        )
+        .send()
+        .await
+        .unwrap();
+    let ok = r.status().is_success();
+    let text = r.text().await.unwrap();
+    assert!(ok, "IAM {params:?}: {text}");
+    text
+}
+
+#[tokio::test]
+async fn sqs_requests_are_signed() {
+    let moto = Moto::start().await;
+    let (url, _) = moto.create_queue("tswatch-auth").await;
+    iam(&moto, &[("Action", "CreateUser"), ("UserName", "tswatch")]).await;
+    let policy = json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "sqs:*", "Resource": "*"}]})
+    .to_string();
+    iam(
+        &moto,
+        &[
+            ("Action", "PutUserPolicy"),
+            ("UserName", "tswatch"),
+            ("PolicyName", "sqs"),
+            ("PolicyDocument", &policy),
+        ],
+    )
+    .await;
+    let xml = iam(
+        &moto,
+        &[("Action", "CreateAccessKey"), ("UserName", "tswatch")],
+    )
+    .await;
+    let key = between(&xml, "<AccessKeyId>", "</AccessKeyId>").to_string();
+    let secret = between(&xml, "<SecretAccessKey>", "</SecretAccessKey>").to_string();
+    // From now on moto checks every request's signature and permissions.
+    let r = reqwest::Client::new()
+        .post(format!("{}/moto-api/reset-auth", moto.endpoint))
+        .body("0")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+
+    let wrong = sqs_client(&moto, &url, &key, "not-the-secret");
+    let e = wrong.send("hello").await.unwrap_err();
+    assert!(e.is_auth(), "{e}");
+    assert!(e.to_string().contains("SignatureDoesNotMatch"), "{e}");
+    let e = wrong.receive(1, 0, 30).await.unwrap_err();
+    assert!(e.is_auth(), "{e}");
+    let unknown = sqs_client(&moto, &url, "AKIAUNKNOWN000000000", &secret);
+    assert!(unknown.receive(1, 0, 30).await.unwrap_err().is_auth());
+
+    let right = sqs_client(&moto, &url, &key, &secret);
+    right.send("hello").await.unwrap();
+    let got = right.receive(10, 1, 30).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body, "hello");
+    assert_eq!(got[0].receive_count(), 1);
+    right
+        .change_visibility(&got[0].receipt_handle, 60)
+        .await
+        .unwrap();
+    right.delete(&got[0].receipt_handle).await.unwrap();
+    assert!(right.receive(10, 0, 30).await.unwrap().is_empty());
+}
