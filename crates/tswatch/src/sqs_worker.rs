@@ -224,7 +224,7 @@ pub async fn run(
                 _ = stopped(shutdown.clone()) => {
                     stopping = true;
                     if tokio::time::timeout(grace, &mut work).await.is_err() {
-                        tracing::warn!(message = %msg.message_id, "shutdown grace period over: abandoning the message in hand; it will be received again");
+                        tracing::warn!(sqs_message = %msg.message_id, "shutdown grace period over: abandoning the message in hand; it will be received again");
                     }
                 }
             }
@@ -270,23 +270,29 @@ async fn handle(
     let id = msg.message_id.as_str();
     let keys = match parse_body(&msg.body, bucket, topics) {
         Ok(Parsed::Test) => {
-            tracing::info!(message = id, "S3 test event received; deleting it");
+            tracing::info!(sqs_message = id, "S3 test event received; deleting it");
             delete(client, msg).await;
             return;
         }
         Ok(Parsed::Records { keys, ignored }) => {
             for (key, reason) in ignored {
-                tracing::info!(message = id, %key, %reason, "event record ignored");
+                tracing::info!(sqs_message = id, %key, %reason, "event record ignored");
             }
             keys
         }
         Err(reason) => {
-            tracing::warn!(message = id, %reason, body = %msg.body.chars().take(200).collect::<String>(), "unusable SQS message; deleting it");
+            tracing::warn!(sqs_message = id, %reason, body = %msg.body.chars().take(200).collect::<String>(), "unusable SQS message; deleting it");
             delete(client, msg).await;
             return;
         }
     };
     let count = msg.receive_count();
+    tracing::debug!(
+        sqs_message = id,
+        receive = count,
+        files = keys.len(),
+        "handling SQS message"
+    );
     let mut failed: Vec<(RawKey, ProcessError)> = Vec::new();
     for key in keys {
         match processor.process(&key).await {
@@ -359,7 +365,7 @@ async fn dead_letter(
 async fn delete(client: &SqsClient, msg: &Message) {
     if let Err(e) = client.delete(&msg.receipt_handle).await {
         // The message comes back and is found already processed.
-        tracing::warn!(message = %msg.message_id, error = %e, "could not delete the SQS message; it will be redelivered and skipped");
+        tracing::warn!(sqs_message = %msg.message_id, error = %e, "could not delete the SQS message; it will be redelivered and skipped");
     }
 }
 

@@ -474,3 +474,64 @@ async fn sqs_requests_are_signed() {
     right.delete(&got[0].receipt_handle).await.unwrap();
     assert!(right.receive(10, 0, 30).await.unwrap().is_empty());
 }
+
+/// `receive` counts of the messages a JSON log says were handled.
+fn receives_in(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "handling SQS message")
+        .filter_map(|v| v["fields"]["receive"].as_u64())
+        .collect()
+}
+
+/// A file that takes longer than the visibility timeout is not handed out
+/// again: its visibility is extended while it is processed.
+#[tokio::test]
+async fn sqs_visibility_is_extended_while_a_long_file_is_processed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let moto = Moto::start().await;
+    moto.create_bucket(BUCKET).await;
+    let (url, arn) = moto.create_queue("tswatch-long").await;
+    moto.notify_bucket_to_queue(BUCKET, &arn).await;
+
+    let mut args = sqs_args(&url);
+    args.extend(["--sqs-visibility-timeout".to_string(), "3".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // Two consumers: a message that became visible would go to the idle one.
+    let a = Service::start(start_cmd(&moto), &args, tmp.path()).await;
+    let b = Service::start(start_cmd(&moto), &args, tmp.path()).await;
+
+    let started = std::time::Instant::now();
+    let mut produce = start_cmd(&moto);
+    let out = produce
+        .args([
+            "produce",
+            "--count",
+            "1",
+            "--rows",
+            "250000",
+            "--interval",
+            "0",
+            "--seed",
+            "7",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = wait_processed(&a, 1).await;
+    assert_eq!(s["total_rows_scored"], 250000);
+    wait_drained(&moto, &url).await;
+    let took = started.elapsed();
+    let mut receives = receives_in(&a.proc.log_text());
+    receives.extend(receives_in(&b.proc.log_text()));
+    eprintln!("one 250,000-row file took {took:?}; receives handled: {receives:?}");
+    // The file handled once, at its first receive (the test event is not counted).
+    assert_eq!(receives, vec![1; receives.len()]);
+    assert_eq!(receives.len(), 1, "{receives:?}");
+    assert!(a.proc.terminate().success());
+    assert!(b.proc.terminate().success());
+}
