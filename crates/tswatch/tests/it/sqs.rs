@@ -535,3 +535,71 @@ async fn sqs_visibility_is_extended_while_a_long_file_is_processed() {
     assert!(a.proc.terminate().success());
     assert!(b.proc.terminate().success());
 }
+
+/// Files per second through the SQS path with one and with two instances
+/// (loopback moto; prints, asserts only correctness). Run with
+/// `cargo test --release -p tswatch --test it sqs_throughput -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "measurement, not a check"]
+async fn sqs_throughput() {
+    let n: usize = std::env::var("TSWATCH_SQS_BENCH_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    for instances in [1usize, 2] {
+        let tmp = tempfile::tempdir().unwrap();
+        let moto = Moto::start().await;
+        moto.create_bucket(BUCKET).await;
+        let (url, arn) = moto.create_queue("tswatch-bench").await;
+        moto.notify_bucket_to_queue(BUCKET, &arn).await;
+        // Uploaded before the consumers start, so only processing is timed.
+        let body = fixture();
+        for chunk in (0..n).collect::<Vec<_>>().chunks(16) {
+            let puts = chunk.iter().map(|i| {
+                let body = body.clone();
+                let moto = &moto;
+                async move {
+                    moto.put_object(BUCKET, &format!("raw/bench_{i:05}.csv"), body)
+                        .await
+                }
+            });
+            futures::future::join_all(puts).await;
+        }
+        let args = sqs_args(&url);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let started = std::time::Instant::now();
+        let mut svcs = Vec::new();
+        for _ in 0..instances {
+            svcs.push(Service::start(start_cmd(&moto), &args, tmp.path()).await);
+        }
+        let s = wait_for("all files", Duration::from_secs(1200), || async {
+            let (_, s) = svcs[0].get_json("/anomalies/summary").await;
+            (s["files_processed"].as_u64() == Some(n as u64)).then_some(s)
+        })
+        .await;
+        let took = started.elapsed();
+        assert_eq!(s["total_rows_scored"], json!(n * 100));
+        let applied: usize = svcs
+            .iter()
+            .map(|s| applied_in(&s.proc.log_text()).len())
+            .sum();
+        assert_eq!(applied, n);
+        let conflicts: usize = svcs
+            .iter()
+            .map(|s| {
+                s.proc
+                    .log_text()
+                    .matches("state changed underneath")
+                    .count()
+            })
+            .sum();
+        eprintln!(
+            "{instances} instance(s): {n} files in {:.1} s = {:.1} files/s (commits redone after a conflict: {conflicts})",
+            took.as_secs_f64(),
+            n as f64 / took.as_secs_f64()
+        );
+        for s in svcs {
+            assert!(s.proc.terminate().success());
+        }
+    }
+}
