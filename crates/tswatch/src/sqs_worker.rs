@@ -11,8 +11,8 @@
 //!    every third of that, so a slow file is not handed to another instance.
 //! 3. Process every `raw/*.csv` the message names. Delete the message only
 //!    once every file returned `Ok` (applied, already applied, rejected as bad
-//!    input, or gone). On a failure, leave it: it comes back after a delay
-//!    growing with its `ApproximateReceiveCount`.
+//!    input, or gone). On a failure, leave it: it comes back after the
+//!    visibility timeout, doubled for each earlier receive ([`retry_delay`]).
 //! 4. Dead letter: when the message has been received `max_receives` times
 //!    and a file still fails, write `processed/<name>_error.json` saying so,
 //!    log an error, and delete the message.
@@ -133,12 +133,13 @@ pub fn parse_body(body: &str, bucket: Option<&str>, topics: &[String]) -> Result
     Ok(Parsed::Records { keys, ignored })
 }
 
-/// Delay before a failed message is seen again: 1 s doubling per receive,
-/// at most 5 minutes.
-pub fn retry_delay(receive_count: u32) -> u32 {
-    1u32.checked_shl(receive_count.saturating_sub(1).min(16))
-        .unwrap_or(u32::MAX)
-        .min(300)
+/// Delay before a failed message is seen again: the visibility timeout,
+/// doubling with each receive, at most 15 minutes. With the defaults (60 s,
+/// 5 receives) a file is dead-lettered only after about 15 minutes of
+/// failures, so an ordinary storage outage does not send files there.
+pub fn retry_delay(visibility_secs: u32, receive_count: u32) -> u32 {
+    let factor = 1u32 << receive_count.saturating_sub(1).min(16);
+    visibility_secs.saturating_mul(factor).min(900)
 }
 
 /// Runs the consumer until `shutdown` flips.
@@ -331,7 +332,7 @@ async fn handle(
         }
         return;
     }
-    let delay = retry_delay(count);
+    let delay = retry_delay(settings.visibility_secs, count);
     if let Err(e) = client.change_visibility(&msg.receipt_handle, delay).await {
         tracing::debug!(error = %e, "could not set the retry delay");
     }
@@ -416,10 +417,12 @@ mod tests {
 
     #[test]
     fn retry_delays_grow_and_stop_growing() {
-        assert_eq!(retry_delay(1), 1);
-        assert_eq!(retry_delay(2), 2);
-        assert_eq!(retry_delay(5), 16);
-        assert_eq!(retry_delay(30), 300);
-        assert_eq!(retry_delay(u32::MAX), 300);
+        assert_eq!(retry_delay(60, 1), 60);
+        assert_eq!(retry_delay(60, 2), 120);
+        assert_eq!(retry_delay(60, 4), 480);
+        assert_eq!(retry_delay(60, 5), 900);
+        assert_eq!(retry_delay(3, 2), 6);
+        assert_eq!(retry_delay(43_200, 1), 900);
+        assert_eq!(retry_delay(60, u32::MAX), 900);
     }
 }

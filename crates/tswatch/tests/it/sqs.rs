@@ -341,7 +341,8 @@ async fn sqs_poison_file_is_dead_lettered() {
     moto.notify_bucket_to_queue(BUCKET, &arn).await;
 
     let mut args = sqs_args(&url);
-    args.extend(["--sqs-max-receives".to_string(), "3".to_string()]);
+    // Redelivered after 3 s, then 6 s.
+    args.extend(["--sqs-max-receives", "3", "--sqs-visibility-timeout", "3"].map(String::from));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let svc = Service::start(start_cmd(&moto), &args, tmp.path()).await;
 
