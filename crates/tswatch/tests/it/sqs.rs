@@ -604,3 +604,92 @@ async fn sqs_throughput() {
         }
     }
 }
+
+/// SIGTERM while a file is in hand: no more receives, the file is finished
+/// and its message deleted, then a clean exit.
+#[tokio::test]
+async fn sqs_shutdown_finishes_the_file_in_hand() {
+    let tmp = tempfile::tempdir().unwrap();
+    let moto = Moto::start().await;
+    moto.create_bucket(BUCKET).await;
+    let (url, arn) = moto.create_queue("tswatch-stop").await;
+    moto.notify_bucket_to_queue(BUCKET, &arn).await;
+    let mut args = sqs_args(&url);
+    args.extend(["--shutdown-grace", "120"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let svc = Service::start(start_cmd(&moto), &args, tmp.path()).await;
+
+    let out = start_cmd(&moto)
+        .args([
+            "produce",
+            "--count",
+            "1",
+            "--rows",
+            "150000",
+            "--interval",
+            "0",
+            "--seed",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        "the file to be in hand",
+        Duration::from_secs(60),
+        || async { (!receives_in(&svc.proc.log_text()).is_empty()).then_some(()) },
+    )
+    .await;
+    let log_path = svc.proc.log.clone();
+    assert!(svc.proc.terminate().success());
+    let log = std::fs::read_to_string(log_path).unwrap();
+    assert_eq!(applied_in(&log).len(), 1, "{log}");
+    // The file was finished after the signal, not before it.
+    let stop = log.find("shutting down").unwrap();
+    let done = log.find("\"message\":\"processed\"").unwrap();
+    assert!(stop < done, "{log}");
+    assert_eq!(moto.queue_depth(&url).await, 0);
+}
+
+/// The queue carries S3 events: refused with a local data directory, from
+/// the flag and from the TOML file alike.
+#[test]
+fn sqs_needs_a_bucket() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("tswatch.toml");
+    std::fs::write(
+        &cfg,
+        "sqs_queue_url = \"http://127.0.0.1:9/123456789012/q\"\nsqs_wait_time_secs = 1\nsqs_max_receives = 2\n",
+    )
+    .unwrap();
+    let from_flag = tswatch()
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .args([
+            "--bind",
+            "127.0.0.1:0",
+            "--sqs-queue-url",
+            "http://127.0.0.1:9/1/q",
+        ])
+        .output()
+        .unwrap();
+    let from_file = tswatch()
+        .arg("--config")
+        .arg(&cfg)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .args(["--bind", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    for out in [from_flag, from_file] {
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("needs an S3 bucket"), "{err}");
+    }
+}
