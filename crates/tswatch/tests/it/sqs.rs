@@ -547,14 +547,33 @@ async fn sqs_throughput() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
+    // Rows per file: the fixture's 100 data rows, repeated.
+    let copies: usize = std::env::var("TSWATCH_SQS_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(1, |r| (r / 100).max(1));
+    let body = {
+        let f = String::from_utf8(fixture()).unwrap();
+        let (header, rows) = f.split_once('\n').unwrap();
+        let rows = rows.trim_end().to_string() + "\n";
+        format!("{header}\n{}", rows.repeat(copies)).into_bytes()
+    };
     for instances in [1usize, 2] {
         let tmp = tempfile::tempdir().unwrap();
         let moto = Moto::start().await;
         moto.create_bucket(BUCKET).await;
         let (url, arn) = moto.create_queue("tswatch-bench").await;
         moto.notify_bucket_to_queue(BUCKET, &arn).await;
-        // Uploaded before the consumers start, so only processing is timed.
-        let body = fixture();
+        // Consumers first (reconciliation at start finds nothing), then
+        // the uploads, 16 at a time; timed from the first upload to the
+        // last file committed.
+        let args = sqs_args(&url);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut svcs = Vec::new();
+        for _ in 0..instances {
+            svcs.push(Service::start(start_cmd(&moto), &args, tmp.path()).await);
+        }
+        let started = std::time::Instant::now();
         for chunk in (0..n).collect::<Vec<_>>().chunks(16) {
             let puts = chunk.iter().map(|i| {
                 let body = body.clone();
@@ -566,42 +585,32 @@ async fn sqs_throughput() {
             });
             futures::future::join_all(puts).await;
         }
-        let args = sqs_args(&url);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let started = std::time::Instant::now();
-        let mut svcs = Vec::new();
-        for _ in 0..instances {
-            svcs.push(Service::start(start_cmd(&moto), &args, tmp.path()).await);
-        }
         let s = wait_for("all files", Duration::from_secs(1200), || async {
             let (_, s) = svcs[0].get_json("/anomalies/summary").await;
             (s["files_processed"].as_u64() == Some(n as u64)).then_some(s)
         })
         .await;
         let took = started.elapsed();
-        assert_eq!(s["total_rows_scored"], json!(n * 100));
-        let applied: usize = svcs
-            .iter()
-            .map(|s| applied_in(&s.proc.log_text()).len())
-            .sum();
+        assert_eq!(s["total_rows_scored"], json!(n * 100 * copies));
+        wait_drained(&moto, &url).await;
+        let mut logs = Vec::new();
+        for s in svcs {
+            let log = s.proc.log.clone();
+            assert!(s.proc.terminate().success());
+            logs.push(std::fs::read_to_string(log).unwrap());
+        }
+        let applied: usize = logs.iter().map(|l| applied_in(l).len()).sum();
         assert_eq!(applied, n);
-        let conflicts: usize = svcs
+        let conflicts: usize = logs
             .iter()
-            .map(|s| {
-                s.proc
-                    .log_text()
-                    .matches("state changed underneath")
-                    .count()
-            })
+            .map(|l| l.matches("state changed underneath").count())
             .sum();
         eprintln!(
-            "{instances} instance(s): {n} files in {:.1} s = {:.1} files/s (commits redone after a conflict: {conflicts})",
+            "{instances} instance(s): {n} files of {} rows in {:.1} s = {:.1} files/s (commits redone after a conflict: {conflicts})",
+            100 * copies,
             took.as_secs_f64(),
             n as f64 / took.as_secs_f64()
         );
-        for s in svcs {
-            assert!(s.proc.terminate().success());
-        }
     }
 }
 
