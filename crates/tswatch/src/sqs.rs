@@ -419,12 +419,12 @@ fn split_queue_url(url: &str) -> Result<(String, Option<String>), SqsError> {
         return Err(bad("must have the path /<account>/<queue name>"));
     }
     let host = authority.split(':').next().unwrap_or_default();
-    let region = host
-        .strip_prefix("sqs.")
-        .and_then(|h| {
-            h.strip_suffix(".amazonaws.com")
-                .or_else(|| h.strip_suffix(".amazonaws.com.cn"))
-        })
+    let aws = host
+        .strip_suffix(".amazonaws.com")
+        .or_else(|| host.strip_suffix(".amazonaws.com.cn"));
+    // `sqs.<region>.amazonaws.com`, or the legacy `<region>.queue.amazonaws.com`.
+    let region = aws
+        .and_then(|h| h.strip_prefix("sqs.").or_else(|| h.strip_suffix(".queue")))
         .filter(|r| {
             !r.is_empty()
                 && r.bytes()
@@ -444,6 +444,14 @@ mod tests {
             split_queue_url("https://sqs.eu-west-1.amazonaws.com/123456789012/tswatch").unwrap();
         assert_eq!(ep, "https://sqs.eu-west-1.amazonaws.com");
         assert_eq!(region.as_deref(), Some("eu-west-1"));
+        let (_, region) =
+            split_queue_url("https://ap-south-1.queue.amazonaws.com/123456789012/q").unwrap();
+        assert_eq!(region.as_deref(), Some("ap-south-1"));
+        let (_, region) =
+            split_queue_url("https://sqs.cn-north-1.amazonaws.com.cn/123456789012/q").unwrap();
+        assert_eq!(region.as_deref(), Some("cn-north-1"));
+        let (_, region) = split_queue_url("https://queue.amazonaws.com/123456789012/q").unwrap();
+        assert_eq!(region, None);
         let (ep, region) = split_queue_url("http://127.0.0.1:5000/123456789012/q").unwrap();
         assert_eq!(ep, "http://127.0.0.1:5000");
         assert_eq!(region, None);
