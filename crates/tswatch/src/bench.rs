@@ -198,16 +198,7 @@ pub async fn measure_reads(
     let storage = Storage::local(dir)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let settings = crate::server::Settings {
-        engine,
-        reconcile_every: std::time::Duration::from_secs(3600),
-        shutdown_grace: std::time::Duration::from_secs(5),
-        insecure_skip_sns_verify: false,
-        sns_topics: Vec::new(),
-        sns_cert_endpoint: None,
-        request_timeout: std::time::Duration::from_secs(15),
-        queue_capacity: files + 16,
-    };
+    let settings = bench_settings(engine, files + 16);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(crate::server::run(listener, storage, settings, async {
         let _ = stopped.await;
@@ -309,16 +300,7 @@ pub async fn measure_streams(
     let storage = Storage::local(dir)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let settings = crate::server::Settings {
-        engine,
-        reconcile_every: std::time::Duration::from_secs(3600),
-        shutdown_grace: std::time::Duration::from_secs(5),
-        insecure_skip_sns_verify: false,
-        sns_topics: Vec::new(),
-        sns_cert_endpoint: None,
-        request_timeout: std::time::Duration::from_secs(15),
-        queue_capacity: files + 16,
-    };
+    let settings = bench_settings(engine, files + 16);
     let started = Instant::now();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(crate::server::run(listener, storage, settings, async {
@@ -349,4 +331,20 @@ pub async fn measure_streams(
         rows,
         seconds,
     })
+}
+
+/// Service settings for a benchmark run on the local backend: no SNS, no
+/// SQS, reconciliation only at start.
+fn bench_settings(engine: EngineConfig, queue_capacity: usize) -> crate::server::Settings {
+    crate::server::Settings {
+        engine,
+        reconcile_every: std::time::Duration::from_secs(3600),
+        shutdown_grace: std::time::Duration::from_secs(5),
+        insecure_skip_sns_verify: false,
+        sns_topics: Vec::new(),
+        sns_cert_endpoint: None,
+        request_timeout: std::time::Duration::from_secs(15),
+        queue_capacity,
+        sqs: None,
+    }
 }

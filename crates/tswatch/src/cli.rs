@@ -19,7 +19,8 @@ pub struct Cli {
     /// TOML configuration file (keys: data_dir, bucket, bind,
     /// reconcile_interval_secs, request_timeout_secs, shutdown_grace_secs,
     /// insecure_skip_sns_verify, sns_topic_arn, sns_cert_endpoint, log_format,
-    /// and an [engine] table).
+    /// sqs_queue_url, sqs_wait_time_secs, sqs_max_messages,
+    /// sqs_visibility_timeout_secs, sqs_max_receives, and an [engine] table).
     #[arg(long, global = true, env = "TSWATCH_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -126,6 +127,25 @@ pub struct ServeArgs {
     /// Log format [default: text]
     #[arg(long, env = "TSWATCH_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Consume S3 event notifications (direct or SNS-wrapped) from this SQS
+    /// queue, as well as HTTP push; needs a bucket. Several instances may
+    /// share one queue.
+    #[arg(long, env = "TSWATCH_SQS_QUEUE_URL", value_name = "URL")]
+    pub sqs_queue_url: Option<String>,
+    /// SQS long-poll wait, seconds, 0-20 [default: 20]
+    #[arg(long, env = "TSWATCH_SQS_WAIT_TIME", value_name = "SECS", value_parser = clap::value_parser!(u32).range(0..=20))]
+    pub sqs_wait_time: Option<u32>,
+    /// SQS messages taken per receive, 1-10 [default: 10]
+    #[arg(long, env = "TSWATCH_SQS_MAX_MESSAGES", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub sqs_max_messages: Option<u32>,
+    /// Seconds a received SQS message stays hidden from other instances;
+    /// extended every third of it while its file is processed [default: 60]
+    #[arg(long, env = "TSWATCH_SQS_VISIBILITY_TIMEOUT", value_name = "SECS", value_parser = clap::value_parser!(u32).range(3..=43_200))]
+    pub sqs_visibility_timeout: Option<u32>,
+    /// Deliveries after which a message whose file still fails is dead-lettered:
+    /// processed/<name>_error.json is written and the message deleted [default: 5]
+    #[arg(long, env = "TSWATCH_SQS_MAX_RECEIVES", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub sqs_max_receives: Option<u32>,
 }
 
 /// How logs are written (to stderr).
@@ -257,6 +277,16 @@ pub struct FileConfig {
     pub request_timeout_secs: Option<u64>,
     /// See `--log-format`.
     pub log_format: Option<LogFormat>,
+    /// See `--sqs-queue-url`.
+    pub sqs_queue_url: Option<String>,
+    /// See `--sqs-wait-time`.
+    pub sqs_wait_time_secs: Option<u32>,
+    /// See `--sqs-max-messages`.
+    pub sqs_max_messages: Option<u32>,
+    /// See `--sqs-visibility-timeout`.
+    pub sqs_visibility_timeout_secs: Option<u32>,
+    /// See `--sqs-max-receives`.
+    pub sqs_max_receives: Option<u32>,
     /// Detection settings.
     #[serde(default)]
     pub engine: EngineConfig,

@@ -18,6 +18,8 @@ pub mod processor;
 pub mod scenario;
 pub mod server;
 pub mod sns;
+pub mod sqs;
+pub mod sqs_worker;
 pub mod statedoc;
 pub mod storage;
 pub mod timestamp;

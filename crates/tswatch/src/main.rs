@@ -89,6 +89,7 @@ async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
                         .max(1),
                 ),
                 queue_capacity: 10_000,
+                sqs: sqs_settings(&a, &file)?,
             };
             let listener = tokio::net::TcpListener::bind(bind)
                 .await
@@ -119,6 +120,52 @@ async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The SQS consumer's settings, if a queue is configured.
+fn sqs_settings(
+    a: &tswatch::cli::ServeArgs,
+    file: &FileConfig,
+) -> anyhow::Result<Option<tswatch::sqs_worker::SqsSettings>> {
+    let Some(url) = a
+        .sqs_queue_url
+        .clone()
+        .or_else(|| file.sqs_queue_url.clone())
+        .filter(|u| !u.is_empty())
+    else {
+        return Ok(None);
+    };
+    let d = tswatch::sqs_worker::SqsSettings::default();
+    let s = tswatch::sqs_worker::SqsSettings {
+        queue_url: url,
+        wait_secs: a
+            .sqs_wait_time
+            .or(file.sqs_wait_time_secs)
+            .unwrap_or(d.wait_secs),
+        max_messages: a
+            .sqs_max_messages
+            .or(file.sqs_max_messages)
+            .unwrap_or(d.max_messages),
+        visibility_secs: a
+            .sqs_visibility_timeout
+            .or(file.sqs_visibility_timeout_secs)
+            .unwrap_or(d.visibility_secs),
+        max_receives: a
+            .sqs_max_receives
+            .or(file.sqs_max_receives)
+            .unwrap_or(d.max_receives),
+    };
+    anyhow::ensure!(s.wait_secs <= 20, "sqs_wait_time_secs must be 0 to 20");
+    anyhow::ensure!(
+        (1..=10).contains(&s.max_messages),
+        "sqs_max_messages must be 1 to 10"
+    );
+    anyhow::ensure!(
+        (3..=43_200).contains(&s.visibility_secs),
+        "sqs_visibility_timeout_secs must be 3 to 43200"
+    );
+    anyhow::ensure!(s.max_receives >= 1, "sqs_max_receives must be at least 1");
+    Ok(Some(s))
 }
 
 /// `tswatch bench`: each size in a child process (its own peak memory).

@@ -4,6 +4,8 @@
 use crate::api::{self, AppState};
 use crate::processor::Processor;
 use crate::sns::{HttpsCertSource, Verifier};
+use crate::sqs::SqsClient;
+use crate::sqs_worker::{self, SqsSettings};
 use crate::storage::{Location, Storage};
 use crate::worker::{self, Queue};
 use std::sync::Arc;
@@ -32,6 +34,8 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Capacity of the work queue.
     pub queue_capacity: usize,
+    /// Consume S3 events from this SQS queue as well (`--sqs-queue-url`).
+    pub sqs: Option<SqsSettings>,
 }
 
 /// Runs until `shutdown` resolves: API, worker, reconciler and (locally)
@@ -71,6 +75,24 @@ pub async fn run(
             ))
         })
         .collect();
+    let sqs = match &settings.sqs {
+        Some(sqs) => {
+            anyhow::ensure!(
+                matches!(storage.location(), Location::S3 { .. }),
+                "--sqs-queue-url needs an S3 bucket (--bucket / BUCKET_NAME): the queue carries S3 events"
+            );
+            let client = SqsClient::from_env(&sqs.queue_url)?;
+            Some(tokio::spawn(sqs_worker::run(
+                client,
+                processor.clone(),
+                sqs.clone(),
+                settings.sns_topics.clone(),
+                stop_rx.clone(),
+                settings.shutdown_grace,
+            )))
+        }
+        None => None,
+    };
     let reconciler = tokio::spawn(worker::run_reconciler(
         processor.clone(),
         queue.clone(),
@@ -118,6 +140,9 @@ pub async fn run(
     let _ = stop_tx.send(true);
     for w in workers {
         let _ = w.await;
+    }
+    if let Some(sqs) = sqs {
+        let _ = sqs.await;
     }
     reconciler.abort();
     tracing::info!("stopped");

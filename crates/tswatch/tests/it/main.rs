@@ -13,3 +13,4 @@ mod local;
 mod s3;
 mod signer;
 mod sns_verify;
+mod sqs;

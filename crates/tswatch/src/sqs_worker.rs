@@ -1,0 +1,428 @@
+//! Consumes S3 event notifications from an SQS queue (`--sqs-queue-url`).
+//!
+//! Delivery is at least once; the effect is exactly once because
+//! [`Processor::process`] commits each file by compare-and-swap and skips a
+//! version already in its ledger. So any number of instances may share one
+//! queue. The protocol per message:
+//!
+//! 1. Long-poll (`WaitTimeSeconds`) for up to 10 messages, each invisible to
+//!    other consumers for `visibility` seconds.
+//! 2. While messages are in hand, a heartbeat extends their visibility
+//!    every third of that, so a slow file is not handed to another instance.
+//! 3. Process every `raw/*.csv` the message names. Delete the message only
+//!    once every file returned `Ok` (applied, already applied, rejected as bad
+//!    input, or gone). On a failure, leave it: it comes back after the
+//!    visibility timeout, doubled for each earlier receive ([`retry_delay`]).
+//! 4. Dead letter: when the message has been received `max_receives` times
+//!    and a file still fails, write `processed/<name>_error.json` saying so,
+//!    log an error, and delete the message.
+//!
+//! On shutdown: stop receiving, finish the file in hand (within the grace
+//! period), and make the messages not yet started visible again at once.
+
+use crate::keys::{self, RawKey};
+use crate::processor::{Outcome, ProcessError, Processor};
+use crate::sqs::{Message, SqsClient};
+use crate::storage::Location;
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How the consumer behaves.
+#[derive(Debug, Clone)]
+pub struct SqsSettings {
+    /// The queue.
+    pub queue_url: String,
+    /// Long-poll wait, seconds (0..=20).
+    pub wait_secs: u32,
+    /// Messages per receive (1..=10).
+    pub max_messages: u32,
+    /// Seconds a message in hand stays invisible; extended while it is worked on.
+    pub visibility_secs: u32,
+    /// Receives after which a message whose file still fails is dead-lettered.
+    pub max_receives: u32,
+}
+
+impl Default for SqsSettings {
+    fn default() -> Self {
+        Self {
+            queue_url: String::new(),
+            wait_secs: 20,
+            max_messages: 10,
+            visibility_secs: 60,
+            max_receives: 5,
+        }
+    }
+}
+
+/// What a message asks for.
+#[derive(Debug, PartialEq)]
+pub enum Parsed {
+    /// `s3:TestEvent`, sent when a notification is configured.
+    Test,
+    /// Raw batches to process, and records left aside (key, why).
+    Records {
+        /// Files to process.
+        keys: Vec<RawKey>,
+        /// Records that are not raw batches of this bucket.
+        ignored: Vec<(String, String)>,
+    },
+}
+
+/// Reads a message body: an S3 event, or an SNS `Notification` whose
+/// `Message` is one. `bucket` (when on S3) filters records of other buckets;
+/// `topics` (when not empty) the SNS topics accepted. `Err` says why the
+/// body can never be acted upon.
+pub fn parse_body(body: &str, bucket: Option<&str>, topics: &[String]) -> Result<Parsed, String> {
+    let v: Value = serde_json::from_str(body).map_err(|_| "body is not JSON".to_string())?;
+    let event = if v.get("Type").and_then(Value::as_str) == Some("Notification") {
+        let topic = v.get("TopicArn").and_then(Value::as_str).unwrap_or("");
+        if !topics.is_empty() && !topics.iter().any(|t| t == topic) {
+            return Err(format!("SNS topic {topic:?} is not an accepted topic"));
+        }
+        let msg = v
+            .get("Message")
+            .and_then(Value::as_str)
+            .ok_or("SNS notification without a Message")?;
+        serde_json::from_str(msg).map_err(|_| "SNS Message is not JSON".to_string())?
+    } else {
+        v
+    };
+    if event.get("Event").and_then(Value::as_str) == Some("s3:TestEvent") {
+        return Ok(Parsed::Test);
+    }
+    let records = event
+        .get("Records")
+        .and_then(Value::as_array)
+        .ok_or("not an S3 event notification (no Records)")?;
+    let (mut keys, mut ignored) = (Vec::new(), Vec::new());
+    for r in records {
+        let Some(raw_key) = r.pointer("/s3/object/key").and_then(Value::as_str) else {
+            ignored.push((String::new(), "record has no s3.object.key".to_string()));
+            continue;
+        };
+        let key = match keys::decode_event_key(raw_key) {
+            Ok(k) => k,
+            Err(e) => {
+                ignored.push((raw_key.to_string(), e.to_string()));
+                continue;
+            }
+        };
+        let name = r
+            .get("eventName")
+            .and_then(Value::as_str)
+            .unwrap_or("ObjectCreated:Put");
+        if !name.starts_with("ObjectCreated") {
+            ignored.push((key, format!("event {name} is not an object creation")));
+            continue;
+        }
+        let rec_bucket = r.pointer("/s3/bucket/name").and_then(Value::as_str);
+        if let (Some(want), Some(got)) = (bucket, rec_bucket)
+            && want != got
+        {
+            ignored.push((key, format!("event for bucket {got}, not {want}")));
+            continue;
+        }
+        match RawKey::parse(&key) {
+            Ok(k) if !keys.contains(&k) => keys.push(k),
+            Ok(_) => {}
+            Err(e) => ignored.push((key, e.to_string())),
+        }
+    }
+    Ok(Parsed::Records { keys, ignored })
+}
+
+/// Delay before a failed message is seen again: the visibility timeout,
+/// doubling with each receive, at most 15 minutes. With the defaults (60 s,
+/// 5 receives) a file is dead-lettered only after about 15 minutes of
+/// failures, so an ordinary storage outage does not send files there.
+pub fn retry_delay(visibility_secs: u32, receive_count: u32) -> u32 {
+    let factor = 1u32 << receive_count.saturating_sub(1).min(16);
+    visibility_secs.saturating_mul(factor).min(900)
+}
+
+/// Runs the consumer until `shutdown` flips.
+pub async fn run(
+    client: SqsClient,
+    processor: Arc<Processor>,
+    settings: SqsSettings,
+    topics: Vec<String>,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let bucket = match processor.storage().location() {
+        Location::S3 { bucket } => Some(bucket.clone()),
+        Location::Local(_) => None,
+    };
+    tracing::info!(
+        queue = %settings.queue_url, wait = settings.wait_secs,
+        max_receives = settings.max_receives, "consuming S3 events from SQS"
+    );
+    let mut failures = 0u32;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let received = tokio::select! {
+            r = client.receive(settings.max_messages, settings.wait_secs, settings.visibility_secs) => r,
+            _ = stopped(shutdown.clone()) => return,
+        };
+        let messages = match received {
+            Ok(m) => {
+                failures = 0;
+                m
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let wait = Duration::from_millis(500)
+                    .saturating_mul(1 << failures.min(6))
+                    .min(Duration::from_secs(30));
+                if e.is_auth() {
+                    tracing::error!(error = %e, "SQS refused our credentials; retrying in {wait:?}");
+                } else {
+                    tracing::warn!(error = %e, "SQS receive failed; retrying in {wait:?}");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => continue,
+                    _ = shutdown.changed() => return,
+                }
+            }
+        };
+        if messages.is_empty() {
+            continue;
+        }
+        tracing::debug!(count = messages.len(), "received SQS messages");
+        let in_hand: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(
+            messages.iter().map(|m| m.receipt_handle.clone()).collect(),
+        ));
+        let heartbeat = tokio::spawn(heartbeat(
+            client.clone(),
+            in_hand.clone(),
+            settings.visibility_secs,
+        ));
+        let mut stopping = false;
+        for msg in &messages {
+            if stopping || *shutdown.borrow() {
+                stopping = true;
+                // Not started: hand it to another consumer at once.
+                if let Err(e) = client.change_visibility(&msg.receipt_handle, 0).await {
+                    tracing::debug!(error = %e, "could not release an unstarted message");
+                }
+                continue;
+            }
+            let work = handle(
+                &client,
+                &processor,
+                msg,
+                &settings,
+                bucket.as_deref(),
+                &topics,
+            );
+            tokio::pin!(work);
+            tokio::select! {
+                _ = &mut work => {}
+                _ = stopped(shutdown.clone()) => {
+                    stopping = true;
+                    if tokio::time::timeout(grace, &mut work).await.is_err() {
+                        tracing::warn!(sqs_message = %msg.message_id, "shutdown grace period over: abandoning the message in hand; it will be received again");
+                    }
+                }
+            }
+            if let Ok(mut h) = in_hand.lock() {
+                h.retain(|x| x != &msg.receipt_handle);
+            }
+        }
+        heartbeat.abort();
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Resolves once shutdown is requested (or its sender is gone).
+async fn stopped(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+/// Keeps the messages in hand invisible to other consumers.
+async fn heartbeat(client: SqsClient, in_hand: Arc<Mutex<Vec<String>>>, visibility: u32) {
+    let every = Duration::from_secs(u64::from((visibility / 3).max(1)));
+    loop {
+        tokio::time::sleep(every).await;
+        let handles = in_hand.lock().map(|h| h.clone()).unwrap_or_default();
+        for h in handles {
+            if let Err(e) = client.change_visibility(&h, visibility).await {
+                tracing::warn!(error = %e, "could not extend a message's visibility; another consumer may take it (harmless: processing is idempotent)");
+            }
+        }
+    }
+}
+
+/// Acts on one message; deletes it when done (see the module docs).
+async fn handle(
+    client: &SqsClient,
+    processor: &Processor,
+    msg: &Message,
+    settings: &SqsSettings,
+    bucket: Option<&str>,
+    topics: &[String],
+) {
+    let id = msg.message_id.as_str();
+    let keys = match parse_body(&msg.body, bucket, topics) {
+        Ok(Parsed::Test) => {
+            tracing::info!(sqs_message = id, "S3 test event received; deleting it");
+            delete(client, msg).await;
+            return;
+        }
+        Ok(Parsed::Records { keys, ignored }) => {
+            for (key, reason) in ignored {
+                tracing::info!(sqs_message = id, %key, %reason, "event record ignored");
+            }
+            keys
+        }
+        Err(reason) => {
+            tracing::warn!(sqs_message = id, %reason, body = %msg.body.chars().take(200).collect::<String>(), "unusable SQS message; deleting it");
+            delete(client, msg).await;
+            return;
+        }
+    };
+    let count = msg.receive_count();
+    tracing::debug!(
+        sqs_message = id,
+        receive = count,
+        files = keys.len(),
+        "handling SQS message"
+    );
+    let mut failed: Vec<(RawKey, ProcessError)> = Vec::new();
+    for key in keys {
+        match processor.process(&key).await {
+            Ok(Outcome::Applied(s)) => tracing::info!(
+                %key, rows = s.total_rows, anomalies = s.anomaly_count,
+                ms = format!("{:.1}", s.duration_ms), via = "sqs", "processed"
+            ),
+            Ok(Outcome::AlreadyApplied) => {
+                tracing::debug!(%key, "already processed; skipped")
+            }
+            Ok(Outcome::Rejected(_)) | Ok(Outcome::Missing) => {}
+            Err(e) => {
+                tracing::warn!(%key, receive = count, error = %e, "processing failed");
+                failed.push((key, e));
+            }
+        }
+    }
+    if failed.is_empty() {
+        delete(client, msg).await;
+        return;
+    }
+    if count >= settings.max_receives {
+        let mut recorded = true;
+        for (key, e) in &failed {
+            tracing::error!(
+                %key, receives = count, error = %e,
+                "DEAD LETTER: giving up on this file after {count} deliveries; see {}", key.error()
+            );
+            if let Err(we) = dead_letter(processor, key, e, count).await {
+                tracing::error!(%key, error = %we, "could not record the dead letter; the message stays on the queue");
+                recorded = false;
+            }
+        }
+        if recorded {
+            delete(client, msg).await;
+        }
+        return;
+    }
+    let delay = retry_delay(settings.visibility_secs, count);
+    if let Err(e) = client.change_visibility(&msg.receipt_handle, delay).await {
+        tracing::debug!(error = %e, "could not set the retry delay");
+    }
+}
+
+/// Writes `processed/<name>_error.json` for a file that kept failing.
+async fn dead_letter(
+    processor: &Processor,
+    key: &RawKey,
+    err: &ProcessError,
+    receives: u32,
+) -> Result<(), ProcessError> {
+    let body = json!({
+        "source_key": key.as_str(),
+        "error": format!("processing kept failing: gave up after {receives} deliveries from the SQS queue"),
+        "last_error": err.to_string(),
+        "receive_count": receives,
+        "dead_letter": true,
+        "failed_at": crate::statedoc::now_iso(),
+    });
+    processor
+        .storage()
+        .put(
+            &key.error(),
+            serde_json::to_vec_pretty(&body).unwrap_or_default(),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn delete(client: &SqsClient, msg: &Message) {
+    if let Err(e) = client.delete(&msg.receipt_handle).await {
+        // The message comes back and is found already processed.
+        tracing::warn!(sqs_message = %msg.message_id, error = %e, "could not delete the SQS message; it will be redelivered and skipped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(keys: &[&str]) -> String {
+        let records: Vec<Value> = keys
+            .iter()
+            .map(|k| json!({"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": k}}}))
+            .collect();
+        json!({ "Records": records }).to_string()
+    }
+
+    fn keys_of(p: Parsed) -> Vec<String> {
+        match p {
+            Parsed::Records { keys, .. } => keys.iter().map(|k| k.as_str().to_string()).collect(),
+            Parsed::Test => vec!["<test>".into()],
+        }
+    }
+
+    #[test]
+    fn direct_and_sns_wrapped_events() {
+        let direct = event(&["raw%2Fa+b.csv", "raw/c.csv", "raw/c.csv", "processed/x.csv"]);
+        assert_eq!(
+            keys_of(parse_body(&direct, Some("b"), &[]).unwrap()),
+            ["raw/a b.csv", "raw/c.csv"]
+        );
+        let wrapped =
+            json!({"Type": "Notification", "TopicArn": "arn:t", "Message": direct}).to_string();
+        assert_eq!(
+            keys_of(parse_body(&wrapped, Some("b"), &[]).unwrap()),
+            ["raw/a b.csv", "raw/c.csv"]
+        );
+        assert!(parse_body(&wrapped, Some("b"), &["arn:other".into()]).is_err());
+        assert_eq!(
+            keys_of(parse_body(&direct, Some("other"), &[]).unwrap()),
+            Vec::<String>::new()
+        );
+        let test = json!({"Service": "Amazon S3", "Event": "s3:TestEvent"}).to_string();
+        assert_eq!(parse_body(&test, None, &[]).unwrap(), Parsed::Test);
+        let wrapped_test = json!({"Type": "Notification", "Message": test}).to_string();
+        assert_eq!(parse_body(&wrapped_test, None, &[]).unwrap(), Parsed::Test);
+        assert!(parse_body("not json", None, &[]).is_err());
+        assert!(parse_body("{}", None, &[]).is_err());
+    }
+
+    #[test]
+    fn retry_delays_grow_and_stop_growing() {
+        assert_eq!(retry_delay(60, 1), 60);
+        assert_eq!(retry_delay(60, 2), 120);
+        assert_eq!(retry_delay(60, 4), 480);
+        assert_eq!(retry_delay(60, 5), 900);
+        assert_eq!(retry_delay(3, 2), 6);
+        assert_eq!(retry_delay(43_200, 1), 900);
+        assert_eq!(retry_delay(60, u32::MAX), 900);
+    }
+}
