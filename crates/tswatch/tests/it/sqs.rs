@@ -218,8 +218,13 @@ async fn sqs_s3_events_each_file_once_and_queue_drained() {
         let name = format!("processed/site {}/sensors_{i:02}_summary.json", i % 2);
         assert!(moto.get_object(BUCKET, &name).await.is_some(), "{name}");
     }
+    // `raw/site 0/` and `raw/site 1/` are two streams, each with its own
+    // baseline: each equals an offline run over its own N/2 files.
     let (_, b) = svc.get_json("/baseline/current").await;
-    assert_eq!(current_counts(&b), expected_counts(N, tmp.path()));
+    let expected = expected_counts(N / 2, tmp.path());
+    for stream in ["site 0", "site 1"] {
+        assert_eq!(current_counts(&b["streams"][stream]), expected, "{b}");
+    }
     let log = svc.proc.log_text();
     assert_eq!(applied_in(&log).len(), N, "{log}");
     assert!(log.contains("S3 test event received"), "{log}");
