@@ -262,15 +262,6 @@ impl Engine {
         out.finish(cfg);
     }
 
-    fn row_value(binding: &Binding, values: &[Option<f64>], c: usize) -> Option<f64> {
-        binding
-            .cols
-            .iter()
-            .position(|&b| b == c)
-            .and_then(|p| values[p])
-            .filter(|v| v.is_finite())
-    }
-
     /// The z-scores of the joint model's channels, if all are present, and
     /// whether each was taken against a time-of-day baseline.
     fn joint_input(&self, binding: &Binding, row: &RowScore) -> Option<JointInput> {
@@ -356,38 +347,13 @@ impl Engine {
         })
     }
 
+    /// The forest's verdict on one row, when it decides inline
+    /// (`forest_alarm`): the same computation as a batch of one.
     fn score_forest(&self, binding: &Binding, values: &[Option<f64>]) -> Option<ForestVerdict> {
-        let f = self.forest.as_ref()?;
-        let mut x = Vec::with_capacity(f.features.len());
-        let mut present = 0;
-        for (k, &c) in f.features.iter().enumerate() {
-            let v = Self::row_value(binding, values, c);
-            present += usize::from(v.is_some());
-            x.push(v.unwrap_or(f.recipe.impute[k]));
-        }
-        if present == 0 {
-            return None;
-        }
-        let s = f.model.score(&x);
-        let flagged = s >= self.config.forest_threshold;
-        let drivers = if flagged {
-            let a = f.model.attribution(&x);
-            let mut order: Vec<usize> = (0..a.len()).collect();
-            order.sort_by(|&i, &j| a[j].total_cmp(&a[i]));
-            order
-                .into_iter()
-                .take(2)
-                .filter(|&i| a[i] >= 0.2)
-                .map(|i| f.recipe.features[i].clone())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        Some(ForestVerdict {
-            score: s,
-            flagged,
-            drivers,
-        })
+        self.forest_view(binding)?
+            .verdicts(std::iter::once(values))
+            .pop()
+            .flatten()
     }
 
     /// Absorbs a scored row into the state, unless it was judged anomalous

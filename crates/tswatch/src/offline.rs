@@ -4,7 +4,7 @@
 use crate::cli::{ProduceArgs, ScoreArgs};
 use crate::csvscore::score_csv;
 use crate::scenario::Scenario;
-use crate::statedoc::{self, StateDoc, Summary, now_iso, round4};
+use crate::statedoc::{self, StateDoc, Summary, now_iso};
 use crate::storage::Storage;
 use anyhow::Context;
 use std::fs::{self, File};
@@ -49,24 +49,16 @@ pub fn score_file(args: &ScoreArgs, config: &EngineConfig) -> anyhow::Result<()>
     if let Some(dir) = &args.state {
         save_state(dir, &doc)?;
     }
-    let summary = Summary {
-        source_key: args.input.display().to_string(),
-        output_key: args.output.display().to_string(),
-        processed_at: doc.last_updated.clone(),
-        total_rows: report.total_rows,
-        anomaly_count: report.anomaly_count,
-        anomaly_rate: if report.total_rows == 0 {
-            0.0
-        } else {
-            round4(report.anomaly_count as f64 / report.total_rows as f64)
-        },
-        baseline_observation_counts: doc.engine.observation_counts(),
-        source_etag: None,
-        channels: report.channels,
-        missing_cells: report.missing_cells,
-        state_seq: doc.seq,
-        duration_ms: started.elapsed().as_secs_f64() * 1e3,
-    };
+    let summary = Summary::of_report(
+        args.input.display().to_string(),
+        args.output.display().to_string(),
+        doc.last_updated.clone(),
+        &report,
+        doc.engine.observation_counts(),
+        None,
+        doc.seq,
+        started.elapsed().as_secs_f64() * 1e3,
+    );
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
 }

@@ -21,7 +21,7 @@ use crate::keys::{self, RawKey};
 use crate::pipeline::{PipelineError, score_object};
 use crate::statedoc::{
     self, Applied, BASELINE_KEY, LEDGER_LEN, StateDoc, Summary, Totals, baseline_key, engine_key,
-    now_iso, round4,
+    now_iso,
 };
 use crate::storage::{Storage, StoreError, Version};
 use bytes::Bytes;
@@ -410,24 +410,16 @@ impl Processor {
             doc.seq += 1;
             doc.last_updated = now_iso();
             doc.engine = engine.to_state();
-            let summary = Summary {
-                source_key: key.as_str().to_string(),
-                output_key: key.processed(),
-                processed_at: doc.last_updated.clone(),
-                total_rows: report.total_rows,
-                anomaly_count: report.anomaly_count,
-                anomaly_rate: if report.total_rows == 0 {
-                    0.0
-                } else {
-                    round4(report.anomaly_count as f64 / report.total_rows as f64)
-                },
-                baseline_observation_counts: doc.engine.observation_counts(),
-                source_etag: Some(etag.clone()),
-                channels: report.channels.clone(),
-                missing_cells: report.missing_cells,
-                state_seq: doc.seq,
-                duration_ms: started.elapsed().as_secs_f64() * 1e3,
-            };
+            let summary = Summary::of_report(
+                key.as_str().to_string(),
+                key.processed(),
+                doc.last_updated.clone(),
+                &report,
+                doc.engine.observation_counts(),
+                Some(etag.clone()),
+                doc.seq,
+                started.elapsed().as_secs_f64() * 1e3,
+            );
             let output_key = key.processed();
             let anomalies = report
                 .anomalies

@@ -119,6 +119,41 @@ pub struct Summary {
     pub duration_ms: f64,
 }
 
+impl Summary {
+    /// The summary of a scored file. `counts` are the observation counts
+    /// after it; `state_seq` the commit it became part of.
+    #[allow(clippy::too_many_arguments)]
+    pub fn of_report(
+        source_key: String,
+        output_key: String,
+        processed_at: String,
+        report: &crate::csvscore::FileReport,
+        baseline_observation_counts: BTreeMap<String, u64>,
+        source_etag: Option<String>,
+        state_seq: u64,
+        duration_ms: f64,
+    ) -> Self {
+        Self {
+            source_key,
+            output_key,
+            processed_at,
+            total_rows: report.total_rows,
+            anomaly_count: report.anomaly_count,
+            anomaly_rate: if report.total_rows == 0 {
+                0.0
+            } else {
+                round4(report.anomaly_count as f64 / report.total_rows as f64)
+            },
+            baseline_observation_counts,
+            source_etag,
+            channels: report.channels.clone(),
+            missing_cells: report.missing_cells,
+            state_seq,
+            duration_ms,
+        }
+    }
+}
+
 /// Rounds to 4 decimals, as the seed reports rates.
 pub fn round4(x: f64) -> f64 {
     let r = (x * 1e4).round() / 1e4;
