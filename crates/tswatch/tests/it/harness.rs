@@ -239,10 +239,16 @@ impl Moto {
 
     /// Sends S3 "object created" events for `raw/` to the topic.
     pub(crate) async fn notify_bucket_to_topic(&self, bucket: &str, topic_arn: &str) {
+        self.notify_bucket(bucket, "Topic", topic_arn).await;
+    }
+
+    /// Sets the bucket's notification of "object created" events under
+    /// `raw/` to one target: `kind` is `Topic` or `Queue`.
+    pub(crate) async fn notify_bucket(&self, bucket: &str, kind: &str, arn: &str) {
         let xml = format!(
-            "<NotificationConfiguration><TopicConfiguration><Id>tswatch</Id><Topic>{topic_arn}</Topic>\
+            "<NotificationConfiguration><{kind}Configuration><Id>tswatch</Id><{kind}>{arn}</{kind}>\
              <Event>s3:ObjectCreated:*</Event><Filter><S3Key><FilterRule><Name>prefix</Name>\
-             <Value>raw/</Value></FilterRule></S3Key></Filter></TopicConfiguration></NotificationConfiguration>"
+             <Value>raw/</Value></FilterRule></S3Key></Filter></{kind}Configuration></NotificationConfiguration>"
         );
         let r = self
             .req(

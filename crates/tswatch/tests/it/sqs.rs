@@ -68,26 +68,7 @@ impl Moto {
 
     /// Sends S3 "object created" events for `raw/` straight to the queue.
     pub(crate) async fn notify_bucket_to_queue(&self, bucket: &str, queue_arn: &str) {
-        let xml = format!(
-            "<NotificationConfiguration><QueueConfiguration><Id>tswatch</Id><Queue>{queue_arn}</Queue>\
-             <Event>s3:ObjectCreated:*</Event><Filter><S3Key><FilterRule><Name>prefix</Name>\
-             <Value>raw/</Value></FilterRule></S3Key></Filter></QueueConfiguration></NotificationConfiguration>"
-        );
-        let r = self
-            .req(
-                "s3",
-                reqwest::Method::PUT,
-                &format!("/{bucket}?notification"),
-            )
-            .body(xml)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            r.status().is_success(),
-            "notification config: {}",
-            r.text().await.unwrap()
-        );
+        self.notify_bucket(bucket, "Queue", queue_arn).await;
     }
 }
 
