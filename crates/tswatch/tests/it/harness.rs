@@ -213,8 +213,14 @@ impl Moto {
 
     /// Calls an SNS query-API action; returns the response XML.
     pub(crate) async fn sns(&self, params: &[(&str, &str)]) -> String {
+        self.query("sns", params).await
+    }
+
+    /// Calls a query-API action of `service` (SNS, IAM, ...); returns the
+    /// response XML, failing the test on an error status.
+    pub(crate) async fn query(&self, service: &str, params: &[(&str, &str)]) -> String {
         let r = self
-            .req("sns", reqwest::Method::POST, "/")
+            .req(service, reqwest::Method::POST, "/")
             .header("content-type", "application/x-www-form-urlencoded")
             .body(
                 params
@@ -228,7 +234,7 @@ impl Moto {
             .unwrap();
         let ok = r.status().is_success();
         let text = r.text().await.unwrap();
-        assert!(ok, "SNS {params:?}: {text}");
+        assert!(ok, "{service} {params:?}: {text}");
         text
     }
 

@@ -386,23 +386,7 @@ fn sqs_client(moto: &Moto, url: &str, key: &str, secret: &str) -> SqsClient {
 
 /// Calls an IAM query-API action (auth still off); returns the XML.
 async fn iam(moto: &Moto, params: &[(&str, &str)]) -> String {
-    let r = moto
-        .req("iam", reqwest::Method::POST, "/")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(
-            params
-                .iter()
-                .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
-                .collect::<Vec<_>>()
-                .join("&"),
-        )
-        .send()
-        .await
-        .unwrap();
-    let ok = r.status().is_success();
-    let text = r.text().await.unwrap();
-    assert!(ok, "IAM {params:?}: {text}");
-    text
+    moto.query("iam", params).await
 }
 
 #[tokio::test]
