@@ -195,32 +195,10 @@ pub async fn measure_reads(
         let (csv, _, _) = sc.batch(20);
         std::fs::write(dir.join(format!("raw/f{i:06}.csv")), csv)?;
     }
-    let storage = Storage::local(dir)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let settings = bench_settings(engine, files + 16);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::server::run(listener, storage, settings, async {
-        let _ = stopped.await;
-    }));
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + std::time::Duration::from_secs(600);
-    loop {
-        let v: serde_json::Value = http
-            .get(format!("{base}/anomalies/summary"))
-            .send()
-            .await?
-            .json()
-            .await?;
-        if v["files_processed"].as_u64() == Some(files as u64) {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "files were not processed in 10 minutes"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let svc = BenchService::start(dir, engine, files).await?;
+    svc.wait_processed(files, std::time::Duration::from_secs(600))
+        .await?;
+    let (base, http) = (&svc.base, &svc.http);
     let time = |path: String| {
         let http = http.clone();
         async move {
@@ -238,8 +216,7 @@ pub async fn measure_reads(
     };
     let summary_ms = time(format!("{base}/anomalies/summary")).await?;
     let recent_ms = time(format!("{base}/anomalies/recent?limit=50")).await?;
-    let _ = stop.send(());
-    server.await??;
+    svc.stop().await?;
     Ok(ReadMeasure {
         files,
         summary_ms,
@@ -297,40 +274,74 @@ pub async fn measure_streams(
         std::fs::create_dir_all(path.parent().context("a file has a folder")?)?;
         std::fs::write(&path, sc.batch(rows).0)?;
     }
-    let storage = Storage::local(dir)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let settings = bench_settings(engine, files + 16);
     let started = Instant::now();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::server::run(listener, storage, settings, async {
-        let _ = stopped.await;
-    }));
-    let http = reqwest::Client::new();
-    loop {
-        let v: serde_json::Value = match http.get(format!("{base}/anomalies/summary")).send().await
-        {
-            Ok(r) => r.json().await?,
-            Err(_) => serde_json::Value::Null,
-        };
-        if v["files_processed"].as_u64() == Some(files as u64) {
-            break;
-        }
-        anyhow::ensure!(
-            started.elapsed().as_secs() < 1800,
-            "files were not processed in 30 minutes"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let svc = BenchService::start(dir, engine, files).await?;
+    svc.wait_processed(files, std::time::Duration::from_secs(1800))
+        .await?;
     let seconds = started.elapsed().as_secs_f64();
-    let _ = stop.send(());
-    server.await??;
+    svc.stop().await?;
     Ok(StreamMeasure {
         streams,
         files,
         rows,
         seconds,
     })
+}
+
+/// The real service on a loopback port over a local data directory.
+struct BenchService {
+    base: String,
+    http: reqwest::Client,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl BenchService {
+    async fn start(dir: &Path, engine: EngineConfig, files: usize) -> anyhow::Result<Self> {
+        let storage = Storage::local(dir)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let settings = bench_settings(engine, files + 16);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(crate::server::run(listener, storage, settings, async {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            base,
+            http: reqwest::Client::new(),
+            stop,
+            server,
+        })
+    }
+
+    /// Waits until `/anomalies/summary` counts `files` processed files.
+    async fn wait_processed(&self, files: usize, limit: std::time::Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            let v: serde_json::Value = match self
+                .http
+                .get(format!("{}/anomalies/summary", self.base))
+                .send()
+                .await
+            {
+                Ok(r) => r.json().await?,
+                Err(_) => serde_json::Value::Null,
+            };
+            if v["files_processed"].as_u64() == Some(files as u64) {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                started.elapsed() < limit,
+                "files were not processed in {limit:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.server.await?
+    }
 }
 
 /// Service settings for a benchmark run on the local backend: no SNS, no

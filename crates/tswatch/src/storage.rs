@@ -181,14 +181,14 @@ impl Storage {
         Ok(())
     }
 
-    /// Every key under `prefix` (which should end in `/`), with its ETag.
-    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+    /// Every object under `prefix` (which should end in `/`).
+    async fn list_meta(&self, prefix: &str) -> Result<Vec<object_store::ObjectMeta>, StoreError> {
         let p = Path::from(prefix.trim_end_matches('/'));
         let mut out = Vec::new();
         let mut s = self.store.list(Some(&p));
         while let Some(m) = s.next().await {
             match m {
-                Ok(m) => out.push((m.location.to_string(), m.e_tag.unwrap_or_default())),
+                Ok(m) => out.push(m),
                 // A directory that does not exist yet lists as empty.
                 Err(object_store::Error::NotFound { .. }) => break,
                 Err(e) => return Err(e.into()),
@@ -197,22 +197,27 @@ impl Storage {
         Ok(out)
     }
 
+    /// Every key under `prefix` (which should end in `/`), with its ETag.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self
+            .list_meta(prefix)
+            .await?
+            .into_iter()
+            .map(|m| (m.location.to_string(), m.e_tag.unwrap_or_default()))
+            .collect())
+    }
+
     /// Every key under `prefix` with its last-modified time.
     pub async fn list_modified(
         &self,
         prefix: &str,
     ) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, StoreError> {
-        let p = Path::from(prefix.trim_end_matches('/'));
-        let mut out = Vec::new();
-        let mut s = self.store.list(Some(&p));
-        while let Some(m) = s.next().await {
-            match m {
-                Ok(m) => out.push((m.location.to_string(), m.last_modified)),
-                Err(object_store::Error::NotFound { .. }) => break,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(out)
+        Ok(self
+            .list_meta(prefix)
+            .await?
+            .into_iter()
+            .map(|m| (m.location.to_string(), m.last_modified))
+            .collect())
     }
 
     /// Deletes the objects under `prefix` last modified more than
