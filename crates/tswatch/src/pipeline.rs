@@ -1,13 +1,15 @@
-//! Streams one object through [`crate::csvscore::score_csv`]: the storage
-//! byte stream feeds a blocking scoring thread through a small bounded
-//! channel, and the scored bytes flow back out to a multipart upload. At no
-//! point is the file held in memory: a few 256 KiB buffers are in flight.
+//! Streams one object through [`crate::csvscore::score_csv`]. On S3 the
+//! object's byte stream feeds a blocking scoring thread through a small
+//! bounded channel, and the scored bytes flow back out to a multipart
+//! upload; on the local backend the scoring thread reads the opened file and
+//! writes the staged file itself. At no point is the file held in memory: a
+//! few 256 KiB buffers are in flight.
 
 use crate::csvscore::{FileReport, InputError, score_csv};
-use crate::storage::StoreError;
+use crate::storage::{Storage, StoreError};
 use bytes::Bytes;
 use futures::StreamExt;
-use object_store::{GetOptions, ObjectStore, buffered::BufWriter, path::Path};
+use object_store::{GetOptions, GetResultPayload, ObjectStore, buffered::BufWriter, path::Path};
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
@@ -31,63 +33,88 @@ pub enum PipelineError {
 /// Scores `raw` (at exactly version `etag`) into `staged`, returning the
 /// advanced engine and the report. On error the staged object may be partial.
 pub async fn score_object(
-    store: Arc<dyn ObjectStore>,
+    storage: &Storage,
     raw: &Path,
     etag: &str,
     staged: &Path,
     mut engine: Engine,
 ) -> Result<(Engine, FileReport), PipelineError> {
+    let store = storage.store();
     let opts = GetOptions {
         if_match: (!etag.is_empty()).then(|| etag.to_string()),
         ..Default::default()
     };
+    let read_error = Arc::new(Mutex::new(None));
     let got = match store.get_opts(raw, opts).await {
         Ok(g) => g,
         Err(object_store::Error::Precondition { .. }) => return Err(PipelineError::Changed),
         Err(e) => return Err(StoreError::from(e).into()),
     };
-    let mut stream = got.into_stream();
-    let (in_tx, in_rx) = mpsc::channel::<Result<Bytes, object_store::Error>>(8);
-    let pump = tokio::spawn(async move {
-        while let Some(chunk) = stream.next().await {
-            let stop = chunk.is_err();
-            if in_tx.send(chunk).await.is_err() || stop {
-                break;
-            }
+    // A local file is read directly on the scoring thread: the object
+    // store's stream would hand it over in 8 KiB chunks, each a blocking
+    // task of its own. The open handle pins the version the ETag matched.
+    let (input, pump): (Box<dyn Read + Send>, _) = match got.payload {
+        GetResultPayload::File(file, _) => (Box::new(file), None),
+        GetResultPayload::Stream(mut stream) => {
+            let (in_tx, in_rx) = mpsc::channel::<Result<Bytes, object_store::Error>>(8);
+            let pump = tokio::spawn(async move {
+                while let Some(chunk) = stream.next().await {
+                    let stop = chunk.is_err();
+                    if in_tx.send(chunk).await.is_err() || stop {
+                        break;
+                    }
+                }
+            });
+            let reader = ChannelReader {
+                rx: in_rx,
+                current: Bytes::new(),
+                error: read_error.clone(),
+            };
+            (Box::new(reader), Some(pump))
         }
-    });
-    let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(8);
-    let out_store = store.clone();
-    let out_path = staged.clone();
-    let writer = tokio::spawn(async move {
-        let mut w = BufWriter::with_capacity(out_store, out_path, 8 * 1024 * 1024);
-        while let Some(b) = out_rx.recv().await {
-            w.write_all(&b).await?;
+    };
+    // Local output is written straight to its file by the scoring thread;
+    // S3 output flows to a multipart upload.
+    let (sink, upload): (Box<dyn Write + Send>, _) = match storage.local_path(staged.as_ref())? {
+        Some(file) => (Box::new(local_sink(file)?), None),
+        None => {
+            let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(8);
+            let out_path = staged.clone();
+            let upload = tokio::spawn(async move {
+                let mut w = BufWriter::with_capacity(store, out_path, 8 * 1024 * 1024);
+                while let Some(b) = out_rx.recv().await {
+                    w.write_all(&b).await?;
+                }
+                w.shutdown().await
+            });
+            let writer = ChannelWriter {
+                tx: out_tx,
+                buf: Vec::with_capacity(CHUNK),
+            };
+            (Box::new(writer), Some(upload))
         }
-        w.shutdown().await
-    });
-    let read_error = Arc::new(Mutex::new(None));
-    let slot = read_error.clone();
+    };
     let scored = tokio::task::spawn_blocking(move || {
-        let reader = ChannelReader {
-            rx: in_rx,
-            current: Bytes::new(),
-            error: slot,
-        };
-        let writer = ChannelWriter {
-            tx: out_tx,
-            buf: Vec::with_capacity(CHUNK),
-        };
-        let r = score_csv(reader, writer, &mut engine);
+        let mut sink = sink;
+        let r = score_csv(input, &mut sink, &mut engine).and_then(|report| {
+            sink.flush()
+                .map_err(|e| InputError::Csv(format!("writing output: {e}")))?;
+            Ok(report)
+        });
         (engine, r)
     })
     .await;
-    pump.abort();
+    if let Some(p) = pump {
+        p.abort();
+    }
     let (engine, result) = scored.map_err(|e| StoreError::Io {
         path: raw.to_string(),
         source: std::io::Error::other(e.to_string()),
     })?;
-    let written = writer.await;
+    let written = match upload {
+        Some(u) => u.await,
+        None => Ok(Ok(())),
+    };
     // A storage failure explains any input error it caused, so it wins.
     if let Some(e) = read_error.lock().ok().and_then(|mut g| g.take()) {
         return Err(StoreError::from(e).into());
@@ -109,6 +136,19 @@ pub async fn score_object(
 }
 
 const CHUNK: usize = 256 * 1024;
+
+/// A buffered local file that the scoring thread writes directly.
+fn local_sink(path: std::path::PathBuf) -> Result<std::io::BufWriter<std::fs::File>, StoreError> {
+    let io = |source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let file = std::fs::File::create(&path).map_err(io)?;
+    Ok(std::io::BufWriter::with_capacity(CHUNK, file))
+}
 
 /// `Read` over chunks arriving on a channel (used from a blocking thread).
 struct ChannelReader {

@@ -394,8 +394,7 @@ impl Processor {
                 .map_err(|e| ProcessError::State(e.to_string()))?;
             let staged_key = new_staged_key();
             let staged = keys::validate(&staged_key)?;
-            let result =
-                score_object(self.storage.store(), &raw_path, &etag, &staged, engine).await;
+            let result = score_object(&self.storage, &raw_path, &etag, &staged, engine).await;
             let (engine, report) = match result {
                 Ok(r) => r,
                 Err(e) => {

@@ -133,6 +133,15 @@ impl Storage {
         &self.location
     }
 
+    /// Where `key` lives on this machine, for the local backend only.
+    pub fn local_path(&self, key: &str) -> Result<Option<PathBuf>, StoreError> {
+        keys::validate(key)?;
+        Ok(match &self.location {
+            Location::Local(dir) => Some(dir.join(key)),
+            Location::S3 { .. } => None,
+        })
+    }
+
     /// The underlying object store (for streaming reads and writes).
     pub fn store(&self) -> Arc<dyn ObjectStore> {
         self.store.clone()
