@@ -117,7 +117,26 @@ impl Reference {
 }
 
 fn bucket(ts: f64) -> usize {
-    ((ts.rem_euclid(DAY) / DAY) * SEASON_BUCKETS as f64) as usize % SEASON_BUCKETS
+    ((seconds_of_day(ts) / DAY) * SEASON_BUCKETS as f64) as usize % SEASON_BUCKETS
+}
+
+/// `ts.rem_euclid(DAY)`, without the cost of `fmod` on every row. The
+/// quotient's product with `DAY` is an integer below 2^53, and the
+/// difference is smaller than `ts` and a multiple of its last place, so both
+/// are exact; the quotient itself can round to the next day, which the
+/// corrections undo. Beyond 2^53 seconds it falls back to `rem_euclid`.
+fn seconds_of_day(ts: f64) -> f64 {
+    if ts.abs() >= 9.0e15 || !ts.is_finite() {
+        return ts.rem_euclid(DAY);
+    }
+    let mut r = ts - (ts / DAY).floor() * DAY;
+    if r < 0.0 {
+        r += DAY;
+    }
+    if r >= DAY {
+        r -= DAY;
+    }
+    r
 }
 
 impl ChannelState {
@@ -365,6 +384,33 @@ mod tests {
         assert_eq!(bucket(DAY - 1.0), SEASON_BUCKETS - 1);
         assert_eq!(bucket(DAY + 1800.0), 1);
         assert_eq!(bucket(-1.0), SEASON_BUCKETS - 1);
+        for ts in [
+            0.0,
+            -0.0,
+            DAY,
+            -DAY,
+            DAY - 1e-9,
+            1_769_904_000.0 - 1e-7,
+            1_769_904_000.0,
+            1.769_904_000_123_456_7e9,
+            -1.5e9,
+            8.9e15,
+            1e300,
+        ] {
+            assert_eq!(seconds_of_day(ts), ts.rem_euclid(DAY), "{ts}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn seconds_of_day_is_rem_euclid(ts in -1.0e13f64..1.0e13, day in -20_000i64..40_000) {
+            proptest::prop_assert_eq!(seconds_of_day(ts), ts.rem_euclid(DAY));
+            // Near day boundaries, where the quotient rounds.
+            let edge = day as f64 * DAY;
+            for t in [edge, edge.next_down(), edge.next_up(), edge + ts.fract()] {
+                proptest::prop_assert_eq!(seconds_of_day(t), t.rem_euclid(DAY), "{}", t);
+            }
+        }
     }
 
     #[test]

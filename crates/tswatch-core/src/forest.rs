@@ -49,10 +49,36 @@ struct Node {
 
 const LEAF: u32 = u32::MAX;
 
+/// One split of a tree in complete (heap) order: `x[feature] < value` goes
+/// to `2i + 1`, the rest to `2i + 2`.
+#[derive(Debug, Clone, Copy)]
+struct Split {
+    value: f64,
+    feature: u32,
+}
+
+/// Every tree padded to a complete tree of depth `depth`, for scoring many
+/// points without a leaf test per step: below a real leaf the splits are
+/// dummies and every padded leaf holds that leaf's path length.
+#[derive(Debug, Clone, Default)]
+struct Complete {
+    depth: usize,
+    /// `2^depth - 1` splits per tree.
+    splits: Vec<Split>,
+    /// `2^depth` path lengths per tree (depth plus `c(size)`).
+    leaves: Vec<f64>,
+}
+
+/// Deepest tree kept in complete form (4,095 splits per tree); deeper
+/// forests are scored node by node.
+const MAX_COMPLETE_DEPTH: usize = 12;
+
 /// A trained isolation forest: every tree in one flat array.
 #[derive(Debug, Clone)]
 pub struct IsolationForest {
     nodes: Vec<Node>,
+    /// The same trees in complete form, if not too deep.
+    complete: Option<Complete>,
     /// No tree is deeper than this.
     max_depth: usize,
     roots: Vec<u32>,
@@ -105,13 +131,69 @@ impl IsolationForest {
             roots.push(root as u32);
             build(rows, &mut idx, root, 0, max_depth, &mut rng, &mut nodes);
         }
-        Some(Self {
+        let mut forest = Self {
             nodes,
+            complete: None,
             max_depth,
             roots,
             features,
             norm: average_path_length(psi),
-        })
+        };
+        forest.complete = (max_depth <= MAX_COMPLETE_DEPTH).then(|| forest.to_complete());
+        Some(forest)
+    }
+
+    /// The trees in complete form (`max_depth` at most [`MAX_COMPLETE_DEPTH`]).
+    fn to_complete(&self) -> Complete {
+        let depth = self.max_depth;
+        let inner = (1usize << depth) - 1;
+        let mut c = Complete {
+            depth,
+            splits: vec![
+                Split {
+                    value: 0.0,
+                    feature: 0
+                };
+                inner * self.roots.len()
+            ],
+            leaves: vec![0.0; (inner + 1) * self.roots.len()],
+        };
+        for (t, &root) in self.roots.iter().enumerate() {
+            let splits = &mut c.splits[t * inner..(t + 1) * inner];
+            let leaves = &mut c.leaves[t * (inner + 1)..(t + 1) * (inner + 1)];
+            self.fill(root as usize, 0, 0, depth, splits, leaves);
+        }
+        c
+    }
+
+    /// Copies node `i`, found at heap position `at` of level `level`, and
+    /// its subtree into complete form.
+    fn fill(
+        &self,
+        i: usize,
+        at: usize,
+        level: usize,
+        depth: usize,
+        splits: &mut [Split],
+        leaves: &mut [f64],
+    ) {
+        let n = self.nodes[i];
+        if n.feature == LEAF {
+            // Scoring adds the depth and the leaf's value, in that order.
+            let path = f64::from(level as u32) + n.value;
+            // The padded leaves under heap position `at`.
+            let span = 1usize << (depth - level);
+            let first = ((at + 1) << (depth - level)) - 1 - splits.len();
+            leaves[first..first + span].fill(path);
+            return;
+        }
+        splits[at] = Split {
+            value: n.value,
+            feature: n.feature,
+        };
+        let child = n.child as usize;
+        self.fill(child, 2 * at + 1, level + 1, depth, splits, leaves);
+        self.fill(child + 1, 2 * at + 2, level + 1, depth, splits, leaves);
     }
 
     /// Number of features the forest was trained on.
@@ -153,36 +235,12 @@ impl IsolationForest {
     /// tree stays in cache and the eight independent walks overlap, where
     /// one walk at a time waits on every load and mispredicts every branch.
     pub fn score_many(&self, xs: &[f64], out: &mut [f64]) {
-        const LANES: usize = 8;
         let k = self.features;
         let n = out.len().min(xs.len() / k.max(1));
         out[..n].iter_mut().for_each(|o| *o = 0.0);
-        for &root in &self.roots {
-            let mut start = 0;
-            while start < n {
-                let m = (n - start).min(LANES);
-                let mut idx = [root as usize; LANES];
-                let mut depth = [0u32; LANES];
-                for _ in 0..self.max_depth {
-                    for j in 0..m {
-                        let node = self.nodes[idx[j]];
-                        let leaf = node.feature == LEAF;
-                        let f = if leaf { 0 } else { node.feature as usize };
-                        let right = usize::from(xs[(start + j) * k + f] >= node.value);
-                        idx[j] = if leaf {
-                            idx[j]
-                        } else {
-                            node.child as usize + right
-                        };
-                        depth[j] += u32::from(!leaf);
-                    }
-                }
-                for j in 0..m {
-                    // A leaf's value is the depth its size adds, c(size).
-                    out[start + j] += f64::from(depth[j]) + self.nodes[idx[j]].value;
-                }
-                start += m;
-            }
+        match &self.complete {
+            Some(c) => self.sum_complete(c, &xs[..n * k], &mut out[..n]),
+            None => self.sum_nodes(&xs[..n * k], &mut out[..n]),
         }
         let trees = self.roots.len() as f64;
         for o in &mut out[..n] {
@@ -191,6 +249,62 @@ impl IsolationForest {
             } else {
                 2f64.powf(-(*o / trees) / self.norm)
             };
+        }
+    }
+
+    /// Adds each point's path length over all trees, walking the complete
+    /// trees: exactly `depth` branch-free steps per tree and point.
+    fn sum_complete(&self, c: &Complete, xs: &[f64], out: &mut [f64]) {
+        const LANES: usize = 8;
+        let k = self.features;
+        let inner = (1usize << c.depth) - 1;
+        for t in 0..self.roots.len() {
+            let splits = &c.splits[t * inner..(t + 1) * inner];
+            let leaves = &c.leaves[t * (inner + 1)..(t + 1) * (inner + 1)];
+            for (rows, sums) in xs.chunks(LANES * k).zip(out.chunks_mut(LANES)) {
+                let mut at = [0usize; LANES];
+                for _ in 0..c.depth {
+                    for (j, a) in at.iter_mut().enumerate().take(sums.len()) {
+                        let s = splits[*a];
+                        let right = rows[j * k + s.feature as usize] >= s.value;
+                        *a = 2 * *a + 1 + usize::from(right);
+                    }
+                }
+                for (sum, a) in sums.iter_mut().zip(at) {
+                    *sum += leaves[a - inner];
+                }
+            }
+        }
+    }
+
+    /// [`Self::sum_complete`] for trees too deep to pad: eight points walk
+    /// each tree in lockstep, so their independent loads overlap.
+    fn sum_nodes(&self, xs: &[f64], out: &mut [f64]) {
+        const LANES: usize = 8;
+        let k = self.features;
+        for &root in &self.roots {
+            for (rows, sums) in xs.chunks(LANES * k).zip(out.chunks_mut(LANES)) {
+                let mut idx = [root as usize; LANES];
+                let mut depth = [0u32; LANES];
+                for _ in 0..self.max_depth {
+                    for j in 0..sums.len() {
+                        let node = self.nodes[idx[j]];
+                        let leaf = node.feature == LEAF;
+                        let f = if leaf { 0 } else { node.feature as usize };
+                        let right = usize::from(rows[j * k + f] >= node.value);
+                        idx[j] = if leaf {
+                            idx[j]
+                        } else {
+                            node.child as usize + right
+                        };
+                        depth[j] += u32::from(!leaf);
+                    }
+                }
+                for (j, sum) in sums.iter_mut().enumerate() {
+                    // A leaf's value is the depth its size adds, c(size).
+                    *sum += f64::from(depth[j]) + self.nodes[idx[j]].value;
+                }
+            }
         }
     }
 
@@ -311,15 +425,49 @@ mod tests {
         assert!(a[0] > a[1] && a[0] > a[2], "{a:?}");
     }
 
-    #[test]
-    fn batch_scores_equal_single_scores() {
-        let rows = gaussian_rows(400, 5);
-        let f = IsolationForest::train(&rows, 30, 128, 9).unwrap();
+    /// Batch scores equal single scores bit for bit, on complete trees
+    /// (any depth up to the limit, including a lone root) and beyond.
+    fn assert_batch_equals_single(rows: &[Vec<f64>], trees: usize, sample: usize) {
+        let f = IsolationForest::train(rows, trees, sample, 9).unwrap();
+        assert_eq!(f.complete.is_some(), f.max_depth <= MAX_COMPLETE_DEPTH);
         let flat: Vec<f64> = rows.iter().flatten().copied().collect();
         let mut out = vec![0.0; rows.len()];
         f.score_many(&flat, &mut out);
         for (r, s) in rows.iter().zip(&out) {
-            assert!((f.score(r) - s).abs() < 1e-12);
+            assert_eq!(f.score(r), *s, "sample {sample}");
+        }
+    }
+
+    #[test]
+    fn batch_scores_equal_single_scores() {
+        let rows = gaussian_rows(400, 5);
+        for sample in [1, 2, 3, 17, 128, 400] {
+            assert_batch_equals_single(&rows, 30, sample);
+        }
+        // Too deep to pad: scored node by node.
+        let rows = gaussian_rows(5000, 6);
+        assert_batch_equals_single(&rows, 3, 5000);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn batch_scores_equal_single_scores_for_any_forest(
+            seed in 0u64..1000,
+            n in 1usize..300,
+            sample in 1usize..300,
+            trees in 1usize..12,
+        ) {
+            let rows = gaussian_rows(n, seed);
+            let f = IsolationForest::train(&rows, trees, sample, seed).unwrap();
+            let mut probe = rows.clone();
+            probe.push(vec![f64::NAN, 1e300, -1e300]);
+            probe.push(vec![0.0, -0.0, f64::INFINITY]);
+            let flat: Vec<f64> = probe.iter().flatten().copied().collect();
+            let mut out = vec![0.0; probe.len()];
+            f.score_many(&flat, &mut out);
+            for (r, s) in probe.iter().zip(&out) {
+                proptest::prop_assert_eq!(f.score(r).to_bits(), s.to_bits());
+            }
         }
     }
 

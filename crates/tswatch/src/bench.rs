@@ -27,6 +27,9 @@ pub struct Measure {
     pub end_to_end_s: f64,
     /// Peak resident memory of the process (KiB).
     pub peak_rss_kib: u64,
+    /// CPU seconds of the reading/scoring and the writing thread.
+    #[serde(default)]
+    pub stage_cpu_ms: Option<crate::csvscore::StageCpu>,
 }
 
 /// Writes a seed-scenario file of `rows` rows.
@@ -72,10 +75,13 @@ fn floor(input: &Path, output: &Path) -> anyhow::Result<()> {
     let mut first = true;
     while rdr.read_byte_record(&mut rec)? {
         for f in rec.iter() {
-            // Parse every cell as the scorer does.
-            let _ = std::str::from_utf8(f)
-                .ok()
-                .and_then(|s| s.parse::<f64>().ok());
+            // Parse every cell as the scorer does (and keep the result, so
+            // the parse cannot be optimised away).
+            std::hint::black_box(
+                std::str::from_utf8(f)
+                    .ok()
+                    .and_then(|s| s.parse::<f64>().ok()),
+            );
             out.write_field(f)?;
         }
         if first {
@@ -134,29 +140,37 @@ pub async fn measure_one(rows: usize, dir: &Path, engine: EngineConfig) -> anyho
     let t = Instant::now();
     let outcome = p.process(&key).await?;
     let end_to_end_s = t.elapsed().as_secs_f64();
-    anyhow::ensure!(
-        matches!(outcome, Outcome::Applied(_)),
-        "bench file not applied: {outcome:?}"
-    );
+    let Outcome::Applied(summary) = outcome else {
+        anyhow::bail!("bench file not applied: {outcome:?}");
+    };
     Ok(Measure {
         rows,
         input_bytes,
         floor_s,
         end_to_end_s,
         peak_rss_kib: peak_rss_kib(),
+        stage_cpu_ms: summary.stage_cpu_ms,
     })
 }
 
 /// The table.
 pub fn render(ms: &[Measure]) -> String {
     let mut s = format!(
-        "{:>10} {:>9} {:>9} {:>9} {:>11} {:>8} {:>8} {:>10}\n",
-        "rows", "input MB", "floor s", "e2e s", "rows/s", "MB/s", "x floor", "peak RSS"
+        "{:>10} {:>9} {:>9} {:>9} {:>11} {:>8} {:>8} {:>10} {:>19}\n",
+        "rows",
+        "input MB",
+        "floor s",
+        "e2e s",
+        "rows/s",
+        "MB/s",
+        "x floor",
+        "peak RSS",
+        "CPU s score/write"
     );
     for m in ms {
         let mb = m.input_bytes as f64 / 1e6;
         s.push_str(&format!(
-            "{:>10} {:>9.1} {:>9.3} {:>9.3} {:>11.0} {:>8.1} {:>8.2} {:>7.1} MB\n",
+            "{:>10} {:>9.1} {:>9.3} {:>9.3} {:>11.0} {:>8.1} {:>8.2} {:>7.1} MB {:>19}\n",
             m.rows,
             mb,
             m.floor_s,
@@ -165,6 +179,11 @@ pub fn render(ms: &[Measure]) -> String {
             mb / m.end_to_end_s.max(1e-9),
             m.end_to_end_s / m.floor_s.max(1e-9),
             m.peak_rss_kib as f64 / 1024.0,
+            m.stage_cpu_ms.map_or("-".into(), |c| format!(
+                "{:.3} / {:.3}",
+                c.read_score / 1e3,
+                c.write / 1e3
+            )),
         ));
     }
     s

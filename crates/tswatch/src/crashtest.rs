@@ -364,7 +364,7 @@ async fn outcome(mem: &InMemory) -> (Outcome, Vec<String>) {
             let b = get(k.clone()).await;
             let text = if k.ends_with(".json") {
                 let v: Value = serde_json::from_slice(&b).unwrap();
-                strip(v, &["processed_at", "duration_ms"]).to_string()
+                strip(v, &["processed_at", "duration_ms", "stage_cpu_ms"]).to_string()
             } else {
                 String::from_utf8(b.to_vec()).unwrap()
             };

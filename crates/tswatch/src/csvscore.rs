@@ -14,6 +14,7 @@
 //! lines, counted here (the CSV parser's own count is off after CRLF line
 //! ends and blank lines).
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::{HashSet, VecDeque};
 use std::io::{Read, Write};
@@ -88,6 +89,30 @@ pub struct FileReport {
     pub passthrough: Vec<String>,
     /// Anomalous rows as JSON objects (the first [`MAX_KEPT_ANOMALIES`]).
     pub anomalies: Vec<Map<String, Value>>,
+    /// CPU time of each stage, where the OS reports it per thread.
+    pub stage_cpu_ms: Option<StageCpu>,
+}
+
+/// CPU milliseconds spent by the two threads that score a file: they run
+/// side by side, so the larger one bounds the file's wall time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageCpu {
+    /// Reading, parsing, scoring and updating the baseline.
+    pub read_score: f64,
+    /// Forest verdicts, formatting and writing the scored rows.
+    pub write: f64,
+}
+
+/// CPU time used so far by the calling thread (Linux `schedstat`, in
+/// nanoseconds); `None` where it is not available.
+fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+/// Milliseconds of CPU since `start` (from [`thread_cpu_ns`]).
+fn cpu_ms_since(start: Option<u64>) -> Option<f64> {
+    Some(thread_cpu_ns()?.checked_sub(start?)? as f64 / 1e6)
 }
 
 const TIMESTAMP_NAMES: [&str; 5] = ["timestamp", "time", "date", "datetime", "ts"];
@@ -99,6 +124,7 @@ pub fn score_csv<R: Read, W: Write + Send>(
     output: W,
     engine: &mut Engine,
 ) -> Result<FileReport, InputError> {
+    let cpu_start = thread_cpu_ns();
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -177,11 +203,12 @@ pub fn score_csv<R: Read, W: Write + Send>(
     // of scored rows cross a small bounded channel, each with the forest it
     // was scored under, and emptied batches come back to be reused.
     let inline = engine.forest_inline();
-    let (to_writer, from_scorer) = mpsc::sync_channel::<(Vec<Pending>, Option<ForestView>)>(4);
-    let (to_scorer, recycled) = mpsc::channel::<Vec<Pending>>();
+    let (to_writer, from_scorer) = mpsc::sync_channel::<(Vec<Box<Pending>>, Option<ForestView>)>(4);
+    let (to_scorer, recycled) = mpsc::channel::<Vec<Box<Pending>>>();
     let (columns_ref, channel_of_ref, channels_ref) = (&columns, &channel_of, &channels);
     let written = std::thread::scope(|scope| {
-        let writer = scope.spawn(move || -> Result<FileReport, InputError> {
+        let writer = scope.spawn(move || -> Result<(FileReport, Option<f64>), InputError> {
+            let cpu_start = thread_cpu_ns();
             let mut ctx = Writing {
                 columns: columns_ref,
                 channel_of: channel_of_ref,
@@ -197,11 +224,11 @@ pub fn score_csv<R: Read, W: Write + Send>(
             }
             out.flush()
                 .map_err(|e| InputError::Csv(format!("writing output: {e}")))?;
-            Ok(written)
+            Ok((written, cpu_ms_since(cpu_start)))
         });
 
-        let mut batch: Vec<Pending> = Vec::with_capacity(BATCH_ROWS);
-        let mut spare: Vec<Pending> = Vec::new();
+        let mut batch: Vec<Box<Pending>> = Vec::with_capacity(BATCH_ROWS);
+        let mut spare: Vec<Box<Pending>> = Vec::new();
         let mut view = if inline {
             None
         } else {
@@ -209,20 +236,21 @@ pub fn score_csv<R: Read, W: Write + Send>(
         };
         let mut view_version = engine.forest_version();
         // Hands the batch to the writer; false if the writer has stopped.
-        let ship =
-            |batch: &mut Vec<Pending>, view: &Option<ForestView>, spare: &mut Vec<Pending>| {
-                let full = std::mem::replace(batch, Vec::with_capacity(BATCH_ROWS));
-                if full.is_empty() {
-                    return true;
-                }
-                let sent = to_writer.send((full, view.clone())).is_ok();
-                while let Ok(mut back) = recycled.try_recv() {
-                    spare.append(&mut back);
-                }
-                sent
-            };
+        let ship = |batch: &mut Vec<Box<Pending>>,
+                    view: &Option<ForestView>,
+                    spare: &mut Vec<Box<Pending>>| {
+            let full = std::mem::replace(batch, Vec::with_capacity(BATCH_ROWS));
+            if full.is_empty() {
+                return true;
+            }
+            let sent = to_writer.send((full, view.clone())).is_ok();
+            while let Ok(mut back) = recycled.try_recv() {
+                spare.append(&mut back);
+            }
+            sent
+        };
 
-        let mut process = |rec: &csv::ByteRecord,
+        let mut process = |rec: &mut csv::ByteRecord,
                            line: u64,
                            report: &mut FileReport|
          -> Result<bool, InputError> {
@@ -248,10 +276,6 @@ pub fn score_csv<R: Read, W: Write + Send>(
                 view_version = engine.forest_version();
             }
             let mut slot = spare.pop().unwrap_or_default();
-            slot.rec.clear();
-            for f in rec.iter() {
-                slot.rec.push_field(f);
-            }
             slot.values.clear();
             for &c in &channel_cols {
                 let v = rec.get(c).and_then(parse_cell);
@@ -263,6 +287,8 @@ pub fn score_csv<R: Read, W: Write + Send>(
                 .and_then(crate::timestamp::parse);
             engine.score_into(&binding, ts, &slot.values, &mut slot.score);
             engine.update(&binding, ts, &slot.values, &slot.score);
+            // The row moves to the writer; the reader refills the old one.
+            std::mem::swap(&mut slot.rec, rec);
             report.total_rows += 1;
             batch.push(slot);
             if batch.len() == BATCH_ROWS && !ship(&mut batch, &view, &mut spare) {
@@ -272,14 +298,14 @@ pub fn score_csv<R: Read, W: Write + Send>(
         };
 
         let mut scored = || -> Result<(), InputError> {
-            for (r, line) in &sniffed {
-                if !process(r, *line, &mut report)? {
+            for (mut r, line) in std::mem::take(&mut sniffed) {
+                if !process(&mut r, line, &mut report)? {
                     return Ok(());
                 }
             }
             while next_record(&mut rdr, &mut rec)? {
                 let line = rdr.get_mut().line_of(&rec);
-                if !process(&rec, line, &mut report)? {
+                if !process(&mut rec, line, &mut report)? {
                     return Ok(());
                 }
             }
@@ -295,8 +321,12 @@ pub fn score_csv<R: Read, W: Write + Send>(
             .unwrap_or_else(|_| Err(InputError::Csv("the output writer failed".into())));
         scored.and(written)
     })?;
+    let (written, write_cpu) = written;
     report.anomaly_count = written.anomaly_count;
     report.anomalies = written.anomalies;
+    report.stage_cpu_ms = cpu_ms_since(cpu_start)
+        .zip(write_cpu)
+        .map(|(read_score, write)| StageCpu { read_score, write });
     Ok(report)
 }
 
@@ -324,7 +354,7 @@ impl Writing<'_> {
     /// Adds the forest's verdicts (if it is scored here) and writes the rows.
     fn flush<W: Write>(
         &mut self,
-        rows: &mut [Pending],
+        rows: &mut [Box<Pending>],
         view: Option<&ForestView>,
         out: &mut csv::Writer<W>,
         report: &mut FileReport,

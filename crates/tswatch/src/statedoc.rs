@@ -117,6 +117,10 @@ pub struct Summary {
     /// Wall time spent, in milliseconds.
     #[serde(default)]
     pub duration_ms: f64,
+    /// CPU milliseconds of the scoring and the writing thread, which run
+    /// side by side: the larger bounds the time (where the OS tells).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_cpu_ms: Option<crate::csvscore::StageCpu>,
 }
 
 impl Summary {
@@ -150,6 +154,7 @@ impl Summary {
             missing_cells: report.missing_cells,
             state_seq,
             duration_ms,
+            stage_cpu_ms: report.stage_cpu_ms,
         }
     }
 }
