@@ -47,7 +47,27 @@ struct TrainedForest {
     recipe: ForestRecipe,
     /// Engine channel index of each feature.
     features: Vec<usize>,
-    model: std::sync::Arc<IsolationForest>,
+    model: std::sync::Arc<LazyForest>,
+}
+
+/// A forest trained on first use, by whichever thread needs it first (by
+/// default the one writing verdicts, not the one scoring rows). Training is
+/// a pure function of the rows and seed, so when it happens changes nothing.
+#[derive(Debug)]
+struct LazyForest {
+    rows: Vec<Vec<f64>>,
+    trees: usize,
+    sample: usize,
+    seed: u64,
+    model: std::sync::OnceLock<Option<IsolationForest>>,
+}
+
+impl LazyForest {
+    fn get(&self) -> Option<&IsolationForest> {
+        self.model
+            .get_or_init(|| IsolationForest::train(&self.rows, self.trees, self.sample, self.seed))
+            .as_ref()
+    }
 }
 
 /// Channels of one input, resolved to engine channel indices once, so the
@@ -505,14 +525,15 @@ impl Engine {
         };
     }
 
-    /// Rebuilds a forest from its recipe.
+    /// Rebuilds a forest from its recipe (trained when first used).
     fn build_forest(&mut self, recipe: ForestRecipe) -> Option<TrainedForest> {
-        let model = IsolationForest::train(
-            &recipe.rows,
-            self.config.forest_trees,
-            self.config.forest_sample,
-            recipe.seed,
-        )?;
+        let model = LazyForest {
+            rows: recipe.rows.clone(),
+            trees: self.config.forest_trees,
+            sample: self.config.forest_sample,
+            seed: recipe.seed,
+            model: std::sync::OnceLock::new(),
+        };
         let features = recipe.features.iter().map(|n| self.channel(n)).collect();
         Some(TrainedForest {
             recipe,
@@ -526,7 +547,7 @@ impl Engine {
 /// once: tree by tree, so each tree stays in cache for the whole batch.
 #[derive(Debug, Clone)]
 pub struct ForestView {
-    model: std::sync::Arc<IsolationForest>,
+    model: std::sync::Arc<LazyForest>,
     /// Position in the row (binding order) of each feature, if bound.
     cols: Vec<Option<usize>>,
     impute: Vec<f64>,
@@ -556,8 +577,11 @@ impl ForestView {
             }
             usable.push(present);
         }
+        let Some(model) = self.model.get() else {
+            return vec![None; n];
+        };
         let mut scores = vec![0.0; n];
-        self.model.score_many(&x, &mut scores);
+        model.score_many(&x, &mut scores);
         (0..n)
             .map(|i| {
                 if !usable[i] {
@@ -566,7 +590,7 @@ impl ForestView {
                 let s = scores[i];
                 let flagged = s >= self.threshold;
                 let drivers = if flagged {
-                    let a = self.model.attribution(&x[i * k..(i + 1) * k]);
+                    let a = model.attribution(&x[i * k..(i + 1) * k]);
                     let mut order: Vec<usize> = (0..a.len()).collect();
                     order.sort_by(|&p, &q| a[q].total_cmp(&a[p]));
                     order

@@ -175,16 +175,17 @@ pub fn score_csv<R: Read, W: Write + Send>(
     let binding = engine.bind(&channels);
     let forest_threshold = engine.config().forest_threshold;
 
-    let mut out = csv::WriterBuilder::new()
-        .buffer_capacity(256 * 1024)
-        .from_writer(output);
+    let mut header_out = csv::WriterBuilder::new().from_writer(output);
     let mut out_header: Vec<String> = columns.clone();
     for ch in &channels {
         out_header.push(format!("{ch}_zscore"));
         out_header.push(format!("{ch}_zscore_flag"));
     }
     out_header.extend(SCORE_COLUMNS.map(String::from));
-    out.write_record(&out_header).map_err(csv_err)?;
+    header_out.write_record(&out_header).map_err(csv_err)?;
+    let mut out = header_out
+        .into_inner()
+        .map_err(|e| InputError::Csv(format!("writing output: {}", e.error())))?;
 
     // Channel index of each column, if it is one.
     let mut channel_of = vec![None; columns.len()];
@@ -214,7 +215,7 @@ pub fn score_csv<R: Read, W: Write + Send>(
                 channel_of: channel_of_ref,
                 channels: channels_ref,
                 forest_threshold,
-                num: NumBuf::default(),
+                line: CsvLine::default(),
             };
             let mut written = FileReport::default();
             for (mut batch, view) in from_scorer {
@@ -347,7 +348,7 @@ struct Writing<'a> {
     channel_of: &'a [Option<usize>],
     channels: &'a [String],
     forest_threshold: f64,
-    num: NumBuf,
+    line: CsvLine,
 }
 
 impl Writing<'_> {
@@ -356,7 +357,7 @@ impl Writing<'_> {
         &mut self,
         rows: &mut [Box<Pending>],
         view: Option<&ForestView>,
-        out: &mut csv::Writer<W>,
+        out: &mut W,
         report: &mut FileReport,
     ) -> Result<(), InputError> {
         if let Some(v) = view {
@@ -365,51 +366,43 @@ impl Writing<'_> {
                 p.score.forest = verdict;
             }
         }
+        self.line.buf.clear();
         for p in rows.iter() {
-            self.write_row(p, out, report)?;
+            self.write_row(p, report);
         }
-        Ok(())
+        out.write_all(&self.line.buf)
+            .map_err(|e| InputError::Csv(format!("writing output: {e}")))
     }
 
-    fn write_row<W: Write>(
-        &mut self,
-        p: &Pending,
-        out: &mut csv::Writer<W>,
-        report: &mut FileReport,
-    ) -> Result<(), InputError> {
-        let (rec, score, num) = (&p.rec, &p.score, &mut self.num);
+    fn write_row(&mut self, p: &Pending, report: &mut FileReport) {
+        let (rec, score, line) = (&p.rec, &p.score, &mut self.line);
         for c in 0..self.columns.len() {
-            out.write_field(rec.get(c).unwrap_or(b""))
-                .map_err(csv_err)?;
+            line.text(rec.get(c).unwrap_or(b""));
         }
         for (z, f) in score.z.iter().zip(&score.z_flag) {
             match z {
-                Some(z) => out.write_field(num.fixed4(*z)).map_err(csv_err)?,
-                None => out.write_field(b"").map_err(csv_err)?,
+                Some(z) => line.fixed4(*z),
+                None => line.raw(b""),
             }
-            out.write_field(bool_cell(*f)).map_err(csv_err)?;
+            line.raw(bool_cell(*f));
         }
         match score.if_label() {
             Some(l) => {
-                out.write_field(if l < 0 { "-1" } else { "1" })
-                    .map_err(csv_err)?;
-                let s = score.if_score(self.forest_threshold).unwrap_or_default();
-                out.write_field(num.fixed4(s)).map_err(csv_err)?;
-                out.write_field(bool_cell(Some(l < 0))).map_err(csv_err)?;
+                line.raw(if l < 0 { b"-1" } else { b"1" });
+                line.fixed4(score.if_score(self.forest_threshold).unwrap_or_default());
+                line.raw(bool_cell(Some(l < 0)));
             }
             None => {
                 for _ in 0..3 {
-                    out.write_field(b"").map_err(csv_err)?;
+                    line.raw(b"");
                 }
             }
         }
-        out.write_field(bool_cell(Some(score.anomaly)))
-            .map_err(csv_err)?;
-        out.write_field(num.full(score.anomaly_score))
-            .map_err(csv_err)?;
+        line.raw(bool_cell(Some(score.anomaly)));
+        line.full(score.anomaly_score);
         let reason = score.reason(self.channels);
-        out.write_field(reason.as_bytes()).map_err(csv_err)?;
-        out.write_record(None::<&[u8]>).map_err(csv_err)?;
+        line.text(reason.as_bytes());
+        line.end();
 
         if score.anomaly {
             report.anomaly_count += 1;
@@ -426,7 +419,87 @@ impl Writing<'_> {
                 ));
             }
         }
-        Ok(())
+    }
+}
+
+/// Output rows as CSV bytes, quoted exactly as the csv crate quotes by
+/// default: a field is quoted only if it holds a comma, a quote, CR or LF,
+/// with quotes doubled. Numbers and flags are written without a scan, and
+/// a row costs no per-field call into a CSV writer.
+#[derive(Default)]
+struct CsvLine {
+    buf: Vec<u8>,
+    /// Whether the row so far has a field (so the next needs a comma).
+    open: bool,
+}
+
+impl CsvLine {
+    fn sep(&mut self) {
+        if self.open {
+            self.buf.push(b',');
+        }
+        self.open = true;
+    }
+
+    /// A field known to need no quotes.
+    fn raw(&mut self, field: &[u8]) {
+        self.sep();
+        self.buf.extend_from_slice(field);
+    }
+
+    /// Any field: quoted if it must be.
+    fn text(&mut self, field: &[u8]) {
+        self.sep();
+        if !field
+            .iter()
+            .any(|&b| matches!(b, b',' | b'"' | b'\r' | b'\n'))
+        {
+            self.buf.extend_from_slice(field);
+            return;
+        }
+        self.buf.push(b'"');
+        for &b in field {
+            if b == b'"' {
+                self.buf.push(b'"');
+            }
+            self.buf.push(b);
+        }
+        self.buf.push(b'"');
+    }
+
+    /// Exactly four decimals, e.g. `-1.2346`. Integer arithmetic (10x
+    /// faster than `{:.4}`), falling back to `format!` for huge values.
+    fn fixed4(&mut self, x: f64) {
+        self.sep();
+        let scaled = (x * 1e4).round();
+        if scaled.is_nan() || scaled.abs() >= 9e15 {
+            let _ = write!(self.buf, "{x:.4}");
+            return;
+        }
+        let n = scaled as i64;
+        if n < 0 {
+            self.buf.push(b'-');
+        }
+        let n = n.unsigned_abs();
+        let mut ib = itoa::Buffer::new();
+        self.buf.extend_from_slice(ib.format(n / 10_000).as_bytes());
+        self.buf.push(b'.');
+        let frac = n % 10_000;
+        let fs = ib.format(frac);
+        self.buf.extend(std::iter::repeat_n(b'0', 4 - fs.len()));
+        self.buf.extend_from_slice(fs.as_bytes());
+    }
+
+    /// Shortest representation that round-trips (full precision).
+    fn full(&mut self, x: f64) {
+        self.sep();
+        let _ = write!(self.buf, "{x}");
+    }
+
+    /// Ends the row.
+    fn end(&mut self) {
+        self.buf.push(b'\n');
+        self.open = false;
     }
 }
 
@@ -664,45 +737,6 @@ fn row_json(
     m
 }
 
-/// Reused buffer for number formatting without `format!` on the hot path.
-#[derive(Default)]
-struct NumBuf {
-    buf: Vec<u8>,
-}
-
-impl NumBuf {
-    /// Exactly four decimals, e.g. `-1.2346`. Integer arithmetic (10x
-    /// faster than `{:.4}`), falling back to `format!` for huge values.
-    fn fixed4(&mut self, x: f64) -> &[u8] {
-        self.buf.clear();
-        let scaled = (x * 1e4).round();
-        if scaled.is_nan() || scaled.abs() >= 9e15 {
-            let _ = write!(self.buf, "{x:.4}");
-            return &self.buf;
-        }
-        let n = scaled as i64;
-        if n < 0 {
-            self.buf.push(b'-');
-        }
-        let n = n.unsigned_abs();
-        let mut ib = itoa::Buffer::new();
-        self.buf.extend_from_slice(ib.format(n / 10_000).as_bytes());
-        self.buf.push(b'.');
-        let frac = n % 10_000;
-        let fs = ib.format(frac);
-        self.buf.extend(std::iter::repeat_n(b'0', 4 - fs.len()));
-        self.buf.extend_from_slice(fs.as_bytes());
-        &self.buf
-    }
-
-    /// Shortest representation that round-trips (full precision).
-    fn full(&mut self, x: f64) -> &[u8] {
-        self.buf.clear();
-        let _ = write!(self.buf, "{x}");
-        &self.buf
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -754,16 +788,43 @@ mod tests {
 
     #[test]
     fn fixed4_matches_format() {
-        let mut n = NumBuf::default();
         for x in [
             0.0, -0.00004, 1.23456, -1.23456, 12345.6789, 0.5, 99.99995, -7.0, 1e11,
         ] {
             let want = format!("{x:.4}");
-            let got = String::from_utf8(n.fixed4(x).to_vec()).unwrap();
+            let mut n = CsvLine::default();
+            n.fixed4(x);
+            let got = String::from_utf8(n.buf).unwrap();
             // `{:.4}` rounds half to even on the decimal string; both are within 1e-4.
             let (a, b): (f64, f64) = (want.parse().unwrap(), got.parse().unwrap());
             assert!((a - b).abs() <= 1.0001e-4, "{x}: {want} vs {got}");
             assert_eq!(got.split('.').nth(1).map(str::len), Some(4), "{got}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Rows are written byte for byte as the csv crate writes them.
+        #[test]
+        fn rows_are_quoted_as_the_csv_crate_quotes(
+            fields in proptest::collection::vec(
+                proptest::collection::vec(proptest::sample::select(
+                    b"a1 ,\"\r\n;'\t".to_vec()), 0..6),
+                1..5,
+            ),
+        ) {
+            let mut mine = CsvLine::default();
+            for f in &fields {
+                mine.text(f);
+            }
+            mine.raw(b"1.5");
+            mine.end();
+            let mut theirs = csv::Writer::from_writer(Vec::new());
+            for f in &fields {
+                theirs.write_field(f).unwrap();
+            }
+            theirs.write_field(b"1.5").unwrap();
+            theirs.write_record(None::<&[u8]>).unwrap();
+            proptest::prop_assert_eq!(mine.buf, theirs.into_inner().unwrap());
         }
     }
 
