@@ -1,4 +1,5 @@
-//! Streams one object through [`crate::csvscore::score_csv`]: the storage
+//! Streams one object through [`crate::csvscore::score_csv`] (or, for the
+//! benchmark's floor, any other transform: [`stream_object`]): the storage
 //! byte stream feeds a blocking scoring thread through a small bounded
 //! channel, and the scored bytes flow back out to a multipart upload. At no
 //! point is the file held in memory: a few 256 KiB buffers are in flight.
@@ -37,6 +38,43 @@ pub async fn score_object(
     staged: &Path,
     mut engine: Engine,
 ) -> Result<(Engine, FileReport), PipelineError> {
+    let streamed = stream_object(store, raw, etag, staged, move |input, output| {
+        let r = score_csv(input, output, &mut engine);
+        (engine, r)
+    })
+    .await?;
+    let (engine, result) = streamed.value;
+    // An input error explains a cut-short upload, so it wins.
+    let report = result?;
+    streamed.upload?;
+    Ok((engine, report))
+}
+
+/// What [`stream_object`] gives back.
+#[derive(Debug)]
+pub struct Streamed<T> {
+    /// What the transform returned.
+    pub value: T,
+    /// Whether the upload of its output completed.
+    pub upload: Result<(), StoreError>,
+}
+
+/// Streams `raw` (at exactly version `etag`; any version if empty) through
+/// `transform`, which runs on a blocking thread with a reader of the
+/// object's bytes and a writer whose bytes become a multipart upload of
+/// `output`. A storage failure while reading wins over whatever the
+/// transform made of it. On error the output object may be partial.
+pub async fn stream_object<T, F>(
+    store: Arc<dyn ObjectStore>,
+    raw: &Path,
+    etag: &str,
+    output: &Path,
+    transform: F,
+) -> Result<Streamed<T>, PipelineError>
+where
+    T: Send + 'static,
+    F: FnOnce(ObjectReader, UploadWriter) -> T + Send + 'static,
+{
     let opts = GetOptions {
         if_match: (!etag.is_empty()).then(|| etag.to_string()),
         ..Default::default()
@@ -58,7 +96,7 @@ pub async fn score_object(
     });
     let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(8);
     let out_store = store.clone();
-    let out_path = staged.clone();
+    let out_path = output.clone();
     let writer = tokio::spawn(async move {
         let mut w = BufWriter::with_capacity(out_store, out_path, 8 * 1024 * 1024);
         while let Some(b) = out_rx.recv().await {
@@ -68,56 +106,54 @@ pub async fn score_object(
     });
     let read_error = Arc::new(Mutex::new(None));
     let slot = read_error.clone();
-    let scored = tokio::task::spawn_blocking(move || {
-        let reader = ChannelReader {
+    let done = tokio::task::spawn_blocking(move || {
+        let reader = ObjectReader {
             rx: in_rx,
             current: Bytes::new(),
             error: slot,
         };
-        let writer = ChannelWriter {
+        let writer = UploadWriter {
             tx: out_tx,
             buf: Vec::with_capacity(CHUNK),
         };
-        let r = score_csv(reader, writer, &mut engine);
-        (engine, r)
+        transform(reader, writer)
     })
     .await;
     pump.abort();
-    let (engine, result) = scored.map_err(|e| StoreError::Io {
+    let value = done.map_err(|e| StoreError::Io {
         path: raw.to_string(),
         source: std::io::Error::other(e.to_string()),
     })?;
     let written = writer.await;
-    // A storage failure explains any input error it caused, so it wins.
     if let Some(e) = read_error.lock().ok().and_then(|mut g| g.take()) {
         return Err(StoreError::from(e).into());
     }
-    let report = result?;
-    match written {
-        Ok(Ok(())) => Ok((engine, report)),
+    let upload = match written {
+        Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(StoreError::Io {
-            path: staged.to_string(),
+            path: output.to_string(),
             source: e,
-        }
-        .into()),
+        }),
         Err(e) => Err(StoreError::Io {
-            path: staged.to_string(),
+            path: output.to_string(),
             source: std::io::Error::other(e.to_string()),
-        }
-        .into()),
-    }
+        }),
+    };
+    Ok(Streamed { value, upload })
 }
 
 const CHUNK: usize = 256 * 1024;
 
-/// `Read` over chunks arriving on a channel (used from a blocking thread).
-struct ChannelReader {
+/// `Read` over an object's bytes, arriving in chunks on a channel (for a
+/// blocking thread; see [`stream_object`]).
+#[derive(Debug)]
+pub struct ObjectReader {
     rx: mpsc::Receiver<Result<Bytes, object_store::Error>>,
     current: Bytes,
     error: Arc<Mutex<Option<object_store::Error>>>,
 }
 
-impl Read for ChannelReader {
+impl Read for ObjectReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.current.is_empty() {
             match self.rx.blocking_recv() {
@@ -139,13 +175,15 @@ impl Read for ChannelReader {
     }
 }
 
-/// `Write` that ships 256 KiB chunks to the upload task.
-struct ChannelWriter {
+/// `Write` that ships 256 KiB chunks to a multipart upload (for a blocking
+/// thread; see [`stream_object`]). Dropping it ships what is left.
+#[derive(Debug)]
+pub struct UploadWriter {
     tx: mpsc::Sender<Bytes>,
     buf: Vec<u8>,
 }
 
-impl ChannelWriter {
+impl UploadWriter {
     fn ship(&mut self) -> std::io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
@@ -157,7 +195,7 @@ impl ChannelWriter {
     }
 }
 
-impl Write for ChannelWriter {
+impl Write for UploadWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         self.buf.extend_from_slice(data);
         if self.buf.len() >= CHUNK {
@@ -171,7 +209,7 @@ impl Write for ChannelWriter {
     }
 }
 
-impl Drop for ChannelWriter {
+impl Drop for UploadWriter {
     fn drop(&mut self) {
         let _ = self.ship();
     }
