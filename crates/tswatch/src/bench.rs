@@ -1,16 +1,21 @@
-//! `tswatch bench`: end-to-end throughput on the local backend against the
-//! floor (the same input parsed and an output of the same shape written,
-//! without scoring), with each size measured in a fresh child process so
-//! its peak memory is its own.
+//! `tswatch bench`: end-to-end throughput on the local backend and on S3
+//! (a moto server) against the floor (the same input parsed and an output
+//! of the same shape written, without scoring), with each size measured in
+//! a fresh child process so its peak memory is its own; and read-endpoint
+//! latency over many processed files.
 
+use crate::pipeline::stream_object;
 use crate::processor::{Outcome, Processor};
 use crate::scenario::Scenario;
-use crate::storage::Storage;
+use crate::statedoc::Summary;
+use crate::storage::{Location, Storage};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::Path;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 use tswatch_core::EngineConfig;
 
 /// Figures for one file size.
@@ -25,11 +30,35 @@ pub struct Measure {
     /// Seconds from the start of processing to the committed summary (the
     /// state already exists: a warm-up file is processed first).
     pub end_to_end_s: f64,
-    /// Peak resident memory of the process (KiB).
+    /// Peak resident memory of the process (KiB) from the moment the input
+    /// was in place (generating and uploading it are not counted).
     pub peak_rss_kib: u64,
     /// CPU seconds of the reading/scoring and the writing thread.
     #[serde(default)]
     pub stage_cpu_ms: Option<crate::csvscore::StageCpu>,
+}
+
+/// Where the measured files live.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// A local data directory (the scratch directory itself).
+    Local,
+    /// An S3 bucket, reached through the `AWS_*` environment (endpoint,
+    /// region, credentials), as `tswatch serve --bucket` does.
+    S3 {
+        /// The bucket; it must exist and may be empty.
+        bucket: String,
+    },
+}
+
+impl Backend {
+    /// The storage this backend names; `dir` is the local data directory.
+    fn open(&self, dir: &Path) -> anyhow::Result<Storage> {
+        Ok(match self {
+            Backend::Local => Storage::local(dir)?,
+            Backend::S3 { bucket } => Storage::s3(bucket)?,
+        })
+    }
 }
 
 /// Writes a seed-scenario file of `rows` rows.
@@ -54,22 +83,47 @@ fn generate(path: &Path, rows: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Generates a `rows`-row input as `key` of `storage` (for S3: written to
+/// `dir` first, uploaded, then removed locally). Returns its size in bytes.
+async fn place_input(storage: &Storage, dir: &Path, key: &str, rows: usize) -> anyhow::Result<u64> {
+    let path = dir.join(key);
+    std::fs::create_dir_all(path.parent().context("an input has a folder")?)?;
+    generate(&path, rows)?;
+    let bytes = std::fs::metadata(&path)?.len();
+    if let Location::S3 { .. } = storage.location() {
+        upload_file(storage, &path, key).await?;
+        std::fs::remove_file(&path)?;
+    }
+    Ok(bytes)
+}
+
+/// Streams a local file to `key` through a multipart upload.
+async fn upload_file(storage: &Storage, path: &Path, key: &str) -> anyhow::Result<()> {
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut w = object_store::buffered::BufWriter::with_capacity(
+        storage.store(),
+        crate::keys::validate(key)?,
+        8 * 1024 * 1024,
+    )
+    .with_max_concurrency(2);
+    tokio::io::copy(&mut file, &mut w)
+        .await
+        .with_context(|| format!("uploading {key}"))?;
+    w.shutdown()
+        .await
+        .with_context(|| format!("uploading {key}"))?;
+    Ok(())
+}
+
 /// Parses `input` and writes rows of the scored shape with constant score
 /// cells: the cost of I/O and CSV alone.
-fn floor(input: &Path, output: &Path) -> anyhow::Result<()> {
-    let mut rdr =
-        csv::ReaderBuilder::new()
-            .has_headers(false)
-            .from_reader(BufReader::with_capacity(
-                1 << 20,
-                std::fs::File::open(input)?,
-            ));
+fn floor_csv(input: impl Read, output: impl Write) -> anyhow::Result<()> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(input);
     let mut out = csv::WriterBuilder::new()
         .buffer_capacity(256 * 1024)
-        .from_writer(BufWriter::with_capacity(
-            1 << 20,
-            std::fs::File::create(output)?,
-        ));
+        .from_writer(output);
     let mut rec = csv::ByteRecord::new();
     let mut channels = 0;
     let mut first = true;
@@ -108,6 +162,28 @@ fn floor(input: &Path, output: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The floor for `key`: the object read and an output of the scored shape
+/// written through the pipeline's own I/O ([`stream_object`]: plain files
+/// locally; the GET stream and the multipart upload on S3), then deleted.
+/// Returns the seconds it took, deletion aside.
+async fn floor(storage: &Storage, key: &str) -> anyhow::Result<f64> {
+    let out = "bench/floor.csv";
+    let t = Instant::now();
+    let streamed = stream_object(
+        storage,
+        &crate::keys::validate(key)?,
+        "",
+        &crate::keys::validate(out)?,
+        |input, output| floor_csv(input, output),
+    )
+    .await?;
+    streamed.value?;
+    streamed.upload?;
+    let seconds = t.elapsed().as_secs_f64();
+    storage.delete(out).await?;
+    Ok(seconds)
+}
+
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -120,29 +196,40 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// One size, in this process: generate, floor, then the real pipeline.
-pub async fn measure_one(rows: usize, dir: &Path, engine: EngineConfig) -> anyhow::Result<Measure> {
-    std::fs::create_dir_all(dir.join("raw"))?;
-    let input = dir.join("raw/bench.csv");
-    generate(&input, rows)?;
-    let input_bytes = std::fs::metadata(&input)?.len();
-    let t = Instant::now();
-    floor(&input, &dir.join("floor.csv"))?;
-    let floor_s = t.elapsed().as_secs_f64();
-    std::fs::remove_file(dir.join("floor.csv")).ok();
-    let storage = Storage::local(dir)?;
+/// Resets the peak resident memory to the current one (Linux 4.0+; a no-op
+/// where that is not possible, and the peak then includes the set-up).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Processes `key` and checks it was applied now.
+async fn process_applied(p: &Processor, key: &str) -> anyhow::Result<Summary> {
+    match p.process(&crate::keys::RawKey::parse(key)?).await? {
+        Outcome::Applied(summary) => Ok(summary),
+        other => anyhow::bail!("{key} not applied: {other:?}"),
+    }
+}
+
+/// One size, in this process: generate (and upload), floor, then the real
+/// pipeline, on `backend` with `dir` as the local data or scratch directory.
+pub async fn measure_one(
+    rows: usize,
+    dir: &Path,
+    backend: &Backend,
+    engine: EngineConfig,
+) -> anyhow::Result<Measure> {
+    std::fs::create_dir_all(dir)?;
+    let storage = backend.open(dir)?;
+    let input_bytes = place_input(&storage, dir, "raw/bench.csv", rows).await?;
+    place_input(&storage, dir, "raw/warmup.csv", 10).await?;
+    reset_peak_rss();
+    let floor_s = floor(&storage, "raw/bench.csv").await?;
     let p = Processor::new(storage, engine);
-    // Warm up: the first file of a fresh directory also creates the state.
-    generate(&dir.join("raw/warmup.csv"), 10)?;
-    p.process(&crate::keys::RawKey::parse("raw/warmup.csv")?)
-        .await?;
-    let key = crate::keys::RawKey::parse("raw/bench.csv")?;
+    // Warm up: the first file of a fresh state also creates the state.
+    process_applied(&p, "raw/warmup.csv").await?;
     let t = Instant::now();
-    let outcome = p.process(&key).await?;
+    let summary = process_applied(&p, "raw/bench.csv").await?;
     let end_to_end_s = t.elapsed().as_secs_f64();
-    let Outcome::Applied(summary) = outcome else {
-        anyhow::bail!("bench file not applied: {outcome:?}");
-    };
     Ok(Measure {
         rows,
         input_bytes,
@@ -153,10 +240,10 @@ pub async fn measure_one(rows: usize, dir: &Path, engine: EngineConfig) -> anyho
     })
 }
 
-/// The table.
-pub fn render(ms: &[Measure]) -> String {
+/// The table, under a `backend` heading line.
+pub fn render(backend: &str, ms: &[Measure]) -> String {
     let mut s = format!(
-        "{:>10} {:>9} {:>9} {:>9} {:>11} {:>8} {:>8} {:>10} {:>19}\n",
+        "{backend}\n{:>10} {:>9} {:>9} {:>9} {:>11} {:>8} {:>8} {:>10} {:>19}\n",
         "rows",
         "input MB",
         "floor s",
@@ -194,65 +281,119 @@ pub fn render(ms: &[Measure]) -> String {
 pub struct ReadMeasure {
     /// Processed files behind the endpoints.
     pub files: usize,
+    /// Streams they were spread over (`raw/s<k>/…`).
+    pub streams: usize,
+    /// Seconds to write and process them before the service started.
+    pub prepare_s: f64,
     /// `/anomalies/summary` latency, median and 99th percentile (ms).
     pub summary_ms: (f64, f64),
     /// `/anomalies/recent?limit=50` latency, median and 99th percentile (ms).
     pub recent_ms: (f64, f64),
 }
 
-/// Processes `files` small files through the real service (local backend,
-/// found by the start-up reconciliation), then times the read endpoints
-/// over loopback HTTP, one request at a time.
+/// Writes `files` 20-row files round-robin over `streams` streams
+/// (`raw/s<k>/f<i>.csv`) and has the real processor apply every one of
+/// them, the streams concurrently (they commit independently) and each
+/// stream's files in order. Returns the wall time.
+pub async fn prepare_processed(
+    files: usize,
+    streams: usize,
+    dir: &Path,
+    engine: EngineConfig,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let streams = streams.max(1);
+    let mut sc = Scenario::new("seed", 5, 1_769_904_000.0).context("seed scenario")?;
+    let mut keys: Vec<Vec<String>> = vec![Vec::new(); streams];
+    for i in 0..files {
+        let key = format!("raw/s{}/f{i:06}.csv", i % streams);
+        let path = dir.join(&key);
+        std::fs::create_dir_all(path.parent().context("a file has a folder")?)?;
+        std::fs::write(&path, sc.batch(20).0)?;
+        keys[i % streams].push(key);
+    }
+    let p = Arc::new(Processor::new(Storage::local(dir)?, engine));
+    let mut tasks = tokio::task::JoinSet::new();
+    for stream in keys {
+        let p = p.clone();
+        tasks.spawn(async move {
+            for key in stream {
+                process_applied(&p, &key).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Processes `files` small files with [`prepare_processed`], then starts
+/// the real service (local backend) on them and times the read endpoints
+/// over loopback HTTP, one request at a time, after a warm-up long enough
+/// for the service's start-up reconciliation to have listed everything.
 pub async fn measure_reads(
     files: usize,
+    streams: usize,
     dir: &Path,
     engine: EngineConfig,
 ) -> anyhow::Result<ReadMeasure> {
-    std::fs::create_dir_all(dir.join("raw"))?;
-    let mut sc = Scenario::new("seed", 5, 1_769_904_000.0).context("seed scenario")?;
-    for i in 0..files {
-        let (csv, _, _) = sc.batch(20);
-        std::fs::write(dir.join(format!("raw/f{i:06}.csv")), csv)?;
-    }
+    let prepare_s = prepare_processed(files, streams, dir, engine).await?;
+    let listing = time_listing(dir).await?;
     let svc = BenchService::start(dir, engine, files).await?;
-    svc.wait_processed(files, std::time::Duration::from_secs(600))
-        .await?;
-    let (base, http) = (&svc.base, &svc.http);
-    let time = |path: String| {
-        let http = http.clone();
-        async move {
-            let mut ms = Vec::with_capacity(1000);
-            for _ in 0..1000 {
-                let t = Instant::now();
-                let r = http.get(&path).send().await?;
-                anyhow::ensure!(r.status().is_success(), "{path}: {}", r.status());
-                r.bytes().await?;
-                ms.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-            ms.sort_by(f64::total_cmp);
-            Ok::<_, anyhow::Error>((ms[499], ms[989]))
-        }
-    };
-    let summary_ms = time(format!("{base}/anomalies/summary")).await?;
-    let recent_ms = time(format!("{base}/anomalies/recent?limit=50")).await?;
+    svc.wait_processed(files, Duration::from_secs(600)).await?;
+    let warm_up = (listing * 2).max(Duration::from_secs(1));
+    svc.warm_up("/anomalies/summary", warm_up).await?;
+    let summary_ms = percentiles(svc.time_get("/anomalies/summary", 1000).await?);
+    let recent_ms = percentiles(svc.time_get("/anomalies/recent?limit=50", 1000).await?);
     svc.stop().await?;
     Ok(ReadMeasure {
         files,
+        streams: streams.max(1),
+        prepare_s,
         summary_ms,
         recent_ms,
     })
 }
 
+/// How long listing `raw/` and `processed/` takes: the bulk of the
+/// service's start-up reconciliation.
+async fn time_listing(dir: &Path) -> anyhow::Result<Duration> {
+    let storage = Storage::local(dir)?;
+    let t = Instant::now();
+    storage.list_modified("processed/").await?;
+    storage.list_modified("raw/").await?;
+    Ok(t.elapsed())
+}
+
+/// Median and 99th percentile of latencies in milliseconds.
+fn percentiles(mut ms: Vec<f64>) -> (f64, f64) {
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        ms.get(((ms.len() as f64 * q).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    (at(0.50), at(0.99))
+}
+
 /// The read-latency table.
 pub fn render_reads(ms: &[ReadMeasure]) -> String {
     let mut s = format!(
-        "{:>10} {:>22} {:>22}\n",
-        "files", "summary p50/p99 ms", "recent p50/p99 ms"
+        "{:>10} {:>8} {:>10} {:>22} {:>22}\n",
+        "files", "streams", "prepare s", "summary p50/p99 ms", "recent p50/p99 ms"
     );
     for m in ms {
         s.push_str(&format!(
-            "{:>10} {:>13.2} / {:>6.2} {:>13.2} / {:>6.2}\n",
-            m.files, m.summary_ms.0, m.summary_ms.1, m.recent_ms.0, m.recent_ms.1
+            "{:>10} {:>8} {:>10.1} {:>13.2} / {:>6.2} {:>13.2} / {:>6.2}\n",
+            m.files,
+            m.streams,
+            m.prepare_s,
+            m.summary_ms.0,
+            m.summary_ms.1,
+            m.recent_ms.0,
+            m.recent_ms.1
         ));
     }
     s
@@ -295,8 +436,7 @@ pub async fn measure_streams(
     }
     let started = Instant::now();
     let svc = BenchService::start(dir, engine, files).await?;
-    svc.wait_processed(files, std::time::Duration::from_secs(1800))
-        .await?;
+    svc.wait_processed(files, Duration::from_secs(1800)).await?;
     let seconds = started.elapsed().as_secs_f64();
     svc.stop().await?;
     Ok(StreamMeasure {
@@ -334,7 +474,7 @@ impl BenchService {
     }
 
     /// Waits until `/anomalies/summary` counts `files` processed files.
-    async fn wait_processed(&self, files: usize, limit: std::time::Duration) -> anyhow::Result<()> {
+    async fn wait_processed(&self, files: usize, limit: Duration) -> anyhow::Result<()> {
         let started = Instant::now();
         loop {
             let v: serde_json::Value = match self
@@ -353,8 +493,35 @@ impl BenchService {
                 started.elapsed() < limit,
                 "files were not processed in {limit:?}"
             );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// One GET of `path`, checked and read whole; its latency in ms.
+    async fn get_ms(&self, path: &str) -> anyhow::Result<f64> {
+        let t = Instant::now();
+        let r = self.http.get(format!("{}{path}", self.base)).send().await?;
+        anyhow::ensure!(r.status().is_success(), "{path}: {}", r.status());
+        r.bytes().await?;
+        Ok(t.elapsed().as_secs_f64() * 1e3)
+    }
+
+    /// GETs `path` over and over for `how_long`.
+    async fn warm_up(&self, path: &str, how_long: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        while started.elapsed() < how_long {
+            self.get_ms(path).await?;
+        }
+        Ok(())
+    }
+
+    /// The latencies (ms) of `n` GETs of `path`, one at a time.
+    async fn time_get(&self, path: &str, n: usize) -> anyhow::Result<Vec<f64>> {
+        let mut ms = Vec::with_capacity(n);
+        for _ in 0..n {
+            ms.push(self.get_ms(path).await?);
+        }
+        Ok(ms)
     }
 
     async fn stop(self) -> anyhow::Result<()> {
@@ -368,13 +535,207 @@ impl BenchService {
 fn bench_settings(engine: EngineConfig, queue_capacity: usize) -> crate::server::Settings {
     crate::server::Settings {
         engine,
-        reconcile_every: std::time::Duration::from_secs(3600),
-        shutdown_grace: std::time::Duration::from_secs(5),
+        reconcile_every: Duration::from_secs(3600),
+        shutdown_grace: Duration::from_secs(5),
         insecure_skip_sns_verify: false,
         sns_topics: Vec::new(),
         sns_cert_endpoint: None,
-        request_timeout: std::time::Duration::from_secs(15),
+        request_timeout: Duration::from_secs(15),
         queue_capacity,
         sqs: None,
+    }
+}
+
+/// Measures each size in a child process of `exe` (`tswatch bench --child
+/// ROWS --dir DIR`), so that its peak memory is its own: on the local
+/// backend, or with `moto` in a fresh bucket of that server, which is
+/// reset after each size (moto keeps objects in its own memory).
+pub async fn measure_in_children(
+    exe: &Path,
+    sizes: &[usize],
+    scratch: &Path,
+    moto: Option<&MotoServer>,
+    progress: bool,
+) -> anyhow::Result<Vec<Measure>> {
+    let label = if moto.is_some() { "moto" } else { "local" };
+    let mut results = Vec::new();
+    for &rows in sizes {
+        let dir = scratch.join(format!("{label}-rows-{rows}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args(["bench", "--child", &rows.to_string(), "--dir"])
+            .arg(&dir);
+        if let Some(moto) = moto {
+            let bucket = format!("bench-{rows}");
+            moto.create_bucket(&bucket).await?;
+            moto.configure(&mut cmd);
+            cmd.args(["--child-bucket", &bucket]);
+        }
+        let out = cmd
+            .output()
+            .with_context(|| format!("running the {rows}-row measurement ({label})"))?;
+        let _ = std::fs::remove_dir_all(&dir);
+        if let Some(moto) = moto {
+            moto.reset().await?;
+        }
+        anyhow::ensure!(
+            out.status.success(),
+            "the {rows}-row measurement ({label}) failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        results.push(serde_json::from_slice(&out.stdout)?);
+        if progress {
+            eprintln!("measured {rows} rows ({label})");
+        }
+    }
+    Ok(results)
+}
+
+/// A `moto_server` (the S3 emulator, from PyPI `moto[server]`) on a free
+/// loopback port, started by `tswatch bench --moto` and stopped (killed)
+/// when dropped.
+#[derive(Debug)]
+pub struct MotoServer {
+    child: std::process::Child,
+    endpoint: String,
+    http: reqwest::Client,
+}
+
+impl MotoServer {
+    /// Starts `moto_server -H 127.0.0.1 -p PORT` with its output in `log`,
+    /// and waits (up to 30 s) until it answers.
+    pub async fn start(log: &Path) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let out =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = std::process::Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context(
+                "cannot start moto_server: install it with `pip install \"moto[server]\"` \
+                 (./scripts/test does)",
+            )?;
+        let mut moto = Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+        };
+        let started = Instant::now();
+        loop {
+            let ping = moto.http.get(format!("{}/moto-api/", moto.endpoint));
+            if ping.send().await.is_ok() {
+                return Ok(moto);
+            }
+            if let Some(status) = moto.child.try_wait()? {
+                anyhow::bail!("moto_server exited ({status}); see {}", log.display());
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(30),
+                "moto_server did not answer on {} within 30 s; see {}",
+                moto.endpoint,
+                log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Where it listens (`http://127.0.0.1:PORT`).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// A request to moto's S3 (moto routes by the credential scope of the
+    /// `Authorization` header and does not check signatures).
+    fn s3_request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.endpoint))
+            .header(
+                "Authorization",
+                "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, \
+                 SignedHeaders=host, Signature=0",
+            )
+    }
+
+    /// Creates an empty bucket.
+    pub async fn create_bucket(&self, bucket: &str) -> anyhow::Result<()> {
+        let r = self
+            .s3_request(reqwest::Method::PUT, &format!("/{bucket}"))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            r.status().is_success(),
+            "creating bucket {bucket} on moto: {} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
+        Ok(())
+    }
+
+    /// Forgets every bucket and object, freeing moto's memory.
+    pub async fn reset(&self) -> anyhow::Result<()> {
+        let r = self
+            .http
+            .post(format!("{}/moto-api/reset", self.endpoint))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "resetting moto: {}", r.status());
+        Ok(())
+    }
+
+    /// Points a `tswatch` command at this server (the `AWS_*` environment
+    /// that `Storage::s3` honours, with moto's dummy credentials).
+    pub fn configure(&self, cmd: &mut std::process::Command) {
+        cmd.env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE");
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_floor_writes_the_scored_shape() {
+        let mut sc = Scenario::new("seed", 3, 1_769_904_000.0).expect("seed scenario");
+        let input = sc.batch(300).0;
+        let mut scored = Vec::new();
+        let mut engine = tswatch_core::Engine::new(EngineConfig::default()).expect("engine");
+        crate::csvscore::score_csv(input.as_bytes(), &mut scored, &mut engine).expect("scores");
+        let mut floor = Vec::new();
+        floor_csv(input.as_bytes(), &mut floor).expect("floor");
+        let fields = |b: &[u8]| -> Vec<usize> {
+            csv::ReaderBuilder::new()
+                .has_headers(false)
+                .from_reader(b)
+                .byte_records()
+                .map(|r| r.expect("a record").len())
+                .collect()
+        };
+        assert_eq!(fields(&floor), fields(&scored));
+        let ratio = floor.len() as f64 / scored.len() as f64;
+        assert!((0.75..1.25).contains(&ratio), "size ratio {ratio}");
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let ms: Vec<f64> = (1..=1000).rev().map(f64::from).collect();
+        assert_eq!(percentiles(ms), (500.0, 990.0));
+        assert!(percentiles(Vec::new()).0.is_nan());
     }
 }

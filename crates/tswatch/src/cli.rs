@@ -210,10 +210,20 @@ pub struct BenchArgs {
     /// File sizes in rows (comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = [100usize, 10_000, 100_000, 1_000_000])]
     pub rows: Vec<usize>,
+    /// Also measure every size on S3: start `moto_server` (pip install
+    /// "moto[server]") on a free loopback port, use a fresh bucket per
+    /// size, and stop it at the end. Moto keeps objects in its own memory
+    /// (about twice the input per size, freed after each).
+    #[arg(long)]
+    pub moto: bool,
     /// Also time the read endpoints with this many processed files
-    /// (comma-separated, e.g. 10,1000); each is processed first.
+    /// (comma-separated, e.g. 10,1000,100000); each set is first processed
+    /// by the real processor, its streams concurrently.
     #[arg(long, value_delimiter = ',', value_name = "FILES")]
     pub reads: Vec<usize>,
+    /// Streams (`raw/s<k>/`) the files of --reads are spread over.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub read_streams: usize,
     /// Also compare one stream with two: eight 100,000-row files through
     /// the real service, all in `raw/` and then split over `raw/s0/`, `raw/s1/`.
     #[arg(long)]
@@ -227,6 +237,9 @@ pub struct BenchArgs {
     /// Internal: measure one size in this process and print it as JSON.
     #[arg(long, hide = true)]
     pub child: Option<usize>,
+    /// Internal: the child measures in this S3 bucket (`AWS_*` environment).
+    #[arg(long, hide = true, value_name = "BUCKET")]
+    pub child_bucket: Option<String>,
 }
 
 /// `eval` options.

@@ -168,55 +168,60 @@ fn sqs_settings(
     Ok(Some(s))
 }
 
-/// `tswatch bench`: each size in a child process (its own peak memory).
+/// `tswatch bench`: each size in a child process (its own peak memory),
+/// locally and, with `--moto`, on a moto server it starts and stops.
 async fn bench(
     a: &tswatch::cli::BenchArgs,
     engine: tswatch_core::EngineConfig,
 ) -> anyhow::Result<()> {
+    use tswatch::bench::{self, Backend};
     let scratch = match &a.dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("tswatch-bench-{}", std::process::id())),
     };
     if let Some(rows) = a.child {
-        let m = tswatch::bench::measure_one(rows, &scratch, engine).await?;
+        let backend = match &a.child_bucket {
+            Some(bucket) => Backend::S3 {
+                bucket: bucket.clone(),
+            },
+            None => Backend::Local,
+        };
+        let m = bench::measure_one(rows, &scratch, &backend, engine).await?;
         println!("{}", serde_json::to_string(&m)?);
         return Ok(());
     }
+    std::fs::create_dir_all(&scratch)?;
     let exe = std::env::current_exe()?;
-    let mut results = Vec::new();
-    for &rows in &a.rows {
-        let dir = scratch.join(format!("rows-{rows}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        let out = std::process::Command::new(&exe)
-            .args(["bench", "--child", &rows.to_string(), "--dir"])
-            .arg(&dir)
-            .output()
-            .with_context(|| format!("running the {rows}-row measurement"))?;
-        anyhow::ensure!(
-            out.status.success(),
-            "the {rows}-row measurement failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let m: tswatch::bench::Measure = serde_json::from_slice(&out.stdout)?;
-        let _ = std::fs::remove_dir_all(&dir);
+    let results = bench::measure_in_children(&exe, &a.rows, &scratch, None, !a.json).await?;
+    let mut moto_results = Vec::new();
+    if a.moto {
+        let moto = bench::MotoServer::start(&scratch.join("moto.log")).await?;
         if !a.json {
-            eprintln!("measured {rows} rows");
+            eprintln!("moto_server at {}", moto.endpoint());
         }
-        results.push(m);
+        moto_results =
+            bench::measure_in_children(&exe, &a.rows, &scratch, Some(&moto), !a.json).await?;
     }
     let mut reads = Vec::new();
     for &files in &a.reads {
         let dir = scratch.join(format!("reads-{files}"));
         let _ = std::fs::remove_dir_all(&dir);
-        reads.push(tswatch::bench::measure_reads(files, &dir, engine).await?);
+        let m = bench::measure_reads(files, a.read_streams, &dir, engine).await?;
+        if !a.json {
+            eprintln!(
+                "measured reads over {files} files (prepared in {:.1} s); removing them",
+                m.prepare_s
+            );
+        }
         let _ = std::fs::remove_dir_all(&dir);
+        reads.push(m);
     }
     let mut streams = Vec::new();
     if a.streams {
         for n in [1, 2] {
             let dir = scratch.join(format!("streams-{n}"));
             let _ = std::fs::remove_dir_all(&dir);
-            streams.push(tswatch::bench::measure_streams(n, 8, 100_000, &dir, engine).await?);
+            streams.push(bench::measure_streams(n, 8, 100_000, &dir, engine).await?);
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
@@ -226,14 +231,22 @@ async fn bench(
     if a.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({ "files": results, "reads": reads, "streams": streams })
-            )?
+            serde_json::to_string_pretty(&serde_json::json!({
+                "files": results,
+                "moto": moto_results,
+                "reads": reads,
+                "streams": streams,
+            }))?
         );
     } else {
-        print!("{}", tswatch::bench::render(&results));
+        if !results.is_empty() {
+            print!("{}", bench::render("local", &results));
+        }
+        if !moto_results.is_empty() {
+            print!("\n{}", bench::render("S3 on moto", &moto_results));
+        }
         if !reads.is_empty() {
-            print!("\n{}", tswatch::bench::render_reads(&reads));
+            print!("\n{}", bench::render_reads(&reads));
         }
         for m in &streams {
             println!(

@@ -1,4 +1,5 @@
-//! Streams one object through [`crate::csvscore::score_csv`]. On S3 the
+//! Streams one object through [`crate::csvscore::score_csv`] (or, for the
+//! benchmark's floor, any other transform: [`stream_object`]). On S3 the
 //! object's byte stream feeds a blocking scoring thread through a small
 //! bounded channel, and the scored bytes flow back out to a multipart
 //! upload; on the local backend the scoring thread reads the opened file and
@@ -39,22 +40,62 @@ pub async fn score_object(
     staged: &Path,
     mut engine: Engine,
 ) -> Result<(Engine, FileReport), PipelineError> {
+    let streamed = stream_object(storage, raw, etag, staged, move |input, output| {
+        let r = score_csv(input, output, &mut engine);
+        (engine, r)
+    })
+    .await?;
+    let (engine, result) = streamed.value;
+    // An input error explains a cut-short upload, so it wins.
+    let report = result?;
+    streamed.upload?;
+    Ok((engine, report))
+}
+
+/// What [`stream_object`] gives back.
+#[derive(Debug)]
+pub struct Streamed<T> {
+    /// What the transform returned.
+    pub value: T,
+    /// Whether the output was written in full.
+    pub upload: Result<(), StoreError>,
+}
+
+/// Streams `raw` (at exactly version `etag`; any version if empty) through
+/// `transform`, which runs on a blocking thread with a reader of the
+/// object's bytes and a writer of `output`'s. On S3 both are channels to
+/// the GET stream and a multipart upload; on the local backend they are
+/// the files themselves (the object store would hand a file over in 8 KiB
+/// chunks, each a blocking task of its own; the open handle pins the
+/// version the ETag matched). A storage failure while reading wins over
+/// whatever the transform made of it. On error the output may be partial.
+pub async fn stream_object<T, F>(
+    storage: &Storage,
+    raw: &Path,
+    etag: &str,
+    output: &Path,
+    transform: F,
+) -> Result<Streamed<T>, PipelineError>
+where
+    T: Send + 'static,
+    F: FnOnce(Box<dyn Read + Send>, &mut (dyn Write + Send)) -> T + Send + 'static,
+{
     let store = storage.store();
     let opts = GetOptions {
         if_match: (!etag.is_empty()).then(|| etag.to_string()),
         ..Default::default()
     };
-    let read_error = Arc::new(Mutex::new(None));
     let got = match store.get_opts(raw, opts).await {
         Ok(g) => g,
         Err(object_store::Error::Precondition { .. }) => return Err(PipelineError::Changed),
         Err(e) => return Err(StoreError::from(e).into()),
     };
-    // A local file is read directly on the scoring thread: the object
-    // store's stream would hand it over in 8 KiB chunks, each a blocking
-    // task of its own. The open handle pins the version the ETag matched.
+    let read_error = Arc::new(Mutex::new(None));
     let (input, pump): (Box<dyn Read + Send>, _) = match got.payload {
-        GetResultPayload::File(file, _) => (Box::new(file), None),
+        GetResultPayload::File(file, _) => (
+            Box::new(std::io::BufReader::with_capacity(CHUNK, file)),
+            None,
+        ),
         GetResultPayload::Stream(mut stream) => {
             let (in_tx, in_rx) = mpsc::channel::<Result<Bytes, object_store::Error>>(8);
             let pump = tokio::spawn(async move {
@@ -65,7 +106,7 @@ pub async fn score_object(
                     }
                 }
             });
-            let reader = ChannelReader {
+            let reader = ObjectReader {
                 rx: in_rx,
                 current: Bytes::new(),
                 error: read_error.clone(),
@@ -73,67 +114,58 @@ pub async fn score_object(
             (Box::new(reader), Some(pump))
         }
     };
-    // Local output is written straight to its file by the scoring thread;
-    // S3 output flows to a multipart upload.
-    let (sink, upload): (Box<dyn Write + Send>, _) = match storage.local_path(staged.as_ref())? {
+    let (sink, upload): (Box<dyn Write + Send>, _) = match storage.local_path(output.as_ref())? {
         Some(file) => (Box::new(local_sink(file)?), None),
         None => {
             let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(8);
-            let out_path = staged.clone();
+            let out_path = output.clone();
             let upload = tokio::spawn(async move {
-                let mut w = BufWriter::with_capacity(store, out_path, 8 * 1024 * 1024);
+                // Two parts in flight at most: memory stays flat when the
+                // upload is slower than scoring.
+                let mut w = BufWriter::with_capacity(store, out_path, PART).with_max_concurrency(2);
                 while let Some(b) = out_rx.recv().await {
                     w.write_all(&b).await?;
                 }
                 w.shutdown().await
             });
-            let writer = ChannelWriter {
+            let writer = UploadWriter {
                 tx: out_tx,
                 buf: Vec::with_capacity(CHUNK),
             };
             (Box::new(writer), Some(upload))
         }
     };
-    let scored = tokio::task::spawn_blocking(move || {
+    let done = tokio::task::spawn_blocking(move || {
         let mut sink = sink;
-        let r = score_csv(input, &mut sink, &mut engine).and_then(|report| {
-            sink.flush()
-                .map_err(|e| InputError::Csv(format!("writing output: {e}")))?;
-            Ok(report)
-        });
-        (engine, r)
+        let value = transform(input, &mut sink);
+        (value, sink.flush())
     })
     .await;
     if let Some(p) = pump {
         p.abort();
     }
-    let (engine, result) = scored.map_err(|e| StoreError::Io {
+    let (value, flushed) = done.map_err(|e| StoreError::Io {
         path: raw.to_string(),
         source: std::io::Error::other(e.to_string()),
     })?;
     let written = match upload {
-        Some(u) => u.await,
-        None => Ok(Ok(())),
+        Some(u) => u
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string()))),
+        None => Ok(()),
     };
-    // A storage failure explains any input error it caused, so it wins.
     if let Some(e) = read_error.lock().ok().and_then(|mut g| g.take()) {
         return Err(StoreError::from(e).into());
     }
-    let report = result?;
-    match written {
-        Ok(Ok(())) => Ok((engine, report)),
-        Ok(Err(e)) => Err(StoreError::Io {
-            path: staged.to_string(),
-            source: e,
-        }
-        .into()),
-        Err(e) => Err(StoreError::Io {
-            path: staged.to_string(),
-            source: std::io::Error::other(e.to_string()),
-        }
-        .into()),
-    }
+    let upload = flushed.and(written).map_err(|source| StoreError::Io {
+        path: output.to_string(),
+        source,
+    });
+    Ok(Streamed { value, upload })
 }
+
+/// Multipart upload part size.
+const PART: usize = 8 * 1024 * 1024;
 
 const CHUNK: usize = 256 * 1024;
 
@@ -150,14 +182,15 @@ fn local_sink(path: std::path::PathBuf) -> Result<std::io::BufWriter<std::fs::Fi
     Ok(std::io::BufWriter::with_capacity(CHUNK, file))
 }
 
-/// `Read` over chunks arriving on a channel (used from a blocking thread).
-struct ChannelReader {
+/// `Read` over an object's bytes, arriving in chunks on a channel (for a
+/// blocking thread; see [`stream_object`]).
+struct ObjectReader {
     rx: mpsc::Receiver<Result<Bytes, object_store::Error>>,
     current: Bytes,
     error: Arc<Mutex<Option<object_store::Error>>>,
 }
 
-impl Read for ChannelReader {
+impl Read for ObjectReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.current.is_empty() {
             match self.rx.blocking_recv() {
@@ -179,13 +212,14 @@ impl Read for ChannelReader {
     }
 }
 
-/// `Write` that ships 256 KiB chunks to the upload task.
-struct ChannelWriter {
+/// `Write` that ships 256 KiB chunks to a multipart upload (for a blocking
+/// thread; see [`stream_object`]). Dropping it ships what is left.
+struct UploadWriter {
     tx: mpsc::Sender<Bytes>,
     buf: Vec<u8>,
 }
 
-impl ChannelWriter {
+impl UploadWriter {
     fn ship(&mut self) -> std::io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
@@ -197,7 +231,7 @@ impl ChannelWriter {
     }
 }
 
-impl Write for ChannelWriter {
+impl Write for UploadWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         self.buf.extend_from_slice(data);
         if self.buf.len() >= CHUNK {
@@ -211,7 +245,7 @@ impl Write for ChannelWriter {
     }
 }
 
-impl Drop for ChannelWriter {
+impl Drop for UploadWriter {
     fn drop(&mut self) {
         let _ = self.ship();
     }

@@ -127,3 +127,21 @@ fn bench_measures_each_size_against_the_floor() {
         assert!(m["peak_rss_kib"].as_u64().unwrap() > 0);
     }
 }
+
+#[test]
+fn bench_measures_on_moto_too() {
+    let o = tswatch()
+        .args(["bench", "--rows", "50", "--moto", "--reads", "5", "--json"])
+        .args(["--read-streams", "2"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let moto = v["moto"].as_array().unwrap();
+    assert_eq!(moto.len(), 1);
+    assert_eq!(moto[0]["rows"], 50);
+    assert!(moto[0]["floor_s"].as_f64().unwrap() > 0.0);
+    assert!(moto[0]["end_to_end_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["reads"][0]["files"], 5);
+    assert_eq!(v["reads"][0]["streams"], 2);
+}
