@@ -9,7 +9,9 @@
 //!    other consumers for `visibility` seconds.
 //! 2. While messages are in hand, a heartbeat extends their visibility
 //!    every third of that, so a slow file is not handed to another instance.
-//! 3. Process every `raw/*.csv` the message names. Delete the message only
+//! 3. Process every `raw/*.csv` the message names: messages of different
+//!    streams at once (one lane per core), those of one stream in receive
+//!    order, as a stream's commits are serial anyway. Delete the message only
 //!    once every file returned `Ok` (applied, already applied, rejected as bad
 //!    input, or gone). On a failure, leave it: it comes back after the
 //!    visibility timeout, doubled for each earlier receive ([`retry_delay`]).
@@ -17,14 +19,16 @@
 //!    and a file still fails, write `processed/<name>_error.json` saying so,
 //!    log an error, and delete the message.
 //!
-//! On shutdown: stop receiving, finish the file in hand (within the grace
+//! On shutdown: stop receiving, finish the files in hand (within the grace
 //! period), and make the messages not yet started visible again at once.
 
 use crate::keys::{self, RawKey};
 use crate::processor::{Outcome, ProcessError, Processor};
 use crate::sqs::{Message, SqsClient};
 use crate::storage::Location;
+use futures::StreamExt;
 use serde_json::{Value, json};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -201,43 +205,81 @@ pub async fn run(
             in_hand.clone(),
             settings.visibility_secs,
         ));
-        let mut stopping = false;
-        for msg in &messages {
-            if stopping || *shutdown.borrow() {
-                stopping = true;
-                // Not started: hand it to another consumer at once.
-                if let Err(e) = client.change_visibility(&msg.receipt_handle, 0).await {
-                    tracing::debug!(error = %e, "could not release an unstarted message");
-                }
-                continue;
-            }
-            let work = handle(
-                &client,
-                &processor,
-                msg,
-                &settings,
-                bucket.as_deref(),
-                &topics,
-            );
-            tokio::pin!(work);
-            tokio::select! {
-                _ = &mut work => {}
-                _ = stopped(shutdown.clone()) => {
-                    stopping = true;
-                    if tokio::time::timeout(grace, &mut work).await.is_err() {
-                        tracing::warn!(sqs_message = %msg.message_id, "shutdown grace period over: abandoning the message in hand; it will be received again");
+        // Messages of different streams are worked on at once, one lane
+        // per core as for the watcher; within a stream, in order.
+        let stopping = AtomicBool::new(false);
+        let ctx = (
+            &client,
+            processor.as_ref(),
+            &settings,
+            bucket.as_deref(),
+            &topics[..],
+        );
+        let groups = by_stream(&messages, bucket.as_deref(), &topics);
+        let work = futures::stream::iter(groups).for_each_concurrent(lanes(), |group| {
+            let (stopping, shutdown, in_hand) = (&stopping, &shutdown, &in_hand);
+            async move {
+                for msg in group {
+                    if stopping.load(Ordering::Relaxed) || *shutdown.borrow() {
+                        stopping.store(true, Ordering::Relaxed);
+                        // Not started: hand it to another consumer at once.
+                        if let Err(e) = ctx.0.change_visibility(&msg.receipt_handle, 0).await {
+                            tracing::debug!(error = %e, "could not release an unstarted message");
+                        }
+                    } else {
+                        handle(ctx.0, ctx.1, msg, ctx.2, ctx.3, ctx.4).await;
+                    }
+                    if let Ok(mut h) = in_hand.lock() {
+                        h.retain(|x| x != &msg.receipt_handle);
                     }
                 }
             }
-            if let Ok(mut h) = in_hand.lock() {
-                h.retain(|x| x != &msg.receipt_handle);
+        });
+        tokio::pin!(work);
+        tokio::select! {
+            _ = &mut work => {}
+            _ = stopped(shutdown.clone()) => {
+                stopping.store(true, Ordering::Relaxed);
+                if tokio::time::timeout(grace, &mut work).await.is_err() {
+                    tracing::warn!("shutdown grace period over: abandoning the messages in hand; they will be received again");
+                }
             }
         }
+        let stopping = stopping.load(Ordering::Relaxed);
         heartbeat.abort();
         if stopping {
             return;
         }
     }
+}
+
+/// Worker lanes: one per core this process may use.
+fn lanes() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The messages grouped by the stream of the files they name, in receive
+/// order within each group (a message naming no file is a group of its own).
+fn by_stream<'m>(
+    messages: &'m [Message],
+    bucket: Option<&str>,
+    topics: &[String],
+) -> Vec<Vec<&'m Message>> {
+    let mut groups: Vec<(Option<String>, Vec<&Message>)> = Vec::new();
+    for msg in messages {
+        let stream = match parse_body(&msg.body, bucket, topics) {
+            Ok(Parsed::Records { keys, .. }) => keys.first().map(|k| k.stream().to_string()),
+            _ => None,
+        };
+        match groups
+            .iter_mut()
+            .find(|(s, _)| stream.is_some() && *s == stream)
+        {
+            Some((_, g)) => g.push(msg),
+            None => groups.push((stream, vec![msg])),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
 }
 
 /// Resolves once shutdown is requested (or its sender is gone).
@@ -380,6 +422,41 @@ mod tests {
             .map(|k| json!({"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": k}}}))
             .collect();
         json!({ "Records": records }).to_string()
+    }
+
+    #[test]
+    fn messages_are_grouped_by_stream_in_receive_order() {
+        let msg = |id: &str, body: String| Message {
+            message_id: id.into(),
+            receipt_handle: id.into(),
+            body,
+            attributes: Default::default(),
+        };
+        let messages = vec![
+            msg("a1", event(&["raw/a/1.csv"])),
+            msg("b1", event(&["raw/b/1.csv"])),
+            msg("d1", event(&["raw/1.csv"])),
+            msg("a2", event(&["raw/a/2.csv"])),
+            msg("t1", json!({"Event": "s3:TestEvent"}).to_string()),
+            msg("d2", event(&["raw/2.csv"])),
+            msg("x1", "not json".into()),
+            msg("x2", "not json".into()),
+        ];
+        let ids: Vec<Vec<&str>> = by_stream(&messages, Some("b"), &[])
+            .iter()
+            .map(|g| g.iter().map(|m| m.message_id.as_str()).collect())
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                vec!["a1", "a2"],
+                vec!["b1"],
+                vec!["d1", "d2"],
+                vec!["t1"],
+                vec!["x1"],
+                vec!["x2"]
+            ]
+        );
     }
 
     fn keys_of(p: Parsed) -> Vec<String> {
