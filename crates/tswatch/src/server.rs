@@ -130,7 +130,7 @@ pub async fn run(
         request_timeout: settings.request_timeout,
     };
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, storage = %storage.label(), "tswatch listening");
+    tracing::info!(%addr, storage = %storage.label(), lanes, "tswatch listening");
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(async move {
             shutdown.await;
