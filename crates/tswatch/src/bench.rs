@@ -185,11 +185,16 @@ async fn floor(storage: &Storage, key: &str) -> anyhow::Result<f64> {
 }
 
 fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    status_kib("/proc/self/status", "VmHWM:")
+}
+
+/// A `kB` field of a `/proc/<pid>/status` file (0 where there is none).
+fn status_kib(status: &str, field: &str) -> u64 {
+    std::fs::read_to_string(status)
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })
@@ -447,6 +452,102 @@ pub async fn measure_streams(
     })
 }
 
+/// The service's latency for small files: from a 100-row file appearing in
+/// `raw/` (renamed into place, as an uploader would) to its summary existing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LatencyMeasure {
+    /// Files dropped, one at a time.
+    pub files: usize,
+    /// Median and 99th percentile, milliseconds.
+    pub ms: (f64, f64),
+    /// The slowest, milliseconds.
+    pub max_ms: f64,
+}
+
+/// Starts the real service on an empty local directory, then drops
+/// `files` 100-row files into `raw/` one at a time (each found by the
+/// file watcher, as in `tswatch serve`) and times each until its summary
+/// exists, polling every 0.1 ms.
+pub async fn measure_latency(
+    files: usize,
+    dir: &Path,
+    engine: EngineConfig,
+) -> anyhow::Result<LatencyMeasure> {
+    std::fs::create_dir_all(dir.join("raw"))?;
+    let mut sc = Scenario::new("seed", 3, 1_769_904_000.0).context("seed scenario")?;
+    let svc = BenchService::start(dir, engine, files).await?;
+    svc.wait_healthy(Duration::from_secs(30)).await?;
+    let mut ms = Vec::with_capacity(files);
+    for i in 0..files {
+        let name = format!("lat{i:05}");
+        let tmp = dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, sc.batch(100).0)?;
+        let summary = dir.join(format!("processed/{name}_summary.json"));
+        let t = Instant::now();
+        std::fs::rename(&tmp, dir.join(format!("raw/{name}.csv")))?;
+        while !summary.exists() {
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(30),
+                "{name} was not processed within 30 s"
+            );
+            tokio::time::sleep(Duration::from_micros(100)).await;
+        }
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    svc.stop().await?;
+    let max_ms = ms.iter().copied().fold(0.0, f64::max);
+    Ok(LatencyMeasure {
+        files,
+        ms: percentiles(ms),
+        max_ms,
+    })
+}
+
+/// Resident memory (KiB) of `tswatch serve` (the binary `exe`) on an empty
+/// data directory, once `/health` answers.
+pub async fn measure_idle_rss(exe: &Path, dir: &Path) -> anyhow::Result<u64> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let child = Reaped(
+        std::process::Command::new(exe)
+            .args([
+                "serve",
+                "--bind",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let pid = child.0.id();
+    let health = format!("http://127.0.0.1:{port}/health");
+    let started = Instant::now();
+    while reqwest::get(&health).await.is_err() {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(15),
+            "the service did not answer /health within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let start-up work (reconciliation, watcher set-up) settle.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(status_kib(&format!("/proc/{pid}/status"), "VmRSS:"))
+}
+
+/// A child process, killed and reaped when dropped.
+#[derive(Debug)]
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The real service on a loopback port over a local data directory.
 struct BenchService {
     base: String,
@@ -474,6 +575,25 @@ impl BenchService {
     }
 
     /// Waits until `/anomalies/summary` counts `files` processed files.
+    /// Waits until `/health` answers.
+    async fn wait_healthy(&self, limit: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        while !self
+            .http
+            .get(format!("{}/health", self.base))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            anyhow::ensure!(
+                started.elapsed() < limit,
+                "no answer from /health in {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
     async fn wait_processed(&self, files: usize, limit: Duration) -> anyhow::Result<()> {
         let started = Instant::now();
         loop {
@@ -596,7 +716,7 @@ pub async fn measure_in_children(
 /// when dropped.
 #[derive(Debug)]
 pub struct MotoServer {
-    child: std::process::Child,
+    child: Reaped,
     endpoint: String,
     http: reqwest::Client,
 }
@@ -620,7 +740,7 @@ impl MotoServer {
                  (./scripts/test does)",
             )?;
         let mut moto = Self {
-            child,
+            child: Reaped(child),
             endpoint: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::new(),
         };
@@ -630,7 +750,7 @@ impl MotoServer {
             if ping.send().await.is_ok() {
                 return Ok(moto);
             }
-            if let Some(status) = moto.child.try_wait()? {
+            if let Some(status) = moto.child.0.try_wait()? {
                 anyhow::bail!("moto_server exited ({status}); see {}", log.display());
             }
             anyhow::ensure!(
@@ -696,13 +816,6 @@ impl MotoServer {
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env_remove("AWS_SESSION_TOKEN")
             .env_remove("AWS_PROFILE");
-    }
-}
-
-impl Drop for MotoServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

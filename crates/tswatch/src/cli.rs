@@ -224,6 +224,11 @@ pub struct BenchArgs {
     /// Streams (`raw/s<k>/`) the files of --reads are spread over.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub read_streams: usize,
+    /// Also time the service on small files: start it on an empty
+    /// directory, note its idle memory, then drop this many 100-row files
+    /// into `raw/` one at a time and time each until its summary exists.
+    #[arg(long, value_name = "FILES")]
+    pub latency: Option<usize>,
     /// Also compare one stream with two: eight 100,000-row files through
     /// the real service, all in `raw/` and then split over `raw/s0/`, `raw/s1/`.
     #[arg(long)]

@@ -216,6 +216,18 @@ async fn bench(
         let _ = std::fs::remove_dir_all(&dir);
         reads.push(m);
     }
+    let mut latency = None;
+    if let Some(files) = a.latency {
+        let dir = scratch.join("latency");
+        let _ = std::fs::remove_dir_all(&dir);
+        let idle_rss_kib = bench::measure_idle_rss(&exe, &dir).await?;
+        let _ = std::fs::remove_dir_all(&dir);
+        latency = Some((
+            idle_rss_kib,
+            bench::measure_latency(files, &dir, engine).await?,
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     let mut streams = Vec::new();
     if a.streams {
         for n in [1, 2] {
@@ -235,6 +247,13 @@ async fn bench(
                 "files": results,
                 "moto": moto_results,
                 "reads": reads,
+                "latency": latency.as_ref().map(|(idle_rss_kib, l)| serde_json::json!({
+                    "idle_rss_kib": idle_rss_kib,
+                    "files": l.files,
+                    "p50_ms": l.ms.0,
+                    "p99_ms": l.ms.1,
+                    "max_ms": l.max_ms,
+                })),
                 "streams": streams,
             }))?
         );
@@ -247,6 +266,16 @@ async fn bench(
         }
         if !reads.is_empty() {
             print!("\n{}", bench::render_reads(&reads));
+        }
+        if let Some((idle_rss_kib, l)) = &latency {
+            println!(
+                "\nidle service: {:.1} MB resident\n{} files of 100 rows, dropped into raw/ until the summary exists: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                *idle_rss_kib as f64 / 1024.0,
+                l.files,
+                l.ms.0,
+                l.ms.1,
+                l.max_ms
+            );
         }
         for m in &streams {
             println!(
