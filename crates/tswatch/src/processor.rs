@@ -86,6 +86,12 @@ pub struct Processor {
     refresh: Arc<Mutex<()>>,
     /// Whether the last refresh reached storage.
     storage_ok: AtomicBool,
+    /// Per stream, the engine this process last committed and the state
+    /// version it committed: when the next file finds that version, the
+    /// engine is used as it is instead of being rebuilt from the document
+    /// (saving the forest's training on every small file). Restoring from
+    /// the document gives the same engine; this only skips the work.
+    engines: std::sync::Mutex<HashMap<String, (Version, Engine)>>,
 }
 
 static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -115,6 +121,35 @@ impl Processor {
             streams: RwLock::new((BTreeSet::from([String::new()]), None)),
             refresh: Arc::new(Mutex::new(())),
             storage_ok: AtomicBool::new(true),
+            engines: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The engine for a stream's state at `version`: the one kept from this
+    /// process's last commit if it is that version, else rebuilt from `doc`.
+    fn engine_at(
+        &self,
+        stream: &str,
+        version: &str,
+        doc: &StateDoc,
+    ) -> Result<Engine, ProcessError> {
+        let kept = self
+            .engines
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(stream))
+            .filter(|(v, _)| v == version);
+        match kept {
+            Some((_, engine)) => Ok(engine),
+            None => Engine::from_state(self.config, doc.engine.clone())
+                .map_err(|e| ProcessError::State(e.to_string())),
+        }
+    }
+
+    /// Keeps the engine just committed as `version` of a stream's state.
+    fn keep_engine(&self, stream: &str, version: Version, engine: Engine) {
+        if let Ok(mut m) = self.engines.lock() {
+            m.insert(stream.to_string(), (version, engine));
         }
     }
 
@@ -390,8 +425,7 @@ impl Processor {
             if let Some(s) = unsure.take() {
                 self.storage.delete(&s).await.ok();
             }
-            let engine = Engine::from_state(self.config, doc.engine.clone())
-                .map_err(|e| ProcessError::State(e.to_string()))?;
+            let engine = self.engine_at(stream, &version, &doc)?;
             let staged_key = new_staged_key();
             let staged = keys::validate(&staged_key)?;
             let result = score_object(&self.storage, &raw_path, &etag, &staged, engine).await;
@@ -442,7 +476,8 @@ impl Processor {
                 .put_if(&state_key, to_bytes(&doc), Some(&version))
                 .await
             {
-                Ok(_) => {
+                Ok(committed) => {
+                    self.keep_engine(stream, committed, engine);
                     let doc = Arc::new(doc);
                     self.remember(stream, doc.clone()).await;
                     self.storage_ok.store(true, Ordering::Relaxed);
