@@ -534,18 +534,40 @@ pub async fn measure_idle_rss(exe: &Path, dir: &Path) -> anyhow::Result<u64> {
             .spawn()?,
     );
     let pid = child.0.id();
-    let health = format!("http://127.0.0.1:{port}/health");
-    let started = Instant::now();
-    while reqwest::get(&health).await.is_err() {
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(15),
-            "the service did not answer /health within 15 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (http, base) = (reqwest::Client::new(), format!("http://127.0.0.1:{port}"));
+    poll_until(
+        Duration::from_secs(15),
+        "the service answering /health",
+        || healthy(&http, &base),
+    )
+    .await?;
     // Let start-up work (reconciliation, watcher set-up) settle.
     tokio::time::sleep(Duration::from_millis(500)).await;
     Ok(status_kib(&format!("/proc/{pid}/status"), "VmRSS:"))
+}
+
+/// Whether `GET {base}/health` answers with success.
+async fn healthy(http: &reqwest::Client, base: &str) -> anyhow::Result<bool> {
+    Ok(http
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success()))
+}
+
+/// Checks `ready` every 20 ms until it says yes; an error from it, or
+/// `limit` passing without `what`, ends the wait with an error.
+async fn poll_until<F, Fut>(limit: Duration, what: &str, mut ready: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let started = Instant::now();
+    while !ready().await? {
+        anyhow::ensure!(started.elapsed() < limit, "no {what} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 /// A child process, killed and reaped when dropped.
@@ -585,29 +607,18 @@ impl BenchService {
         })
     }
 
-    /// Waits until `/anomalies/summary` counts `files` processed files.
     /// Waits until `/health` answers.
     async fn wait_healthy(&self, limit: Duration) -> anyhow::Result<()> {
-        let started = Instant::now();
-        while !self
-            .http
-            .get(format!("{}/health", self.base))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            anyhow::ensure!(
-                started.elapsed() < limit,
-                "no answer from /health in {limit:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Ok(())
+        poll_until(limit, "an answer from /health", || {
+            healthy(&self.http, &self.base)
+        })
+        .await
     }
 
+    /// Waits until `/anomalies/summary` counts `files` processed files.
     async fn wait_processed(&self, files: usize, limit: Duration) -> anyhow::Result<()> {
-        let started = Instant::now();
-        loop {
+        let what = format!("{files} processed files");
+        poll_until(limit, &what, || async {
             let v: serde_json::Value = match self
                 .http
                 .get(format!("{}/anomalies/summary", self.base))
@@ -617,15 +628,9 @@ impl BenchService {
                 Ok(r) => r.json().await?,
                 Err(_) => serde_json::Value::Null,
             };
-            if v["files_processed"].as_u64() == Some(files as u64) {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                started.elapsed() < limit,
-                "files were not processed in {limit:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            Ok(v["files_processed"].as_u64() == Some(files as u64))
+        })
+        .await
     }
 
     /// One GET of `path`, checked and read whole; its latency in ms.
@@ -755,23 +760,26 @@ impl MotoServer {
             endpoint: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::new(),
         };
-        let started = Instant::now();
-        loop {
-            let ping = moto.http.get(format!("{}/moto-api/", moto.endpoint));
-            if ping.send().await.is_ok() {
-                return Ok(moto);
+        let what = format!(
+            "moto_server answering on {} (log: {})",
+            moto.endpoint,
+            log.display()
+        );
+        poll_until(Duration::from_secs(30), &what, || {
+            let exited = moto.child.0.try_wait();
+            let ping = moto.http.get(format!("{}/moto-api/", moto.endpoint)).send();
+            async move {
+                if ping.await.is_ok() {
+                    return Ok(true);
+                }
+                if let Some(status) = exited? {
+                    anyhow::bail!("moto_server exited ({status}); see {}", log.display());
+                }
+                Ok(false)
             }
-            if let Some(status) = moto.child.0.try_wait()? {
-                anyhow::bail!("moto_server exited ({status}); see {}", log.display());
-            }
-            anyhow::ensure!(
-                started.elapsed() < Duration::from_secs(30),
-                "moto_server did not answer on {} within 30 s; see {}",
-                moto.endpoint,
-                log.display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await?;
+        Ok(moto)
     }
 
     /// Where it listens (`http://127.0.0.1:PORT`).
