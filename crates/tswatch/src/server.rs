@@ -87,6 +87,7 @@ pub async fn run(
                 processor.clone(),
                 sqs.clone(),
                 settings.sns_topics.clone(),
+                lanes,
                 stop_rx.clone(),
                 settings.shutdown_grace,
             )))

@@ -146,12 +146,14 @@ pub fn retry_delay(visibility_secs: u32, receive_count: u32) -> u32 {
     visibility_secs.saturating_mul(factor).min(900)
 }
 
-/// Runs the consumer until `shutdown` flips.
+/// Runs the consumer until `shutdown` flips, working on up to `lanes`
+/// streams at once (the service's worker lanes, one per core).
 pub async fn run(
     client: SqsClient,
     processor: Arc<Processor>,
     settings: SqsSettings,
     topics: Vec<String>,
+    lanes: usize,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
@@ -208,26 +210,20 @@ pub async fn run(
         // Messages of different streams are worked on at once, one lane
         // per core as for the watcher; within a stream, in order.
         let stopping = AtomicBool::new(false);
-        let ctx = (
-            &client,
-            processor.as_ref(),
-            &settings,
-            bucket.as_deref(),
-            &topics[..],
-        );
         let groups = by_stream(&messages, bucket.as_deref(), &topics);
-        let work = futures::stream::iter(groups).for_each_concurrent(lanes(), |group| {
+        let work = futures::stream::iter(groups).for_each_concurrent(lanes, |group| {
+            let (client, processor, settings) = (&client, processor.as_ref(), &settings);
             let (stopping, shutdown, in_hand) = (&stopping, &shutdown, &in_hand);
             async move {
-                for msg in group {
+                for (msg, parsed) in group {
                     if stopping.load(Ordering::Relaxed) || *shutdown.borrow() {
                         stopping.store(true, Ordering::Relaxed);
                         // Not started: hand it to another consumer at once.
-                        if let Err(e) = ctx.0.change_visibility(&msg.receipt_handle, 0).await {
+                        if let Err(e) = client.change_visibility(&msg.receipt_handle, 0).await {
                             tracing::debug!(error = %e, "could not release an unstarted message");
                         }
                     } else {
-                        handle(ctx.0, ctx.1, msg, ctx.2, ctx.3, ctx.4).await;
+                        handle(client, processor, msg, parsed, settings).await;
                     }
                     if let Ok(mut h) = in_hand.lock() {
                         h.retain(|x| x != &msg.receipt_handle);
@@ -253,21 +249,21 @@ pub async fn run(
     }
 }
 
-/// Worker lanes: one per core this process may use.
-fn lanes() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
+/// A message and what its body says ([`parse_body`]).
+type Read<'m> = (&'m Message, Result<Parsed, String>);
 
-/// The messages grouped by the stream of the files they name, in receive
-/// order within each group (a message naming no file is a group of its own).
+/// The messages, each with its parsed body, grouped by the stream of the
+/// files they name, in receive order within each group (a message naming
+/// no file is a group of its own).
 fn by_stream<'m>(
     messages: &'m [Message],
     bucket: Option<&str>,
     topics: &[String],
-) -> Vec<Vec<&'m Message>> {
-    let mut groups: Vec<(Option<String>, Vec<&Message>)> = Vec::new();
+) -> Vec<Vec<Read<'m>>> {
+    let mut groups: Vec<(Option<String>, Vec<Read<'m>>)> = Vec::new();
     for msg in messages {
-        let stream = match parse_body(&msg.body, bucket, topics) {
+        let parsed = parse_body(&msg.body, bucket, topics);
+        let stream = match &parsed {
             Ok(Parsed::Records { keys, .. }) => keys.first().map(|k| k.stream().to_string()),
             _ => None,
         };
@@ -275,8 +271,8 @@ fn by_stream<'m>(
             .iter_mut()
             .find(|(s, _)| stream.is_some() && *s == stream)
         {
-            Some((_, g)) => g.push(msg),
-            None => groups.push((stream, vec![msg])),
+            Some((_, g)) => g.push((msg, parsed)),
+            None => groups.push((stream, vec![(msg, parsed)])),
         }
     }
     groups.into_iter().map(|(_, g)| g).collect()
@@ -306,12 +302,11 @@ async fn handle(
     client: &SqsClient,
     processor: &Processor,
     msg: &Message,
+    parsed: Result<Parsed, String>,
     settings: &SqsSettings,
-    bucket: Option<&str>,
-    topics: &[String],
 ) {
     let id = msg.message_id.as_str();
-    let keys = match parse_body(&msg.body, bucket, topics) {
+    let keys = match parsed {
         Ok(Parsed::Test) => {
             tracing::info!(sqs_message = id, "S3 test event received; deleting it");
             delete(client, msg).await;
@@ -444,7 +439,7 @@ mod tests {
         ];
         let ids: Vec<Vec<&str>> = by_stream(&messages, Some("b"), &[])
             .iter()
-            .map(|g| g.iter().map(|m| m.message_id.as_str()).collect())
+            .map(|g| g.iter().map(|(m, _)| m.message_id.as_str()).collect())
             .collect();
         assert_eq!(
             ids,
