@@ -4,6 +4,7 @@
 //! a fresh child process so its peak memory is its own; and read-endpoint
 //! latency over many processed files.
 
+use crate::csvscore::CsvLine;
 use crate::pipeline::stream_object;
 use crate::processor::{Outcome, Processor};
 use crate::scenario::Scenario;
@@ -117,16 +118,15 @@ async fn upload_file(storage: &Storage, path: &Path, key: &str) -> anyhow::Resul
 
 /// Parses `input` and writes rows of the scored shape with constant score
 /// cells: the cost of I/O and CSV alone.
-fn floor_csv(input: impl Read, output: impl Write) -> anyhow::Result<()> {
+fn floor_csv(input: impl Read, mut output: impl Write) -> anyhow::Result<()> {
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(false)
         .from_reader(input);
-    let mut out = csv::WriterBuilder::new()
-        .buffer_capacity(256 * 1024)
-        .from_writer(output);
+    // Rows are written as the scorer writes them (`CsvLine`), so the floor
+    // is not slower than the scorer's own output path.
+    let mut out = CsvLine::default();
     let mut rec = csv::ByteRecord::new();
-    let mut channels = 0;
-    let mut first = true;
+    let mut channels = None;
     while rdr.read_byte_record(&mut rec)? {
         for f in rec.iter() {
             // Parse every cell as the scorer does (and keep the result, so
@@ -136,15 +136,11 @@ fn floor_csv(input: impl Read, output: impl Write) -> anyhow::Result<()> {
                     .ok()
                     .and_then(|s| s.parse::<f64>().ok()),
             );
-            out.write_field(f)?;
+            out.text(f);
         }
-        if first {
-            channels = rec.len().saturating_sub(1);
-            first = false;
-        }
-        for _ in 0..channels {
-            out.write_field(b"-1.2345")?;
-            out.write_field(b"False")?;
+        for _ in 0..*channels.get_or_insert(rec.len().saturating_sub(1)) {
+            out.raw(b"-1.2345");
+            out.raw(b"False");
         }
         for f in [
             &b"1"[..],
@@ -154,11 +150,16 @@ fn floor_csv(input: impl Read, output: impl Write) -> anyhow::Result<()> {
             b"0.123456789012345",
             b"",
         ] {
-            out.write_field(f)?;
+            out.raw(f);
         }
-        out.write_record(None::<&[u8]>)?;
+        out.end();
+        if out.buf.len() >= 256 * 1024 {
+            output.write_all(&out.buf)?;
+            out.buf.clear();
+        }
     }
-    out.flush()?;
+    output.write_all(&out.buf)?;
+    output.flush()?;
     Ok(())
 }
 

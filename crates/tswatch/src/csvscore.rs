@@ -427,8 +427,8 @@ impl Writing<'_> {
 /// with quotes doubled. Numbers and flags are written without a scan, and
 /// a row costs no per-field call into a CSV writer.
 #[derive(Default)]
-struct CsvLine {
-    buf: Vec<u8>,
+pub(crate) struct CsvLine {
+    pub(crate) buf: Vec<u8>,
     /// Whether the row so far has a field (so the next needs a comma).
     open: bool,
 }
@@ -442,13 +442,13 @@ impl CsvLine {
     }
 
     /// A field known to need no quotes.
-    fn raw(&mut self, field: &[u8]) {
+    pub(crate) fn raw(&mut self, field: &[u8]) {
         self.sep();
         self.buf.extend_from_slice(field);
     }
 
     /// Any field: quoted if it must be.
-    fn text(&mut self, field: &[u8]) {
+    pub(crate) fn text(&mut self, field: &[u8]) {
         self.sep();
         if !field
             .iter()
@@ -497,7 +497,7 @@ impl CsvLine {
     }
 
     /// Ends the row.
-    fn end(&mut self) {
+    pub(crate) fn end(&mut self) {
         self.buf.push(b'\n');
         self.open = false;
     }
