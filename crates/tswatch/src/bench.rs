@@ -263,7 +263,7 @@ pub fn render(backend: &str, ms: &[Measure]) -> String {
     for m in ms {
         let mb = m.input_bytes as f64 / 1e6;
         s.push_str(&format!(
-            "{:>10} {:>9.1} {:>9.3} {:>9.3} {:>11.0} {:>8.1} {:>8.2} {:>7.1} MB {:>19}\n",
+            "{:>10} {:>9.1} {:>9.3} {:>9.3} {:>11.0} {:>8.1} {:>8.2} {:>6.1} MiB {:>19}\n",
             m.rows,
             mb,
             m.floor_s,

@@ -269,7 +269,7 @@ async fn bench(
         }
         if let Some((idle_rss_kib, l)) = &latency {
             println!(
-                "\nidle service: {:.1} MB resident\n{} files of 100 rows, dropped into raw/ until the summary exists: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                "\nidle service: {:.1} MiB resident\n{} files of 100 rows, dropped into raw/ until the summary exists: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
                 *idle_rss_kib as f64 / 1024.0,
                 l.files,
                 l.ms.0,
