@@ -40,6 +40,9 @@ pub struct Engine {
     since_training: u64,
     trainings: u64,
     forest: Option<TrainedForest>,
+    /// Scratch space of `update` (what each channel absorbed), kept to save
+    /// an allocation per row.
+    absorbed: Vec<Option<f64>>,
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +78,9 @@ impl LazyForest {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Binding {
     cols: Vec<usize>,
+    /// The distinct channels of `cols`, ordered by name: the joint model's
+    /// channel order, worked out once instead of per row.
+    by_name: Vec<usize>,
 }
 
 impl Binding {
@@ -114,6 +120,7 @@ impl Engine {
             since_training: state.history.since_training,
             trainings: state.history.trainings,
             forest: None,
+            absorbed: Vec::new(),
         };
         for (name, c) in state.channels {
             let i = e.channel(&name);
@@ -205,9 +212,11 @@ impl Engine {
     /// Resolves the channel names of an input; unknown channels are added
     /// with empty statistics.
     pub fn bind<S: AsRef<str>>(&mut self, names: &[S]) -> Binding {
-        Binding {
-            cols: names.iter().map(|n| self.channel(n.as_ref())).collect(),
-        }
+        let cols: Vec<usize> = names.iter().map(|n| self.channel(n.as_ref())).collect();
+        let mut by_name = cols.clone();
+        by_name.sort_by(|&a, &b| self.names[a].cmp(&self.names[b]));
+        by_name.dedup();
+        Binding { cols, by_name }
     }
 
     fn channel(&mut self, name: &str) -> usize {
@@ -401,38 +410,40 @@ impl Engine {
         }
         // What each channel actually absorbed: the history holds exactly
         // the values the baseline took (never one its statistics refused).
-        let mut absorbed: Vec<Option<f64>> = Vec::with_capacity(values.len());
+        let mut absorbed = std::mem::take(&mut self.absorbed);
+        absorbed.clear();
         for (&c, v) in binding.cols.iter().zip(values) {
             let took = v.filter(|&x| self.channels[c].absorb(x, ts, &cfg));
             absorbed.push(took);
         }
         if absorbed.iter().all(Option::is_none) {
+            self.absorbed = absorbed;
             return false;
         }
         if cfg.joint {
             self.update_joint(binding, score);
         }
         self.retain(binding, &absorbed);
+        self.absorbed = absorbed;
         true
     }
 
     fn update_joint(&mut self, binding: &Binding, row: &RowScore) {
         let min = self.config.min_observations;
-        let mut mature: Vec<usize> = binding
-            .cols
+        // Sorted by name, as `by_name` is; no allocation unless it changed.
+        let mature = binding
+            .by_name
             .iter()
             .copied()
             .filter(|&c| self.channels[c].ew.n >= min)
-            .collect();
-        mature.sort_by(|&a, &b| self.names[a].cmp(&self.names[b]));
-        mature.dedup();
-        mature.truncate(self.config.joint_max_channels);
-        if mature.len() < 2 {
+            .take(self.config.joint_max_channels);
+        if mature.clone().nth(1).is_none() {
             return;
         }
-        if self.joint.is_none() || self.joint_cols != mature {
+        if self.joint.is_none() || !self.joint_cols.iter().copied().eq(mature.clone()) {
             // The set of channels changed (a channel matured, appeared or
             // went away): start a model over the new set.
+            let mature: Vec<usize> = mature.collect();
             let k = mature.len();
             self.joint = Some(Joint::new(
                 mature.iter().map(|&c| self.names[c].clone()).collect(),

@@ -95,12 +95,22 @@ impl Joint {
         if x.len() != k || k == 0 || k > MAX_CHANNELS {
             return None;
         }
+        // Scratch for the factor, no larger than needed: this runs per row.
+        match k {
+            0..=4 => self.solve(x, explain, &mut [0.0; 16]),
+            5..=8 => self.solve(x, explain, &mut [0.0; 64]),
+            _ => self.solve(x, explain, &mut [0.0; MAX_CHANNELS * MAX_CHANNELS]),
+        }
+    }
+
+    /// [`Joint::score`] with `l` (at least `k * k`) to factor the covariance into.
+    fn solve(&self, x: &[f64], explain: bool, l: &mut [f64]) -> Option<JointVerdict> {
+        let k = self.channels.len();
         let mut r = [0.0; MAX_CHANNELS];
         for i in 0..k {
             r[i] = x[i] - self.mean[i];
         }
-        let mut l = [0.0; MAX_CHANNELS * MAX_CHANNELS];
-        cholesky(&self.cov, k, &mut l)?;
+        cholesky(&self.cov, k, l)?;
         // Solve L y = r, then L^T w = y; d2 = r . w = |y|^2.
         let mut y = [0.0; MAX_CHANNELS];
         for i in 0..k {
