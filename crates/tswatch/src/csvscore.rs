@@ -471,23 +471,26 @@ impl CsvLine {
     /// faster than `{:.4}`), falling back to `format!` for huge values.
     fn fixed4(&mut self, x: f64) {
         self.sep();
-        let scaled = (x * 1e4).round();
+        let scaled = x * 1e4;
         if scaled.is_nan() || scaled.abs() >= 9e15 {
             let _ = write!(self.buf, "{x:.4}");
             return;
         }
-        let n = scaled as i64;
+        let n = round_half_away(scaled);
         if n < 0 {
             self.buf.push(b'-');
         }
         let n = n.unsigned_abs();
         let mut ib = itoa::Buffer::new();
         self.buf.extend_from_slice(ib.format(n / 10_000).as_bytes());
-        self.buf.push(b'.');
-        let frac = n % 10_000;
-        let fs = ib.format(frac);
-        self.buf.extend(std::iter::repeat_n(b'0', 4 - fs.len()));
-        self.buf.extend_from_slice(fs.as_bytes());
+        let f = n % 10_000;
+        self.buf.extend_from_slice(&[
+            b'.',
+            b'0' + (f / 1000) as u8,
+            b'0' + (f / 100 % 10) as u8,
+            b'0' + (f / 10 % 10) as u8,
+            b'0' + (f % 10) as u8,
+        ]);
     }
 
     /// Shortest representation that round-trips (full precision).
@@ -500,6 +503,22 @@ impl CsvLine {
     pub(crate) fn end(&mut self) {
         self.buf.push(b'\n');
         self.open = false;
+    }
+}
+
+/// `x.round() as i64` for `|x| < 2^53`, without the library call `round`
+/// is on baseline x86-64. Exact: the truncation is exact, and so is the
+/// difference (`x` and its truncation are within a factor of two, or the
+/// truncation is zero).
+fn round_half_away(x: f64) -> i64 {
+    let t = x as i64;
+    let rest = x - t as f64;
+    if rest >= 0.5 {
+        t + 1
+    } else if rest <= -0.5 {
+        t - 1
+    } else {
+        t
     }
 }
 
@@ -605,10 +624,9 @@ impl<R: Read> Read for Lines<R> {
             ));
         }
         let n = self.inner.read(buf)?;
-        for (i, &b) in buf[..n].iter().enumerate() {
-            if b == b'\n' || b == b'\r' {
-                self.breaks.push_back((self.offset + i as u64, b == b'\n'));
-            }
+        for i in memchr::memchr2_iter(b'\n', b'\r', &buf[..n]) {
+            self.breaks
+                .push_back((self.offset + i as u64, buf[i] == b'\n'));
         }
         self.offset += n as u64;
         Ok(n)
@@ -676,7 +694,47 @@ fn trim(b: &[u8]) -> &[u8] {
 }
 
 fn parse_number(cell: &[u8]) -> Option<f64> {
-    std::str::from_utf8(cell).ok()?.parse::<f64>().ok()
+    plain_decimal(cell).or_else(|| std::str::from_utf8(cell).ok()?.parse::<f64>().ok())
+}
+
+/// Exact powers of ten (every one up to 1e22 is a double).
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// The common cell, `[+-]digits[.digits]` with at most 15 digits, parsed
+/// without the general algorithm; `None` for anything else, which the
+/// standard parser then handles. The result is the standard parser's, bit
+/// for bit: the digits form an integer below 2^53 and the divisor a power
+/// of ten up to 1e22, both exact, so the one division rounds correctly
+/// (Clinger's fast path).
+fn plain_decimal(cell: &[u8]) -> Option<f64> {
+    let (negative, body) = match cell.first()? {
+        b'-' => (true, &cell[1..]),
+        b'+' => (false, &cell[1..]),
+        _ => (false, cell),
+    };
+    let (mut mantissa, mut digits, mut decimals, mut dot) = (0u64, 0usize, 0usize, false);
+    for &b in body {
+        match b {
+            b'0'..=b'9' => {
+                mantissa = mantissa * 10 + u64::from(b - b'0');
+                digits += 1;
+                decimals += usize::from(dot);
+            }
+            b'.' if !dot => dot = true,
+            _ => return None,
+        }
+        if digits > 15 {
+            return None;
+        }
+    }
+    if digits == 0 {
+        return None;
+    }
+    let v = mantissa as f64 / POW10[decimals];
+    Some(if negative { -v } else { v })
 }
 
 /// A usable channel value: a finite number.
@@ -747,6 +805,59 @@ mod tests {
         let mut out = Vec::new();
         let r = score_csv(input.as_bytes(), &mut out, &mut e)?;
         Ok((String::from_utf8(out).unwrap(), r))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn rounding_matches_the_library(x in -9.0e15f64..9.0e15, small in -1.0e6f64..1.0e6) {
+            for v in [x, small, small.fract(), small.trunc() + 0.5, small.trunc() - 0.5] {
+                proptest::prop_assert_eq!(round_half_away(v), v.round() as i64, "{}", v);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn plain_decimals_parse_as_the_standard_parser_does(
+            cell in "[+-]?[0-9]{0,18}(\\.[0-9]{0,18})?([eE][+-]?[0-9]{1,3})?|[ +-.0-9a-zA-Z]{0,12}"
+        ) {
+            let std = cell.parse::<f64>().ok();
+            let ours = parse_number(cell.as_bytes());
+            proptest::prop_assert_eq!(ours.map(f64::to_bits), std.map(f64::to_bits), "{}", cell);
+        }
+    }
+
+    #[test]
+    fn plain_decimal_edges() {
+        for cell in [
+            "0",
+            "-0",
+            "+0.0",
+            "1.",
+            ".5",
+            "-.5",
+            "999999999999999",
+            "0.000000000000001",
+            "123456789012345.",
+            "1234567890123456",
+            "9007199254740993",
+            ".",
+            "-",
+            "+",
+            "",
+            "1.2.3",
+            "0.1",
+            "22.42",
+            "1013.28",
+            "-7.74",
+        ] {
+            let std = cell.parse::<f64>().ok();
+            assert_eq!(
+                parse_number(cell.as_bytes()).map(f64::to_bits),
+                std.map(f64::to_bits),
+                "{cell}"
+            );
+        }
     }
 
     #[test]
