@@ -49,29 +49,34 @@ struct Node {
 
 const LEAF: u32 = u32::MAX;
 
-/// One split of a tree in complete (heap) order: `x[feature] < value` goes
-/// to `2i + 1`, the rest to `2i + 2`.
-#[derive(Debug, Clone, Copy)]
-struct Split {
-    value: f64,
-    feature: u32,
+/// Slots of a padded tree: splits in heap order (`x[feature] < value` goes
+/// to `2i + 1`, the rest to `2i + 2`), and the path lengths of its leaves.
+const SLOTS: usize = 256;
+/// Deepest tree kept in padded form: `2^8 - 1` splits fit in [`SLOTS`].
+const MAX_COMPLETE_DEPTH: usize = 8;
+/// Most features the padded walk handles (a fixed-size block of lanes).
+const MAX_COMPLETE_FEATURES: usize = 16;
+/// Points walked through a tree in lockstep.
+const LANES: usize = 8;
+
+/// A tree padded to a complete tree of the forest's depth, for scoring many
+/// points without a leaf test per step: below a real leaf the splits are
+/// dummies and every padded leaf holds that leaf's path length. Fixed-size
+/// arrays indexed by masked positions: a step has no bounds check.
+#[derive(Debug, Clone)]
+struct Padded {
+    values: [f64; SLOTS],
+    features: [u8; SLOTS],
+    /// Path length (depth plus `c(size)`) of each of the `2^depth` leaves.
+    leaves: [f64; SLOTS],
 }
 
-/// Every tree padded to a complete tree of depth `depth`, for scoring many
-/// points without a leaf test per step: below a real leaf the splits are
-/// dummies and every padded leaf holds that leaf's path length.
+/// Every tree in padded form.
 #[derive(Debug, Clone, Default)]
 struct Complete {
     depth: usize,
-    /// `2^depth - 1` splits per tree.
-    splits: Vec<Split>,
-    /// `2^depth` path lengths per tree (depth plus `c(size)`).
-    leaves: Vec<f64>,
+    trees: Vec<Padded>,
 }
-
-/// Deepest tree kept in complete form (4,095 splits per tree); deeper
-/// forests are scored node by node.
-const MAX_COMPLETE_DEPTH: usize = 12;
 
 /// A trained isolation forest: every tree in one flat array.
 #[derive(Debug, Clone)]
@@ -139,61 +144,49 @@ impl IsolationForest {
             features,
             norm: average_path_length(psi),
         };
-        forest.complete = (max_depth <= MAX_COMPLETE_DEPTH).then(|| forest.to_complete());
+        forest.complete = (max_depth <= MAX_COMPLETE_DEPTH && features <= MAX_COMPLETE_FEATURES)
+            .then(|| forest.to_complete());
         Some(forest)
     }
 
-    /// The trees in complete form (`max_depth` at most [`MAX_COMPLETE_DEPTH`]).
+    /// The trees in padded form (`max_depth` at most [`MAX_COMPLETE_DEPTH`]).
     fn to_complete(&self) -> Complete {
         let depth = self.max_depth;
-        let inner = (1usize << depth) - 1;
-        let mut c = Complete {
-            depth,
-            splits: vec![
-                Split {
-                    value: 0.0,
-                    feature: 0
+        let trees = self
+            .roots
+            .iter()
+            .map(|&root| {
+                let mut t = Padded {
+                    values: [0.0; SLOTS],
+                    features: [0; SLOTS],
+                    leaves: [0.0; SLOTS],
                 };
-                inner * self.roots.len()
-            ],
-            leaves: vec![0.0; (inner + 1) * self.roots.len()],
-        };
-        for (t, &root) in self.roots.iter().enumerate() {
-            let splits = &mut c.splits[t * inner..(t + 1) * inner];
-            let leaves = &mut c.leaves[t * (inner + 1)..(t + 1) * (inner + 1)];
-            self.fill(root as usize, 0, 0, depth, splits, leaves);
-        }
-        c
+                self.fill(root as usize, 0, 0, depth, &mut t);
+                t
+            })
+            .collect();
+        Complete { depth, trees }
     }
 
     /// Copies node `i`, found at heap position `at` of level `level`, and
-    /// its subtree into complete form.
-    fn fill(
-        &self,
-        i: usize,
-        at: usize,
-        level: usize,
-        depth: usize,
-        splits: &mut [Split],
-        leaves: &mut [f64],
-    ) {
+    /// its subtree into padded form.
+    fn fill(&self, i: usize, at: usize, level: usize, depth: usize, t: &mut Padded) {
         let n = self.nodes[i];
         if n.feature == LEAF {
             // Scoring adds the depth and the leaf's value, in that order.
             let path = f64::from(level as u32) + n.value;
             // The padded leaves under heap position `at`.
             let span = 1usize << (depth - level);
-            let first = ((at + 1) << (depth - level)) - 1 - splits.len();
-            leaves[first..first + span].fill(path);
+            let first = ((at + 1) << (depth - level)) - (1 << depth);
+            t.leaves[first..first + span].fill(path);
             return;
         }
-        splits[at] = Split {
-            value: n.value,
-            feature: n.feature,
-        };
+        t.values[at] = n.value;
+        // Padding is only chosen for at most 16 features.
+        t.features[at] = n.feature as u8;
         let child = n.child as usize;
-        self.fill(child, 2 * at + 1, level + 1, depth, splits, leaves);
-        self.fill(child + 1, 2 * at + 2, level + 1, depth, splits, leaves);
+        self.fill(child, 2 * at + 1, level + 1, depth, t);
+        self.fill(child + 1, 2 * at + 2, level + 1, depth, t);
     }
 
     /// Number of features the forest was trained on.
@@ -237,6 +230,13 @@ impl IsolationForest {
     pub fn score_many(&self, xs: &[f64], out: &mut [f64]) {
         let k = self.features;
         let n = out.len().min(xs.len() / k.max(1));
+        if n < LANES {
+            // Too few to fill the lanes (one row scored inline): one walk each.
+            for (o, x) in out[..n].iter_mut().zip(xs.chunks(k.max(1))) {
+                *o = self.score(x);
+            }
+            return;
+        }
         out[..n].iter_mut().for_each(|o| *o = 0.0);
         match &self.complete {
             Some(c) => self.sum_complete(c, &xs[..n * k], &mut out[..n]),
@@ -252,35 +252,43 @@ impl IsolationForest {
         }
     }
 
-    /// Adds each point's path length over all trees, walking the complete
+    /// Adds each point's path length over all trees, walking the padded
     /// trees: exactly `depth` branch-free steps per tree and point.
     fn sum_complete(&self, c: &Complete, xs: &[f64], out: &mut [f64]) {
-        const LANES: usize = 8;
         let k = self.features;
         let inner = (1usize << c.depth) - 1;
-        for t in 0..self.roots.len() {
-            let splits = &c.splits[t * inner..(t + 1) * inner];
-            let leaves = &c.leaves[t * (inner + 1)..(t + 1) * (inner + 1)];
-            for (rows, sums) in xs.chunks(LANES * k).zip(out.chunks_mut(LANES)) {
+        for (rows, sums) in xs.chunks(LANES * k).zip(out.chunks_mut(LANES)) {
+            // Feature-major copy: `block[f][j]` is point j's feature f (a
+            // short chunk leaves zeros in the lanes it does not fill).
+            let mut block = [[0.0; LANES]; MAX_COMPLETE_FEATURES];
+            for (j, row) in rows.chunks(k).enumerate() {
+                for (f, &v) in row.iter().enumerate() {
+                    block[f][j] = v;
+                }
+            }
+            let mut total = [0.0; LANES];
+            for t in &c.trees {
                 let mut at = [0usize; LANES];
                 for _ in 0..c.depth {
-                    for (j, a) in at.iter_mut().enumerate().take(sums.len()) {
-                        let s = splits[*a];
-                        let right = rows[j * k + s.feature as usize] >= s.value;
-                        *a = 2 * *a + 1 + usize::from(right);
+                    for (j, a) in at.iter_mut().enumerate() {
+                        let s = *a % SLOTS;
+                        let x = block[usize::from(t.features[s]) % MAX_COMPLETE_FEATURES][j];
+                        *a = 2 * *a + 1 + usize::from(x >= t.values[s]);
                     }
                 }
-                for (sum, a) in sums.iter_mut().zip(at) {
-                    *sum += leaves[a - inner];
+                for (sum, a) in total.iter_mut().zip(at) {
+                    *sum += t.leaves[(a - inner) % SLOTS];
                 }
+            }
+            for (o, t) in sums.iter_mut().zip(total) {
+                *o += t;
             }
         }
     }
 
-    /// [`Self::sum_complete`] for trees too deep to pad: eight points walk
-    /// each tree in lockstep, so their independent loads overlap.
+    /// [`Self::sum_complete`] for trees too deep or wide to pad: eight
+    /// points walk each tree in lockstep, so their independent loads overlap.
     fn sum_nodes(&self, xs: &[f64], out: &mut [f64]) {
-        const LANES: usize = 8;
         let k = self.features;
         for &root in &self.roots {
             for (rows, sums) in xs.chunks(LANES * k).zip(out.chunks_mut(LANES)) {
@@ -393,10 +401,14 @@ mod tests {
     use super::*;
 
     fn gaussian_rows(n: usize, seed: u64) -> Vec<Vec<f64>> {
+        gaussian_rows_of(n, 3, seed)
+    }
+
+    fn gaussian_rows_of(n: usize, width: usize, seed: u64) -> Vec<Vec<f64>> {
         let mut rng = SplitMix64::new(seed);
         (0..n)
             .map(|_| {
-                (0..3)
+                (0..width)
                     .map(|_| {
                         // Box-Muller.
                         let u = rng.next_f64().max(1e-12);
@@ -429,7 +441,10 @@ mod tests {
     /// (any depth up to the limit, including a lone root) and beyond.
     fn assert_batch_equals_single(rows: &[Vec<f64>], trees: usize, sample: usize) {
         let f = IsolationForest::train(rows, trees, sample, 9).unwrap();
-        assert_eq!(f.complete.is_some(), f.max_depth <= MAX_COMPLETE_DEPTH);
+        assert_eq!(
+            f.complete.is_some(),
+            f.max_depth <= MAX_COMPLETE_DEPTH && f.features <= MAX_COMPLETE_FEATURES
+        );
         let flat: Vec<f64> = rows.iter().flatten().copied().collect();
         let mut out = vec![0.0; rows.len()];
         f.score_many(&flat, &mut out);
@@ -447,6 +462,10 @@ mod tests {
         // Too deep to pad: scored node by node.
         let rows = gaussian_rows(5000, 6);
         assert_batch_equals_single(&rows, 3, 5000);
+        // As wide as padding goes, and too wide.
+        for width in [16, 17] {
+            assert_batch_equals_single(&gaussian_rows_of(300, width, 4), 20, 256);
+        }
     }
 
     proptest::proptest! {
@@ -456,12 +475,14 @@ mod tests {
             n in 1usize..300,
             sample in 1usize..300,
             trees in 1usize..12,
+            width in 1usize..20,
         ) {
-            let rows = gaussian_rows(n, seed);
+            let rows = gaussian_rows_of(n, width, seed);
             let f = IsolationForest::train(&rows, trees, sample, seed).unwrap();
             let mut probe = rows.clone();
-            probe.push(vec![f64::NAN, 1e300, -1e300]);
-            probe.push(vec![0.0, -0.0, f64::INFINITY]);
+            let odd = [f64::NAN, 1e300, -1e300, 0.0, -0.0, f64::INFINITY];
+            probe.push((0..width).map(|i| odd[i % 6]).collect());
+            probe.push((0..width).map(|i| odd[(i + 3) % 6]).collect());
             let flat: Vec<f64> = probe.iter().flatten().copied().collect();
             let mut out = vec![0.0; probe.len()];
             f.score_many(&flat, &mut out);
