@@ -291,24 +291,26 @@ impl Engine {
         out.finish(cfg);
     }
 
-    /// The z-scores of the joint model's channels, if all are present, and
-    /// whether each was taken against a time-of-day baseline.
-    fn joint_input(&self, binding: &Binding, row: &RowScore) -> Option<JointInput> {
+    /// The z-scores of the joint model's channels into `input`, if all are
+    /// present, and the baseline each was taken against. Filled in place:
+    /// returning it would copy 150 bytes per row.
+    fn joint_input(&self, binding: &Binding, row: &RowScore, input: &mut JointInput) -> bool {
         let k = self.joint_cols.len();
         if k > MAX_JOINT {
-            return None;
+            return false;
         }
-        let mut input = JointInput {
-            z: [0.0; MAX_JOINT],
-            basis: [Basis::Plain; MAX_JOINT],
-            k,
-        };
+        input.k = k;
         for (i, &c) in self.joint_cols.iter().enumerate() {
-            let p = binding.cols.iter().position(|&b| b == c)?;
-            input.z[i] = row.z[p]?;
+            let Some(p) = binding.cols.iter().position(|&b| b == c) else {
+                return false;
+            };
+            let Some(z) = row.z[p] else {
+                return false;
+            };
+            input.z[i] = z;
             input.basis[i] = row.basis[p];
         }
-        Some(input)
+        true
     }
 
     /// The joint model works on the channels' z-scores (each against its own
@@ -319,7 +321,10 @@ impl Engine {
             return None;
         }
         let j = self.joint.as_ref()?;
-        let input = self.joint_input(binding, row)?;
+        let mut input = JointInput::default();
+        if !self.joint_input(binding, row, &mut input) {
+            return None;
+        }
         if input.basis() != j.basis.as_slice() {
             return None;
         }
@@ -451,9 +456,10 @@ impl Engine {
             ));
             self.joint_cols = mature;
         }
-        let Some(input) = self.joint_input(binding, row) else {
+        let mut input = JointInput::default();
+        if !self.joint_input(binding, row, &mut input) {
             return;
-        };
+        }
         let alpha = self.config.alpha();
         if let Some(j) = self.joint.as_mut() {
             if j.basis.as_slice() != input.basis() {
@@ -626,6 +632,7 @@ impl ForestView {
 const MAX_JOINT: usize = crate::joint::MAX_CHANNELS;
 
 /// A row's input to the joint model, on the stack (this runs per row).
+#[derive(Default)]
 struct JointInput {
     z: [f64; MAX_JOINT],
     basis: [Basis; MAX_JOINT],

@@ -125,9 +125,12 @@ pub fn score_csv<R: Read, W: Write + Send>(
     engine: &mut Engine,
 ) -> Result<FileReport, InputError> {
     let cpu_start = thread_cpu_ns();
+    // A parse buffer as large as the pipeline's read buffer: a buffered
+    // reader then hands its reads straight through instead of copying.
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
+        .buffer_capacity(READ_BUFFER)
         .from_reader(Lines::new(input));
     let mut header = csv::ByteRecord::new();
     if !next_record(&mut rdr, &mut header)? {
@@ -330,6 +333,9 @@ pub fn score_csv<R: Read, W: Write + Send>(
         .map(|(read_score, write)| StageCpu { read_score, write });
     Ok(report)
 }
+
+/// Bytes the CSV parser reads at a time.
+pub const READ_BUFFER: usize = 256 * 1024;
 
 /// Rows scored per forest batch (and so held before writing).
 const BATCH_ROWS: usize = 256;

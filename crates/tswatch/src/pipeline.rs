@@ -93,7 +93,10 @@ where
     let read_error = Arc::new(Mutex::new(None));
     let (input, pump): (Box<dyn Read + Send>, _) = match got.payload {
         GetResultPayload::File(file, _) => (
-            Box::new(std::io::BufReader::with_capacity(CHUNK, file)),
+            Box::new(std::io::BufReader::with_capacity(
+                crate::csvscore::READ_BUFFER,
+                file,
+            )),
             None,
         ),
         GetResultPayload::Stream(mut stream) => {
