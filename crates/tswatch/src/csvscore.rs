@@ -483,26 +483,47 @@ impl CsvLine {
             return;
         }
         let n = round_half_away(scaled);
-        if n < 0 {
-            self.buf.push(b'-');
-        }
+        let negative = n < 0;
         let n = n.unsigned_abs();
-        let mut ib = itoa::Buffer::new();
-        self.buf.extend_from_slice(ib.format(n / 10_000).as_bytes());
-        let f = n % 10_000;
-        self.buf.extend_from_slice(&[
+        let (int, f) = (n / 10_000, n % 10_000);
+        let fraction = [
             b'.',
             b'0' + (f / 1000) as u8,
             b'0' + (f / 100 % 10) as u8,
             b'0' + (f / 10 % 10) as u8,
             b'0' + (f % 10) as u8,
-        ]);
+        ];
+        if int < 10 {
+            // The usual z-score: one copy of at most seven bytes.
+            let mut cell = [b'-', b'0' + int as u8, 0, 0, 0, 0, 0];
+            cell[2..].copy_from_slice(&fraction);
+            self.buf.extend_from_slice(&cell[usize::from(!negative)..]);
+            return;
+        }
+        if negative {
+            self.buf.push(b'-');
+        }
+        self.buf
+            .extend_from_slice(itoa::Buffer::new().format(int).as_bytes());
+        self.buf.extend_from_slice(&fraction);
     }
 
-    /// Shortest representation that round-trips (full precision).
+    /// Shortest representation that round-trips (full precision), never in
+    /// exponent form: as `{x}` writes it, except that an exact tie between
+    /// two shortest candidates goes to the even one, as Python's `repr`
+    /// (the seed) does, where `{x}` rounds up. Ryu finds the digits several
+    /// times faster; it spells integers `1.0` and uses exponents where `{x}`
+    /// does not, so exponent forms go to `{x}`.
     fn full(&mut self, x: f64) {
         self.sep();
-        let _ = write!(self.buf, "{x}");
+        let mut b = ryu::Buffer::new();
+        let s = b.format(x).as_bytes();
+        if s.contains(&b'e') || !x.is_finite() {
+            let _ = write!(self.buf, "{x}");
+        } else {
+            self.buf
+                .extend_from_slice(s.strip_suffix(b".0").unwrap_or(s));
+        }
     }
 
     /// Ends the row.
@@ -744,7 +765,7 @@ fn plain_decimal(cell: &[u8]) -> Option<f64> {
 }
 
 /// A usable channel value: a finite number.
-fn parse_cell(cell: &[u8]) -> Option<f64> {
+pub(crate) fn parse_cell(cell: &[u8]) -> Option<f64> {
     parse_number(trim(cell)).filter(|v| v.is_finite())
 }
 
@@ -814,6 +835,69 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn full_precision_is_written_as_display_writes_it(
+            bits in proptest::num::u64::ANY,
+            unit in 0.0f64..1.0,
+            int in -1.0e17f64..1.0e17,
+        ) {
+            for x in [f64::from_bits(bits), unit, int, int.trunc(), unit * 1e-6] {
+                let mut n = CsvLine::default();
+                n.full(x);
+                let ours = String::from_utf8(n.buf).unwrap();
+                let display = format!("{x}");
+                if ours != display {
+                    // Only a tie may differ: the same shortest length, and
+                    // both read back as `x`.
+                    proptest::prop_assert_eq!(ours.len(), display.len(), "{} vs {}", ours, display);
+                    proptest::prop_assert_eq!(ours.parse::<f64>().unwrap().to_bits(), x.to_bits());
+                    proptest::prop_assert_eq!(display.parse::<f64>().unwrap().to_bits(), x.to_bits());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn full_precision_edges() {
+        for x in [
+            0.0,
+            -0.0,
+            1.0,
+            0.5,
+            1e-7,
+            1e16,
+            1e300,
+            5e-324,
+            f64::NAN,
+            f64::INFINITY,
+            0.1 + 0.2,
+        ] {
+            let mut n = CsvLine::default();
+            n.full(x);
+            assert_eq!(String::from_utf8(n.buf).unwrap(), format!("{x}"));
+        }
+        // A tie: the exact value is ...806.625; Python's repr writes .62.
+        let mut n = CsvLine::default();
+        n.full(-99_894_996_760_806.5 - 0.125);
+        assert_eq!(n.buf, b"-99894996760806.62");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn four_decimals_are_the_rounded_value(small in -20.0f64..20.0, big in -1.0e11f64..1.0e11) {
+            for x in [small, big, small * 1e-4, small.trunc() + 0.00005] {
+                let n = (x * 1e4).round() as i64;
+                let sign = if n < 0 { "-" } else { "" };
+                let (int, f) = (n.unsigned_abs() / 10_000, n.unsigned_abs() % 10_000);
+                let mut line = CsvLine::default();
+                line.fixed4(x);
+                proptest::prop_assert_eq!(
+                    String::from_utf8(line.buf).unwrap(),
+                    format!("{sign}{int}.{f:04}")
+                );
+            }
+        }
+
         #[test]
         fn rounding_matches_the_library(x in -9.0e15f64..9.0e15, small in -1.0e6f64..1.0e6) {
             for v in [x, small, small.fract(), small.trunc() + 0.5, small.trunc() - 0.5] {
