@@ -20,7 +20,6 @@ use crate::forest::IsolationForest;
 use crate::joint::Joint;
 use crate::score::{ForestVerdict, JointFinding, RowScore};
 use crate::state::{EngineState, ForestRecipe, History};
-use crate::stats::two_sided_surprise;
 use std::collections::{HashMap, VecDeque};
 
 /// Streaming anomaly detector over any number of named channels.
@@ -265,7 +264,6 @@ impl Engine {
                 Some((x, r)) => {
                     let z = ch.z(x, &r);
                     out.z.push(Some(z));
-                    out.surprise.push(two_sided_surprise(z));
                     out.basis.push(r.basis);
                     let shift = ch.completes_shift(z, cfg);
                     out.shift.push(shift);
@@ -274,7 +272,6 @@ impl Engine {
                 }
                 None => {
                     out.z.push(None);
-                    out.surprise.push(0.0);
                     out.basis.push(Basis::Plain);
                     out.shift.push(false);
                     out.shift_since.push(None);

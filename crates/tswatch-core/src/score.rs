@@ -9,7 +9,7 @@
 
 use crate::channel::Basis;
 use crate::config::EngineConfig;
-use crate::stats::format_epoch;
+use crate::stats::{format_epoch, two_sided_surprise};
 
 /// The joint test is held to a ten times stricter standard than the
 /// per-channel tests (`-log10(10)`): its Gaussian assumption is the weakest,
@@ -45,8 +45,10 @@ pub struct RowScore {
     pub z: Vec<Option<f64>>,
     /// Whether the channel's own evidence flags the row; `None` where `z` is.
     pub z_flag: Vec<Option<bool>>,
-    /// `-log10` two-sided tail probability of each `z` (0 when absent).
-    pub surprise: Vec<f64>,
+    /// The largest per-channel evidence: `-log10` of the two-sided tail
+    /// probability of the largest `|z|` (0 when there is none). Per channel
+    /// it is [`RowScore::surprise`], worked out only where needed.
+    pub surprise_max: f64,
     /// The baseline each `z` was taken against.
     pub basis: Vec<Basis>,
     /// Whether this row completes a level shift of the channel.
@@ -69,7 +71,7 @@ impl RowScore {
     pub(crate) fn clear(&mut self) {
         self.z.clear();
         self.z_flag.clear();
-        self.surprise.clear();
+        self.surprise_max = 0.0;
         self.basis.clear();
         self.shift.clear();
         self.shift_since.clear();
@@ -84,15 +86,27 @@ impl RowScore {
         let threshold = cfg.alarm_surprise();
         let k = self.z.iter().flatten().count().max(1) as f64;
         let penalty = k.log10();
-        let uni = self.surprise.iter().fold(0.0f64, |m, s| m.max(*s)) - penalty;
+        // The surprise grows with |z|: only the largest |z| (and any within
+        // a hair of it, where rounding could reorder them) needs one.
+        let top = self.z.iter().flatten().fold(0.0f64, |m, z| m.max(z.abs()));
+        self.surprise_max = self
+            .z
+            .iter()
+            .flatten()
+            .filter(|z| z.abs() >= top * (1.0 - 1e-12))
+            .fold(0.0f64, |m, z| m.max(two_sided_surprise(*z)));
+        let uni = self.surprise_max - penalty;
         let joint = self
             .joint
             .as_ref()
             .map_or(0.0, |j| j.surprise - JOINT_PENALTY);
         self.evidence = uni.max(joint).max(0.0);
         self.z_flag.clear();
-        for (z, s) in self.z.iter().zip(&self.surprise) {
-            self.z_flag.push(z.map(|_| s - penalty >= threshold));
+        // Below the threshold at the largest |z|, below it everywhere.
+        let any_flag = uni >= threshold;
+        for z in &self.z {
+            self.z_flag
+                .push(z.map(|z| any_flag && two_sided_surprise(z) - penalty >= threshold));
         }
         let forest_alarm = cfg.forest_alarm && self.forest.as_ref().is_some_and(|f| f.flagged);
         self.anomaly = self.evidence >= threshold || self.shift.contains(&true) || forest_alarm;
@@ -105,6 +119,16 @@ impl RowScore {
             s = s.min(0.499_999_999);
         }
         self.anomaly_score = s;
+    }
+
+    /// `-log10` two-sided tail probability of channel `i`'s z-score (0 when
+    /// absent).
+    pub fn surprise(&self, i: usize) -> f64 {
+        self.z
+            .get(i)
+            .copied()
+            .flatten()
+            .map_or(0.0, two_sided_surprise)
     }
 
     /// Seed's `if_label`: -1 for a forest outlier, 1 otherwise.
@@ -130,7 +154,7 @@ impl RowScore {
         let mut flagged: Vec<usize> = (0..self.z.len())
             .filter(|&i| self.z_flag[i] == Some(true) || self.shift[i])
             .collect();
-        flagged.sort_by(|&a, &b| self.surprise[b].total_cmp(&self.surprise[a]));
+        flagged.sort_by(|&a, &b| self.surprise(b).total_cmp(&self.surprise(a)));
         for i in flagged {
             let name = names[i].as_ref();
             let z = self.z[i].unwrap_or(0.0);
@@ -149,10 +173,7 @@ impl RowScore {
         }
         if let Some(j) = &self.joint {
             let uni_ok = self.z_flag.iter().all(|f| *f != Some(true));
-            if uni_ok
-                && self.evidence >= 0.0
-                && j.surprise >= self.surprise.iter().fold(0.0f64, |m, s| m.max(*s))
-            {
+            if uni_ok && self.evidence >= 0.0 && j.surprise >= self.surprise_max {
                 let who = if j.drivers.is_empty() {
                     "all channels".to_string()
                 } else {
@@ -199,10 +220,6 @@ mod tests {
         let n = z.len();
         let mut s = RowScore {
             z: z.to_vec(),
-            surprise: z
-                .iter()
-                .map(|z| z.map_or(0.0, two_sided_surprise))
-                .collect(),
             basis: vec![Basis::Plain; n],
             shift: vec![false; n],
             shift_since: vec![None; n],
@@ -210,6 +227,32 @@ mod tests {
         };
         s.finish(&EngineConfig::default());
         s
+    }
+
+    proptest::proptest! {
+        /// Surprise is worked out for the largest |z| only; flags and the
+        /// evidence are exactly those of every channel's own surprise.
+        #[test]
+        fn flags_and_evidence_equal_every_channels_own(
+            z in proptest::collection::vec(proptest::option::of(-12.0f64..12.0), 1..8),
+            tie in proptest::bool::ANY,
+        ) {
+            let mut z = z;
+            if tie && z.len() > 1 {
+                z[1] = z[0].map(|v| -v);
+            }
+            let s = with_z(&z);
+            let cfg = EngineConfig::default();
+            let k = z.iter().flatten().count().max(1) as f64;
+            let each: Vec<f64> = z.iter().map(|z| z.map_or(0.0, two_sided_surprise)).collect();
+            let max = each.iter().fold(0.0f64, |m, v| m.max(*v));
+            proptest::prop_assert_eq!(s.surprise_max.to_bits(), max.to_bits());
+            for (i, z) in z.iter().enumerate() {
+                let want = z.map(|_| each[i] - k.log10() >= cfg.alarm_surprise());
+                proptest::prop_assert_eq!(s.z_flag[i], want);
+                proptest::prop_assert_eq!(s.surprise(i).to_bits(), each[i].to_bits());
+            }
+        }
     }
 
     #[test]
@@ -250,7 +293,6 @@ mod tests {
     fn joint_reason_and_seed_columns() {
         let mut s = RowScore {
             z: vec![Some(1.0), Some(1.5)],
-            surprise: vec![two_sided_surprise(1.0), two_sided_surprise(1.5)],
             basis: vec![Basis::Plain; 2],
             shift: vec![false; 2],
             shift_since: vec![None; 2],
