@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use std::collections::{HashSet, VecDeque};
 use std::io::{Read, Write};
 use std::sync::mpsc;
-use tswatch_core::{Engine, ForestView, RowScore};
+use tswatch_core::{Engine, ForestVerdict, ForestView, RowScore};
 
 /// Rows examined to decide which columns are numeric.
 const SNIFF_ROWS: usize = 256;
@@ -207,8 +207,8 @@ pub fn score_csv<R: Read, W: Write + Send>(
     // of scored rows cross a small bounded channel, each with the forest it
     // was scored under, and emptied batches come back to be reused.
     let inline = engine.forest_inline();
-    let (to_writer, from_scorer) = mpsc::sync_channel::<(Vec<Box<Pending>>, Option<ForestView>)>(4);
-    let (to_scorer, recycled) = mpsc::channel::<Vec<Box<Pending>>>();
+    let (to_writer, from_scorer) = mpsc::sync_channel::<(Batch, Option<ForestView>)>(4);
+    let (to_scorer, recycled) = mpsc::channel::<Batch>();
     let (columns_ref, channel_of_ref, channels_ref) = (&columns, &channel_of, &channels);
     let written = std::thread::scope(|scope| {
         let writer = scope.spawn(move || -> Result<(FileReport, Option<f64>), InputError> {
@@ -231,30 +231,35 @@ pub fn score_csv<R: Read, W: Write + Send>(
             Ok((written, cpu_ms_since(cpu_start)))
         });
 
-        let mut batch: Vec<Box<Pending>> = Vec::with_capacity(BATCH_ROWS);
-        let mut spare: Vec<Box<Pending>> = Vec::new();
+        let width = channel_cols.len();
+        let mut batch = Batch::new(width);
         let mut view = if inline {
             None
         } else {
             engine.forest_view(&binding)
         };
         let mut view_version = engine.forest_version();
-        // Hands the batch to the writer; false if the writer has stopped.
-        let ship = |batch: &mut Vec<Box<Pending>>,
-                    view: &Option<ForestView>,
-                    spare: &mut Vec<Box<Pending>>| {
-            let full = std::mem::replace(batch, Vec::with_capacity(BATCH_ROWS));
-            if full.is_empty() {
+        // Hands the batch to the writer (and takes an emptied one back, if
+        // one is there); false if the writer has stopped.
+        let ship = |batch: &mut Batch, view: &Option<ForestView>| {
+            if batch.is_empty() {
                 return true;
             }
-            let sent = to_writer.send((full, view.clone())).is_ok();
-            while let Ok(mut back) = recycled.try_recv() {
-                spare.append(&mut back);
-            }
-            sent
+            let next = match recycled.try_recv() {
+                Ok(mut back) => {
+                    back.clear();
+                    back
+                }
+                Err(_) => Batch::new(width),
+            };
+            to_writer
+                .send((std::mem::replace(batch, next), view.clone()))
+                .is_ok()
         };
+        let mut values: Vec<Option<f64>> = Vec::with_capacity(width);
+        let mut score = RowScore::default();
 
-        let mut process = |rec: &mut csv::ByteRecord,
+        let mut process = |rec: &csv::ByteRecord,
                            line: u64,
                            report: &mut FileReport|
          -> Result<bool, InputError> {
@@ -273,43 +278,40 @@ pub fn score_csv<R: Read, W: Write + Send>(
             }
             if !inline && engine.forest_version() != view_version {
                 // A new forest: rows scored so far belong to the old one.
-                if !ship(&mut batch, &view, &mut spare) {
+                if !ship(&mut batch, &view) {
                     return Ok(false);
                 }
                 view = engine.forest_view(&binding);
                 view_version = engine.forest_version();
             }
-            let mut slot = spare.pop().unwrap_or_default();
-            slot.values.clear();
+            values.clear();
             for &c in &channel_cols {
                 let v = rec.get(c).and_then(parse_cell);
                 report.missing_cells += u64::from(v.is_none());
-                slot.values.push(v);
+                values.push(v);
             }
             let ts = ts_col
                 .and_then(|c| rec.get(c))
                 .and_then(crate::timestamp::parse);
-            engine.score_into(&binding, ts, &slot.values, &mut slot.score);
-            engine.update(&binding, ts, &slot.values, &slot.score);
-            // The row moves to the writer; the reader refills the old one.
-            std::mem::swap(&mut slot.rec, rec);
+            engine.score_into(&binding, ts, &values, &mut score);
+            engine.update(&binding, ts, &values, &score);
+            batch.push(rec, &values, &score);
             report.total_rows += 1;
-            batch.push(slot);
-            if batch.len() == BATCH_ROWS && !ship(&mut batch, &view, &mut spare) {
+            if batch.len() == BATCH_ROWS && !ship(&mut batch, &view) {
                 return Ok(false);
             }
             Ok(true)
         };
 
         let mut scored = || -> Result<(), InputError> {
-            for (mut r, line) in std::mem::take(&mut sniffed) {
-                if !process(&mut r, line, &mut report)? {
+            for (r, line) in std::mem::take(&mut sniffed) {
+                if !process(&r, line, &mut report)? {
                     return Ok(());
                 }
             }
             while next_record(&mut rdr, &mut rec)? {
                 let line = rdr.get_mut().line_of(&rec);
-                if !process(&mut rec, line, &mut report)? {
+                if !process(&rec, line, &mut report)? {
                     return Ok(());
                 }
             }
@@ -317,7 +319,7 @@ pub fn score_csv<R: Read, W: Write + Send>(
         };
         let scored = scored();
         if scored.is_ok() {
-            ship(&mut batch, &view, &mut spare);
+            ship(&mut batch, &view);
         }
         drop(to_writer);
         let written = writer
@@ -340,12 +342,98 @@ pub const READ_BUFFER: usize = 256 * 1024;
 /// Rows scored per forest batch (and so held before writing).
 const BATCH_ROWS: usize = 256;
 
-/// A scored row waiting to be written.
+/// Scored rows on their way to the writer, stored flat: a few contiguous
+/// arrays rather than a dozen small allocations per row, so that handing a
+/// batch to the other core moves few cache lines, in order.
 #[derive(Default)]
-struct Pending {
-    rec: csv::ByteRecord,
+struct Batch {
+    /// Channels per row.
+    width: usize,
+    /// Every row's fields, back to back.
+    bytes: Vec<u8>,
+    /// End of each field in `bytes`.
+    ends: Vec<usize>,
+    /// Where each row's field ends start in `ends` (one more entry than rows).
+    starts: Vec<usize>,
+    /// Channel values, `width` per row.
     values: Vec<Option<f64>>,
-    score: RowScore,
+    /// z-scores and flags, `width` per row.
+    z: Vec<Option<f64>>,
+    z_flag: Vec<Option<bool>>,
+    /// Per row: whether it is anomalous, and its score.
+    anomaly: Vec<bool>,
+    anomaly_score: Vec<f64>,
+    /// The forest's verdict per row (filled by the writer, unless inline).
+    forest: Vec<Option<ForestVerdict>>,
+    /// The full score of each anomalous row, for its reason and JSON copy.
+    flagged: Vec<(usize, RowScore)>,
+}
+
+impl Batch {
+    fn new(width: usize) -> Self {
+        Self {
+            width,
+            starts: vec![0],
+            ..Default::default()
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.anomaly.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.anomaly.is_empty()
+    }
+
+    /// Empties the batch, keeping its buffers.
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+        self.starts.clear();
+        self.starts.push(0);
+        self.values.clear();
+        self.z.clear();
+        self.z_flag.clear();
+        self.anomaly.clear();
+        self.anomaly_score.clear();
+        self.forest.clear();
+        self.flagged.clear();
+    }
+
+    fn push(&mut self, rec: &csv::ByteRecord, values: &[Option<f64>], score: &RowScore) {
+        for field in rec {
+            self.bytes.extend_from_slice(field);
+            self.ends.push(self.bytes.len());
+        }
+        self.starts.push(self.ends.len());
+        self.values.extend_from_slice(values);
+        self.z.extend_from_slice(&score.z);
+        self.z_flag.extend_from_slice(&score.z_flag);
+        if score.anomaly {
+            self.flagged.push((self.len(), score.clone()));
+        }
+        self.anomaly.push(score.anomaly);
+        self.anomaly_score.push(score.anomaly_score);
+        // Inline, the scorer has the verdict; else the writer adds it.
+        self.forest.push(score.forest.clone());
+    }
+
+    /// Row `r`'s fields.
+    fn fields(&self, r: usize) -> impl Iterator<Item = &[u8]> {
+        let ends = &self.ends[self.starts[r]..self.starts[r + 1]];
+        let first = self.starts[r].checked_sub(1).map_or(0, |i| self.ends[i]);
+        ends.iter().scan(first, move |start, &end| {
+            let field = &self.bytes[*start..end];
+            *start = end;
+            Some(field)
+        })
+    }
+
+    /// Row `r`'s channel values.
+    fn values(&self, r: usize) -> &[Option<f64>] {
+        &self.values[r * self.width..(r + 1) * self.width]
+    }
 }
 
 /// What writing rows needs, borrowed from `score_csv`.
@@ -361,42 +449,56 @@ impl Writing<'_> {
     /// Adds the forest's verdicts (if it is scored here) and writes the rows.
     fn flush<W: Write>(
         &mut self,
-        rows: &mut [Box<Pending>],
+        batch: &mut Batch,
         view: Option<&ForestView>,
         out: &mut W,
         report: &mut FileReport,
     ) -> Result<(), InputError> {
         if let Some(v) = view {
-            let verdicts = v.verdicts(rows.iter().map(|p| p.values.as_slice()));
-            for (p, verdict) in rows.iter_mut().zip(verdicts) {
-                p.score.forest = verdict;
+            batch.forest = v.verdicts((0..batch.len()).map(|r| batch.values(r)));
+            for (r, score) in &mut batch.flagged {
+                score.forest = batch.forest[*r].clone();
             }
         }
         self.line.buf.clear();
-        for p in rows.iter() {
-            self.write_row(p, report);
+        let mut flagged = batch.flagged.iter().peekable();
+        for r in 0..batch.len() {
+            let full = flagged.next_if(|(at, _)| *at == r).map(|(_, s)| s);
+            self.write_row(batch, r, full, report);
         }
         out.write_all(&self.line.buf)
             .map_err(|e| InputError::Csv(format!("writing output: {e}")))
     }
 
-    fn write_row(&mut self, p: &Pending, report: &mut FileReport) {
-        let (rec, score, line) = (&p.rec, &p.score, &mut self.line);
-        for c in 0..self.columns.len() {
-            line.text(rec.get(c).unwrap_or(b""));
+    /// Writes row `r`; `full` is its complete score if it is anomalous.
+    fn write_row(
+        &mut self,
+        batch: &Batch,
+        r: usize,
+        full: Option<&RowScore>,
+        report: &mut FileReport,
+    ) {
+        let line = &mut self.line;
+        let mut fields = batch.fields(r);
+        for _ in 0..self.columns.len() {
+            line.text(fields.next().unwrap_or(b""));
         }
-        for (z, f) in score.z.iter().zip(&score.z_flag) {
+        let w = batch.width;
+        for (z, f) in batch.z[r * w..(r + 1) * w]
+            .iter()
+            .zip(&batch.z_flag[r * w..(r + 1) * w])
+        {
             match z {
                 Some(z) => line.fixed4(*z),
                 None => line.raw(b""),
             }
             line.raw(bool_cell(*f));
         }
-        match score.if_label() {
-            Some(l) => {
-                line.raw(if l < 0 { b"-1" } else { b"1" });
-                line.fixed4(score.if_score(self.forest_threshold).unwrap_or_default());
-                line.raw(bool_cell(Some(l < 0)));
+        match &batch.forest[r] {
+            Some(f) => {
+                line.raw(if f.flagged { b"-1" } else { b"1" });
+                line.fixed4(self.forest_threshold - f.score);
+                line.raw(bool_cell(Some(f.flagged)));
             }
             None => {
                 for _ in 0..3 {
@@ -404,26 +506,29 @@ impl Writing<'_> {
                 }
             }
         }
-        line.raw(bool_cell(Some(score.anomaly)));
-        line.full(score.anomaly_score);
+        line.raw(bool_cell(Some(batch.anomaly[r])));
+        line.full(batch.anomaly_score[r]);
+        let Some(score) = full else {
+            line.raw(b"");
+            line.end();
+            return;
+        };
         let reason = score.reason(self.channels);
         line.text(reason.as_bytes());
         line.end();
-
-        if score.anomaly {
-            report.anomaly_count += 1;
-            if report.anomalies.len() < MAX_KEPT_ANOMALIES {
-                report.anomalies.push(row_json(
-                    self.columns,
-                    self.channel_of,
-                    rec,
-                    &p.values,
-                    self.channels,
-                    score,
-                    self.forest_threshold,
-                    reason,
-                ));
-            }
+        report.anomaly_count += 1;
+        if report.anomalies.len() < MAX_KEPT_ANOMALIES {
+            let rec: Vec<&[u8]> = batch.fields(r).collect();
+            report.anomalies.push(row_json(
+                self.columns,
+                self.channel_of,
+                &rec,
+                batch.values(r),
+                self.channels,
+                score,
+                self.forest_threshold,
+                reason,
+            ));
         }
     }
 }
@@ -781,7 +886,7 @@ fn bool_cell(f: Option<bool>) -> &'static [u8] {
 fn row_json(
     columns: &[String],
     channel_of: &[Option<usize>],
-    rec: &csv::ByteRecord,
+    rec: &[&[u8]],
     values: &[Option<f64>],
     channels: &[String],
     score: &RowScore,
@@ -792,7 +897,9 @@ fn row_json(
     for (c, name) in columns.iter().enumerate() {
         let v = match channel_of[c] {
             Some(k) => values[k].map_or(Value::Null, Value::from),
-            None => Value::from(String::from_utf8_lossy(rec.get(c).unwrap_or(b"")).into_owned()),
+            None => Value::from(
+                String::from_utf8_lossy(rec.get(c).copied().unwrap_or(b"")).into_owned(),
+            ),
         };
         m.insert(name.clone(), v);
     }
