@@ -66,7 +66,8 @@ const LANES: usize = 8;
 #[derive(Debug, Clone)]
 struct Padded {
     values: [f64; SLOTS],
-    features: [u8; SLOTS],
+    /// Each split's feature times [`LANES`]: its row in a chunk's block.
+    offsets: [u8; SLOTS],
     /// Path length (depth plus `c(size)`) of each of the `2^depth` leaves.
     leaves: [f64; SLOTS],
 }
@@ -115,6 +116,12 @@ impl IsolationForest {
             return None;
         }
         let psi = sample_size.min(rows.len()).max(1);
+        // `c(n)` of every leaf size, worked out once instead of per node.
+        let paths: Vec<f64> = (0..=psi).map(average_path_length).collect();
+        // Column-major: a split scans one feature over many rows.
+        let columns: Vec<Vec<f64>> = (0..features)
+            .map(|f| rows.iter().map(|r| r[f]).collect())
+            .collect();
         let max_depth = (psi as f64).log2().ceil() as usize;
         let mut rng = SplitMix64::new(seed);
         let mut pool: Vec<usize> = (0..rows.len()).collect();
@@ -134,7 +141,10 @@ impl IsolationForest {
                 child: 0,
             });
             roots.push(root as u32);
-            build(rows, &mut idx, root, 0, max_depth, &mut rng, &mut nodes);
+            let at = Place { me: root, depth: 0 };
+            build(
+                &columns, &mut idx, at, max_depth, &paths, &mut rng, &mut nodes,
+            );
         }
         let mut forest = Self {
             nodes,
@@ -158,7 +168,7 @@ impl IsolationForest {
             .map(|&root| {
                 let mut t = Padded {
                     values: [0.0; SLOTS],
-                    features: [0; SLOTS],
+                    offsets: [0; SLOTS],
                     leaves: [0.0; SLOTS],
                 };
                 self.fill(root as usize, 0, 0, depth, &mut t);
@@ -182,8 +192,8 @@ impl IsolationForest {
             return;
         }
         t.values[at] = n.value;
-        // Padding is only chosen for at most 16 features.
-        t.features[at] = n.feature as u8;
+        // Padding is only chosen for at most 16 features: this fits a byte.
+        t.offsets[at] = (n.feature as usize * LANES) as u8;
         let child = n.child as usize;
         self.fill(child, 2 * at + 1, level + 1, depth, t);
         self.fill(child + 1, 2 * at + 2, level + 1, depth, t);
@@ -258,21 +268,24 @@ impl IsolationForest {
         let k = self.features;
         let inner = (1usize << c.depth) - 1;
         for (rows, sums) in xs.chunks(LANES * k).zip(out.chunks_mut(LANES)) {
-            // Feature-major copy: `block[f][j]` is point j's feature f (a
-            // short chunk leaves zeros in the lanes it does not fill).
-            let mut block = [[0.0; LANES]; MAX_COMPLETE_FEATURES];
+            // Feature-major copy: `block[f * LANES + j]` is point j's feature
+            // f (a short chunk leaves zeros in the lanes it does not fill).
+            let mut block = [0.0; MAX_COMPLETE_FEATURES * LANES];
             for (j, row) in rows.chunks(k).enumerate() {
                 for (f, &v) in row.iter().enumerate() {
-                    block[f][j] = v;
+                    block[f * LANES + j] = v;
                 }
             }
+            // Masks that keep every index provably in bounds (a no-op on
+            // the values stored), so a step has no bounds check.
+            const OFFSET: usize = (MAX_COMPLETE_FEATURES - 1) * LANES;
             let mut total = [0.0; LANES];
             for t in &c.trees {
                 let mut at = [0usize; LANES];
                 for _ in 0..c.depth {
                     for (j, a) in at.iter_mut().enumerate() {
                         let s = *a % SLOTS;
-                        let x = block[usize::from(t.features[s]) % MAX_COMPLETE_FEATURES][j];
+                        let x = block[(usize::from(t.offsets[s]) & OFFSET) + j];
                         *a = 2 * *a + 1 + usize::from(x >= t.values[s]);
                     }
                 }
@@ -333,41 +346,50 @@ impl IsolationForest {
     }
 }
 
-/// Fills node `me` (already allocated) for the rows in `idx`.
-fn build(
-    rows: &[Vec<f64>],
-    idx: &mut [usize],
+/// Where a node goes: its (already allocated) slot and its depth.
+#[derive(Clone, Copy)]
+struct Place {
     me: usize,
     depth: usize,
+}
+
+/// Fills node `at.me` for the rows in `idx`; `paths[n]` is `c(n)`.
+fn build(
+    columns: &[Vec<f64>],
+    idx: &mut [usize],
+    at: Place,
     max_depth: usize,
+    paths: &[f64],
     rng: &mut SplitMix64,
     nodes: &mut Vec<Node>,
 ) {
+    let Place { me, depth } = at;
     nodes[me] = Node {
-        value: average_path_length(idx.len()),
+        value: paths[idx.len()],
         feature: LEAF,
         child: 0,
     };
     if idx.len() <= 1 || depth >= max_depth {
         return;
     }
-    let features = rows[idx[0]].len();
+    let features = columns.len();
     // Pick a feature that is not constant in this node; try each once from a
     // random start so constant channels never end the tree early.
     let start = rng.below(features);
     for k in 0..features {
         let f = (start + k) % features;
+        let column = &columns[f];
         let (lo, hi) = idx
             .iter()
             .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &i| {
-                (lo.min(rows[i][f]), hi.max(rows[i][f]))
+                (lo.min(column[i]), hi.max(column[i]))
             });
         if hi > lo {
             let value = lo + rng.next_f64() * (hi - lo);
             // Partition in place: values below the split first.
             let mut mid = 0;
             for j in 0..idx.len() {
-                if rows[idx[j]][f] < value {
+                if column[idx[j]] < value {
                     idx.swap(j, mid);
                     mid += 1;
                 }
@@ -389,8 +411,18 @@ fn build(
                 child: child as u32,
             };
             let (l, r) = idx.split_at_mut(mid);
-            build(rows, l, child, depth + 1, max_depth, rng, nodes);
-            build(rows, r, child + 1, depth + 1, max_depth, rng, nodes);
+            let (left, right) = (
+                Place {
+                    me: child,
+                    depth: depth + 1,
+                },
+                Place {
+                    me: child + 1,
+                    depth: depth + 1,
+                },
+            );
+            build(columns, l, left, max_depth, paths, rng, nodes);
+            build(columns, r, right, max_depth, paths, rng, nodes);
             return;
         }
     }
