@@ -3,7 +3,7 @@
 //! optional time-of-day baseline, and the level-shift tracker.
 
 use crate::config::EngineConfig;
-use crate::stats::{Ew, Welford};
+use crate::stats::{Ew, Welford, weight};
 use serde::{Deserialize, Serialize};
 
 /// Time-of-day buckets of the seasonal baseline (30 minutes each).
@@ -270,8 +270,9 @@ impl ChannelState {
                 if sd > 0.0 && lsd > 0.0 {
                     let u = ((x - self.ew.mean) / sd).clamp(-50.0, 50.0);
                     let v = ((lx - l.ew.mean) / lsd).clamp(-50.0, 50.0);
-                    l.skew += SKEW_ALPHA.max(1.0 / (l.n + 1) as f64) * (u.powi(3) - l.skew);
-                    l.log_skew += SKEW_ALPHA.max(1.0 / (l.n + 1) as f64) * (v.powi(3) - l.log_skew);
+                    let w = weight(l.n + 1, SKEW_ALPHA);
+                    l.skew += w * (u.powi(3) - l.skew);
+                    l.log_skew += w * (v.powi(3) - l.log_skew);
                     l.n += 1;
                 }
             }

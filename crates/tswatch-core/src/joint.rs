@@ -71,7 +71,7 @@ impl Joint {
             return;
         }
         self.n += 1;
-        let a = (1.0 / self.n as f64).max(alpha);
+        let a = crate::stats::weight(self.n, alpha);
         let mut d = [0.0; MAX_CHANNELS];
         for i in 0..k {
             d[i] = x[i] - self.mean[i];

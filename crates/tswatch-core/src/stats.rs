@@ -262,6 +262,18 @@ mod tests {
         }
 
         #[test]
+        fn weight_is_the_larger_of_one_over_n_and_alpha(
+            n in 1u64..10_000_000,
+            memory in 1.0f64..1.0e6,
+        ) {
+            let alpha = 1.0 / memory;
+            for n in [n, (2.0 * memory) as u64, (2.0 * memory) as u64 + 1] {
+                let n = n.max(1);
+                prop_assert_eq!(weight(n, alpha).to_bits(), (1.0 / n as f64).max(alpha).to_bits());
+            }
+        }
+
+        #[test]
         fn surprise_is_monotone(a in 0f64..60.0, d in 0.001f64..10.0) {
             prop_assert!(two_sided_surprise(a + d) > two_sided_surprise(a));
         }
@@ -289,7 +301,7 @@ impl Ew {
             return;
         }
         self.n += 1;
-        let a = (1.0 / self.n as f64).max(alpha);
+        let a = weight(self.n, alpha);
         let d = x - self.mean;
         self.mean += a * d;
         self.var = ((1.0 - a) * (self.var + a * d * d)).max(0.0);
@@ -312,6 +324,19 @@ impl Ew {
     /// Whether the numbers are usable.
     pub fn is_valid(&self) -> bool {
         self.mean.is_finite() && self.var.is_finite() && self.var >= 0.0
+    }
+}
+
+/// `max(1/n, alpha)`, the weight of the n-th value of a running estimate
+/// with memory `1/alpha`, without a division once `n` is past that memory
+/// (this runs several times per value): if the product, rounded, exceeds 2,
+/// then `1/n < alpha / 1.99`, so even rounded up `1/n` is below `alpha`, and
+/// the maximum is exactly `alpha`.
+pub fn weight(n: u64, alpha: f64) -> f64 {
+    if n as f64 * alpha > 2.0 {
+        alpha
+    } else {
+        (1.0 / n as f64).max(alpha)
     }
 }
 
