@@ -598,15 +598,15 @@ impl CsvLine {
             b'0' + (f / 10 % 10) as u8,
             b'0' + (f % 10) as u8,
         ];
-        if int < 10 {
-            // The usual z-score: one copy of at most seven bytes.
-            let mut cell = [b'-', b'0' + int as u8, 0, 0, 0, 0, 0];
-            cell[2..].copy_from_slice(&fraction);
-            self.buf.extend_from_slice(&cell[usize::from(!negative)..]);
-            return;
-        }
         if negative {
             self.buf.push(b'-');
+        }
+        if int < 10 {
+            // The usual z-score: one fixed-size copy (no call to memcpy).
+            let mut cell = [b'0' + int as u8, 0, 0, 0, 0, 0];
+            cell[1..].copy_from_slice(&fraction);
+            self.buf.extend_from_slice(&cell);
+            return;
         }
         self.buf
             .extend_from_slice(itoa::Buffer::new().format(int).as_bytes());
