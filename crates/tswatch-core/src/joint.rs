@@ -110,12 +110,13 @@ impl Joint {
         for i in 0..k {
             r[i] = x[i] - self.mean[i];
         }
-        cholesky(&self.cov, k, l)?;
+        let mut inv = [0.0; MAX_CHANNELS];
+        cholesky(&self.cov, k, l, &mut inv)?;
         // Solve L y = r, then L^T w = y; d2 = r . w = |y|^2.
         let mut y = [0.0; MAX_CHANNELS];
         for i in 0..k {
             let s: f64 = (0..i).map(|j| l[i * k + j] * y[j]).sum();
-            y[i] = (r[i] - s) / l[i * k + i];
+            y[i] = (r[i] - s) * inv[i];
         }
         let d2: f64 = y[..k].iter().map(|v| v * v).sum();
         if !d2.is_finite() {
@@ -125,7 +126,7 @@ impl Joint {
             let mut w = [0.0; MAX_CHANNELS];
             for i in (0..k).rev() {
                 let s: f64 = (i + 1..k).map(|j| l[j * k + i] * w[j]).sum();
-                w[i] = (y[i] - s) / l[i * k + i];
+                w[i] = (y[i] - s) * inv[i];
             }
             (0..k)
                 .map(|i| r[i] * w[i] / d2.max(f64::MIN_POSITIVE))
@@ -142,8 +143,10 @@ impl Joint {
 }
 
 /// Lower Cholesky factor of a covariance into `l`, with a small ridge so
-/// that collinear or constant channels do not make it singular.
-fn cholesky(cov: &[f64], k: usize, l: &mut [f64]) -> Option<()> {
+/// that collinear or constant channels do not make it singular, and the
+/// reciprocals of its diagonal into `inv`: the solves then multiply, where
+/// a chain of divisions would set the pace of every row.
+fn cholesky(cov: &[f64], k: usize, l: &mut [f64], inv: &mut [f64; MAX_CHANNELS]) -> Option<()> {
     for i in 0..k {
         let diag = cov[i * k + i];
         let ridge = 1e-9 * diag.abs().max(1e-12) + 1e-300;
@@ -155,8 +158,9 @@ fn cholesky(cov: &[f64], k: usize, l: &mut [f64]) -> Option<()> {
                     return None;
                 }
                 l[i * k + i] = v.sqrt();
+                inv[i] = 1.0 / l[i * k + i];
             } else {
-                l[i * k + j] = (cov[i * k + j] - s) / l[j * k + j];
+                l[i * k + j] = (cov[i * k + j] - s) * inv[j];
             }
         }
     }
