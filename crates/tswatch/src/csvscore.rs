@@ -295,7 +295,7 @@ pub fn score_csv<R: Read, W: Write + Send>(
                 .and_then(crate::timestamp::parse);
             engine.score_into(&binding, ts, &values, &mut score);
             engine.update(&binding, ts, &values, &score);
-            batch.push(rec, &values, &score);
+            batch.push(rec, &values, &score, inline);
             report.total_rows += 1;
             if batch.len() == BATCH_ROWS && !ship(&mut batch, &view) {
                 return Ok(false);
@@ -363,7 +363,8 @@ struct Batch {
     /// Per row: whether it is anomalous, and its score.
     anomaly: Vec<bool>,
     anomaly_score: Vec<f64>,
-    /// The forest's verdict per row (filled by the writer, unless inline).
+    /// The forest's verdict per row, when the scorer has it (inline);
+    /// otherwise the writer works verdicts out in its own memory.
     forest: Vec<Option<ForestVerdict>>,
     /// The full score of each anomalous row, for its reason and JSON copy.
     flagged: Vec<(usize, RowScore)>,
@@ -401,7 +402,13 @@ impl Batch {
         self.flagged.clear();
     }
 
-    fn push(&mut self, rec: &csv::ByteRecord, values: &[Option<f64>], score: &RowScore) {
+    fn push(
+        &mut self,
+        rec: &csv::ByteRecord,
+        values: &[Option<f64>],
+        score: &RowScore,
+        inline: bool,
+    ) {
         for field in rec {
             self.bytes.extend_from_slice(field);
             self.ends.push(self.bytes.len());
@@ -415,8 +422,9 @@ impl Batch {
         }
         self.anomaly.push(score.anomaly);
         self.anomaly_score.push(score.anomaly_score);
-        // Inline, the scorer has the verdict; else the writer adds it.
-        self.forest.push(score.forest.clone());
+        if inline {
+            self.forest.push(score.forest.clone());
+        }
     }
 
     /// Row `r`'s fields.
@@ -454,27 +462,37 @@ impl Writing<'_> {
         out: &mut W,
         report: &mut FileReport,
     ) -> Result<(), InputError> {
-        if let Some(v) = view {
-            batch.forest = v.verdicts((0..batch.len()).map(|r| batch.values(r)));
-            for (r, score) in &mut batch.flagged {
-                score.forest = batch.forest[*r].clone();
+        // Verdicts in this thread's own memory: a batch comes back to the
+        // scorer with nothing the writer allocated.
+        let computed;
+        let forest = match view {
+            Some(v) => {
+                computed = v.verdicts((0..batch.len()).map(|r| batch.values(r)));
+                for (r, score) in &mut batch.flagged {
+                    score.forest = computed[*r].clone();
+                }
+                &computed
             }
-        }
+            None => &batch.forest,
+        };
         self.line.buf.clear();
         let mut flagged = batch.flagged.iter().peekable();
         for r in 0..batch.len() {
             let full = flagged.next_if(|(at, _)| *at == r).map(|(_, s)| s);
-            self.write_row(batch, r, full, report);
+            let verdict = forest.get(r).and_then(Option::as_ref);
+            self.write_row(batch, r, verdict, full, report);
         }
         out.write_all(&self.line.buf)
             .map_err(|e| InputError::Csv(format!("writing output: {e}")))
     }
 
-    /// Writes row `r`; `full` is its complete score if it is anomalous.
+    /// Writes row `r` with the forest's `verdict`; `full` is its complete
+    /// score if it is anomalous.
     fn write_row(
         &mut self,
         batch: &Batch,
         r: usize,
+        verdict: Option<&ForestVerdict>,
         full: Option<&RowScore>,
         report: &mut FileReport,
     ) {
@@ -494,7 +512,7 @@ impl Writing<'_> {
             }
             line.raw(bool_cell(*f));
         }
-        match &batch.forest[r] {
+        match verdict {
             Some(f) => {
                 line.raw(if f.flagged { b"-1" } else { b"1" });
                 line.fixed4(self.forest_threshold - f.score);
