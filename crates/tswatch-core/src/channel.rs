@@ -116,6 +116,25 @@ impl Reference {
     }
 }
 
+/// A row's time: epoch seconds and its time-of-day bucket, worked out once
+/// per row rather than once per channel and step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Moment {
+    /// Seconds since the Unix epoch.
+    pub secs: f64,
+    bucket: usize,
+}
+
+impl Moment {
+    /// The moment `secs` seconds after the Unix epoch.
+    pub fn new(secs: f64) -> Self {
+        Self {
+            secs,
+            bucket: bucket(secs),
+        }
+    }
+}
+
 fn bucket(ts: f64) -> usize {
     ((seconds_of_day(ts) / DAY) * SEASON_BUCKETS as f64) as usize % SEASON_BUCKETS
 }
@@ -181,13 +200,13 @@ impl ChannelState {
     }
 
     /// The baseline for a value at `ts`, or `None` while immature.
-    pub fn reference(&self, ts: Option<f64>, cfg: &EngineConfig) -> Option<Reference> {
+    pub fn reference(&self, ts: Option<Moment>, cfg: &EngineConfig) -> Option<Reference> {
         if self.ew.n < cfg.min_observations {
             return None;
         }
         if let Some(t) = ts
             && self.season_active(cfg)
-            && let Some(b) = self.season.buckets.get(bucket(t))
+            && let Some(b) = self.season.buckets.get(t.bucket)
             && b.n >= cfg.min_observations
         {
             return Some(Reference {
@@ -231,7 +250,7 @@ impl ChannelState {
     /// Absorbs a normal value. A value the running statistics cannot hold
     /// (non-finite, or so extreme that they would overflow) is refused and
     /// leaves the channel untouched; returns whether it was absorbed.
-    pub fn absorb(&mut self, x: f64, ts: Option<f64>, cfg: &EngineConfig) -> bool {
+    pub fn absorb(&mut self, x: f64, ts: Option<Moment>, cfg: &EngineConfig) -> bool {
         let mut probe = self.ew;
         probe.push(x, cfg.alpha());
         if !x.is_finite() || !probe.is_valid() || !self.stats.push(x) {
@@ -244,7 +263,7 @@ impl ChannelState {
             if s.buckets.is_empty() {
                 s.buckets = vec![Ew::default(); SEASON_BUCKETS];
             }
-            let b = &mut s.buckets[bucket(t)];
+            let b = &mut s.buckets[t.bucket];
             if b.n >= cfg.min_observations && self.ew.n >= cfg.min_observations {
                 let (ep, es) = ((x - self.ew.mean).powi(2), (x - b.mean).powi(2));
                 if s.n == 0 {
@@ -296,7 +315,7 @@ impl ChannelState {
         &mut self,
         x: f64,
         z: Option<f64>,
-        ts: Option<f64>,
+        ts: Option<Moment>,
         cfg: &EngineConfig,
     ) -> bool {
         let Some(z) = z.filter(|z| z.abs() > SHIFT_Z) else {
@@ -310,7 +329,7 @@ impl ChannelState {
             self.run = ShiftRun {
                 sign: sign(z),
                 values: Vec::new(),
-                since: ts,
+                since: ts.map(|t| t.secs),
             };
         }
         // Record the departure from the baseline in force, so a shift of a
@@ -432,7 +451,7 @@ mod tests {
         for i in 0..cfg.level_shift_rows {
             let x = 20.0 + (i % 5) as f64 * 0.1;
             let r = c.reference(None, &cfg).unwrap();
-            relearned = c.track_shift(x, Some(c.z(x, &r)), Some(i as f64), &cfg);
+            relearned = c.track_shift(x, Some(c.z(x, &r)), Some(Moment::new(i as f64)), &cfg);
         }
         assert!(relearned);
         assert!((c.ew.mean - 20.2).abs() < 0.2, "{}", c.ew.mean);

@@ -13,7 +13,7 @@
 //! corrected for how many tests were made (Bonferroni), is compared with the
 //! configured false-alarm rate. So one threshold fits any number of channels.
 
-use crate::channel::{Basis, ChannelState};
+use crate::channel::{Basis, ChannelState, Moment};
 use crate::config::EngineConfig;
 use crate::error::{ConfigError, StateError};
 use crate::forest::IsolationForest;
@@ -255,6 +255,7 @@ impl Engine {
         );
         out.clear();
         let cfg = &self.config;
+        let ts = ts.map(Moment::new);
         for (&c, v) in binding.cols.iter().zip(values) {
             let ch = &self.channels[c];
             let scored = v
@@ -397,6 +398,7 @@ impl Engine {
         score: &RowScore,
     ) -> bool {
         let cfg = self.config;
+        let ts = ts.map(Moment::new);
         for (i, (&c, v)) in binding.cols.iter().zip(values).enumerate() {
             if let Some(x) = v.filter(|x| x.is_finite())
                 && self.channels[c].track_shift(x, score.z.get(i).copied().flatten(), ts, &cfg)

@@ -28,7 +28,7 @@ pub mod score;
 pub mod state;
 pub mod stats;
 
-pub use channel::ChannelState;
+pub use channel::{ChannelState, Moment};
 pub use config::EngineConfig;
 pub use engine::{Binding, Engine, ForestView, LoadError};
 pub use error::{ConfigError, StateError};
