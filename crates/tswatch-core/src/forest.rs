@@ -390,13 +390,16 @@ fn build(
             });
         if hi > lo {
             let value = lo + rng.next_f64() * (hi - lo);
-            // Partition in place: values below the split first.
+            // Partition in place: values below the split first. Branch-free
+            // (always swap, advance when below): a split sends rows either
+            // way at random, which no branch predictor follows. The order
+            // within each side differs from a branching partition's, but a
+            // tree depends only on which rows go where.
             let mut mid = 0;
             for j in 0..idx.len() {
-                if column[idx[j]] < value {
-                    idx.swap(j, mid);
-                    mid += 1;
-                }
+                let below = column[idx[j]] < value;
+                idx.swap(j, mid);
+                mid += usize::from(below);
             }
             if mid == 0 || mid == idx.len() {
                 continue;
