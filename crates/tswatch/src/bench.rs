@@ -686,42 +686,78 @@ fn bench_settings(engine: EngineConfig, queue_capacity: usize) -> crate::server:
 pub async fn measure_in_children(
     exe: &Path,
     sizes: &[usize],
+    repeat: usize,
     scratch: &Path,
     moto: Option<&MotoServer>,
     progress: bool,
 ) -> anyhow::Result<Vec<Measure>> {
-    let label = if moto.is_some() { "moto" } else { "local" };
     let mut results = Vec::new();
     for &rows in sizes {
-        let dir = scratch.join(format!("{label}-rows-{rows}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut cmd = std::process::Command::new(exe);
-        cmd.args(["bench", "--child", &rows.to_string(), "--dir"])
-            .arg(&dir);
-        if let Some(moto) = moto {
-            let bucket = format!("bench-{rows}");
-            moto.create_bucket(&bucket).await?;
-            moto.configure(&mut cmd);
-            cmd.args(["--child-bucket", &bucket]);
+        let mut runs = Vec::new();
+        for _ in 0..repeat.max(1) {
+            runs.push(measure_child(exe, rows, scratch, moto).await?);
         }
-        let out = cmd
-            .output()
-            .with_context(|| format!("running the {rows}-row measurement ({label})"))?;
-        let _ = std::fs::remove_dir_all(&dir);
-        if let Some(moto) = moto {
-            moto.reset().await?;
-        }
-        anyhow::ensure!(
-            out.status.success(),
-            "the {rows}-row measurement ({label}) failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        results.push(serde_json::from_slice(&out.stdout)?);
+        results.push(Measure::median(runs));
         if progress {
-            eprintln!("measured {rows} rows ({label})");
+            let label = if moto.is_some() { "moto" } else { "local" };
+            eprintln!(
+                "measured {rows} rows ({label}), median of {}",
+                repeat.max(1)
+            );
         }
     }
     Ok(results)
+}
+
+impl Measure {
+    /// The run with the median end-to-end time, with the median floor of
+    /// all runs (so the ratio compares medians) and the highest peak memory.
+    fn median(mut runs: Vec<Measure>) -> Measure {
+        let mut floors: Vec<f64> = runs.iter().map(|m| m.floor_s).collect();
+        floors.sort_by(f64::total_cmp);
+        let peak = runs.iter().map(|m| m.peak_rss_kib).max().unwrap_or(0);
+        runs.sort_by(|a, b| a.end_to_end_s.total_cmp(&b.end_to_end_s));
+        let mid = runs.len() / 2;
+        let mut m = runs.swap_remove(mid);
+        m.floor_s = floors[mid];
+        m.peak_rss_kib = peak;
+        m
+    }
+}
+
+/// One measurement of `rows` rows in a child process, on a fresh directory
+/// (and, with `moto`, a fresh bucket).
+async fn measure_child(
+    exe: &Path,
+    rows: usize,
+    scratch: &Path,
+    moto: Option<&MotoServer>,
+) -> anyhow::Result<Measure> {
+    let label = if moto.is_some() { "moto" } else { "local" };
+    let dir = scratch.join(format!("{label}-rows-{rows}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["bench", "--child", &rows.to_string(), "--dir"])
+        .arg(&dir);
+    if let Some(moto) = moto {
+        let bucket = format!("bench-{rows}");
+        moto.create_bucket(&bucket).await?;
+        moto.configure(&mut cmd);
+        cmd.args(["--child-bucket", &bucket]);
+    }
+    let out = cmd
+        .output()
+        .with_context(|| format!("running the {rows}-row measurement ({label})"))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(moto) = moto {
+        moto.reset().await?;
+    }
+    anyhow::ensure!(
+        out.status.success(),
+        "the {rows}-row measurement ({label}) failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 /// A `moto_server` (the S3 emulator, from PyPI `moto[server]`) on a free
@@ -838,6 +874,29 @@ impl MotoServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeated_runs_report_the_median() {
+        let run = |floor_s, end_to_end_s, peak_rss_kib| Measure {
+            rows: 10,
+            input_bytes: 100,
+            floor_s,
+            end_to_end_s,
+            peak_rss_kib,
+            stage_cpu_ms: None,
+        };
+        let m = Measure::median(vec![
+            run(0.3, 2.0, 10),
+            run(0.1, 0.9, 30),
+            run(0.2, 1.1, 20),
+        ]);
+        assert_eq!((m.floor_s, m.end_to_end_s, m.peak_rss_kib), (0.2, 1.1, 30));
+        let one = Measure::median(vec![run(0.5, 1.0, 7)]);
+        assert_eq!(
+            (one.floor_s, one.end_to_end_s, one.peak_rss_kib),
+            (0.5, 1.0, 7)
+        );
+    }
 
     #[test]
     fn the_floor_writes_the_scored_shape() {

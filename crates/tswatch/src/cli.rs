@@ -233,6 +233,11 @@ pub struct BenchArgs {
     /// the real service, all in `raw/` and then split over `raw/s0/`, `raw/s1/`.
     #[arg(long)]
     pub streams: bool,
+    /// Measure each size this many times, each in a fresh process and
+    /// directory, and report the median run (shared machines are noisy).
+    #[arg(long, default_value_t = 3, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=99))]
+    pub repeat: u32,
     /// Scratch directory [default: a temporary directory]
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,

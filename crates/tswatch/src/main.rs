@@ -192,7 +192,9 @@ async fn bench(
     }
     std::fs::create_dir_all(&scratch)?;
     let exe = std::env::current_exe()?;
-    let results = bench::measure_in_children(&exe, &a.rows, &scratch, None, !a.json).await?;
+    let repeat = a.repeat as usize;
+    let results =
+        bench::measure_in_children(&exe, &a.rows, repeat, &scratch, None, !a.json).await?;
     let mut moto_results = Vec::new();
     if a.moto {
         let moto = bench::MotoServer::start(&scratch.join("moto.log")).await?;
@@ -200,7 +202,8 @@ async fn bench(
             eprintln!("moto_server at {}", moto.endpoint());
         }
         moto_results =
-            bench::measure_in_children(&exe, &a.rows, &scratch, Some(&moto), !a.json).await?;
+            bench::measure_in_children(&exe, &a.rows, repeat, &scratch, Some(&moto), !a.json)
+                .await?;
     }
     let mut reads = Vec::new();
     for &files in &a.reads {
@@ -258,11 +261,19 @@ async fn bench(
             }))?
         );
     } else {
+        let runs = if repeat > 1 {
+            format!(", median of {repeat} runs per size")
+        } else {
+            String::new()
+        };
         if !results.is_empty() {
-            print!("{}", bench::render("local", &results));
+            print!("{}", bench::render(&format!("local{runs}"), &results));
         }
         if !moto_results.is_empty() {
-            print!("\n{}", bench::render("S3 on moto", &moto_results));
+            print!(
+                "\n{}",
+                bench::render(&format!("S3 on moto{runs}"), &moto_results)
+            );
         }
         if !reads.is_empty() {
             print!("\n{}", bench::render_reads(&reads));
