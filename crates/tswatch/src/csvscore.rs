@@ -339,8 +339,9 @@ pub fn score_csv<R: Read, W: Write + Send>(
 /// Bytes the CSV parser reads at a time.
 pub const READ_BUFFER: usize = 256 * 1024;
 
-/// Rows scored per forest batch (and so held before writing).
-const BATCH_ROWS: usize = 256;
+/// Rows scored per forest batch (and so held before writing): large enough
+/// that handing batches over (and waking the other thread) costs little.
+const BATCH_ROWS: usize = 1024;
 
 /// Scored rows on their way to the writer, stored flat: a few contiguous
 /// arrays rather than a dozen small allocations per row, so that handing a
