@@ -27,6 +27,19 @@ pub struct ForestVerdict {
     pub drivers: Vec<String>,
 }
 
+impl ForestVerdict {
+    /// Seed's `if_label`: -1 for a forest outlier, 1 otherwise.
+    pub fn if_label(&self) -> i8 {
+        if self.flagged { -1 } else { 1 }
+    }
+
+    /// Seed's `if_score` (scikit-learn's `decision_function` sense): the
+    /// threshold minus `s(x)`, so lower is more anomalous and negative is flagged.
+    pub fn if_score(&self, forest_threshold: f64) -> f64 {
+        forest_threshold - self.score
+    }
+}
+
 /// The joint model's view of a row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JointFinding {
@@ -131,15 +144,14 @@ impl RowScore {
             .map_or(0.0, two_sided_surprise)
     }
 
-    /// Seed's `if_label`: -1 for a forest outlier, 1 otherwise.
+    /// Seed's `if_label` ([`ForestVerdict::if_label`]), once a forest decided.
     pub fn if_label(&self) -> Option<i8> {
-        self.forest.as_ref().map(|f| if f.flagged { -1 } else { 1 })
+        self.forest.as_ref().map(ForestVerdict::if_label)
     }
 
-    /// Seed's `if_score` (scikit-learn's `decision_function` sense): the
-    /// threshold minus `s(x)`, so lower is more anomalous and negative is flagged.
+    /// Seed's `if_score` ([`ForestVerdict::if_score`]), once a forest decided.
     pub fn if_score(&self, forest_threshold: f64) -> Option<f64> {
-        self.forest.as_ref().map(|f| forest_threshold - f.score)
+        self.forest.as_ref().map(|f| f.if_score(forest_threshold))
     }
 
     /// Human explanation of a flagged row, e.g. `temperature z=6.12`,

@@ -515,9 +515,10 @@ impl Writing<'_> {
         }
         match verdict {
             Some(f) => {
-                line.raw(if f.flagged { b"-1" } else { b"1" });
-                line.fixed4(self.forest_threshold - f.score);
-                line.raw(bool_cell(Some(f.flagged)));
+                let label = f.if_label();
+                line.raw(if label < 0 { b"-1" } else { b"1" });
+                line.fixed4(f.if_score(self.forest_threshold));
+                line.raw(bool_cell(Some(label < 0)));
             }
             None => {
                 for _ in 0..3 {
