@@ -119,8 +119,10 @@ async fn upload_file(storage: &Storage, path: &Path, key: &str) -> anyhow::Resul
 /// Parses `input` and writes rows of the scored shape with constant score
 /// cells: the cost of I/O and CSV alone.
 fn floor_csv(input: impl Read, mut output: impl Write) -> anyhow::Result<()> {
+    // The scorer's parse buffer size, so the floor reads as the scorer does.
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(false)
+        .buffer_capacity(crate::csvscore::READ_BUFFER)
         .from_reader(input);
     // Rows are written as the scorer writes them (`CsvLine`), so the floor
     // is not slower than the scorer's own output path.
