@@ -117,7 +117,8 @@ impl Reference {
 }
 
 /// A row's time: epoch seconds and its time-of-day bucket, worked out once
-/// per row rather than once per channel and step.
+/// when a row is scored and once when it is absorbed, rather than for every
+/// channel and step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Moment {
     /// Seconds since the Unix epoch.
