@@ -119,18 +119,16 @@ async fn upload_file(storage: &Storage, path: &Path, key: &str) -> anyhow::Resul
 /// Parses `input` and writes rows of the scored shape with constant score
 /// cells: the cost of I/O and CSV alone.
 fn floor_csv(input: impl Read, mut output: impl Write) -> anyhow::Result<()> {
-    // The scorer's parse buffer size, so the floor reads as the scorer does.
-    let mut rdr = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .buffer_capacity(crate::csvscore::READ_BUFFER)
-        .from_reader(input);
+    // The scorer's own reader, so the floor reads exactly as the scorer does.
+    let mut records = crate::records::Records::new(input);
+    let mut rows = crate::records::Rows::default();
     // Rows are written as the scorer writes them (`CsvLine`), so the floor
     // is not slower than the scorer's own output path.
     let mut out = CsvLine::default();
-    let mut rec = csv::ByteRecord::new();
     let mut channels = None;
-    while rdr.read_byte_record(&mut rec)? {
-        for f in rec.iter() {
+    while records.read(&mut rows)?.is_some() {
+        let rec = rows.row(0);
+        for f in rec.fields() {
             // Parse every cell with the scorer's own parser (and keep the
             // result, so the parse cannot be optimised away).
             std::hint::black_box(crate::csvscore::parse_cell(f));
@@ -151,6 +149,7 @@ fn floor_csv(input: impl Read, mut output: impl Write) -> anyhow::Result<()> {
             out.raw(f);
         }
         out.end();
+        rows.clear();
         if out.buf.len() >= 256 * 1024 {
             output.write_all(&out.buf)?;
             out.buf.clear();

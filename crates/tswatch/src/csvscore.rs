@@ -11,12 +11,12 @@
 //! field spanning lines) longer than [`MAX_RECORD_BYTES`] and a header wider
 //! than [`MAX_COLUMNS`] are refused, and the rows held back to sniff column
 //! types are capped in count and bytes. Line numbers in errors are physical
-//! lines, counted here (the CSV parser's own count is off after CRLF line
-//! ends and blank lines).
+//! lines ([`crate::records`] reads the records and counts them).
 
+use crate::records::{Records, Row, Rows};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::sync::mpsc;
 use tswatch_core::{Engine, ForestVerdict, ForestView, RowScore};
@@ -125,35 +125,24 @@ pub fn score_csv<R: Read, W: Write + Send>(
     engine: &mut Engine,
 ) -> Result<FileReport, InputError> {
     let cpu_start = thread_cpu_ns();
-    // A parse buffer as large as the pipeline's read buffer: a buffered
-    // reader then hands its reads straight through instead of copying.
-    let mut rdr = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .buffer_capacity(READ_BUFFER)
-        .from_reader(Lines::new(input));
-    let mut header = csv::ByteRecord::new();
-    if !next_record(&mut rdr, &mut header)? {
+    let mut records = Records::new(input);
+    let mut header = Rows::default();
+    if records.read(&mut header)?.is_none() {
         return Err(InputError::Empty);
     }
-    let columns = header_names(&header)?;
+    let columns = header_names(header.row(0))?;
     let ts_col = columns
         .iter()
         .position(|c| TIMESTAMP_NAMES.contains(&c.to_ascii_lowercase().as_str()));
 
     // Buffer a bounded number of rows to tell numeric columns from text.
-    let mut sniffed = Vec::new();
-    let mut sniffed_bytes = 0;
-    let mut rec = csv::ByteRecord::new();
-    while sniffed.len() < SNIFF_ROWS
-        && sniffed_bytes < SNIFF_BYTES
-        && next_record(&mut rdr, &mut rec)?
-    {
-        // Lines are counted as records are read, so the line-end log
-        // never holds more than the read-ahead.
-        let line = rdr.get_mut().line_of(&rec);
-        sniffed_bytes += rec.as_slice().len();
-        sniffed.push((rec.clone(), line));
+    let mut sniffed = Rows::default();
+    let mut sniffed_lines = Vec::new();
+    while sniffed.len() < SNIFF_ROWS && sniffed.byte_len() < SNIFF_BYTES {
+        match records.read(&mut sniffed)? {
+            Some(line) => sniffed_lines.push(line),
+            None => break,
+        }
     }
     let channel_cols: Vec<usize> = (0..columns.len())
         .filter(|&c| Some(c) != ts_col && looks_numeric(&sniffed, c))
@@ -241,7 +230,7 @@ pub fn score_csv<R: Read, W: Write + Send>(
         let mut view_version = engine.forest_version();
         // Hands the batch to the writer (and takes an emptied one back, if
         // one is there); false if the writer has stopped.
-        let ship = |batch: &mut Batch, view: &Option<ForestView>| {
+        let ship = |batch: &mut Batch, view: &Option<ForestView>| -> bool {
             if batch.is_empty() {
                 return true;
             }
@@ -259,59 +248,61 @@ pub fn score_csv<R: Read, W: Write + Send>(
         let mut values: Vec<Option<f64>> = Vec::with_capacity(width);
         let mut score = RowScore::default();
 
-        let mut process = |rec: &csv::ByteRecord,
-                           line: u64,
-                           report: &mut FileReport|
-         -> Result<bool, InputError> {
-            if rec.len() > columns.len() {
-                return Err(InputError::Row {
-                    line,
-                    message: format!(
-                        "{} fields, but the header has {} columns",
-                        rec.len(),
-                        columns.len()
-                    ),
-                });
-            }
-            if rec.len() == 1 && rec.get(0).is_some_and(|f| f.is_empty()) && columns.len() > 1 {
-                return Ok(true); // a blank line
-            }
-            if !inline && engine.forest_version() != view_version {
-                // A new forest: rows scored so far belong to the old one.
-                if !ship(&mut batch, &view) {
-                    return Ok(false);
+        // Scores the batch's last row (its fields just read, from `line`);
+        // false if the writer has stopped.
+        let mut process =
+            |batch: &mut Batch, line: u64, report: &mut FileReport| -> Result<bool, InputError> {
+                let Some(rec) = batch.rows.last() else {
+                    return Ok(true);
+                };
+                if rec.len() > columns.len() {
+                    return Err(InputError::Row {
+                        line,
+                        message: format!(
+                            "{} fields, but the header has {} columns",
+                            rec.len(),
+                            columns.len()
+                        ),
+                    });
                 }
-                view = engine.forest_view(&binding);
-                view_version = engine.forest_version();
-            }
-            values.clear();
-            for &c in &channel_cols {
-                let v = rec.get(c).and_then(parse_cell);
-                report.missing_cells += u64::from(v.is_none());
-                values.push(v);
-            }
-            let ts = ts_col
-                .and_then(|c| rec.get(c))
-                .and_then(crate::timestamp::parse);
-            engine.score_into(&binding, ts, &values, &mut score);
-            engine.update(&binding, ts, &values, &score);
-            batch.push(rec, &values, &score, inline);
-            report.total_rows += 1;
-            if batch.len() == BATCH_ROWS && !ship(&mut batch, &view) {
-                return Ok(false);
-            }
-            Ok(true)
-        };
+                if rec.len() == 1 && rec.get(0).is_some_and(<[u8]>::is_empty) && columns.len() > 1 {
+                    batch.rows.pop(); // an empty record, as a line `""`
+                    return Ok(true);
+                }
+                values.clear();
+                for &c in &channel_cols {
+                    let v = rec.get(c).and_then(parse_cell);
+                    report.missing_cells += u64::from(v.is_none());
+                    values.push(v);
+                }
+                let ts = ts_col
+                    .and_then(|c| rec.get(c))
+                    .and_then(crate::timestamp::parse);
+                engine.score_into(&binding, ts, &values, &mut score);
+                engine.update(&binding, ts, &values, &score);
+                batch.push(&values, &score, inline);
+                report.total_rows += 1;
+                if !inline && engine.forest_version() != view_version {
+                    // A new forest from now on: the rows so far were scored
+                    // under the old one.
+                    if !ship(batch, &view) {
+                        return Ok(false);
+                    }
+                    view = engine.forest_view(&binding);
+                    view_version = engine.forest_version();
+                }
+                Ok(batch.len() < BATCH_ROWS || ship(batch, &view))
+            };
 
         let mut scored = || -> Result<(), InputError> {
-            for (r, line) in std::mem::take(&mut sniffed) {
-                if !process(&r, line, &mut report)? {
+            for (r, line) in sniffed_lines.iter().enumerate() {
+                batch.rows.push_row(sniffed.row(r));
+                if !process(&mut batch, *line, &mut report)? {
                     return Ok(());
                 }
             }
-            while next_record(&mut rdr, &mut rec)? {
-                let line = rdr.get_mut().line_of(&rec);
-                if !process(&rec, line, &mut report)? {
+            while let Some(line) = records.read(&mut batch.rows)? {
+                if !process(&mut batch, line, &mut report)? {
                     return Ok(());
                 }
             }
@@ -350,12 +341,9 @@ const BATCH_ROWS: usize = 1024;
 struct Batch {
     /// Channels per row.
     width: usize,
-    /// Every row's fields, back to back.
-    bytes: Vec<u8>,
-    /// End of each field in `bytes`.
-    ends: Vec<usize>,
-    /// Where each row's field ends start in `ends` (one more entry than rows).
-    starts: Vec<usize>,
+    /// Every row's fields, read straight into the batch. It may hold one
+    /// row more than the scores: the row being scored.
+    rows: Rows,
     /// Channel values, `width` per row.
     values: Vec<Option<f64>>,
     /// z-scores and flags, `width` per row.
@@ -375,7 +363,6 @@ impl Batch {
     fn new(width: usize) -> Self {
         Self {
             width,
-            starts: vec![0],
             ..Default::default()
         }
     }
@@ -390,10 +377,7 @@ impl Batch {
 
     /// Empties the batch, keeping its buffers.
     fn clear(&mut self) {
-        self.bytes.clear();
-        self.ends.clear();
-        self.starts.clear();
-        self.starts.push(0);
+        self.rows.clear();
         self.values.clear();
         self.z.clear();
         self.z_flag.clear();
@@ -403,18 +387,8 @@ impl Batch {
         self.flagged.clear();
     }
 
-    fn push(
-        &mut self,
-        rec: &csv::ByteRecord,
-        values: &[Option<f64>],
-        score: &RowScore,
-        inline: bool,
-    ) {
-        for field in rec {
-            self.bytes.extend_from_slice(field);
-            self.ends.push(self.bytes.len());
-        }
-        self.starts.push(self.ends.len());
+    /// Adds the scores of the last row read into `rows`.
+    fn push(&mut self, values: &[Option<f64>], score: &RowScore, inline: bool) {
         self.values.extend_from_slice(values);
         self.z.extend_from_slice(&score.z);
         self.z_flag.extend_from_slice(&score.z_flag);
@@ -430,13 +404,7 @@ impl Batch {
 
     /// Row `r`'s fields.
     fn fields(&self, r: usize) -> impl Iterator<Item = &[u8]> {
-        let ends = &self.ends[self.starts[r]..self.starts[r + 1]];
-        let first = self.starts[r].checked_sub(1).map_or(0, |i| self.ends[i]);
-        ends.iter().scan(first, move |start, &end| {
-            let field = &self.bytes[*start..end];
-            *start = end;
-            Some(field)
-        })
+        self.rows.row(r).fields()
     }
 
     /// Row `r`'s channel values.
@@ -684,108 +652,7 @@ fn csv_err(e: csv::Error) -> InputError {
     }
 }
 
-/// Reads the next record, refusing one longer than [`MAX_RECORD_BYTES`].
-fn next_record<R: Read>(
-    rdr: &mut csv::Reader<Lines<R>>,
-    rec: &mut csv::ByteRecord,
-) -> Result<bool, InputError> {
-    match rdr.read_byte_record(rec) {
-        Ok(more) => {
-            let next = rdr.position().byte();
-            rdr.get_mut().record_start = next;
-            Ok(more)
-        }
-        Err(_) if rdr.get_ref().too_long => {
-            let lines = rdr.get_mut();
-            let start = lines.record_start;
-            Err(InputError::Row {
-                line: lines.line_at(start),
-                message: format!(
-                    "a record longer than {} MiB (a missing line end or an unclosed quote?)",
-                    MAX_RECORD_BYTES / (1024 * 1024)
-                ),
-            })
-        }
-        Err(e) => Err(csv_err(e)),
-    }
-}
-
-/// The input as the CSV parser reads it, counting physical lines (`\n`)
-/// and stopping a record that grows past [`MAX_RECORD_BYTES`].
-struct Lines<R> {
-    inner: R,
-    /// Bytes handed to the parser so far.
-    offset: u64,
-    /// Offsets of the CR and LF bytes not yet behind a record start, and
-    /// whether each is an LF.
-    breaks: VecDeque<(u64, bool)>,
-    /// LFs before the first entry of `breaks`.
-    lines_before: u64,
-    /// Where the record being read starts (as the parser reports it).
-    record_start: u64,
-    /// Set when a read was refused for the record length.
-    too_long: bool,
-}
-
-impl<R> Lines<R> {
-    fn new(inner: R) -> Self {
-        Self {
-            inner,
-            offset: 0,
-            breaks: VecDeque::new(),
-            lines_before: 0,
-            record_start: 0,
-            too_long: false,
-        }
-    }
-
-    /// 1-based line of a record the parser read.
-    fn line_of(&mut self, rec: &csv::ByteRecord) -> u64 {
-        let at = rec.position().map_or(self.record_start, |p| p.byte());
-        self.line_at(at)
-    }
-
-    /// 1-based line of the first byte at or after `at` that is not a line
-    /// end: the parser reports a record's start before the LF of a CRLF
-    /// and before any blank lines it skips. Calls must not go backwards.
-    fn line_at(&mut self, at: u64) -> u64 {
-        while let Some(&(off, lf)) = self.breaks.front() {
-            if off >= at {
-                break;
-            }
-            self.lines_before += u64::from(lf);
-            self.breaks.pop_front();
-        }
-        // The run of line ends starting exactly at `at`.
-        let run = (at..)
-            .zip(&self.breaks)
-            .take_while(|(expect, (off, _))| off == expect)
-            .filter(|(_, (_, lf))| *lf)
-            .count();
-        1 + self.lines_before + run as u64
-    }
-}
-
-impl<R: Read> Read for Lines<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.offset.saturating_sub(self.record_start) > MAX_RECORD_BYTES {
-            self.too_long = true;
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "record too long",
-            ));
-        }
-        let n = self.inner.read(buf)?;
-        for i in memchr::memchr2_iter(b'\n', b'\r', &buf[..n]) {
-            self.breaks
-                .push_back((self.offset + i as u64, buf[i] == b'\n'));
-        }
-        self.offset += n as u64;
-        Ok(n)
-    }
-}
-
-fn header_names(header: &csv::ByteRecord) -> Result<Vec<String>, InputError> {
+fn header_names(header: Row<'_>) -> Result<Vec<String>, InputError> {
     if header.len() > MAX_COLUMNS {
         return Err(InputError::Header(format!(
             "{} columns; at most {MAX_COLUMNS} are accepted",
@@ -794,7 +661,7 @@ fn header_names(header: &csv::ByteRecord) -> Result<Vec<String>, InputError> {
     }
     let mut names = Vec::with_capacity(header.len());
     let mut seen = HashSet::with_capacity(header.len());
-    for (i, raw) in header.iter().enumerate() {
+    for (i, raw) in header.fields().enumerate() {
         let raw = if i == 0 {
             raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw)
         } else {
@@ -822,10 +689,10 @@ fn header_names(header: &csv::ByteRecord) -> Result<Vec<String>, InputError> {
 
 /// A column is numeric when at least 80% of its non-empty sampled cells
 /// parse as numbers (so a few bad cells do not turn a channel into text).
-fn looks_numeric(rows: &[(csv::ByteRecord, u64)], col: usize) -> bool {
+fn looks_numeric(rows: &Rows, col: usize) -> bool {
     let (mut filled, mut numeric) = (0, 0);
-    for (r, _) in rows {
-        if let Some(cell) = r.get(col).map(trim).filter(|c| !c.is_empty()) {
+    for r in 0..rows.len() {
+        if let Some(cell) = rows.row(r).get(col).map(trim).filter(|c| !c.is_empty()) {
             filled += 1;
             numeric += usize::from(parse_number(cell).is_some());
         }

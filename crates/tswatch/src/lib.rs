@@ -15,6 +15,7 @@ pub mod keys;
 pub mod offline;
 pub mod pipeline;
 pub mod processor;
+mod records;
 pub mod scenario;
 pub mod server;
 pub mod sns;
