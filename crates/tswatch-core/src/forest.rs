@@ -272,12 +272,12 @@ impl IsolationForest {
     fn sum_complete(&self, c: &Complete, xs: &[f64], out: &mut [f64]) {
         let k = self.features;
         let first_leaf = 1usize << c.depth;
+        // Feature-major copy of a chunk: `block[f * LANES + j]` is point j's
+        // feature f (a short last chunk leaves stale lanes, whose sums are
+        // never read). Sized so that any byte offset plus a lane is in
+        // bounds: a step needs neither a mask nor a bounds check.
+        let mut block = [0.0; u8::MAX as usize + LANES];
         for (rows, sums) in xs.chunks(LANES * k).zip(out.chunks_mut(LANES)) {
-            // Feature-major copy: `block[f * LANES + j]` is point j's feature
-            // f (a short chunk leaves zeros in the lanes it does not fill).
-            // Sized so that any byte offset plus a lane is in bounds: a step
-            // needs neither a mask nor a bounds check.
-            let mut block = [0.0; u8::MAX as usize + LANES];
             for (j, row) in rows.chunks(k).enumerate() {
                 for (f, &v) in row.iter().enumerate() {
                     block[f * LANES + j] = v;
