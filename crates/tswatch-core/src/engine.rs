@@ -26,6 +26,8 @@ use std::collections::{HashMap, VecDeque};
 #[derive(Debug, Clone)]
 pub struct Engine {
     config: EngineConfig,
+    /// `config.alarm_surprise()`, worked out once rather than per row.
+    alarm: f64,
     names: Vec<String>,
     channels: Vec<ChannelState>,
     index: HashMap<String, usize>,
@@ -109,6 +111,7 @@ impl Engine {
         state.validate()?;
         let mut e = Engine {
             config,
+            alarm: config.alarm_surprise(),
             names: Vec::new(),
             channels: Vec::new(),
             index: HashMap::new(),
@@ -286,7 +289,7 @@ impl Engine {
         if self.config.forest_alarm {
             out.forest = self.score_forest(binding, values);
         }
-        out.finish(cfg);
+        out.finish(cfg, self.alarm);
     }
 
     /// The z-scores of the joint model's channels into `input`, if all are
@@ -327,7 +330,7 @@ impl Engine {
             return None;
         }
         let mut v = j.score(input.z(), false)?;
-        if v.surprise - crate::score::JOINT_PENALTY < self.config.alarm_surprise() {
+        if v.surprise - crate::score::JOINT_PENALTY < self.alarm {
             return Some(JointFinding {
                 d2: v.d2,
                 surprise: v.surprise,

@@ -95,8 +95,9 @@ impl RowScore {
         self.anomaly_score = 0.0;
     }
 
-    pub(crate) fn finish(&mut self, cfg: &EngineConfig) {
-        let threshold = cfg.alarm_surprise();
+    /// Works out the flags and verdict under `cfg`, whose alarm surprise
+    /// ([`EngineConfig::alarm_surprise`]) the caller passes as `threshold`.
+    pub(crate) fn finish(&mut self, cfg: &EngineConfig, threshold: f64) {
         let k = self.z.iter().flatten().count().max(1);
         let penalty = log10(k);
         // The surprise grows with |z|: only the largest |z| (and any within
@@ -262,7 +263,8 @@ mod tests {
             shift_since: vec![None; n],
             ..Default::default()
         };
-        s.finish(&EngineConfig::default());
+        let cfg = EngineConfig::default();
+        s.finish(&cfg, cfg.alarm_surprise());
         s
     }
 
@@ -352,7 +354,8 @@ mod tests {
             }),
             ..Default::default()
         };
-        s.finish(&EngineConfig::default());
+        let cfg = EngineConfig::default();
+        s.finish(&cfg, cfg.alarm_surprise());
         assert!(s.anomaly && s.anomaly_score > 0.5);
         assert_eq!(s.if_label(), Some(-1));
         assert!(s.if_score(0.7).unwrap() < 0.0);
