@@ -215,6 +215,7 @@ pub fn score_csv<R: Read, W: Write + Send>(
                 // The scorer may be gone already; then the batch is just freed.
                 let _ = to_scorer.send(batch);
             }
+            ctx.write_out(&mut out)?;
             out.flush()
                 .map_err(|e| InputError::Csv(format!("writing output: {e}")))?;
             Ok((written, cpu_ms_since(cpu_start)))
@@ -330,6 +331,10 @@ pub fn score_csv<R: Read, W: Write + Send>(
 /// Bytes the CSV parser reads at a time.
 pub const READ_BUFFER: usize = 256 * 1024;
 
+/// Formatted output is written in pieces at least this large: as large as
+/// the pipeline's output buffer, which then hands them straight through.
+const WRITE_CHUNK: usize = 256 * 1024;
+
 /// Rows scored per forest batch (and so held before writing): large enough
 /// that handing batches over (and waking the other thread) costs little.
 const BATCH_ROWS: usize = 1024;
@@ -444,15 +449,24 @@ impl Writing<'_> {
             }
             None => &batch.forest,
         };
-        self.line.buf.clear();
         let mut flagged = batch.flagged.iter().peekable();
         for r in 0..batch.len() {
             let full = flagged.next_if(|(at, _)| *at == r).map(|(_, s)| s);
             let verdict = forest.get(r).and_then(Option::as_ref);
             self.write_row(batch, r, verdict, full, report);
         }
+        if self.line.buf.len() >= WRITE_CHUNK {
+            self.write_out(out)?;
+        }
+        Ok(())
+    }
+
+    /// Writes out the rows formatted so far.
+    fn write_out<W: Write>(&mut self, out: &mut W) -> Result<(), InputError> {
         out.write_all(&self.line.buf)
-            .map_err(|e| InputError::Csv(format!("writing output: {e}")))
+            .map_err(|e| InputError::Csv(format!("writing output: {e}")))?;
+        self.line.buf.clear();
+        Ok(())
     }
 
     /// Writes row `r` with the forest's `verdict`; `full` is its complete
@@ -734,24 +748,26 @@ fn plain_decimal(cell: &[u8]) -> Option<f64> {
         b'+' => (false, &cell[1..]),
         _ => (false, cell),
     };
-    let (mut mantissa, mut digits, mut decimals, mut dot) = (0u64, 0usize, 0usize, false);
-    for &b in body {
-        match b {
-            b'0'..=b'9' => {
-                mantissa = mantissa * 10 + u64::from(b - b'0');
-                digits += 1;
-                decimals += usize::from(dot);
-            }
-            b'.' if !dot => dot = true,
-            _ => return None,
-        }
-        if digits > 15 {
+    // At most 15 digits and a dot: the mantissa cannot overflow below.
+    if body.len() > 16 {
+        return None;
+    }
+    let (mut mantissa, mut dot) = (0u64, None);
+    for (i, &b) in body.iter().enumerate() {
+        let d = b.wrapping_sub(b'0');
+        if d < 10 {
+            mantissa = mantissa * 10 + u64::from(d);
+        } else if b == b'.' && dot.is_none() {
+            dot = Some(i);
+        } else {
             return None;
         }
     }
-    if digits == 0 {
+    let digits = body.len() - usize::from(dot.is_some());
+    if digits == 0 || digits > 15 {
         return None;
     }
+    let decimals = dot.map_or(0, |at| body.len() - at - 1);
     let v = mantissa as f64 / POW10[decimals];
     Some(if negative { -v } else { v })
 }

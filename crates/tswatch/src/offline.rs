@@ -27,9 +27,9 @@ pub fn score_file(args: &ScoreArgs, config: &EngineConfig) -> anyhow::Result<()>
         File::open(&args.input).with_context(|| format!("cannot open {}", args.input.display()))?;
     let tmp = args.output.with_extension("csv.partial");
     let out = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let mut w = BufWriter::with_capacity(1 << 20, out);
+    let mut w = BufWriter::with_capacity(crate::csvscore::READ_BUFFER, out);
     let report = match score_csv(
-        BufReader::with_capacity(1 << 20, input),
+        BufReader::with_capacity(crate::csvscore::READ_BUFFER, input),
         &mut w,
         &mut engine,
     ) {

@@ -5,6 +5,11 @@
 
 /// Parses a timestamp cell.
 pub fn parse(cell: &[u8]) -> Option<f64> {
+    // The usual cell, without UTF-8 checks: `parse_iso` takes only ASCII,
+    // so where it succeeds here it would on the `str`-trimmed text too.
+    if let Some(t) = parse_iso(cell.trim_ascii()) {
+        return Some(t);
+    }
     let s = std::str::from_utf8(cell).ok()?.trim();
     if s.is_empty() {
         return None;
