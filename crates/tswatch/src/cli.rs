@@ -16,7 +16,7 @@ use tswatch_core::EngineConfig;
 #[derive(Debug, Parser)]
 #[command(name = "tswatch", version, propagate_version = true)]
 pub struct Cli {
-    /// TOML configuration file (keys: data_dir, bucket, bind,
+    /// TOML configuration file (keys: data_dir, bucket, s3_max_copy_bytes, bind,
     /// reconcile_interval_secs, request_timeout_secs, shutdown_grace_secs,
     /// insecure_skip_sns_verify, sns_topic_arn, sns_cert_endpoint, log_format,
     /// sqs_queue_url, sqs_wait_time_secs, sqs_max_messages,
@@ -80,6 +80,11 @@ pub struct StorageArgs {
     /// S3 bucket; overrides --data-dir. The seed sets BUCKET_NAME in /etc/environment.
     #[arg(long, env = "BUCKET_NAME", value_name = "NAME")]
     pub bucket: Option<String>,
+    /// Largest object the bucket copies in one request (publishing a scored
+    /// file moves it); larger ones are streamed through tswatch instead.
+    /// S3's limit is 5 GiB; some S3-compatible stores allow less [default: 5368709120]
+    #[arg(long, env = "TSWATCH_S3_MAX_COPY_BYTES", value_name = "BYTES")]
+    pub s3_max_copy_bytes: Option<u64>,
 }
 
 /// `serve` options.
@@ -284,6 +289,8 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     /// See `--bucket`.
     pub bucket: Option<String>,
+    /// See `--s3-max-copy-bytes`.
+    pub s3_max_copy_bytes: Option<u64>,
     /// See `--bind`.
     pub bind: Option<SocketAddr>,
     /// See `--reconcile-interval`.
@@ -337,8 +344,8 @@ impl FileConfig {
 pub enum StorageChoice {
     /// Local directory.
     Local(PathBuf),
-    /// S3 bucket.
-    S3(String),
+    /// S3 bucket, and the largest object it copies in one request.
+    S3(String, u64),
 }
 
 impl StorageArgs {
@@ -350,7 +357,12 @@ impl StorageArgs {
             .or_else(|| file.bucket.clone())
             .filter(|b| !b.is_empty())
         {
-            Some(b) => StorageChoice::S3(b),
+            Some(b) => StorageChoice::S3(
+                b,
+                self.s3_max_copy_bytes
+                    .or(file.s3_max_copy_bytes)
+                    .unwrap_or(crate::storage::S3_MAX_COPY_BYTES),
+            ),
             None => StorageChoice::Local(
                 self.data_dir
                     .clone()

@@ -48,7 +48,9 @@ fn open(args: &StorageArgs, file: &FileConfig) -> anyhow::Result<Storage> {
     Ok(match args.resolve(file) {
         StorageChoice::Local(dir) => Storage::local(&dir)
             .with_context(|| format!("opening data directory {}", dir.display()))?,
-        StorageChoice::S3(b) => Storage::s3(&b).with_context(|| format!("opening bucket {b}"))?,
+        StorageChoice::S3(b, max_copy) => Storage::s3(&b)
+            .with_context(|| format!("opening bucket {b}"))?
+            .with_max_copy(max_copy),
     })
 }
 

@@ -171,7 +171,7 @@ where
 /// being filled and two in flight are held in memory (1M rows on moto:
 /// 58 -> 49 MiB peak with 8 -> 6 MiB parts). 10,000 parts of 6 MiB allow a
 /// 58 GiB output, about 22 GiB of input.
-const PART: usize = 6 * 1024 * 1024;
+pub(crate) const PART: usize = 6 * 1024 * 1024;
 
 const CHUNK: usize = 256 * 1024;
 

@@ -69,7 +69,13 @@ pub enum Location {
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
     location: Location,
+    /// Largest object S3 copies in one request; larger ones are moved by
+    /// streaming them through this process.
+    max_copy: u64,
 }
+
+/// S3's limit for copying an object in one request (CopyObject): 5 GiB.
+pub const S3_MAX_COPY_BYTES: u64 = 5 * 1024 * 1024 * 1024;
 
 /// Opaque version of a state document (an ETag or a content hash).
 pub type Version = String;
@@ -89,6 +95,7 @@ impl Storage {
         Ok(Self {
             store: Arc::new(store),
             location: Location::Local(dir),
+            max_copy: S3_MAX_COPY_BYTES,
         })
     }
 
@@ -111,13 +118,25 @@ impl Storage {
             location: Location::S3 {
                 bucket: bucket.to_string(),
             },
+            max_copy: S3_MAX_COPY_BYTES,
         })
+    }
+
+    /// Sets the largest object copied in one request (S3 only; some
+    /// S3-compatible stores allow less than S3's 5 GiB).
+    pub fn with_max_copy(mut self, bytes: u64) -> Self {
+        self.max_copy = bytes;
+        self
     }
 
     /// A storage over any object store (tests inject faults this way).
     #[cfg(test)]
     pub(crate) fn from_store(store: Arc<dyn ObjectStore>, location: Location) -> Self {
-        Self { store, location }
+        Self {
+            store,
+            location,
+            max_copy: S3_MAX_COPY_BYTES,
+        }
     }
 
     /// What `/health` reports: the bucket name or the data directory.
@@ -183,11 +202,51 @@ impl Storage {
         }
     }
 
-    /// Moves an object (a rename locally, copy + delete on S3).
+    /// Moves an object (a rename locally, copy + delete on S3). S3 copies
+    /// at most 5 GiB in one request, so a larger object is streamed through
+    /// this process into a multipart upload instead.
     pub async fn rename(&self, from: &str, to: &str) -> Result<(), StoreError> {
         let (f, t) = (keys::validate(from)?, keys::validate(to)?);
+        if matches!(self.location, Location::S3 { .. })
+            && self.store.head(&f).await?.size > self.max_copy
+        {
+            self.copy_streamed(&f, &t).await?;
+            self.store.delete(&f).await?;
+            return Ok(());
+        }
         self.store.rename(&f, &t).await?;
         Ok(())
+    }
+
+    /// Copies `from` to `to` through this process, with bounded memory: the
+    /// GET stream feeds a multipart upload, two parts in flight at most.
+    async fn copy_streamed(&self, from: &Path, to: &Path) -> Result<(), StoreError> {
+        use tokio::io::AsyncWriteExt;
+        let io = |source| StoreError::Io {
+            path: to.to_string(),
+            source,
+        };
+        let mut input = self.store.get(from).await?.into_stream();
+        let mut w = object_store::buffered::BufWriter::with_capacity(
+            self.store.clone(),
+            to.clone(),
+            crate::pipeline::PART,
+        )
+        .with_max_concurrency(2);
+        while let Some(chunk) = input.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    w.abort().await.ok();
+                    return Err(e.into());
+                }
+            };
+            if let Err(e) = w.write_all(&chunk).await {
+                w.abort().await.ok();
+                return Err(io(e));
+            }
+        }
+        w.shutdown().await.map_err(io)
     }
 
     /// Every object under `prefix` (which should end in `/`).

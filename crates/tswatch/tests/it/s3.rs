@@ -371,3 +371,65 @@ async fn a_replaced_file_whose_notification_is_lost_is_reprocessed() {
     .await;
     assert_ne!(first["source_etag"], second["source_etag"]);
 }
+
+/// A scored file larger than the bucket copies in one request is published
+/// by streaming it into a multipart upload: the same bytes as a server-side
+/// move, and no staged copy left behind.
+#[tokio::test]
+async fn outputs_larger_than_one_copy_are_streamed_into_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let moto = Moto::start().await;
+    moto.create_bucket(BUCKET).await;
+    let mut cmd = tswatch();
+    s3_env(&mut cmd, &moto, BUCKET);
+    // 1 KiB: every output here is "too large", and 60,000 rows make an
+    // output of about 8 MiB, more than one 6 MiB upload part.
+    let svc = Service::start(
+        cmd,
+        &[
+            "--insecure-skip-sns-verify",
+            "--reconcile-interval",
+            "3600",
+            "--s3-max-copy-bytes",
+            "1024",
+        ],
+        tmp.path(),
+    )
+    .await;
+    let (_, csv) = crate::faultkit::producer_files(1, 60_000, 7).remove(0);
+    let input = tmp.path().join("big.csv");
+    std::fs::write(&input, &csv).unwrap();
+    moto.put_object(BUCKET, "raw/big.csv", csv).await;
+    let (st, b) = svc
+        .post("/notify", sns_s3_event(BUCKET, &["raw/big.csv"]))
+        .await;
+    assert_eq!(st, 200, "{b}");
+    wait_for("big.csv published", Duration::from_secs(120), || async {
+        moto.get_object(BUCKET, "processed/big_summary.json").await
+    })
+    .await;
+
+    // The offline scorer from a fresh state gives the reference bytes.
+    let reference = tmp.path().join("big.out.csv");
+    let o = tswatch()
+        .args(["score", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(&reference)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want = std::fs::read(&reference).unwrap();
+    assert!(want.len() > 6 * 1024 * 1024, "{} bytes", want.len());
+    let got = moto.get_object(BUCKET, "processed/big.csv").await.unwrap();
+    assert!(
+        got == want,
+        "{} bytes published, {} expected",
+        got.len(),
+        want.len()
+    );
+    assert_eq!(
+        moto.list(BUCKET, "state/staging/").await,
+        Vec::<String>::new()
+    );
+}
