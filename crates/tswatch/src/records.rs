@@ -203,10 +203,11 @@ impl<R: Read> Records<R> {
             self.pos += 1;
         }
         let line = self.lines + 1;
-        if !self.quote_free_line(rows)? {
-            self.parse_record(rows, line)?;
+        if self.quote_free_line(rows)? || self.parse_record(rows, line)? {
+            Ok(Some(line))
+        } else {
+            Ok(None)
         }
-        Ok(Some(line))
     }
 
     /// Drops a UTF-8 BOM at the start of the input, as `csv_core` does
@@ -227,9 +228,12 @@ impl<R: Read> Records<R> {
     /// Takes the record at `pos` if it is one line without a quote, all in
     /// the buffer; false (nothing taken) otherwise.
     fn quote_free_line(&mut self, rows: &mut Rows) -> Result<bool, InputError> {
+        // Bytes after `pos` already searched (a line arriving in pieces is
+        // not searched again from its start after every read).
+        let mut searched = 0;
         loop {
             let rest = &self.buf[self.pos..self.len];
-            match memchr::memchr3(b'\n', b'\r', b'"', rest) {
+            match memchr::memchr3(b'\n', b'\r', b'"', &rest[searched..]).map(|i| searched + i) {
                 Some(i) if rest[i] == b'"' => return Ok(false),
                 Some(i) => {
                     rows.push_line(&rest[..i]);
@@ -245,14 +249,16 @@ impl<R: Read> Records<R> {
                 // A line longer than the buffer: the parser streams it.
                 None if self.pos == 0 && self.len == self.buf.len() => return Ok(false),
                 None => {
+                    searched = rest.len();
                     self.fill()?;
                 }
             }
         }
     }
 
-    /// Parses the record at `pos` with `csv_core`.
-    fn parse_record(&mut self, rows: &mut Rows, line: u64) -> Result<(), InputError> {
+    /// Parses the record at `pos` with `csv_core`; false if there was none
+    /// (not reached: the record starts at a byte that is not a line end).
+    fn parse_record(&mut self, rows: &mut Rows, line: u64) -> Result<bool, InputError> {
         use csv_core::ReadRecordResult as R;
         let (mut nout, mut nend, mut taken) = (0, 0, 0u64);
         loop {
@@ -268,17 +274,8 @@ impl<R: Read> Records<R> {
             self.pos += nin;
             (nout, nend) = (nout + o, nend + e);
             taken += nin as u64;
-            match res {
-                R::Record => {
-                    rows.push_decoded(&self.out[..nout], &self.ends[..nend]);
-                    return Ok(());
-                }
-                // Only reached with a record started, which then ends.
-                R::End => return Ok(()),
-                R::OutputFull => self.out.resize(2 * self.out.len(), 0),
-                R::OutputEndsFull => self.ends.resize(2 * self.ends.len(), 0),
-                R::InputEmpty => {}
-            }
+            // Checked before a record is taken too: the limit holds whatever
+            // the read sizes (the count includes the record's line end).
             if taken > MAX_RECORD_BYTES {
                 return Err(InputError::Row {
                     line,
@@ -287,6 +284,16 @@ impl<R: Read> Records<R> {
                         MAX_RECORD_BYTES / (1024 * 1024)
                     ),
                 });
+            }
+            match res {
+                R::Record => {
+                    rows.push_decoded(&self.out[..nout], &self.ends[..nend]);
+                    return Ok(true);
+                }
+                R::End => return Ok(false),
+                R::OutputFull => self.out.resize(2 * self.out.len(), 0),
+                R::OutputEndsFull => self.ends.resize(2 * self.ends.len(), 0),
+                R::InputEmpty => {}
             }
         }
     }
@@ -439,6 +446,22 @@ mod tests {
         assert_eq!(got, theirs(data.as_bytes()));
         assert_eq!(got.len(), 4);
         assert_eq!(got[3].1, 4);
+    }
+
+    #[test]
+    fn a_record_over_the_limit_is_refused_even_if_it_ends_in_the_same_read() {
+        // A first long record grows the parser's output buffer, so that the
+        // second (escaped quotes: half as many bytes out as in) never fills
+        // it, and the read that ends it is the one that passes the limit.
+        let fits = "y".repeat(700 * 1024);
+        let over = "\"\"".repeat(MAX_RECORD_BYTES as usize / 2 + 1000);
+        let data = format!("h\n\"{fits}\"\n\"{over}\"\n1\n");
+        let mut r = Records::new(data.as_bytes());
+        let mut rows = Rows::default();
+        assert_eq!(r.read(&mut rows).unwrap(), Some(1));
+        assert_eq!(r.read(&mut rows).unwrap(), Some(2));
+        let e = r.read(&mut rows).unwrap_err();
+        assert!(matches!(e, InputError::Row { line: 3, .. }), "{e}");
     }
 
     #[test]
