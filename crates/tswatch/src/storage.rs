@@ -237,12 +237,12 @@ impl Storage {
             let chunk = match chunk {
                 Ok(c) => c,
                 Err(e) => {
-                    w.abort().await.ok();
+                    abort(w, to).await;
                     return Err(e.into());
                 }
             };
             if let Err(e) = w.write_all(&chunk).await {
-                w.abort().await.ok();
+                abort(w, to).await;
                 return Err(io(e));
             }
         }
@@ -434,6 +434,14 @@ fn local_sweep(
         }
     }
     Ok(removed)
+}
+
+/// Aborts a multipart upload that will not be completed. If that fails too,
+/// its parts stay until the bucket's lifecycle rule removes them.
+async fn abort(mut w: object_store::buffered::BufWriter, to: &Path) {
+    if let Err(e) = w.abort().await {
+        tracing::warn!(key = %to, error = %e, "could not abort an unfinished multipart upload");
+    }
 }
 
 fn join_err(e: tokio::task::JoinError) -> StoreError {

@@ -380,22 +380,15 @@ async fn outputs_larger_than_one_copy_are_streamed_into_place() {
     let tmp = tempfile::tempdir().unwrap();
     let moto = Moto::start().await;
     moto.create_bucket(BUCKET).await;
-    let mut cmd = tswatch();
-    s3_env(&mut cmd, &moto, BUCKET);
     // 1 KiB: every output here is "too large", and 60,000 rows make an
     // output of about 8 MiB, more than one 6 MiB upload part.
-    let svc = Service::start(
-        cmd,
-        &[
-            "--insecure-skip-sns-verify",
-            "--reconcile-interval",
-            "3600",
-            "--s3-max-copy-bytes",
-            "1024",
-        ],
-        tmp.path(),
-    )
-    .await;
+    let flags = [
+        "--reconcile-interval",
+        "3600",
+        "--s3-max-copy-bytes",
+        "1024",
+    ];
+    let svc = crate::faultkit::serve_s3(&moto, &moto.endpoint, BUCKET, &flags, tmp.path()).await;
     let (_, csv) = crate::faultkit::producer_files(1, 60_000, 7).remove(0);
     let input = tmp.path().join("big.csv");
     std::fs::write(&input, &csv).unwrap();
