@@ -725,24 +725,17 @@ fn header_names(header: Row<'_>) -> Result<Vec<String>, InputError> {
 fn looks_numeric(rows: &Rows, col: usize) -> bool {
     let (mut filled, mut numeric) = (0, 0);
     for r in 0..rows.len() {
-        if let Some(cell) = rows.row(r).get(col).map(trim).filter(|c| !c.is_empty()) {
+        if let Some(cell) = rows
+            .row(r)
+            .get(col)
+            .map(<[u8]>::trim_ascii)
+            .filter(|c| !c.is_empty())
+        {
             filled += 1;
             numeric += usize::from(parse_number(cell).is_some());
         }
     }
     filled == 0 || numeric * 5 >= filled * 4
-}
-
-fn trim(b: &[u8]) -> &[u8] {
-    let s = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let e = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(s, |e| e + 1);
-    &b[s..e.max(s)]
 }
 
 fn parse_number(cell: &[u8]) -> Option<f64> {
@@ -793,7 +786,7 @@ fn plain_decimal(cell: &[u8]) -> Option<f64> {
 
 /// A usable channel value: a finite number.
 pub(crate) fn parse_cell(cell: &[u8]) -> Option<f64> {
-    parse_number(trim(cell)).filter(|v| v.is_finite())
+    parse_number(cell.trim_ascii()).filter(|v| v.is_finite())
 }
 
 fn bool_cell(f: Option<bool>) -> &'static [u8] {
