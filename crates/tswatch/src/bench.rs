@@ -150,7 +150,7 @@ fn floor_csv(input: impl Read, mut output: impl Write) -> anyhow::Result<()> {
         }
         out.end();
         rows.clear();
-        if out.buf.len() >= 256 * 1024 {
+        if out.buf.len() >= crate::csvscore::WRITE_CHUNK {
             output.write_all(&out.buf)?;
             out.buf.clear();
         }

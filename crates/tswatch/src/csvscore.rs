@@ -333,7 +333,7 @@ pub const READ_BUFFER: usize = 256 * 1024;
 
 /// Formatted output is written in pieces at least this large: as large as
 /// the pipeline's output buffer, which then hands them straight through.
-const WRITE_CHUNK: usize = 256 * 1024;
+pub(crate) const WRITE_CHUNK: usize = 256 * 1024;
 
 /// Rows scored per forest batch (and so held before writing): large enough
 /// that handing batches over (and waking the other thread) costs little.

@@ -10,7 +10,7 @@ use crate::csvscore::{FileReport, InputError, score_csv};
 use crate::storage::{Storage, StoreError};
 use bytes::Bytes;
 use futures::StreamExt;
-use object_store::{GetOptions, GetResultPayload, ObjectStore, buffered::BufWriter, path::Path};
+use object_store::{GetOptions, GetResultPayload, ObjectStore, path::Path};
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
@@ -123,9 +123,7 @@ where
             let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(8);
             let out_path = output.clone();
             let upload = tokio::spawn(async move {
-                // Two parts in flight at most: memory stays flat when the
-                // upload is slower than scoring.
-                let mut w = BufWriter::with_capacity(store, out_path, PART).with_max_concurrency(2);
+                let mut w = crate::storage::upload_writer(store, out_path);
                 while let Some(b) = out_rx.recv().await {
                     w.write_all(&b).await?;
                 }
@@ -167,13 +165,9 @@ where
     Ok(Streamed { value, upload })
 }
 
-/// Multipart upload part size: near S3's 5 MiB minimum, since a part
-/// being filled and two in flight are held in memory (1M rows on moto:
-/// 58 -> 49 MiB peak with 8 -> 6 MiB parts). 10,000 parts of 6 MiB allow a
-/// 58 GiB output, about 22 GiB of input.
-pub(crate) const PART: usize = 6 * 1024 * 1024;
-
-const CHUNK: usize = 256 * 1024;
+/// The scorer writes pieces of this size, so the local sink's buffer of the
+/// same size passes them straight through, and uploads ship them as they are.
+const CHUNK: usize = crate::csvscore::WRITE_CHUNK;
 
 /// A buffered local file that the scoring thread writes directly.
 fn local_sink(path: std::path::PathBuf) -> Result<std::io::BufWriter<std::fs::File>, StoreError> {
