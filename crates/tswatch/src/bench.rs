@@ -4,6 +4,7 @@
 //! a fresh child process so its peak memory is its own; and read-endpoint
 //! latency over many processed files.
 
+use crate::cli::BenchPhase;
 use crate::csvscore::CsvLine;
 use crate::pipeline::stream_object;
 use crate::processor::{Outcome, Processor};
@@ -31,8 +32,9 @@ pub struct Measure {
     /// Seconds from the start of processing to the committed summary (the
     /// state already exists: a warm-up file is processed first).
     pub end_to_end_s: f64,
-    /// Peak resident memory of the process (KiB) from the moment the input
-    /// was in place (generating and uploading it are not counted).
+    /// Peak resident memory (KiB) of a fresh process that processes a
+    /// 10-row warm-up file and then this one. Generating and uploading the
+    /// input, and the floor, run in processes of their own.
     pub peak_rss_kib: u64,
     /// CPU seconds of the reading/scoring and the writing thread.
     #[serde(default)]
@@ -199,12 +201,6 @@ fn status_kib(status: &str, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Resets the peak resident memory to the current one (Linux 4.0+; a no-op
-/// where that is not possible, and the peak then includes the set-up).
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
 /// Processes `key` and checks it was applied now.
 async fn process_applied(p: &Processor, key: &str) -> anyhow::Result<Summary> {
     match p.process(&crate::keys::RawKey::parse(key)?).await? {
@@ -213,33 +209,63 @@ async fn process_applied(p: &Processor, key: &str) -> anyhow::Result<Summary> {
     }
 }
 
-/// One size, in this process: generate (and upload), floor, then the real
-/// pipeline, on `backend` with `dir` as the local data or scratch directory.
-pub async fn measure_one(
+/// What one child process reports: one part of a measurement (see
+/// [`BenchPhase`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Part {
+    /// The input is in place.
+    Prepared {
+        /// Its size in bytes.
+        input_bytes: u64,
+    },
+    /// The floor was timed.
+    Floor {
+        /// Seconds.
+        floor_s: f64,
+    },
+    /// The file was processed.
+    Processed {
+        /// Seconds, as [`Measure::end_to_end_s`].
+        end_to_end_s: f64,
+        /// The process's peak resident memory (KiB).
+        peak_rss_kib: u64,
+        /// CPU seconds of the two threads.
+        stage_cpu_ms: Option<crate::csvscore::StageCpu>,
+    },
+}
+
+/// One part of the measurement of `rows` rows, in this process, on
+/// `backend` with `dir` as the local data or scratch directory.
+pub async fn measure_part(
     rows: usize,
     dir: &Path,
     backend: &Backend,
     engine: EngineConfig,
-) -> anyhow::Result<Measure> {
+    phase: BenchPhase,
+) -> anyhow::Result<Part> {
     std::fs::create_dir_all(dir)?;
     let storage = backend.open(dir)?;
-    let input_bytes = place_input(&storage, dir, "raw/bench.csv", rows).await?;
-    place_input(&storage, dir, "raw/warmup.csv", 10).await?;
-    reset_peak_rss();
-    let floor_s = floor(&storage, "raw/bench.csv").await?;
-    let p = Processor::new(storage, engine);
-    // Warm up: the first file of a fresh state also creates the state.
-    process_applied(&p, "raw/warmup.csv").await?;
-    let t = Instant::now();
-    let summary = process_applied(&p, "raw/bench.csv").await?;
-    let end_to_end_s = t.elapsed().as_secs_f64();
-    Ok(Measure {
-        rows,
-        input_bytes,
-        floor_s,
-        end_to_end_s,
-        peak_rss_kib: peak_rss_kib(),
-        stage_cpu_ms: summary.stage_cpu_ms,
+    Ok(match phase {
+        BenchPhase::Prepare => {
+            let input_bytes = place_input(&storage, dir, "raw/bench.csv", rows).await?;
+            place_input(&storage, dir, "raw/warmup.csv", 10).await?;
+            Part::Prepared { input_bytes }
+        }
+        BenchPhase::Floor => Part::Floor {
+            floor_s: floor(&storage, "raw/bench.csv").await?,
+        },
+        BenchPhase::Process => {
+            let p = Processor::new(storage, engine);
+            // Warm up: the first file of a fresh state also creates the state.
+            process_applied(&p, "raw/warmup.csv").await?;
+            let t = Instant::now();
+            let summary = process_applied(&p, "raw/bench.csv").await?;
+            Part::Processed {
+                end_to_end_s: t.elapsed().as_secs_f64(),
+                peak_rss_kib: peak_rss_kib(),
+                stage_cpu_ms: summary.stage_cpu_ms,
+            }
+        }
     })
 }
 
@@ -726,8 +752,8 @@ impl Measure {
     }
 }
 
-/// One measurement of `rows` rows in a child process, on a fresh directory
-/// (and, with `moto`, a fresh bucket).
+/// One measurement of `rows` rows in child processes, one per
+/// [`BenchPhase`], on a fresh directory (and, with `moto`, a fresh bucket).
 async fn measure_child(
     exe: &Path,
     rows: usize,
@@ -737,28 +763,69 @@ async fn measure_child(
     let label = if moto.is_some() { "moto" } else { "local" };
     let dir = scratch.join(format!("{label}-rows-{rows}"));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args(["bench", "--child", &rows.to_string(), "--dir"])
-        .arg(&dir);
+    let bucket = format!("bench-{rows}");
     if let Some(moto) = moto {
-        let bucket = format!("bench-{rows}");
         moto.create_bucket(&bucket).await?;
-        moto.configure(&mut cmd);
-        cmd.args(["--child-bucket", &bucket]);
     }
-    let out = cmd
-        .output()
-        .with_context(|| format!("running the {rows}-row measurement ({label})"))?;
+    let run = |phase: BenchPhase| -> anyhow::Result<Part> {
+        let name = clap::ValueEnum::to_possible_value(&phase)
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default();
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args([
+            "bench",
+            "--child",
+            &rows.to_string(),
+            "--child-phase",
+            &name,
+            "--dir",
+        ])
+        .arg(&dir);
+        if let Some(moto) = moto {
+            moto.configure(&mut cmd);
+            cmd.args(["--child-bucket", &bucket]);
+        }
+        let out = cmd
+            .output()
+            .with_context(|| format!("running the {rows}-row {name} ({label})"))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "the {rows}-row {name} ({label}) failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let out_of_turn =
+        || anyhow::anyhow!("the {rows}-row measurement's children answered out of turn");
+    let measured = (|| {
+        let Part::Prepared { input_bytes } = run(BenchPhase::Prepare)? else {
+            return Err(out_of_turn());
+        };
+        let Part::Floor { floor_s } = run(BenchPhase::Floor)? else {
+            return Err(out_of_turn());
+        };
+        let Part::Processed {
+            end_to_end_s,
+            peak_rss_kib,
+            stage_cpu_ms,
+        } = run(BenchPhase::Process)?
+        else {
+            return Err(out_of_turn());
+        };
+        Ok(Measure {
+            rows,
+            input_bytes,
+            floor_s,
+            end_to_end_s,
+            peak_rss_kib,
+            stage_cpu_ms,
+        })
+    })();
     let _ = std::fs::remove_dir_all(&dir);
     if let Some(moto) = moto {
         moto.reset().await?;
     }
-    anyhow::ensure!(
-        out.status.success(),
-        "the {rows}-row measurement ({label}) failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
+    measured
 }
 
 /// A `moto_server` (the S3 emulator, from PyPI `moto[server]`) on a free

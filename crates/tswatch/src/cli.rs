@@ -252,9 +252,25 @@ pub struct BenchArgs {
     /// Internal: measure one size in this process and print it as JSON.
     #[arg(long, hide = true)]
     pub child: Option<usize>,
+    /// Internal: which part of the measurement the child does.
+    #[arg(long, hide = true, value_enum, default_value_t = BenchPhase::Process)]
+    pub child_phase: BenchPhase,
     /// Internal: the child measures in this S3 bucket (`AWS_*` environment).
     #[arg(long, hide = true, value_name = "BUCKET")]
     pub child_bucket: Option<String>,
+}
+
+/// One part of a `tswatch bench` measurement. Each runs in its own child
+/// process, so the peak memory of processing is that of processing alone:
+/// not of generating and uploading the input, nor of the floor run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchPhase {
+    /// Generate the input file (and upload it to the bucket).
+    Prepare,
+    /// Time the floor: parse the input and write an output of the scored shape.
+    Floor,
+    /// Time the real processing and note its peak memory.
+    Process,
 }
 
 /// `eval` options.

@@ -188,7 +188,7 @@ async fn bench(
             },
             None => Backend::Local,
         };
-        let m = bench::measure_one(rows, &scratch, &backend, engine).await?;
+        let m = bench::measure_part(rows, &scratch, &backend, engine, a.child_phase).await?;
         println!("{}", serde_json::to_string(&m)?);
         return Ok(());
     }

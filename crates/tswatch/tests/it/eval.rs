@@ -123,6 +123,7 @@ fn bench_measures_each_size_against_the_floor() {
     assert_eq!(ms[1]["rows"], 500);
     for m in ms {
         assert!(m["input_bytes"].as_u64().unwrap() > 0);
+        assert!(m["floor_s"].as_f64().unwrap() > 0.0);
         assert!(m["end_to_end_s"].as_f64().unwrap() > 0.0);
         assert!(m["peak_rss_kib"].as_u64().unwrap() > 0);
     }
