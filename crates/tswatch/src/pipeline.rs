@@ -32,14 +32,15 @@ pub enum PipelineError {
 }
 
 /// Scores `raw` (at exactly version `etag`) into `staged`, returning the
-/// advanced engine and the report. On error the staged object may be partial.
+/// advanced engine, the report and the staged object's size in bytes. On
+/// error the staged object may be partial.
 pub async fn score_object(
     storage: &Storage,
     raw: &Path,
     etag: &str,
     staged: &Path,
     mut engine: Engine,
-) -> Result<(Engine, FileReport), PipelineError> {
+) -> Result<(Engine, FileReport, u64), PipelineError> {
     let streamed = stream_object(storage, raw, etag, staged, move |input, output| {
         let r = score_csv(input, output, &mut engine);
         (engine, r)
@@ -48,8 +49,8 @@ pub async fn score_object(
     let (engine, result) = streamed.value;
     // An input error explains a cut-short upload, so it wins.
     let report = result?;
-    streamed.upload?;
-    Ok((engine, report))
+    let bytes = streamed.upload?;
+    Ok((engine, report, bytes))
 }
 
 /// What [`stream_object`] gives back.
@@ -57,8 +58,8 @@ pub async fn score_object(
 pub struct Streamed<T> {
     /// What the transform returned.
     pub value: T,
-    /// Whether the output was written in full.
-    pub upload: Result<(), StoreError>,
+    /// Whether the output was written in full, and then its size in bytes.
+    pub upload: Result<u64, StoreError>,
 }
 
 /// Streams `raw` (at exactly version `etag`; any version if empty) through
@@ -137,9 +138,13 @@ where
         }
     };
     let done = tokio::task::spawn_blocking(move || {
-        let mut sink = sink;
+        let mut sink = Counted {
+            inner: sink,
+            bytes: 0,
+        };
         let value = transform(input, &mut sink);
-        (value, sink.flush())
+        let flushed = sink.flush().map(|()| sink.bytes);
+        (value, flushed)
     })
     .await;
     if let Some(p) = pump {
@@ -158,10 +163,12 @@ where
     if let Some(e) = read_error.lock().ok().and_then(|mut g| g.take()) {
         return Err(StoreError::from(e).into());
     }
-    let upload = flushed.and(written).map_err(|source| StoreError::Io {
-        path: output.to_string(),
-        source,
-    });
+    let upload = flushed
+        .and_then(|bytes| written.map(|()| bytes))
+        .map_err(|source| StoreError::Io {
+            path: output.to_string(),
+            source,
+        });
     Ok(Streamed { value, upload })
 }
 
@@ -180,6 +187,30 @@ fn local_sink(path: std::path::PathBuf) -> Result<std::io::BufWriter<std::fs::Fi
     }
     let file = std::fs::File::create(&path).map_err(io)?;
     Ok(std::io::BufWriter::with_capacity(CHUNK, file))
+}
+
+/// A writer that counts the bytes it passed on.
+struct Counted<W> {
+    inner: W,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(data)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.inner.write_all(data)?;
+        self.bytes += data.len() as u64;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// `Read` over an object's bytes, arriving in chunks on a channel (for a

@@ -254,6 +254,7 @@ impl Processor {
                 source_key: s.source_key.clone(),
                 source_etag: s.source_etag.clone().unwrap_or_default(),
                 staged_key: String::new(),
+                staged_bytes: None,
                 summary: s,
                 anomalies: Vec::new(),
             });
@@ -451,7 +452,7 @@ impl Processor {
             let staged_key = new_staged_key();
             let staged = keys::validate(&staged_key)?;
             let result = score_object(&self.storage, &raw_path, &etag, &staged, engine).await;
-            let (engine, report) = match result {
+            let (engine, report, staged_bytes) = match result {
                 Ok(r) => r,
                 Err(e) => {
                     self.storage.delete(&staged_key).await.ok();
@@ -488,6 +489,7 @@ impl Processor {
                 source_key: key.as_str().to_string(),
                 source_etag: etag.clone(),
                 staged_key: staged_key.clone(),
+                staged_bytes: Some(staged_bytes),
                 summary: summary.clone(),
                 anomalies,
             };
@@ -565,7 +567,7 @@ impl Processor {
         if !entry.staged_key.is_empty() {
             match self
                 .storage
-                .rename(&entry.staged_key, &key.processed())
+                .rename(&entry.staged_key, &key.processed(), entry.staged_bytes)
                 .await
             {
                 Ok(()) => {}

@@ -78,6 +78,10 @@ pub struct Applied {
     pub source_etag: String,
     /// Where the scored copy waits until it is moved to `processed/`.
     pub staged_key: String,
+    /// The scored copy's size in bytes, so that moving it on S3 need not
+    /// ask for it (absent in ledgers written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged_bytes: Option<u64>,
     /// The summary written next to the outputs.
     pub summary: Summary,
     /// Anomalous rows (kept for the newest [`RECENT_FILES`] entries only).

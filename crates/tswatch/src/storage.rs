@@ -204,12 +204,19 @@ impl Storage {
 
     /// Moves an object (a rename locally, copy + delete on S3). S3 copies
     /// at most 5 GiB in one request, so a larger object is streamed through
-    /// this process into a multipart upload instead.
-    pub async fn rename(&self, from: &str, to: &str) -> Result<(), StoreError> {
+    /// this process into a multipart upload instead; `size`, if known, saves
+    /// asking S3 for it.
+    pub async fn rename(&self, from: &str, to: &str, size: Option<u64>) -> Result<(), StoreError> {
         let (f, t) = (keys::validate(from)?, keys::validate(to)?);
-        if matches!(self.location, Location::S3 { .. })
-            && self.store.head(&f).await?.size > self.max_copy
-        {
+        if !matches!(self.location, Location::S3 { .. }) {
+            self.store.rename(&f, &t).await?;
+            return Ok(());
+        }
+        let size = match size {
+            Some(n) => n,
+            None => self.store.head(&f).await?.size,
+        };
+        if size > self.max_copy {
             self.copy_streamed(&f, &t).await?;
             self.store.delete(&f).await?;
             return Ok(());

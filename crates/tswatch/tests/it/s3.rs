@@ -425,4 +425,16 @@ async fn outputs_larger_than_one_copy_are_streamed_into_place() {
         moto.list(BUCKET, "state/staging/").await,
         Vec::<String>::new()
     );
+    // The ledger records the staged copy's size, which decided the move
+    // without asking S3 for it.
+    let state: Value =
+        serde_json::from_slice(&moto.get_object(BUCKET, "state/engine.json").await.unwrap())
+            .unwrap();
+    let entry = state["applied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["source_key"] == "raw/big.csv")
+        .unwrap();
+    assert_eq!(entry["staged_bytes"].as_u64(), Some(got.len() as u64));
 }
