@@ -36,7 +36,7 @@ pub struct Measure {
     /// 10-row warm-up file and then this one. Generating and uploading the
     /// input, and the floor, run in processes of their own.
     pub peak_rss_kib: u64,
-    /// CPU seconds of the reading/scoring and the writing thread.
+    /// CPU milliseconds of the reading/scoring and the writing thread.
     #[serde(default)]
     pub stage_cpu_ms: Option<crate::csvscore::StageCpu>,
 }
@@ -229,7 +229,7 @@ pub enum Part {
         end_to_end_s: f64,
         /// The process's peak resident memory (KiB).
         peak_rss_kib: u64,
-        /// CPU seconds of the two threads.
+        /// CPU milliseconds of the two threads.
         stage_cpu_ms: Option<crate::csvscore::StageCpu>,
     },
 }

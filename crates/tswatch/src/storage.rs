@@ -208,18 +208,16 @@ impl Storage {
     /// asking S3 for it.
     pub async fn rename(&self, from: &str, to: &str, size: Option<u64>) -> Result<(), StoreError> {
         let (f, t) = (keys::validate(from)?, keys::validate(to)?);
-        if !matches!(self.location, Location::S3 { .. }) {
-            self.store.rename(&f, &t).await?;
-            return Ok(());
-        }
-        let size = match size {
-            Some(n) => n,
-            None => self.store.head(&f).await?.size,
-        };
-        if size > self.max_copy {
-            self.copy_streamed(&f, &t).await?;
-            self.store.delete(&f).await?;
-            return Ok(());
+        if let Location::S3 { .. } = self.location {
+            let size = match size {
+                Some(n) => n,
+                None => self.store.head(&f).await?.size,
+            };
+            if size > self.max_copy {
+                self.copy_streamed(&f, &t).await?;
+                self.store.delete(&f).await?;
+                return Ok(());
+            }
         }
         self.store.rename(&f, &t).await?;
         Ok(())
