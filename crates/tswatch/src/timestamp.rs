@@ -7,14 +7,19 @@
 pub fn parse(cell: &[u8]) -> Option<f64> {
     // The usual cell, without UTF-8 checks: `parse_iso` takes only ASCII,
     // so where it succeeds here it would on the `str`-trimmed text too.
-    if let Some(t) = parse_iso(cell.trim_ascii()) {
+    let ascii = cell.trim_ascii();
+    if let Some(t) = parse_iso(ascii) {
         return Some(t);
     }
     let s = std::str::from_utf8(cell).ok()?.trim();
     if s.is_empty() {
         return None;
     }
-    if let Some(t) = parse_iso(s.as_bytes()) {
+    // `str::trim` removes a superset of ASCII whitespace (Unicode spaces
+    // too): only if it removed more is there other text to try as ISO.
+    if s.len() != ascii.len()
+        && let Some(t) = parse_iso(s.as_bytes())
+    {
         return Some(t);
     }
     if let Ok(n) = s.parse::<f64>() {
@@ -153,6 +158,10 @@ mod tests {
         assert_eq!(p("1771891851000"), Some(base));
         assert_eq!(p("2014-04-01 00:00:00"), Some(1_396_310_400.0));
         assert_eq!(p("Tue, 24 Feb 2026 00:10:51 +0000"), Some(base));
+        // Surrounding whitespace, ASCII or Unicode (no-break, em space).
+        assert_eq!(p(" 2026-02-24T00:10:51\t"), Some(base));
+        assert_eq!(p("\u{a0}2026-02-24T00:10:51\u{2003}"), Some(base));
+        assert_eq!(p("\u{a0}1771891851 "), Some(base));
     }
 
     #[test]
