@@ -35,6 +35,9 @@ pub struct ChannelState {
     /// The evidence for scoring on a log scale (positive, right-skewed data).
     #[serde(default)]
     pub log: LogScale,
+    /// The alarm detector (what flags rows and writes `<ch>_zscore`).
+    #[serde(default)]
+    pub detector: crate::detector::Detector,
 }
 
 /// Tracks whether a channel is better modelled on a log scale: all values
@@ -191,6 +194,7 @@ impl ChannelState {
             && self.log.skew.is_finite()
             && self.log.log_skew.is_finite()
             && self.run.values.iter().all(|v| v.is_finite())
+            && self.detector.is_valid()
     }
 
     fn season_active(&self, cfg: &EngineConfig) -> bool {

@@ -258,29 +258,33 @@ impl Engine {
         );
         out.clear();
         let cfg = &self.config;
+        let th = crate::detector::Thresholds::new(
+            cfg.false_alarm_rate,
+            binding.cols.len(),
+            cfg.min_observations,
+        );
+        let secs = ts;
         let ts = ts.map(Moment::new);
         for (&c, v) in binding.cols.iter().zip(values) {
             let ch = &self.channels[c];
-            let scored = v
-                .filter(|x| x.is_finite())
-                .and_then(|x| ch.reference(ts, cfg).map(|r| (x, r)));
-            match scored {
+            let x = v.filter(|x| x.is_finite());
+            let verdict = x.map(|x| ch.detector.score(x, secs, &th));
+            out.verdicts.push(verdict);
+            let scored = x.and_then(|x| ch.reference(ts, cfg).map(|r| (x, r)));
+            let base = match scored {
                 Some((x, r)) => {
-                    let z = ch.z(x, &r);
-                    out.z.push(Some(z));
                     out.basis.push(r.basis);
-                    let shift = ch.completes_shift(z, cfg);
-                    out.shift.push(shift);
-                    out.shift_since
-                        .push(if shift { ch.run.since } else { None });
+                    Some(ch.z(x, &r))
                 }
                 None => {
-                    out.z.push(None);
                     out.basis.push(Basis::Plain);
-                    out.shift.push(false);
-                    out.shift_since.push(None);
+                    None
                 }
-            }
+            };
+            out.base_z.push(base);
+            // Until the detector's window is full enough (e.g. right after
+            // adopting a seed baseline), the adaptive baseline's z is shown.
+            out.z.push(verdict.and_then(|v| v.z).or(base));
         }
         out.joint = self.score_joint(binding, out);
         // The forest decides nothing unless `forest_alarm` is set, so by
@@ -305,7 +309,7 @@ impl Engine {
             let Some(p) = binding.cols.iter().position(|&b| b == c) else {
                 return false;
             };
-            let Some(z) = row.z[p] else {
+            let Some(z) = row.base_z[p] else {
                 return false;
             };
             input.z[i] = z;
@@ -401,10 +405,17 @@ impl Engine {
         score: &RowScore,
     ) -> bool {
         let cfg = self.config;
+        for (i, (&c, v)) in binding.cols.iter().zip(values).enumerate() {
+            if let (Some(x), Some(Some(verdict))) =
+                (v.filter(|x| x.is_finite()), score.verdicts.get(i))
+            {
+                self.channels[c].detector.learn(x, verdict);
+            }
+        }
         let ts = ts.map(Moment::new);
         for (i, (&c, v)) in binding.cols.iter().zip(values).enumerate() {
             if let Some(x) = v.filter(|x| x.is_finite())
-                && self.channels[c].track_shift(x, score.z.get(i).copied().flatten(), ts, &cfg)
+                && self.channels[c].track_shift(x, score.base_z.get(i).copied().flatten(), ts, &cfg)
                 && self.joint_cols.contains(&c)
             {
                 // The joint model's mean and covariance no longer hold.

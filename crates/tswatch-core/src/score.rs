@@ -1,19 +1,19 @@
-//! The verdict on one row, and how it becomes a calibrated score and a
-//! human reason.
+//! The verdict on one row, and how it becomes a score and a human reason.
 //!
-//! `anomaly_score` is built from tail probabilities, so it means the same on
-//! every channel and in every file: with evidence `S` (`-log10` of the row's
-//! multiplicity-corrected tail probability) and alarm threshold `T`
-//! (`-log10` of the configured false-alarm rate), the score is `S / (S + T)`:
-//! exactly 0.5 at the threshold, approaching 1 without reaching it.
+//! Each channel's [`Detector`](crate::detector::Detector) gives a verdict
+//! whose strength is 0.5 at its alarm threshold; the joint model's evidence
+//! (`-log10` of its chi-square tail, held to a ten times stricter standard)
+//! is put on the same scale. `anomaly_score` is the strongest of them: at
+//! least 0.5 exactly when the row is anomalous, never reaching 1, so it
+//! ranks rows across files and channels.
 
 use crate::channel::Basis;
 use crate::config::EngineConfig;
-use crate::stats::{format_epoch, two_sided_surprise};
+use crate::detector::{Finding, Verdict};
 
 /// The joint test is held to a ten times stricter standard than the
-/// per-channel tests (`-log10(10)`): its Gaussian assumption is the weakest,
-/// and it spends little of the false-alarm budget that way.
+/// configured false-alarm rate (`-log10(10)`): its Gaussian assumption is
+/// the weakest, and it spends little of the false-alarm budget that way.
 pub const JOINT_PENALTY: f64 = 1.0;
 
 /// The isolation forest's view of a row (the seed's `if_*` columns).
@@ -54,29 +54,25 @@ pub struct JointFinding {
 /// Scores of one row, per bound channel in binding order.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RowScore {
-    /// z-score per channel; `None` while immature or for a missing cell.
+    /// z-score per channel against its recent values (the `<ch>_zscore`
+    /// column); `None` while immature or for a missing cell.
     pub z: Vec<Option<f64>>,
-    /// Whether the channel's own evidence flags the row; `None` where `z` is.
+    /// Whether the channel's own detector flags the row; `None` where `z` is.
     pub z_flag: Vec<Option<bool>>,
-    /// The largest per-channel evidence: `-log10` of the two-sided tail
-    /// probability of the largest `|z|` (0 when there is none). Per channel
-    /// it is [`RowScore::surprise`], worked out only where needed.
-    pub surprise_max: f64,
-    /// The baseline each `z` was taken against.
+    /// Each channel's verdict; `None` for a missing cell.
+    pub verdicts: Vec<Option<Verdict>>,
+    /// z-score per channel against its adaptive (or time-of-day) baseline:
+    /// the joint model's input.
+    pub base_z: Vec<Option<f64>>,
+    /// The baseline each `base_z` was taken against.
     pub basis: Vec<Basis>,
-    /// Whether this row completes a level shift of the channel.
-    pub shift: Vec<bool>,
-    /// When that shift started (epoch seconds), if known.
-    pub shift_since: Vec<Option<f64>>,
     /// The joint model's finding, once it is mature.
     pub joint: Option<JointFinding>,
     /// `None` until a forest is trained (or when the row has no feature value).
     pub forest: Option<ForestVerdict>,
-    /// The row's evidence after the multiplicity correction.
-    pub evidence: f64,
     /// Whether the row is anomalous.
     pub anomaly: bool,
-    /// Calibrated score in [0, 1); at least 0.5 exactly when `anomaly`.
+    /// Score in [0, 1); at least 0.5 exactly when `anomaly`.
     pub anomaly_score: f64,
 }
 
@@ -84,65 +80,44 @@ impl RowScore {
     pub(crate) fn clear(&mut self) {
         self.z.clear();
         self.z_flag.clear();
-        self.surprise_max = 0.0;
+        self.verdicts.clear();
+        self.base_z.clear();
         self.basis.clear();
-        self.shift.clear();
-        self.shift_since.clear();
         self.joint = None;
         self.forest = None;
-        self.evidence = 0.0;
         self.anomaly = false;
         self.anomaly_score = 0.0;
     }
 
     /// Works out the flags and verdict under `cfg`, whose alarm surprise
-    /// ([`EngineConfig::alarm_surprise`]) the caller passes as `threshold`.
+    /// ([`EngineConfig::alarm_surprise`]) the caller passes as `threshold`
+    /// (the joint test's).
     pub(crate) fn finish(&mut self, cfg: &EngineConfig, threshold: f64) {
-        let k = self.z.iter().flatten().count().max(1);
-        let penalty = log10(k);
-        // The surprise grows with |z|: only the largest |z| (and any within
-        // a hair of it, where rounding could reorder them) needs one.
-        let top = self.z.iter().flatten().fold(0.0f64, |m, z| m.max(z.abs()));
-        self.surprise_max = self
-            .z
-            .iter()
-            .flatten()
-            .filter(|z| z.abs() >= top * (1.0 - 1e-12))
-            .fold(0.0f64, |m, z| m.max(two_sided_surprise(*z)));
-        let uni = self.surprise_max - penalty;
+        self.z_flag.clear();
+        let mut score = 0.0f64;
+        let mut alarm = false;
+        for (z, v) in self.z.iter().zip(&self.verdicts) {
+            self.z_flag.push(z.and(v.map(|v| v.alarm)));
+            if let Some(v) = v {
+                score = score.max(v.score);
+                alarm |= v.alarm;
+            }
+        }
         let joint = self
             .joint
             .as_ref()
-            .map_or(0.0, |j| j.surprise - JOINT_PENALTY);
-        self.evidence = uni.max(joint).max(0.0);
-        self.z_flag.clear();
-        // Below the threshold at the largest |z|, below it everywhere.
-        let any_flag = uni >= threshold;
-        for z in &self.z {
-            self.z_flag
-                .push(z.map(|z| any_flag && two_sided_surprise(z) - penalty >= threshold));
-        }
+            .map_or(0.0, |j| (j.surprise - JOINT_PENALTY).max(0.0));
+        let joint_alarm = joint >= threshold;
+        score = score.max(ratio_score(joint, threshold));
         let forest_alarm = cfg.forest_alarm && self.forest.as_ref().is_some_and(|f| f.flagged);
-        self.anomaly = self.evidence >= threshold || self.shift.contains(&true) || forest_alarm;
-        let mut s = ratio_score(self.evidence, threshold);
-        // Keep the promise "score >= 0.5 iff anomaly" where a rule other than
-        // the evidence threshold decided, or rounding disagrees.
-        if self.anomaly {
-            s = s.max(0.5);
+        self.anomaly = alarm || joint_alarm || forest_alarm;
+        // Keep the promise "score >= 0.5 iff anomaly" where a rule other
+        // than a channel's or the joint model's strength decided.
+        self.anomaly_score = if self.anomaly {
+            score.max(0.5)
         } else {
-            s = s.min(0.499_999_999);
-        }
-        self.anomaly_score = s;
-    }
-
-    /// `-log10` two-sided tail probability of channel `i`'s z-score (0 when
-    /// absent).
-    pub fn surprise(&self, i: usize) -> f64 {
-        self.z
-            .get(i)
-            .copied()
-            .flatten()
-            .map_or(0.0, two_sided_surprise)
+            score.min(0.499_999_999)
+        };
     }
 
     /// Seed's `if_label` ([`ForestVerdict::if_label`]), once a forest decided.
@@ -156,44 +131,51 @@ impl RowScore {
     }
 
     /// Human explanation of a flagged row, e.g. `temperature z=6.12`,
-    /// `pressure level shift since 2026-03-01T12:00:00 (z=5.10)` or
-    /// `joint: temperature×humidity (d²=31.2)`. Empty when normal.
-    /// `names[i]` is the name of the i-th bound channel.
+    /// `cpu 97.1 above the highest seen (88.0)`, `requests unusual for this
+    /// time of day` or `joint: temperature×humidity (d²=31.2)`. Empty when
+    /// normal. `names[i]` is the name of the i-th bound channel.
     pub fn reason(&self, names: &[impl AsRef<str>]) -> String {
         if !self.anomaly {
             return String::new();
         }
-        let mut parts = Vec::new();
-        let mut flagged: Vec<usize> = (0..self.z.len())
-            .filter(|&i| self.z_flag[i] == Some(true) || self.shift[i])
+        let mut flagged: Vec<(usize, Verdict)> = self
+            .verdicts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.filter(|v| v.alarm).map(|v| (i, v)))
             .collect();
-        flagged.sort_by(|&a, &b| self.surprise(b).total_cmp(&self.surprise(a)));
-        for i in flagged {
+        flagged.sort_by(|a, b| b.1.score.total_cmp(&a.1.score));
+        let mut parts = Vec::new();
+        for (i, v) in flagged {
             let name = names[i].as_ref();
-            let z = self.z[i].unwrap_or(0.0);
-            if self.shift[i] {
-                let since = self.shift_since[i]
-                    .map(|t| format!(" since {}", format_epoch(t)))
-                    .unwrap_or_default();
-                parts.push(format!("{name} level shift{since} (z={z:.2}); re-learning"));
-            } else if self.basis[i] == Basis::Daily {
-                parts.push(format!("{name} z={z:.2} for this time of day"));
-            } else if self.basis[i] == Basis::Log {
-                parts.push(format!("{name} z={z:.2} on a log scale"));
-            } else {
-                parts.push(format!("{name} z={z:.2}"));
-            }
+            let z = v.z.unwrap_or(0.0);
+            parts.push(match v.finding {
+                Some(Finding::Extreme { low, high }) => {
+                    if z >= 0.0 {
+                        format!("{name} above the highest seen ({}; z={z:.2})", short(high))
+                    } else {
+                        format!("{name} below the lowest seen ({}; z={z:.2})", short(low))
+                    }
+                }
+                Some(Finding::Stretch { daily: true, .. }) => {
+                    format!("{name} unusual for this time of day (z={z:.2})")
+                }
+                Some(Finding::Stretch { daily: false, .. }) => {
+                    format!("{name} unusual stretch (z={z:.2})")
+                }
+                Some(Finding::Tail { .. }) | None => format!("{name} z={z:.2}"),
+            });
         }
-        if let Some(j) = &self.joint {
-            let uni_ok = self.z_flag.iter().all(|f| *f != Some(true));
-            if uni_ok && self.evidence >= 0.0 && j.surprise >= self.surprise_max {
-                let who = if j.drivers.is_empty() {
-                    "all channels".to_string()
-                } else {
-                    j.drivers.join("×")
-                };
-                parts.push(format!("joint: {who} (d²={:.1})", j.d2));
-            }
+        if let Some(j) = &self.joint
+            && parts.is_empty()
+            && j.surprise - JOINT_PENALTY > 0.0
+        {
+            let who = if j.drivers.is_empty() {
+                "all channels".to_string()
+            } else {
+                j.drivers.join("×")
+            };
+            parts.push(format!("joint: {who} (d²={:.1})", j.d2));
         }
         if let Some(f) = self.forest.as_ref().filter(|f| f.flagged)
             && parts.is_empty()
@@ -206,35 +188,22 @@ impl RowScore {
             parts.push(format!("isolation: {who} (s={:.2})", f.score));
         }
         if parts.is_empty() {
-            parts.push(format!("combined evidence {:.1}", self.evidence));
+            parts.push("anomalous".to_string());
         }
         parts.join("; ")
     }
 }
 
-/// `log10(k)`, the Bonferroni penalty of `k` tests, from a table for the
-/// usual counts (the same values: this runs per row).
-fn log10(k: usize) -> f64 {
-    const TABLE: [f64; 17] = [
-        f64::NEG_INFINITY,
-        0.0,
-        std::f64::consts::LOG10_2,
-        0.47712125471966244,
-        0.6020599913279624,
-        0.6989700043360189,
-        0.7781512503836436,
-        0.8450980400142568,
-        0.9030899869919435,
-        0.9542425094393249,
-        1.0,
-        1.041392685158225,
-        1.0791812460476249,
-        1.1139433523068367,
-        1.146128035678238,
-        1.1760912590556813,
-        1.2041199826559248,
-    ];
-    TABLE.get(k).copied().unwrap_or_else(|| (k as f64).log10())
+/// A value as a reason shows it: at most 6 significant digits.
+fn short(x: f64) -> String {
+    let s = format!("{x:.6}");
+    if x.abs() >= 1e6 || x == 0.0 || !x.is_finite() {
+        return format!("{x}");
+    }
+    let digits = 6i32 - 1 - x.abs().log10().floor() as i32;
+    let s2 = format!("{:.*}", digits.clamp(0, 6) as usize, x);
+    let t = s2.trim_end_matches('0').trim_end_matches('.');
+    if t.is_empty() { s } else { t.to_string() }
 }
 
 /// Maps a non-negative evidence value to [0, 1): `x / (x + at_half)`, which
@@ -252,15 +221,21 @@ fn ratio_score(x: f64, at_half: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::two_sided_surprise;
 
-    fn with_z(z: &[Option<f64>]) -> RowScore {
-        let n = z.len();
+    fn verdict(z: f64, score: f64, finding: Option<Finding>) -> Option<Verdict> {
+        Some(Verdict {
+            z: Some(z),
+            score,
+            alarm: score >= 0.5,
+            finding,
+            ..Default::default()
+        })
+    }
+
+    fn row(v: Vec<Option<Verdict>>) -> RowScore {
         let mut s = RowScore {
-            z: z.to_vec(),
-            basis: vec![Basis::Plain; n],
-            shift: vec![false; n],
-            shift_since: vec![None; n],
+            z: v.iter().map(|v| v.and_then(|v| v.z)).collect(),
+            verdicts: v,
             ..Default::default()
         };
         let cfg = EngineConfig::default();
@@ -269,79 +244,62 @@ mod tests {
     }
 
     #[test]
-    fn penalty_table_is_log10() {
-        for k in 0..40 {
-            assert_eq!(log10(k).to_bits(), (k as f64).log10().to_bits(), "{k}");
-        }
-    }
-
-    proptest::proptest! {
-        /// Surprise is worked out for the largest |z| only; flags and the
-        /// evidence are exactly those of every channel's own surprise.
-        #[test]
-        fn flags_and_evidence_equal_every_channels_own(
-            z in proptest::collection::vec(proptest::option::of(-12.0f64..12.0), 1..8),
-            tie in proptest::bool::ANY,
-        ) {
-            let mut z = z;
-            if tie && z.len() > 1 {
-                z[1] = z[0].map(|v| -v);
-            }
-            let s = with_z(&z);
-            let cfg = EngineConfig::default();
-            let k = z.iter().flatten().count().max(1) as f64;
-            let each: Vec<f64> = z.iter().map(|z| z.map_or(0.0, two_sided_surprise)).collect();
-            let max = each.iter().fold(0.0f64, |m, v| m.max(*v));
-            proptest::prop_assert_eq!(s.surprise_max.to_bits(), max.to_bits());
-            for (i, z) in z.iter().enumerate() {
-                let want = z.map(|_| each[i] - k.log10() >= cfg.alarm_surprise());
-                proptest::prop_assert_eq!(s.z_flag[i], want);
-                proptest::prop_assert_eq!(s.surprise(i).to_bits(), each[i].to_bits());
-            }
-        }
+    fn the_strongest_channel_decides_and_half_means_alarm() {
+        let s = row(vec![
+            verdict(1.0, 0.1, None),
+            verdict(-6.0, 0.7, Some(Finding::Tail { threshold: 4.5 })),
+        ]);
+        assert!(s.anomaly);
+        assert_eq!(s.anomaly_score, 0.7);
+        assert_eq!(s.z_flag, vec![Some(false), Some(true)]);
+        assert_eq!(s.reason(&["a", "b"]), "b z=-6.00");
+        let quiet = row(vec![verdict(1.0, 0.3, None), None]);
+        assert!(!quiet.anomaly && quiet.anomaly_score < 0.5);
+        assert_eq!(quiet.z_flag, vec![Some(false), None]);
+        assert_eq!(quiet.reason(&["a", "b"]), "");
     }
 
     #[test]
-    fn half_at_threshold_and_monotone() {
-        // One channel: threshold at p = 1e-3, i.e. |z| = 3.29.
-        let a = with_z(&[Some(3.2)]);
-        let b = with_z(&[Some(3.35)]);
-        let c = with_z(&[Some(30.0)]);
-        let d = with_z(&[Some(40.0)]);
-        assert!(!a.anomaly && a.anomaly_score < 0.5);
-        assert!(b.anomaly && b.anomaly_score >= 0.5);
-        assert!(c.anomaly_score < d.anomaly_score && d.anomaly_score < 1.0);
-    }
-
-    #[test]
-    fn more_channels_need_more_evidence() {
-        let one = with_z(&[Some(3.5)]);
-        let four = with_z(&[Some(3.5), Some(0.0), Some(0.0), Some(0.0)]);
-        assert!(one.anomaly);
-        assert!(!four.anomaly, "Bonferroni over 4 channels");
+    fn reasons_name_the_test() {
+        let e = row(vec![verdict(
+            9.0,
+            0.6,
+            Some(Finding::Extreme {
+                low: 1.0,
+                high: 88.25,
+            }),
+        )]);
+        assert_eq!(
+            e.reason(&["cpu"]),
+            "cpu above the highest seen (88.25; z=9.00)"
+        );
+        let d = row(vec![verdict(
+            2.0,
+            0.6,
+            Some(Finding::Stretch {
+                surprise: 7.0,
+                daily: true,
+            }),
+        )]);
+        assert_eq!(
+            d.reason(&["rq"]),
+            "rq unusual for this time of day (z=2.00)"
+        );
     }
 
     #[test]
     fn immature_rows_score_zero() {
-        let s = with_z(&[None, None]);
+        let s = row(vec![None, None]);
         assert!(!s.anomaly);
         assert_eq!(s.anomaly_score, 0.0);
         assert_eq!(s.reason(&["a", "b"]), "");
     }
 
     #[test]
-    fn reason_orders_by_strength() {
-        let s = with_z(&[Some(-6.0), Some(8.123), Some(1.0)]);
-        assert_eq!(s.reason(&["a", "b", "c"]), "b z=8.12; a z=-6.00");
-    }
-
-    #[test]
     fn joint_reason_and_seed_columns() {
         let mut s = RowScore {
             z: vec![Some(1.0), Some(1.5)],
-            basis: vec![Basis::Plain; 2],
-            shift: vec![false; 2],
-            shift_since: vec![None; 2],
+            verdicts: vec![verdict(1.0, 0.1, None), verdict(1.5, 0.1, None)],
             joint: Some(JointFinding {
                 d2: 40.0,
                 surprise: 8.7,
@@ -358,7 +316,14 @@ mod tests {
         s.finish(&cfg, cfg.alarm_surprise());
         assert!(s.anomaly && s.anomaly_score > 0.5);
         assert_eq!(s.if_label(), Some(-1));
-        assert!(s.if_score(0.7).unwrap() < 0.0);
+        assert!(s.if_score(0.7).unwrap_or(1.0) < 0.0);
         assert_eq!(s.reason(&["t", "h"]), "joint: h×t (d²=40.0)");
+    }
+
+    #[test]
+    fn short_numbers() {
+        assert_eq!(short(88.25), "88.25");
+        assert_eq!(short(0.1234567), "0.123457");
+        assert_eq!(short(12345678.0), "12345678");
     }
 }

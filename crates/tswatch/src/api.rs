@@ -310,7 +310,12 @@ async fn summary(State(st): State<AppState>) -> Response {
         t.files_processed += v.doc.totals.files_processed;
         t.total_rows_scored += v.doc.totals.total_rows_scored;
         t.total_anomalies += v.doc.totals.total_anomalies;
+        t.total_events += v.doc.totals.total_events;
     }
+    let events_by_stream: serde_json::Map<String, Value> = views
+        .iter()
+        .map(|(stream, v)| (stream.to_string(), Value::from(v.doc.totals.total_events)))
+        .collect();
     if t.files_processed == 0 {
         return with_ages(&views, ok(json!({ "message": "No processed files yet." })));
     }
@@ -324,6 +329,8 @@ async fn summary(State(st): State<AppState>) -> Response {
         "files_processed": t.files_processed,
         "total_rows_scored": t.total_rows_scored,
         "total_anomalies": t.total_anomalies,
+        "total_events": t.total_events,
+        "events_by_stream": events_by_stream,
         "overall_anomaly_rate": if t.total_rows_scored == 0 { 0.0 } else {
             round4(t.total_anomalies as f64 / t.total_rows_scored as f64)
         },

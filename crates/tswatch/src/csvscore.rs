@@ -81,6 +81,9 @@ pub struct FileReport {
     pub total_rows: u64,
     /// Rows judged anomalous.
     pub anomaly_count: u64,
+    /// Events: runs of consecutive anomalous rows (one incident is one
+    /// event, however many rows it flags).
+    pub event_count: u64,
     /// Channel cells that were empty, non-numeric or non-finite.
     pub missing_cells: u64,
     /// Names of the scored channels.
@@ -208,6 +211,7 @@ pub fn score_csv<R: Read, W: Write + Send>(
                 channels: channels_ref,
                 forest_threshold,
                 line: CsvLine::default(),
+                in_event: false,
             };
             let mut written = FileReport::default();
             for (mut batch, view) in from_scorer {
@@ -321,6 +325,7 @@ pub fn score_csv<R: Read, W: Write + Send>(
     })?;
     let (written, write_cpu) = written;
     report.anomaly_count = written.anomaly_count;
+    report.event_count = written.event_count;
     report.anomalies = written.anomalies;
     report.stage_cpu_ms = cpu_ms_since(cpu_start)
         .zip(write_cpu)
@@ -425,6 +430,9 @@ struct Writing<'a> {
     channels: &'a [String],
     forest_threshold: f64,
     line: CsvLine,
+    /// Whether the last row written was anomalous (a run of anomalous rows
+    /// is one event).
+    in_event: bool,
 }
 
 impl Writing<'_> {
@@ -510,6 +518,11 @@ impl Writing<'_> {
         }
         line.raw(bool_cell(Some(batch.anomaly[r])));
         line.full(batch.anomaly_score[r]);
+        if batch.anomaly[r] && !self.in_event {
+            report.event_count += 1;
+        }
+        self.in_event = batch.anomaly[r];
+        let line = &mut self.line;
         let Some(score) = full else {
             line.raw(b"");
             line.end();
@@ -1207,7 +1220,7 @@ mod tests {
         assert!(last.contains(",True,"), "{last}");
         assert!(
             last.ends_with(&format!(
-                "t z={:.2}",
+                "t above the highest seen (20.4; z={:.2})",
                 r.anomalies[0]["t_zscore"].as_f64().unwrap()
             )),
             "{last}"

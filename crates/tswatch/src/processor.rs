@@ -241,6 +241,7 @@ impl Processor {
                     doc.totals.files_processed += 1;
                     doc.totals.total_rows_scored += s.total_rows;
                     doc.totals.total_anomalies += s.anomaly_count;
+                    doc.totals.total_events += s.event_count;
                     recent.push(s);
                 }
                 Ok(_) => {}

@@ -67,6 +67,9 @@ pub struct Totals {
     pub total_rows_scored: u64,
     /// Rows flagged.
     pub total_anomalies: u64,
+    /// Events (runs of consecutive anomalous rows), summed over files.
+    #[serde(default)]
+    pub total_events: u64,
 }
 
 /// One applied file.
@@ -104,6 +107,9 @@ pub struct Summary {
     pub anomaly_count: u64,
     /// `anomaly_count / total_rows`, 4 decimals.
     pub anomaly_rate: f64,
+    /// Events: runs of consecutive anomalous rows within the file.
+    #[serde(default)]
+    pub event_count: u64,
     /// Observations per channel after this file.
     pub baseline_observation_counts: BTreeMap<String, u64>,
     /// ETag of the raw object that was scored.
@@ -147,6 +153,7 @@ impl Summary {
             processed_at,
             total_rows: report.total_rows,
             anomaly_count: report.anomaly_count,
+            event_count: report.event_count,
             anomaly_rate: if report.total_rows == 0 {
                 0.0
             } else {
@@ -204,6 +211,7 @@ impl StateDoc {
         self.totals.files_processed += 1;
         self.totals.total_rows_scored += entry.summary.total_rows;
         self.totals.total_anomalies += entry.summary.anomaly_count;
+        self.totals.total_events += entry.summary.event_count;
         self.applied.push_back(entry);
         while self.applied.len() > LEDGER_LEN {
             self.applied.pop_front();

@@ -1,0 +1,644 @@
+//! One channel's alarm detector, built for the series people really have
+//! (counts, quantised metrics, bursts, flat stretches, daily shapes) and
+//! measured on real labelled series (NAB; see the README's detection
+//! section). Three tests, each asking "is this more surprising than this
+//! channel usually is?":
+//!
+//! - **Tail**: the value's z-score against the last [`WINDOW`] values, held
+//!   against the channel's own tail of z-scores (an exponential tail fitted
+//!   above |z| = 3 and extrapolated), not against a Gaussian: a channel whose
+//!   bursts reach 10 sigma every day is not flagged for one more.
+//! - **Unusual stretch** (anomaly likelihood, Ahmad et al. 2017): the mean
+//!   of the last [`AVERAGE`] raw scores against their long-run distribution,
+//!   for the plain values and for their departure from the time-of-day
+//!   profile; sees slow, novel behaviour that no single row shows.
+//! - **New extreme**: a value beyond the whole range seen so far by more
+//!   than [`EXTREME_MARGIN`] of it.
+//!
+//! The stretch and extreme tests report onsets: after one fires, the channel
+//! stays quiet for [`QUIET_ROWS`] rows, so one incident is one alarm. Every
+//! spread has a floor from the channel's own range, so quantised and
+//! constant channels give bounded z-scores.
+//!
+//! Score-then-learn: [`Detector::score`] reads the state, [`Detector::learn`]
+//! takes its verdict. Values beyond the tail test are kept out of the
+//! window unless they persist ([`SHIFT_ROWS`] in a row on one side: a level
+//! shift), which is then learned at once.
+
+use crate::stats::ln_erfc;
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+
+/// Values the reference window holds.
+pub const WINDOW: usize = 6400;
+/// Raw scores averaged by the stretch test.
+pub const AVERAGE: usize = 10;
+/// Memory (rows) of the averaged scores' mean and variance.
+const LIKELIHOOD_MEMORY: f64 = 8640.0;
+/// Averaged scores learned before the stretch test speaks.
+const LIKELIHOOD_LEARN: u64 = 388;
+/// A new extreme must pass the range seen so far by this share of it.
+pub const EXTREME_MARGIN: f64 = 0.01;
+/// Rows of a channel kept quiet after a stretch or extreme alarm.
+pub const QUIET_ROWS: u64 = 100;
+/// |z| above which the tail of z-scores is modelled.
+const TAIL_FROM: f64 = 3.0;
+/// Memory of the tail model (rows).
+const TAIL_MEMORY: f64 = 2000.0;
+/// Rows the tail model learns from before the tail test speaks.
+const TAIL_LEARN: u64 = 500;
+/// The tail test never flags below this |z|.
+const TAIL_MIN_Z: f64 = 4.0;
+/// Rows in a row beyond the tail test, on one side, that make a level shift.
+pub const SHIFT_ROWS: usize = 16;
+/// Time-of-day buckets of the daily profile.
+pub const DAY_BUCKETS: usize = 48;
+/// Weight of a new value in its time-of-day bucket (after the first few).
+const DAY_ALPHA: f64 = 0.2;
+/// Values a bucket needs before departures from it are scored.
+const DAY_MIN: u64 = 3;
+const DAY: f64 = 86_400.0;
+
+/// Which test raised a channel's alarm.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Finding {
+    /// The value's |z| passed the channel's own tail threshold.
+    Tail {
+        /// The threshold in force.
+        threshold: f64,
+    },
+    /// A stretch of rows more surprising than usual (`-log10` of the
+    /// averaged score's tail probability), on the plain values or against
+    /// the time-of-day profile.
+    Stretch {
+        /// `-log10` of the tail probability.
+        surprise: f64,
+        /// Whether against the time-of-day profile.
+        daily: bool,
+    },
+    /// Beyond the range seen so far.
+    Extreme {
+        /// The lowest value seen before.
+        low: f64,
+        /// The highest value seen before.
+        high: f64,
+    },
+}
+
+/// One channel's verdict on one value.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Verdict {
+    /// z-score against the reference window (`None` while immature).
+    pub z: Option<f64>,
+    /// Strength in [0, 1): 0.5 at the alarm threshold, never reaching 1.
+    pub score: f64,
+    /// Whether the channel raises an alarm on this row.
+    pub alarm: bool,
+    /// The test that decided (the strongest, when several did).
+    pub finding: Option<Finding>,
+    /// Whether an onset alarm was held back (within [`QUIET_ROWS`] of the last).
+    pub held: bool,
+    // What `learn` needs, worked out once while scoring.
+    pub(crate) raw: f64,
+    pub(crate) avg: f64,
+    pub(crate) daily: Option<(usize, Option<Residual>)>,
+    pub(crate) tail_hit: bool,
+}
+
+/// A value's departure from its time-of-day level, with its raw and
+/// averaged scores: `(residual, raw, averaged)`.
+pub(crate) type Residual = (f64, f64, f64);
+
+/// Thresholds of one row's tests, shared by its channels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    /// Tail probability the tail test flags below.
+    pub tail_p: f64,
+    /// `-log10` probability the stretch test flags above.
+    pub stretch: f64,
+    /// Values in the window before a channel is scored.
+    pub min_observations: usize,
+}
+
+impl Thresholds {
+    /// Thresholds for a per-row false-alarm budget over `channels` channels.
+    /// The tail and stretch tests extrapolate beyond what a channel has
+    /// shown, so each is held to a hundredth of the budget (measured on
+    /// real series: flagged rows outside labelled incidents stay below the
+    /// budget), shared between channels (Bonferroni).
+    pub fn new(false_alarm_rate: f64, channels: usize, min_observations: u64) -> Self {
+        let k = channels.max(1) as f64;
+        let p = false_alarm_rate / 100.0 / k;
+        Self {
+            tail_p: p,
+            stretch: -p.log10(),
+            min_observations: usize::try_from(min_observations).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// Rolling reference of recent values and the stretch test over their raw
+/// scores.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct View {
+    /// The last [`WINDOW`] learned values.
+    window: VecDeque<f64>,
+    /// Sums of `value - origin` and its square over the window (an origin
+    /// near the values keeps the variance exact for large levels).
+    origin: f64,
+    sum: f64,
+    sum_sq: f64,
+    /// Values learned since the sums were last recomputed from the window.
+    since_exact: usize,
+    /// The last raw scores (at most [`AVERAGE`]).
+    recent: VecDeque<f64>,
+    /// Long-run mean and variance of the averaged raw scores.
+    avg_n: u64,
+    avg_mean: f64,
+    avg_var: f64,
+    /// Range of every value learned.
+    low: f64,
+    high: f64,
+}
+
+struct ViewScore {
+    z: Option<f64>,
+    raw: f64,
+    avg: f64,
+    stretch: f64,
+    extreme: Option<f64>,
+}
+
+impl View {
+    fn len(&self) -> usize {
+        self.window.len()
+    }
+
+    fn mean_sd(&self) -> (f64, f64) {
+        let m = self.window.len() as f64;
+        let mean = self.sum / m;
+        let var = (self.sum_sq / m - mean * mean).max(0.0);
+        (self.origin + mean, var.sqrt())
+    }
+
+    fn score(&self, v: f64, min_observations: usize) -> ViewScore {
+        let mut out = ViewScore {
+            z: None,
+            raw: 0.0,
+            avg: 0.0,
+            stretch: 0.0,
+            extreme: None,
+        };
+        if self.len() >= min_observations {
+            let (mean, sd) = self.mean_sd();
+            let range = self.high - self.low;
+            let sd = sd.max(1e-3 * range).max(1e-4 * mean.abs()).max(1e-12);
+            let z = ((v - mean) / sd).clamp(-1e12, 1e12);
+            out.z = Some(z);
+            out.raw = 1.0 - two_sided_tail(z);
+            if range > 0.0 {
+                out.extreme = Some((v - self.high).max(self.low - v) / range);
+            } else if v != self.high {
+                // The first departure of a constant channel.
+                out.extreme = Some(1.0);
+            }
+        }
+        let full = self.recent.len() >= AVERAGE;
+        let drop = if full { self.recent[0] } else { 0.0 };
+        let n = (self.recent.len() + 1).min(AVERAGE);
+        out.avg = (self.recent.iter().sum::<f64>() - drop + out.raw) / n as f64;
+        if self.avg_n >= LIKELIHOOD_LEARN {
+            let mean = self.avg_mean.max(0.03);
+            let sd = self.avg_var.max(3e-4).sqrt();
+            out.stretch = -upper_tail((out.avg - mean) / sd).max(1e-300).log10();
+        }
+        out
+    }
+
+    fn learn(&mut self, v: f64, raw: f64, avg: f64) {
+        // A value whose square or sum would overflow cannot be averaged:
+        // it is left out rather than poisoning the window.
+        let d = v - if self.window.is_empty() {
+            v
+        } else {
+            self.origin
+        };
+        if !(d * d).is_finite() || !(self.sum_sq + d * d).is_finite() {
+            return;
+        }
+        if self.window.is_empty() {
+            self.origin = v;
+            self.sum = 0.0;
+            self.sum_sq = 0.0;
+        }
+        let d = v - self.origin;
+        self.window.push_back(v);
+        self.sum += d;
+        self.sum_sq += d * d;
+        if self.window.len() > WINDOW
+            && let Some(old) = self.window.pop_front()
+        {
+            let d = old - self.origin;
+            self.sum -= d;
+            self.sum_sq -= d * d;
+        }
+        self.since_exact += 1;
+        if self.since_exact >= WINDOW {
+            self.recompute();
+        }
+        self.recent.push_back(raw);
+        while self.recent.len() > AVERAGE {
+            self.recent.pop_front();
+        }
+        self.avg_n += 1;
+        let w = (1.0 / self.avg_n as f64).max(1.0 / LIKELIHOOD_MEMORY);
+        let d = avg - self.avg_mean;
+        self.avg_mean += w * d;
+        self.avg_var = (1.0 - w) * (self.avg_var + w * d * d);
+        if self.window.len() == 1 && self.avg_n == 1 {
+            (self.low, self.high) = (v, v);
+        } else {
+            self.low = self.low.min(v);
+            self.high = self.high.max(v);
+        }
+    }
+
+    /// Sums again from the window, about a mean origin: rounding errors of
+    /// the running sums never pile up.
+    fn recompute(&mut self) {
+        self.since_exact = 0;
+        let n = self.window.len().max(1) as f64;
+        self.origin = self.window.iter().sum::<f64>() / n;
+        self.sum = self.window.iter().map(|v| v - self.origin).sum();
+        self.sum_sq = self.window.iter().map(|v| (v - self.origin).powi(2)).sum();
+    }
+
+    fn is_valid(&self) -> bool {
+        self.window.iter().all(|v| v.is_finite())
+            && self.recent.iter().all(|v| v.is_finite())
+            && [
+                self.origin,
+                self.sum,
+                self.sum_sq,
+                self.avg_mean,
+                self.avg_var,
+            ]
+            .iter()
+            .all(|v| v.is_finite())
+            && self.window.len() <= WINDOW
+            && self.recent.len() <= AVERAGE
+    }
+}
+
+/// Persisted state of one channel's detector.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Detector {
+    /// The values themselves.
+    plain: View,
+    /// Departures from the time-of-day profile.
+    daily: View,
+    /// Time-of-day profile: one running level per bucket.
+    profile: Vec<f64>,
+    /// Values each bucket has taken.
+    profile_n: Vec<u64>,
+    /// Tail model of |z| above [`TAIL_FROM`]: rows seen, rows above, the
+    /// share above, and the mean excess.
+    tail_n: u64,
+    tail_above: u64,
+    tail_share: f64,
+    tail_excess: f64,
+    /// The current run of values beyond the tail test, on one side.
+    run: Vec<f64>,
+    run_sign: i8,
+    /// Values scored (a row counter for the quiet period).
+    rows: u64,
+    /// Row of the last onset alarm.
+    last_onset: Option<u64>,
+}
+
+impl Detector {
+    /// Whether every stored number is usable.
+    pub fn is_valid(&self) -> bool {
+        self.plain.is_valid()
+            && self.daily.is_valid()
+            && self.profile.iter().all(|v| v.is_finite())
+            && (self.profile.is_empty() || self.profile.len() == DAY_BUCKETS)
+            && self.profile_n.len() == self.profile.len()
+            && self.tail_share.is_finite()
+            && self.tail_excess.is_finite()
+            && self.run.iter().all(|v| v.is_finite())
+    }
+
+    /// Values in the reference window.
+    pub fn observations(&self) -> usize {
+        self.plain.len()
+    }
+
+    /// The tail test's |z| threshold for tail probability `p`, once learned.
+    pub fn tail_threshold(&self, p: f64) -> Option<f64> {
+        if self.tail_n < TAIL_LEARN {
+            return None;
+        }
+        let t = if self.tail_share > 0.0 {
+            TAIL_FROM + self.tail_excess * (self.tail_share.max(1e-12) / p).ln()
+        } else {
+            TAIL_FROM
+        };
+        Some(t.max(TAIL_MIN_Z))
+    }
+
+    /// Judges finite value `v` (at `ts`, epoch seconds, if known) against
+    /// the state, which it does not change.
+    pub fn score(&self, v: f64, ts: Option<f64>, th: &Thresholds) -> Verdict {
+        let p = self.plain.score(v, th.min_observations);
+        let mut out = Verdict {
+            z: p.z,
+            raw: p.raw,
+            avg: p.avg,
+            ..Default::default()
+        };
+        let mut best: Option<(f64, Finding)> = None;
+        let mut consider = |score: f64, f: Finding| {
+            if best.is_none_or(|(s, _)| score > s) {
+                best = Some((score, f));
+            }
+        };
+        consider(
+            ratio(p.stretch / th.stretch),
+            Finding::Stretch {
+                surprise: p.stretch,
+                daily: false,
+            },
+        );
+        if let Some(e) = p.extreme {
+            consider(
+                0.5 + 0.5 * (e - EXTREME_MARGIN).tanh(),
+                Finding::Extreme {
+                    low: self.plain.low,
+                    high: self.plain.high,
+                },
+            );
+        }
+        if let Some(t) = ts.filter(|t| t.is_finite()) {
+            let b = day_bucket(t);
+            if self.profile_n.get(b).is_some_and(|&n| n >= DAY_MIN) {
+                let r = v - self.profile[b];
+                let d = self.daily.score(r, th.min_observations);
+                out.daily = Some((b, Some((r, d.raw, d.avg))));
+                consider(
+                    ratio(d.stretch / th.stretch),
+                    Finding::Stretch {
+                        surprise: d.stretch,
+                        daily: true,
+                    },
+                );
+            } else {
+                out.daily = Some((b, None));
+            }
+        }
+        let (mut score, mut finding) = match best {
+            Some((s, f)) => (s, Some(f)),
+            None => (0.0, None),
+        };
+        let mut alarm = score >= 0.5;
+        if alarm
+            && self
+                .last_onset
+                .is_some_and(|l| self.rows.saturating_sub(l) <= QUIET_ROWS)
+        {
+            alarm = false;
+            out.held = true;
+            score = (score * 0.5).min(0.499_999_999);
+        }
+        // The tail test: every row beyond it, no quiet period (isolated
+        // spikes are each an incident).
+        if let (Some(z), Some(t)) = (p.z, self.tail_threshold(th.tail_p))
+            && z.abs() >= t
+        {
+            out.tail_hit = true;
+            let sign = if z > 0.0 { 1 } else { -1 };
+            let run = if self.run_sign == sign {
+                self.run.len()
+            } else {
+                0
+            };
+            // The value that completes a level shift is the new normal.
+            if run + 1 < SHIFT_ROWS {
+                let a = z.abs();
+                let s = 0.5 + 0.5 * (a - t) / a;
+                if !alarm || s > score {
+                    finding = Some(Finding::Tail { threshold: t });
+                }
+                alarm = true;
+                score = score.max(s);
+            }
+        }
+        if !alarm {
+            score = score.min(0.499_999_999);
+        }
+        out.score = score;
+        out.alarm = alarm;
+        out.finding = if alarm { finding } else { None };
+        out
+    }
+
+    /// Learns value `v` after it was scored as `verdict`.
+    pub fn learn(&mut self, v: f64, verdict: &Verdict) {
+        self.rows += 1;
+        let onset = verdict.alarm
+            && matches!(
+                verdict.finding,
+                Some(Finding::Stretch { .. } | Finding::Extreme { .. })
+            );
+        if onset {
+            self.last_onset = Some(self.rows - 1);
+        }
+        if let Some((b, residual)) = verdict.daily {
+            if let Some((r, raw, avg)) = residual.filter(|r| r.0.is_finite()) {
+                self.daily.learn(r, raw, avg);
+            }
+            if self.profile.is_empty() {
+                self.profile = vec![0.0; DAY_BUCKETS];
+                self.profile_n = vec![0; DAY_BUCKETS];
+            }
+            let n = self.profile_n[b];
+            let w = if n == 0 {
+                1.0
+            } else {
+                DAY_ALPHA.max(1.0 / (n + 1) as f64)
+            };
+            let next = self.profile[b] + w * (v - self.profile[b]);
+            if next.is_finite() {
+                self.profile[b] = next;
+                self.profile_n[b] = n + 1;
+            }
+        }
+        if verdict.tail_hit {
+            let sign = match verdict.z {
+                Some(z) if z > 0.0 => 1,
+                _ => -1,
+            };
+            if self.run_sign != sign {
+                self.run.clear();
+                self.run_sign = sign;
+            }
+            self.run.push(v);
+            if self.run.len() >= SHIFT_ROWS {
+                // A level shift: the run is the new normal.
+                for x in std::mem::take(&mut self.run) {
+                    self.plain.learn(x, verdict.raw, verdict.avg);
+                }
+                self.run_sign = 0;
+            }
+            return;
+        }
+        self.run.clear();
+        self.run_sign = 0;
+        self.plain.learn(v, verdict.raw, verdict.avg);
+        if let Some(z) = verdict.z {
+            let a = z.abs();
+            self.tail_n += 1;
+            let w = (1.0 / self.tail_n as f64).max(1.0 / TAIL_MEMORY);
+            let above = a > TAIL_FROM;
+            self.tail_share += w * (f64::from(u8::from(above)) - self.tail_share);
+            if above {
+                self.tail_above += 1;
+                let w = (1.0 / self.tail_above as f64).max(20.0 / TAIL_MEMORY);
+                self.tail_excess += w * ((a - TAIL_FROM) - self.tail_excess);
+            }
+        }
+    }
+}
+
+fn day_bucket(ts: f64) -> usize {
+    ((ts.rem_euclid(DAY) / DAY) * DAY_BUCKETS as f64) as usize % DAY_BUCKETS
+}
+
+/// `x / (1 + x)`: 0.5 at 1, below 1 for any finite `x`.
+fn ratio(x: f64) -> f64 {
+    if x.is_nan() || x <= 0.0 {
+        0.0
+    } else if x.is_infinite() {
+        1.0 - f64::EPSILON
+    } else {
+        x / (1.0 + x)
+    }
+}
+
+/// `P(|Z| >= |z|)` for a standard normal `Z`.
+fn two_sided_tail(z: f64) -> f64 {
+    ln_erfc(z.abs() / std::f64::consts::SQRT_2).exp()
+}
+
+/// `P(Z >= x)` for a standard normal `Z`.
+fn upper_tail(x: f64) -> f64 {
+    let half = 0.5 * ln_erfc(x.abs() / std::f64::consts::SQRT_2).exp();
+    if x >= 0.0 { half } else { 1.0 - half }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(d: &mut Detector, xs: impl IntoIterator<Item = f64>, th: &Thresholds) -> Vec<Verdict> {
+        xs.into_iter()
+            .map(|x| {
+                let v = d.score(x, None, th);
+                d.learn(x, &v);
+                v
+            })
+            .collect()
+    }
+
+    fn noise(n: usize, seed: u64) -> Vec<f64> {
+        let mut r = crate::forest::SplitMix64::new(seed);
+        (0..n)
+            .map(|_| {
+                let u = r.next_f64().max(1e-300);
+                let v = r.next_f64();
+                (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tails_match_the_normal_distribution() {
+        assert!((two_sided_tail(1.959_964) - 0.05).abs() < 1e-6);
+        assert!((upper_tail(1.644_854) - 0.05).abs() < 1e-6);
+        assert!((upper_tail(-1.644_854) - 0.95).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_constant_channel_gives_bounded_z_and_a_jump_is_flagged() {
+        let th = Thresholds::new(1e-3, 1, 30);
+        let mut d = Detector::default();
+        let v = feed(&mut d, std::iter::repeat_n(20.0, 1000), &th);
+        assert!(v.iter().all(|v| !v.alarm));
+        let jump = d.score(68.0, None, &th);
+        let z = jump.z.unwrap_or_default();
+        assert!(z.is_finite() && z <= 1e12, "{z}");
+    }
+
+    #[test]
+    fn gaussian_noise_is_quiet() {
+        let th = Thresholds::new(1e-3, 1, 30);
+        let mut d = Detector::default();
+        let v = feed(&mut d, noise(20_000, 7), &th);
+        let flagged = v.iter().filter(|v| v.alarm).count();
+        assert!(flagged <= 20, "{flagged} of 20000 flagged");
+    }
+
+    #[test]
+    fn a_far_spike_after_quiet_data_is_flagged_with_a_reason() {
+        let th = Thresholds::new(1e-3, 1, 30);
+        let mut d = Detector::default();
+        feed(&mut d, noise(5_000, 3), &th);
+        let v = d.score(25.0, None, &th);
+        assert!(v.alarm && v.score >= 0.5 && v.score < 1.0);
+        assert!(matches!(
+            v.finding,
+            Some(Finding::Tail { .. } | Finding::Extreme { .. })
+        ));
+    }
+
+    #[test]
+    fn a_level_shift_is_learned_and_then_quiet() {
+        let th = Thresholds::new(1e-3, 1, 30);
+        let mut d = Detector::default();
+        feed(&mut d, noise(3_000, 11), &th);
+        let shifted: Vec<f64> = noise(3_000, 12).into_iter().map(|x| x + 30.0).collect();
+        let v = feed(&mut d, shifted, &th);
+        assert!(v[0].alarm, "the onset is flagged");
+        let late = v[500..].iter().filter(|v| v.alarm).count();
+        assert!(late <= 3, "{late} flagged after re-learning");
+    }
+
+    #[test]
+    fn onsets_are_followed_by_a_quiet_period() {
+        let th = Thresholds::new(1e-3, 1, 30);
+        let mut d = Detector::default();
+        feed(&mut d, (0..2000).map(|i| f64::from(i % 7)), &th);
+        // A slow climb to new extremes: one onset, then quiet for QUIET_ROWS.
+        let v = feed(&mut d, (0..50).map(|i| 7.0 + f64::from(i) * 0.2), &th);
+        let alarms: Vec<usize> = (0..v.len()).filter(|&i| v[i].alarm).collect();
+        assert_eq!(alarms.len(), 1, "{alarms:?}");
+        assert!(v.iter().any(|v| v.held));
+    }
+
+    #[test]
+    fn state_round_trips_and_scores_the_same() {
+        let th = Thresholds::new(1e-3, 1, 30);
+        let mut d = Detector::default();
+        let xs = noise(3_000, 5);
+        for (i, x) in xs.iter().enumerate() {
+            let v = d.score(*x, Some(i as f64 * 300.0), &th);
+            d.learn(*x, &v);
+        }
+        let json = serde_json::to_string(&d).unwrap_or_default();
+        let back: Detector = serde_json::from_str(&json).unwrap_or_default();
+        assert!(back.is_valid());
+        for x in [0.0, 3.0, 9.0] {
+            assert_eq!(d.score(x, Some(1e6), &th), back.score(x, Some(1e6), &th));
+        }
+    }
+}
