@@ -295,6 +295,27 @@ pub struct EvalArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Evaluate on a NAB-layout directory (`DIR/data/<category>/<series>.csv`,
+    /// `DIR/labels/combined_windows.json`) instead of the synthetic scenarios.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["scenarios", "all"])]
+    pub nab: Option<PathBuf>,
+    /// With `--nab`: write one result CSV per series to
+    /// `RESULTS_DIR/<category>/<series>.csv` (the layout nab_score.py reads).
+    #[arg(long, value_name = "RESULTS_DIR", requires = "nab")]
+    pub out: Option<PathBuf>,
+    /// With `--nab`: only series whose relative path contains SUBSTR
+    /// (repeatable).
+    #[arg(long = "only", value_name = "SUBSTR", requires = "nab")]
+    pub only: Vec<String>,
+    /// With `--nab`: fail when the own-flag standard-profile NAB score is
+    /// below X.
+    #[arg(
+        long,
+        value_name = "X",
+        requires = "nab",
+        allow_negative_numbers = true
+    )]
+    pub min_flag_score: Option<f64>,
 }
 
 /// The optional TOML file.

@@ -12,6 +12,7 @@ mod crashtest;
 pub mod csvscore;
 pub mod eval;
 pub mod keys;
+pub mod nab;
 pub mod offline;
 pub mod pipeline;
 pub mod processor;

@@ -143,6 +143,9 @@ pub async fn produce(storage: &Storage, args: &ProduceArgs) -> anyhow::Result<()
 
 /// `tswatch eval`: prints the quality table (or JSON).
 pub fn eval(args: &crate::cli::EvalArgs, engine: &EngineConfig) -> anyhow::Result<()> {
+    if let Some(dir) = &args.nab {
+        return eval_nab(dir, args, engine);
+    }
     let names: Vec<String> = if args.all || args.scenarios.is_empty() {
         crate::scenario::ALL.iter().map(|s| s.to_string()).collect()
     } else {
@@ -168,6 +171,34 @@ pub fn eval(args: &crate::cli::EvalArgs, engine: &EngineConfig) -> anyhow::Resul
         );
     } else {
         print!("{}", crate::eval::render(&results, &targets));
+    }
+    Ok(())
+}
+
+/// `tswatch eval --nab DIR`: the NAB table (or JSON), then the
+/// `--min-flag-score` guard.
+fn eval_nab(dir: &Path, args: &crate::cli::EvalArgs, engine: &EngineConfig) -> anyhow::Result<()> {
+    let report = crate::nab::run(&crate::nab::NabOptions {
+        dir: dir.to_path_buf(),
+        file_rows: args.file_rows.max(1),
+        only: args.only.clone(),
+        out: args.out.clone(),
+        engine: *engine,
+    })
+    .with_context(|| format!("NAB evaluation of {}", dir.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", crate::nab::render(&report));
+    }
+    if let Some(min) = args.min_flag_score {
+        let got = report
+            .own_flag
+            .get("standard")
+            .map_or(f64::NEG_INFINITY, |r| r.score);
+        if got.is_nan() || got < min {
+            anyhow::bail!("own-flag NAB standard score {got:.2} is below --min-flag-score {min}");
+        }
     }
     Ok(())
 }
