@@ -255,7 +255,8 @@ impl View {
         let d = avg - self.avg_mean;
         self.avg_mean += w * d;
         self.avg_var = (1.0 - w) * (self.avg_var + w * d * d);
-        if self.window.len() == 1 && self.avg_n == 1 {
+        if self.avg_n == 1 {
+            // The first value learned sets the range.
             (self.low, self.high) = (v, v);
         } else {
             self.low = self.low.min(v);
@@ -327,11 +328,6 @@ impl Detector {
             && self.tail_share.is_finite()
             && self.tail_excess.is_finite()
             && self.run.iter().all(|v| v.is_finite())
-    }
-
-    /// Values in the reference window.
-    pub fn observations(&self) -> usize {
-        self.plain.len()
     }
 
     /// The tail test's |z| threshold for tail probability `p`, once learned.

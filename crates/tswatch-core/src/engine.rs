@@ -82,6 +82,9 @@ pub struct Binding {
     /// The distinct channels of `cols`, ordered by name: the joint model's
     /// channel order, worked out once instead of per row.
     by_name: Vec<usize>,
+    /// The detectors' thresholds for this many channels, worked out once
+    /// instead of per row.
+    thresholds: crate::detector::Thresholds,
 }
 
 impl Binding {
@@ -218,7 +221,16 @@ impl Engine {
         let mut by_name = cols.clone();
         by_name.sort_by(|&a, &b| self.names[a].cmp(&self.names[b]));
         by_name.dedup();
-        Binding { cols, by_name }
+        let thresholds = crate::detector::Thresholds::new(
+            self.config.false_alarm_rate,
+            cols.len(),
+            self.config.min_observations,
+        );
+        Binding {
+            cols,
+            by_name,
+            thresholds,
+        }
     }
 
     fn channel(&mut self, name: &str) -> usize {
@@ -258,17 +270,13 @@ impl Engine {
         );
         out.clear();
         let cfg = &self.config;
-        let th = crate::detector::Thresholds::new(
-            cfg.false_alarm_rate,
-            binding.cols.len(),
-            cfg.min_observations,
-        );
+        let th = &binding.thresholds;
         let secs = ts;
         let ts = ts.map(Moment::new);
         for (&c, v) in binding.cols.iter().zip(values) {
             let ch = &self.channels[c];
             let x = v.filter(|x| x.is_finite());
-            let verdict = x.map(|x| ch.detector.score(x, secs, &th));
+            let verdict = x.map(|x| ch.detector.score(x, secs, th));
             out.verdicts.push(verdict);
             let scored = x.and_then(|x| ch.reference(ts, cfg).map(|r| (x, r)));
             let base = match scored {

@@ -194,16 +194,15 @@ impl RowScore {
     }
 }
 
-/// A value as a reason shows it: at most 6 significant digits.
+/// A value as a reason shows it: at most 6 significant digits, trailing
+/// zeros dropped (Display for large, zero or non-finite values).
 fn short(x: f64) -> String {
-    let s = format!("{x:.6}");
     if x.abs() >= 1e6 || x == 0.0 || !x.is_finite() {
         return format!("{x}");
     }
     let digits = 6i32 - 1 - x.abs().log10().floor() as i32;
-    let s2 = format!("{:.*}", digits.clamp(0, 6) as usize, x);
-    let t = s2.trim_end_matches('0').trim_end_matches('.');
-    if t.is_empty() { s } else { t.to_string() }
+    let s = format!("{:.*}", digits.clamp(0, 6) as usize, x);
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 /// Maps a non-negative evidence value to [0, 1): `x / (x + at_half)`, which
