@@ -202,7 +202,12 @@ fn short(x: f64) -> String {
     }
     let digits = 6i32 - 1 - x.abs().log10().floor() as i32;
     let s = format!("{:.*}", digits.clamp(0, 6) as usize, x);
-    s.trim_end_matches('0').trim_end_matches('.').to_string()
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        // No fraction: the zeros are the integer's own.
+        s
+    }
 }
 
 /// Maps a non-negative evidence value to [0, 1): `x / (x + at_half)`, which
@@ -324,5 +329,8 @@ mod tests {
         assert_eq!(short(88.25), "88.25");
         assert_eq!(short(0.1234567), "0.123457");
         assert_eq!(short(12345678.0), "12345678");
+        assert_eq!(short(100000.0), "100000");
+        assert_eq!(short(-250000.0), "-250000");
+        assert_eq!(short(120.5), "120.5");
     }
 }
