@@ -548,13 +548,7 @@ mod tests {
 
     fn noise(n: usize, seed: u64) -> Vec<f64> {
         let mut r = crate::forest::SplitMix64::new(seed);
-        (0..n)
-            .map(|_| {
-                let u = r.next_f64().max(1e-300);
-                let v = r.next_f64();
-                (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-            })
-            .collect()
+        (0..n).map(|_| r.normal()).collect()
     }
 
     #[test]

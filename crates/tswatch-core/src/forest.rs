@@ -34,6 +34,13 @@ impl SplitMix64 {
     pub fn below(&mut self, n: usize) -> usize {
         (self.next_f64() * n as f64) as usize % n.max(1)
     }
+
+    /// A standard normal draw (Box-Muller over two uniforms).
+    pub fn normal(&mut self) -> f64 {
+        let u = self.next_f64().max(1e-300);
+        let v = self.next_f64();
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
 }
 
 /// One node of a tree, 16 bytes. A split sends `x[feature] < value` to

@@ -171,18 +171,13 @@ mod tests {
     use super::*;
     use crate::forest::SplitMix64;
 
-    fn normal(rng: &mut SplitMix64) -> f64 {
-        let u = rng.next_f64().max(1e-300);
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * rng.next_f64()).cos()
-    }
-
     #[test]
     fn correlation_breaks_are_far_and_ordinary_rows_are_not() {
         let mut rng = SplitMix64::new(3);
         let mut j = Joint::new(vec!["a".into(), "b".into()], vec![Basis::Plain; 2]);
         let rho: f64 = -0.9;
         for _ in 0..5000 {
-            let (z1, z2) = (normal(&mut rng), normal(&mut rng));
+            let (z1, z2) = (rng.normal(), rng.normal());
             j.push(&[z1, rho * z1 + (1.0 - rho * rho).sqrt() * z2], 0.0);
         }
         let ordinary = j.score(&[1.5, -1.4], true).unwrap();
@@ -232,7 +227,7 @@ mod tests {
                 // Correlated: each channel leans on the one before it.
                 let mut x = vec![0.0; k];
                 for i in 0..k {
-                    x[i] = normal(&mut rng) + if i > 0 { 0.5 * x[i - 1] } else { 0.0 };
+                    x[i] = rng.normal() + if i > 0 { 0.5 * x[i - 1] } else { 0.0 };
                 }
                 j.push(&x, 0.0);
             }

@@ -94,9 +94,7 @@ impl Scenario {
     }
 
     fn normal(&mut self) -> f64 {
-        let u = self.rng.next_f64().max(1e-300);
-        let v = self.rng.next_f64();
-        (-2.0 * u.ln()).sqrt() * (2.0 * PI * v).cos()
+        self.rng.normal()
     }
 
     fn chance(&mut self, p: f64) -> bool {
