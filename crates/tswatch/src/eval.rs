@@ -70,14 +70,9 @@ pub fn run(name: &str, opts: &EvalOptions) -> anyhow::Result<Metrics> {
     while labels.len() < opts.rows {
         let n = opts.file_rows.min(opts.rows - labels.len());
         let (csv, lab, _) = sc.batch(n);
-        // Persist and restore, as the service does between files.
-        let json = serde_json::to_vec(&state)?;
-        let mut engine = Engine::from_state(opts.engine, serde_json::from_slice(&json)?)?;
-        let mut out = Vec::with_capacity(csv.len() * 3);
-        score_csv(csv.as_bytes(), &mut out, &mut engine)?;
+        let out = score_as_service(&mut state, &opts.engine, csv.as_bytes())?;
         flags.extend(anomaly_column(&out)?);
         labels.extend(lab);
-        state = engine.to_state();
         if std_error.is_none() && labels.len() >= 5000 && matches!(name, "seed" | "clean") {
             std_error = Some(
                 SEED_CHANNELS
@@ -146,6 +141,22 @@ pub fn run(name: &str, opts: &EvalOptions) -> anyhow::Result<Metrics> {
         std_error_at_5000: std_error,
         rows_per_s: flags.len() as f64 / secs.max(1e-9),
     })
+}
+
+/// Scores one file as the service does: the engine restored from `state`
+/// through its JSON form, then `state` replaced by the engine's new state.
+/// Returns the scored CSV.
+pub(crate) fn score_as_service(
+    state: &mut EngineState,
+    config: &EngineConfig,
+    csv: &[u8],
+) -> anyhow::Result<Vec<u8>> {
+    let json = serde_json::to_vec(&*state)?;
+    let mut engine = Engine::from_state(*config, serde_json::from_slice(&json)?)?;
+    let mut out = Vec::with_capacity(csv.len() * 3);
+    score_csv(csv, &mut out, &mut engine)?;
+    *state = engine.to_state();
+    Ok(out)
 }
 
 fn anomaly_column(out: &[u8]) -> anyhow::Result<Vec<bool>> {

@@ -4,7 +4,6 @@
 //! as JSON between files) and scores the result with the NAB v1 rules, ported
 //! from the reference scorer `nab_score.py` (same numbers, to rounding).
 
-use crate::csvscore::score_csv;
 use anyhow::{Context, bail};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -12,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
-use tswatch_core::{Engine, EngineConfig, EngineState};
+use tswatch_core::{EngineConfig, EngineState};
 
 /// One NAB cost profile.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -178,15 +177,21 @@ pub struct Corpus {
     pub files: Vec<FileGeometry>,
     /// Windows in the label file (of the files in the corpus).
     pub total_windows: usize,
+    /// The null detector's raw score per profile (in [`PROFILES`] order):
+    /// it depends on the corpus only, so it is worked out once.
+    null: [f64; 3],
 }
 
 impl Corpus {
     /// A corpus from its files (in order) and the total number of windows.
     pub fn new(files: Vec<FileGeometry>, total_windows: usize) -> Corpus {
-        Corpus {
+        let mut c = Corpus {
             files,
             total_windows,
-        }
+            null: [0.0; 3],
+        };
+        c.null = PROFILES.map(|p| null_raw(&c, &p));
+        c
     }
 }
 
@@ -350,12 +355,12 @@ pub fn evaluate(
 ) -> BTreeMap<&'static str, ProfileResult> {
     PROFILES
         .iter()
-        .map(|p| {
+        .zip(corpus.null)
+        .map(|(p, null)| {
             let thr = threshold.unwrap_or_else(|| sweep(corpus, scores, p).threshold);
             let files = score_at(corpus, scores, p, thr);
             let raw: f64 = files.iter().map(|f| f.raw).sum();
             let perfect = p.tp * corpus.total_windows as f64;
-            let null = null_raw(corpus, p);
             let r = ProfileResult {
                 score: 100.0 * (raw - null) / (perfect - null),
                 raw,
@@ -415,12 +420,8 @@ fn run_series(path: &Path, file_rows: usize, config: &EngineConfig) -> anyhow::R
             w.write_record([t, v])?;
         }
         let csv_bytes = w.into_inner().context("building a chunk")?;
-        let json = serde_json::to_vec(&state)?;
-        let mut engine = Engine::from_state(*config, serde_json::from_slice(&json)?)?;
-        let mut out = Vec::with_capacity(csv_bytes.len() * 3);
-        score_csv(csv_bytes.as_slice(), &mut out, &mut engine)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        state = engine.to_state();
+        let out = crate::eval::score_as_service(&mut state, config, &csv_bytes)
+            .with_context(|| path.display().to_string())?;
         let mut rdr = csv::Reader::from_reader(out.as_slice());
         let h = rdr.headers()?.clone();
         let col = |name: &str| {
