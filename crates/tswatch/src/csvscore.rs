@@ -487,6 +487,10 @@ impl Writing<'_> {
         full: Option<&RowScore>,
         report: &mut FileReport,
     ) {
+        if batch.anomaly[r] && !self.in_event {
+            report.event_count += 1;
+        }
+        self.in_event = batch.anomaly[r];
         let line = &mut self.line;
         let mut fields = batch.fields(r);
         for _ in 0..self.columns.len() {
@@ -518,11 +522,6 @@ impl Writing<'_> {
         }
         line.raw(bool_cell(Some(batch.anomaly[r])));
         line.full(batch.anomaly_score[r]);
-        if batch.anomaly[r] && !self.in_event {
-            report.event_count += 1;
-        }
-        self.in_event = batch.anomaly[r];
-        let line = &mut self.line;
         let Some(score) = full else {
             line.raw(b"");
             line.end();
@@ -1205,6 +1204,31 @@ mod tests {
         let (out, r) = run("timestamp,a\n").unwrap();
         assert_eq!(r.total_rows, 0);
         assert_eq!(out.lines().count(), 1);
+    }
+
+    #[test]
+    fn a_run_of_anomalous_rows_is_one_event() {
+        let mut s = String::from("timestamp,a,b,c\n");
+        let normal = |i: usize| 20.0 + (i % 5) as f64 * 0.1;
+        for i in 0..50 {
+            let x = normal(i);
+            s.push_str(&format!("{i},{x},{x},{x}\n"));
+        }
+        // Rows 50 and 51 are one incident (a, then b); row 53 another (c).
+        let spikes = [(50, 0), (51, 1), (53, 2)];
+        for i in 50..56 {
+            let mut v = [normal(i); 3];
+            if let Some(&(_, ch)) = spikes.iter().find(|(at, _)| *at == i) {
+                v[ch] = 40.0;
+            }
+            s.push_str(&format!("{i},{},{},{}\n", v[0], v[1], v[2]));
+        }
+        let (out, r) = run(&s).unwrap();
+        let flagged: Vec<bool> = out.lines().skip(1).map(|l| l.contains(",True,")).collect();
+        let want: Vec<usize> = spikes.iter().map(|s| s.0).collect();
+        let got: Vec<usize> = (0..flagged.len()).filter(|&i| flagged[i]).collect();
+        assert_eq!(got, want);
+        assert_eq!((r.anomaly_count, r.event_count), (3, 2));
     }
 
     #[test]
