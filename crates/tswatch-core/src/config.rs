@@ -9,22 +9,23 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
     /// Target probability that a normal row is flagged (per row, all
-    /// channels and tests together). Sets the alarm threshold of
-    /// `anomaly_score`; 1e-3 means about one false alarm per 1,000 rows of
-    /// well-behaved data. The per-channel tests share it (Bonferroni); the
-    /// joint test gets a tenth of it on top. The per-channel tests share it (Bonferroni); the
-    /// joint test gets a tenth of it on top.
+    /// channels and tests together); sets where `anomaly_score` crosses
+    /// 0.5. Each channel's tail and stretch tests, which extrapolate from
+    /// the channel's own history, get a hundredth of it, shared between
+    /// channels (Bonferroni); the joint test gets a tenth of it.
     pub false_alarm_rate: f64,
     /// Observations a channel needs before it is scored.
     pub min_observations: u64,
-    /// Memory of the adaptive baselines, in rows: recent data weighs more,
-    /// so slow drift is followed rather than flagged.
+    /// Memory, in rows, of the adaptive baselines the joint model scores
+    /// against (the detector's own window is the last 6,400 values).
     pub memory_rows: u64,
-    /// Detect a daily cycle per channel and, where it explains the data,
-    /// score against the baseline of the same time of day.
+    /// Learn a time-of-day profile per channel: the detector scores
+    /// departures from it, and the joint model's baseline uses it where it
+    /// explains the data.
     pub seasonality: bool,
-    /// A level shift is accepted (re-learned) after this many consecutive
-    /// rows beyond 2 sigma on the same side; 0 never re-learns.
+    /// A level shift is accepted (learned as the new normal) after this
+    /// many consecutive rows beyond the tail test on the same side (and the
+    /// joint model's baseline after as many beyond 2 sigma); 0 never.
     pub level_shift_rows: usize,
     /// Score rows jointly (Mahalanobis distance over the channels), which
     /// catches values that are each ordinary but together break the usual

@@ -22,8 +22,8 @@
 //!
 //! Score-then-learn: [`Detector::score`] reads the state, [`Detector::learn`]
 //! takes its verdict. Values beyond the tail test are kept out of the
-//! window unless they persist ([`SHIFT_ROWS`] in a row on one side: a level
-//! shift), which is then learned at once.
+//! window unless they persist (`level_shift_rows`, 16 by default, in a row
+//! on one side: a level shift), which is then learned at once.
 
 use crate::stats::ln_erfc;
 use serde::{Deserialize, Serialize};
@@ -49,8 +49,9 @@ const TAIL_MEMORY: f64 = 2000.0;
 const TAIL_LEARN: u64 = 500;
 /// The tail test never flags below this |z|.
 const TAIL_MIN_Z: f64 = 4.0;
-/// Rows in a row beyond the tail test, on one side, that make a level shift.
-pub const SHIFT_ROWS: usize = 16;
+/// The largest `level_shift_rows` the configuration allows: the most
+/// values a run keeps.
+const MAX_SHIFT_ROWS: usize = 10_000;
 /// Time-of-day buckets of the daily profile.
 pub const DAY_BUCKETS: usize = 48;
 /// Weight of a new value in its time-of-day bucket (after the first few).
@@ -103,6 +104,8 @@ pub struct Verdict {
     pub(crate) avg: f64,
     pub(crate) daily: Option<(usize, Option<Residual>)>,
     pub(crate) tail_hit: bool,
+    /// The row completes a level shift (the run is learned).
+    pub(crate) completes_shift: bool,
 }
 
 /// A value's departure from its time-of-day level, with its raw and
@@ -118,21 +121,28 @@ pub struct Thresholds {
     pub stretch: f64,
     /// Values in the window before a channel is scored.
     pub min_observations: usize,
+    /// Whether the time-of-day profile is scored (`seasonality`).
+    pub daily: bool,
+    /// Rows in a row beyond the tail test, on one side, that make a level
+    /// shift (`level_shift_rows`; 0: never).
+    pub shift_rows: usize,
 }
 
 impl Thresholds {
-    /// Thresholds for a per-row false-alarm budget over `channels` channels.
-    /// The tail and stretch tests extrapolate beyond what a channel has
-    /// shown, so each is held to a hundredth of the budget (measured on
+    /// Thresholds under `cfg` for a row of `channels` channels. The tail
+    /// and stretch tests extrapolate beyond what a channel has shown, so
+    /// each is held to a hundredth of the false-alarm budget (measured on
     /// real series: flagged rows outside labelled incidents stay below the
     /// budget), shared between channels (Bonferroni).
-    pub fn new(false_alarm_rate: f64, channels: usize, min_observations: u64) -> Self {
+    pub fn new(cfg: &crate::EngineConfig, channels: usize) -> Self {
         let k = channels.max(1) as f64;
-        let p = false_alarm_rate / 100.0 / k;
+        let p = cfg.false_alarm_rate / 100.0 / k;
         Self {
             tail_p: p,
             stretch: -p.log10(),
-            min_observations: usize::try_from(min_observations).unwrap_or(usize::MAX),
+            min_observations: usize::try_from(cfg.min_observations).unwrap_or(usize::MAX),
+            daily: cfg.seasonality,
+            shift_rows: cfg.level_shift_rows,
         }
     }
 }
@@ -328,6 +338,7 @@ impl Detector {
             && self.tail_share.is_finite()
             && self.tail_excess.is_finite()
             && self.run.iter().all(|v| v.is_finite())
+            && self.run.len() <= MAX_SHIFT_ROWS
     }
 
     /// The tail test's |z| threshold for tail probability `p`, once learned.
@@ -375,7 +386,7 @@ impl Detector {
                 },
             );
         }
-        if let Some(t) = ts.filter(|t| t.is_finite()) {
+        if let Some(t) = ts.filter(|t| th.daily && t.is_finite()) {
             let b = day_bucket(t);
             if self.profile_n.get(b).is_some_and(|&n| n >= DAY_MIN) {
                 let r = v - self.profile[b];
@@ -419,7 +430,8 @@ impl Detector {
                 0
             };
             // The value that completes a level shift is the new normal.
-            if run + 1 < SHIFT_ROWS {
+            out.completes_shift = th.shift_rows > 0 && run + 1 >= th.shift_rows;
+            if !out.completes_shift {
                 let a = z.abs();
                 let s = 0.5 + 0.5 * (a - t) / a;
                 if !alarm || s > score {
@@ -478,8 +490,12 @@ impl Detector {
                 self.run.clear();
                 self.run_sign = sign;
             }
-            self.run.push(v);
-            if self.run.len() >= SHIFT_ROWS {
+            // Bounded by the largest `level_shift_rows` (with 0, runs never
+            // complete and only this bound holds them).
+            if self.run.len() < MAX_SHIFT_ROWS {
+                self.run.push(v);
+            }
+            if verdict.completes_shift {
                 // A level shift: the run is the new normal.
                 for x in std::mem::take(&mut self.run) {
                     self.plain.learn(x, verdict.raw, verdict.avg);
@@ -560,7 +576,7 @@ mod tests {
 
     #[test]
     fn a_constant_channel_gives_bounded_z_and_a_jump_is_flagged() {
-        let th = Thresholds::new(1e-3, 1, 30);
+        let th = Thresholds::new(&crate::EngineConfig::default(), 1);
         let mut d = Detector::default();
         let v = feed(&mut d, std::iter::repeat_n(20.0, 1000), &th);
         assert!(v.iter().all(|v| !v.alarm));
@@ -571,7 +587,7 @@ mod tests {
 
     #[test]
     fn gaussian_noise_is_quiet() {
-        let th = Thresholds::new(1e-3, 1, 30);
+        let th = Thresholds::new(&crate::EngineConfig::default(), 1);
         let mut d = Detector::default();
         let v = feed(&mut d, noise(20_000, 7), &th);
         let flagged = v.iter().filter(|v| v.alarm).count();
@@ -580,7 +596,7 @@ mod tests {
 
     #[test]
     fn a_far_spike_after_quiet_data_is_flagged_with_a_reason() {
-        let th = Thresholds::new(1e-3, 1, 30);
+        let th = Thresholds::new(&crate::EngineConfig::default(), 1);
         let mut d = Detector::default();
         feed(&mut d, noise(5_000, 3), &th);
         let v = d.score(25.0, None, &th);
@@ -593,7 +609,7 @@ mod tests {
 
     #[test]
     fn a_level_shift_is_learned_and_then_quiet() {
-        let th = Thresholds::new(1e-3, 1, 30);
+        let th = Thresholds::new(&crate::EngineConfig::default(), 1);
         let mut d = Detector::default();
         feed(&mut d, noise(3_000, 11), &th);
         let shifted: Vec<f64> = noise(3_000, 12).into_iter().map(|x| x + 30.0).collect();
@@ -604,8 +620,49 @@ mod tests {
     }
 
     #[test]
+    fn level_shift_rows_zero_never_relearns() {
+        let cfg = crate::EngineConfig {
+            level_shift_rows: 0,
+            ..Default::default()
+        };
+        let th = Thresholds::new(&cfg, 1);
+        let mut d = Detector::default();
+        feed(&mut d, noise(3_000, 11), &th);
+        let shifted: Vec<f64> = noise(3_000, 12).into_iter().map(|x| x + 30.0).collect();
+        let v = feed(&mut d, shifted, &th);
+        assert!(
+            v.iter().all(|v| v.alarm),
+            "a shift that is never learned stays flagged"
+        );
+        assert!(d.is_valid() && d.run.len() <= MAX_SHIFT_ROWS);
+    }
+
+    #[test]
+    fn seasonality_off_leaves_the_time_of_day_alone() {
+        let off = crate::EngineConfig {
+            seasonality: false,
+            ..Default::default()
+        };
+        let (on, off) = (
+            Thresholds::new(&crate::EngineConfig::default(), 1),
+            Thresholds::new(&off, 1),
+        );
+        let (mut a, mut b) = (Detector::default(), Detector::default());
+        for (i, x) in noise(2_000, 9).into_iter().enumerate() {
+            let ts = Some(i as f64 * 300.0);
+            let v = a.score(x, ts, &on);
+            a.learn(x, &v);
+            let v = b.score(x, ts, &off);
+            assert!(v.daily.is_none());
+            b.learn(x, &v);
+        }
+        assert_eq!(a.profile.len(), DAY_BUCKETS);
+        assert!(b.profile.is_empty() && b.daily.len() == 0);
+    }
+
+    #[test]
     fn onsets_are_followed_by_a_quiet_period() {
-        let th = Thresholds::new(1e-3, 1, 30);
+        let th = Thresholds::new(&crate::EngineConfig::default(), 1);
         let mut d = Detector::default();
         feed(&mut d, (0..2000).map(|i| f64::from(i % 7)), &th);
         // A slow climb to new extremes: one onset, then quiet for QUIET_ROWS.
@@ -617,7 +674,7 @@ mod tests {
 
     #[test]
     fn state_round_trips_and_scores_the_same() {
-        let th = Thresholds::new(1e-3, 1, 30);
+        let th = Thresholds::new(&crate::EngineConfig::default(), 1);
         let mut d = Detector::default();
         let xs = noise(3_000, 5);
         for (i, x) in xs.iter().enumerate() {

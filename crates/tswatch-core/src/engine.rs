@@ -221,11 +221,7 @@ impl Engine {
         let mut by_name = cols.clone();
         by_name.sort_by(|&a, &b| self.names[a].cmp(&self.names[b]));
         by_name.dedup();
-        let thresholds = crate::detector::Thresholds::new(
-            self.config.false_alarm_rate,
-            cols.len(),
-            self.config.min_observations,
-        );
+        let thresholds = crate::detector::Thresholds::new(&self.config, cols.len());
         Binding {
             cols,
             by_name,
