@@ -377,7 +377,7 @@ impl Detector {
                 daily: false,
             },
         );
-        if let Some(e) = p.extreme {
+        if let Some(e) = p.extreme.filter(|&e| e > 0.0) {
             consider(
                 0.5 + 0.5 * (e - EXTREME_MARGIN).tanh(),
                 Finding::Extreme {
@@ -415,7 +415,7 @@ impl Detector {
         {
             alarm = false;
             out.held = true;
-            score = (score * 0.5).min(0.499_999_999);
+            score = (score * 0.1).min(0.499_999_999);
         }
         // The tail test: every row beyond it, no quiet period (isolated
         // spikes are each an incident).
@@ -431,7 +431,12 @@ impl Detector {
             };
             // The value that completes a level shift is the new normal.
             out.completes_shift = th.shift_rows > 0 && run + 1 >= th.shift_rows;
-            if !out.completes_shift {
+            if !out.completes_shift && run > 0 && th.shift_rows > 0 {
+                // A run that may yet be a level shift is one incident: its
+                // first row was the alarm. (With `level_shift_rows = 0` a
+                // shift is never normal, so every row of it stays flagged.)
+                out.held = true;
+            } else if !out.completes_shift {
                 let a = z.abs();
                 let s = 0.5 + 0.5 * (a - t) / a;
                 if !alarm || s > score {
@@ -670,6 +675,46 @@ mod tests {
         let alarms: Vec<usize> = (0..v.len()).filter(|&i| v[i].alarm).collect();
         assert_eq!(alarms.len(), 1, "{alarms:?}");
         assert!(v.iter().any(|v| v.held));
+    }
+
+    #[test]
+    fn a_run_beyond_the_tail_is_one_alarm_until_it_is_learned() {
+        let th = Thresholds::new(&crate::EngineConfig::default(), 1);
+        let mut d = Detector::default();
+        feed(&mut d, noise(3_000, 21), &th);
+        let v = feed(&mut d, std::iter::repeat_n(30.0, 10), &th);
+        assert!(v[0].alarm);
+        assert!(v[1..].iter().all(|v| !v.alarm && v.held && v.score < 0.5));
+        // The run broke before it became a level shift: a later spike is a
+        // new incident, not yet normal.
+        feed(&mut d, noise(50, 22), &th);
+        assert!(d.score(30.0, None, &th).alarm);
+    }
+
+    #[test]
+    fn outliers_that_alternate_in_sign_never_become_a_level_shift() {
+        let th = Thresholds::new(&crate::EngineConfig::default(), 1);
+        let mut d = Detector::default();
+        feed(&mut d, noise(3_000, 23), &th);
+        let alternating = (0..64).map(|i| if i % 2 == 0 { 30.0 } else { -30.0 });
+        let v = feed(&mut d, alternating, &th);
+        assert!(v.iter().all(|v| v.alarm && !v.completes_shift));
+        let (mean, _) = d.plain.mean_sd();
+        assert!(
+            mean.abs() < 0.2,
+            "the window took the outliers: mean {mean}"
+        );
+    }
+
+    #[test]
+    fn values_inside_the_range_seen_get_no_extreme_score() {
+        let th = Thresholds::new(&crate::EngineConfig::default(), 1);
+        let mut d = Detector::default();
+        feed(&mut d, (0..2000).map(|i| f64::from(i % 7)), &th);
+        // 5.9 is near the top of [0, 6], but inside it.
+        let v = d.score(5.9, None, &th);
+        assert!(!v.alarm && v.score < 0.25, "{v:?}");
+        assert!(d.score(6.5, None, &th).alarm);
     }
 
     #[test]
