@@ -265,14 +265,27 @@ fn queue_event(st: &AppState, message: &str) -> Response {
 
 async fn recent(State(st): State<AppState>, RawQuery(q): RawQuery) -> Response {
     let mut limit = 50usize;
+    let mut clamped = false;
     for (k, v) in url_pairs(q.as_deref().unwrap_or("")) {
         if k == "limit" {
-            match v.parse::<usize>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => limit = n,
-                _ => {
+            // The seed accepted any count: a larger one is clamped (and the
+            // response says so), not refused.
+            let v = v.trim();
+            match v.parse::<u64>() {
+                Ok(n) => {
+                    clamped = n > MAX_LIMIT as u64;
+                    limit = usize::try_from(n).map_or(MAX_LIMIT, |n| n.min(MAX_LIMIT));
+                }
+                // Digits only, too many for a u64: as large as it gets.
+                Err(_) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+                    (clamped, limit) = (true, MAX_LIMIT);
+                }
+                Err(_) => {
                     return error(
                         StatusCode::BAD_REQUEST,
-                        format!("limit must be a whole number from 1 to {MAX_LIMIT}, got {v:?}"),
+                        format!(
+                            "limit must be a whole number (at most {MAX_LIMIT} rows are returned), got {v:?}"
+                        ),
                     );
                 }
             }
@@ -294,10 +307,17 @@ async fn recent(State(st): State<AppState>, RawQuery(q): RawQuery) -> Response {
         .flat_map(|a| a.anomalies.iter().rev())
         .take(limit)
         .collect();
-    with_ages(
+    let mut resp = with_ages(
         &views,
-        ok(json!({ "count": rows.len(), "anomalies": rows })),
-    )
+        ok(json!({ "count": rows.len(), "limit": limit, "anomalies": rows })),
+    );
+    if clamped {
+        resp.headers_mut().insert(
+            "x-tswatch-limit-clamped",
+            axum::http::HeaderValue::from(MAX_LIMIT),
+        );
+    }
+    resp
 }
 
 async fn summary(State(st): State<AppState>) -> Response {

@@ -56,10 +56,10 @@ pub enum Backend {
 
 impl Backend {
     /// The storage this backend names; `dir` is the local data directory.
-    fn open(&self, dir: &Path) -> anyhow::Result<Storage> {
+    async fn open(&self, dir: &Path) -> anyhow::Result<Storage> {
         Ok(match self {
             Backend::Local => Storage::local(dir)?,
-            Backend::S3 { bucket } => Storage::s3(bucket)?,
+            Backend::S3 { bucket } => Storage::s3(bucket).await?,
         })
     }
 }
@@ -244,7 +244,7 @@ pub async fn measure_part(
     phase: BenchPhase,
 ) -> anyhow::Result<Part> {
     std::fs::create_dir_all(dir)?;
-    let storage = backend.open(dir)?;
+    let storage = backend.open(dir).await?;
     Ok(match phase {
         BenchPhase::Prepare => {
             let input_bytes = place_input(&storage, dir, "raw/bench.csv", rows).await?;

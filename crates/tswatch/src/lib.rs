@@ -5,6 +5,7 @@
 //! ([`processor`], [`statedoc`]) through [`storage`].
 
 pub mod api;
+pub mod aws;
 pub mod bench;
 pub mod cli;
 #[cfg(test)]
@@ -17,6 +18,7 @@ pub mod offline;
 pub mod pipeline;
 pub mod processor;
 mod records;
+pub mod report;
 pub mod scenario;
 pub mod server;
 pub mod sns;

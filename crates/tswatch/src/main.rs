@@ -11,7 +11,19 @@ use tswatch::processor::Processor;
 use tswatch::server::{self, Settings};
 use tswatch::storage::Storage;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // A user error is a message, not a backtrace (even with
+            // RUST_BACKTRACE set): the error, then each distinct cause.
+            eprintln!("{}", tswatch::report::render(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let file = FileConfig::load(cli.config.as_deref())?;
     let log_json = match &cli.command {
@@ -31,7 +43,9 @@ fn main() -> anyhow::Result<()> {
 
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TSWATCH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // The AWS SDK logs each credential source it tried as a warning;
+        // tswatch reports the outcome itself.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,aws_config=error"));
     // Colours only for a terminal: not into journald or log files.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -44,11 +58,12 @@ fn init_logging(json: bool) {
     }
 }
 
-fn open(args: &StorageArgs, file: &FileConfig) -> anyhow::Result<Storage> {
+async fn open(args: &StorageArgs, file: &FileConfig) -> anyhow::Result<Storage> {
     Ok(match args.resolve(file) {
         StorageChoice::Local(dir) => Storage::local(&dir)
             .with_context(|| format!("opening data directory {}", dir.display()))?,
         StorageChoice::S3(b, max_copy) => Storage::s3(&b)
+            .await
             .with_context(|| format!("opening bucket {b}"))?
             .with_max_copy(max_copy),
     })
@@ -57,7 +72,7 @@ fn open(args: &StorageArgs, file: &FileConfig) -> anyhow::Result<Storage> {
 async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
     match cmd {
         Command::Serve(a) => {
-            let storage = open(&a.storage, &file)?;
+            let storage = open(&a.storage, &file).await?;
             let bind = a
                 .bind
                 .or(file.bind)
@@ -102,25 +117,44 @@ async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
         Command::Eval(a) => tswatch::offline::eval(&a, &file.engine),
         Command::Bench(a) => bench(&a, file.engine).await,
         Command::Produce(a) => {
-            let storage = open(&a.storage, &file)?;
+            let storage = open(&a.storage, &file).await?;
             tswatch::offline::produce(&storage, &a).await
         }
-        Command::Baseline { action } => {
-            let (BaselineAction::Show(a) | BaselineAction::Reset(a)) = &action;
-            let storage = open(&a.storage, &file)?;
-            let p = Arc::new(Processor::new(storage, file.engine));
-            match action {
-                BaselineAction::Show(a) => {
-                    let doc = p.refresh(&a.stream).await?;
-                    println!("{}", serde_json::to_string_pretty(&doc.baseline_json())?);
-                }
-                BaselineAction::Reset(a) => {
-                    p.reset(&a.stream).await?;
-                    eprintln!("baseline cleared");
-                }
+        Command::Baseline { action } => match action {
+            BaselineAction::Show(a) => {
+                // Read-only: a missing data directory is an error, and
+                // nothing is written.
+                let storage = match a.storage.resolve(&file) {
+                    StorageChoice::Local(dir) => Storage::local_existing(&dir)
+                        .with_context(|| format!("opening data directory {}", dir.display()))?,
+                    StorageChoice::S3(..) => open(&a.storage, &file).await?,
+                };
+                let doc = Processor::new(storage, file.engine).peek(&a.stream).await?;
+                let text = serde_json::to_string_pretty(&doc.baseline_json())?;
+                print_stdout(&text)
             }
-            Ok(())
+            BaselineAction::Reset(a) => {
+                let storage = open(&a.storage, &file).await?;
+                Arc::new(Processor::new(storage, file.engine))
+                    .reset(&a.stream)
+                    .await?;
+                eprintln!("baseline cleared");
+                Ok(())
+            }
+        },
+    }
+}
+
+/// Writes `text` and a newline to stdout; a reader that went away (`| head`)
+/// ends the output quietly instead of a panic.
+fn print_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("writing to stdout"))
         }
+        _ => Ok(()),
     }
 }
 

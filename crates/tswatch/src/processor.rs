@@ -187,18 +187,22 @@ impl Processor {
         let key = engine_key(stream);
         loop {
             if let Some((bytes, v)) = self.storage.get_versioned(&key).await? {
-                let doc: StateDoc = serde_json::from_slice(&bytes)
-                    .map_err(|e| ProcessError::State(e.to_string()))?;
-                doc.engine
-                    .validate()
-                    .map_err(|e| ProcessError::State(e.to_string()))?;
-                return Ok((doc, v));
+                return Ok((parse_doc(&bytes)?, v));
             }
             let doc = self.bootstrap(stream).await?;
             match self.storage.put_if(&key, to_bytes(&doc), None).await {
                 Ok(_) | Err(StoreError::Conflict(_)) => continue,
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+
+    /// The state of `stream` as it is, writing nothing: what a first
+    /// [`Processor::load`] would store, if nothing is stored yet.
+    pub async fn peek(&self, stream: &str) -> Result<StateDoc, ProcessError> {
+        match self.storage.get_versioned(&engine_key(stream)).await? {
+            Some((bytes, _)) => parse_doc(&bytes),
+            None => self.bootstrap(stream).await,
         }
     }
 
@@ -710,6 +714,16 @@ impl From<crate::keys::KeyError> for ProcessError {
     fn from(e: crate::keys::KeyError) -> Self {
         ProcessError::Store(StoreError::Key(e))
     }
+}
+
+/// A stored state document, checked.
+fn parse_doc(bytes: &[u8]) -> Result<StateDoc, ProcessError> {
+    let doc: StateDoc =
+        serde_json::from_slice(bytes).map_err(|e| ProcessError::State(e.to_string()))?;
+    doc.engine
+        .validate()
+        .map_err(|e| ProcessError::State(e.to_string()))?;
+    Ok(doc)
 }
 
 #[cfg(test)]

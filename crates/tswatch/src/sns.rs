@@ -164,6 +164,8 @@ pub trait CertSource: Send + Sync + std::fmt::Debug {
 pub struct HttpsCertSource {
     client: reqwest::Client,
     endpoint: Option<String>,
+    /// Signs the certificate request as an SNS call (emulators route on it).
+    signer: Option<object_store::aws::AwsCredentialProvider>,
 }
 
 impl HttpsCertSource {
@@ -176,18 +178,51 @@ impl HttpsCertSource {
                 .timeout(Duration::from_secs(5))
                 .build()?,
             endpoint: None,
+            signer: None,
         })
     }
 
     /// A source that fetches `https://sns.<region>.amazonaws.com/<path>`
     /// from `<endpoint>/<path>` instead: an SNS emulator or a mirror. The
     /// message must still name an SNS host, and its signature must still
-    /// verify with the certificate found there.
-    pub fn with_endpoint(endpoint: &str) -> Result<Self, reqwest::Error> {
+    /// verify with the certificate found there. With `signer`, the request
+    /// is SigV4-signed for SNS in the URL's region, as an SDK call to the
+    /// emulator would be (a stock `moto_server` routes requests by that
+    /// signature and answers an unsigned GET with 404).
+    pub fn with_endpoint(
+        endpoint: &str,
+        signer: Option<object_store::aws::AwsCredentialProvider>,
+    ) -> Result<Self, reqwest::Error> {
         Ok(Self {
             endpoint: Some(endpoint.trim_end_matches('/').to_string()),
+            signer,
             ..Self::new()?
         })
+    }
+
+    /// The SigV4 headers of a GET of `target` as an SNS call for the region
+    /// named in `url` (`https://sns.<region>.amazonaws.com/...`).
+    async fn sns_signature(&self, url: &str, target: &str) -> Result<http::HeaderMap, String> {
+        let Some(signer) = &self.signer else {
+            return Ok(http::HeaderMap::new());
+        };
+        let region = url
+            .strip_prefix("https://sns.")
+            .and_then(|r| r.split('.').next())
+            .unwrap_or("us-east-1");
+        let credential = signer
+            .get_credential()
+            .await
+            .map_err(|e| format!("signing the certificate request: {e}"))?;
+        let mut req = http::Request::builder()
+            .method(http::Method::GET)
+            .uri(target)
+            .body(object_store::client::HttpRequestBody::empty())
+            .map_err(|e| e.to_string())?;
+        object_store::aws::AwsAuthorizer::new(&credential, "sns", region)
+            .try_authorize(&mut req, None)
+            .map_err(|e| e.to_string())?;
+        Ok(req.headers().clone())
     }
 }
 
@@ -203,13 +238,18 @@ impl CertSource for HttpsCertSource {
         url: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + 'a>> {
         Box::pin(async move {
-            let target = match &self.endpoint {
-                Some(base) => format!("{base}{}", after_host(url)),
-                None => url.to_string(),
+            let (target, headers) = match &self.endpoint {
+                Some(base) => {
+                    let target = format!("{base}{}", after_host(url));
+                    let headers = self.sns_signature(url, &target).await?;
+                    (target, headers)
+                }
+                None => (url.to_string(), http::HeaderMap::new()),
             };
             let r = self
                 .client
                 .get(&target)
+                .headers(headers)
                 .send()
                 .await
                 .map_err(|e| e.to_string())?;

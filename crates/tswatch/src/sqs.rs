@@ -1,12 +1,11 @@
 //! A small Amazon SQS client: the JSON protocol over `reqwest`, signed with
-//! SigV4 by `object_store`'s [`AwsAuthorizer`] and its AWS credential chain
-//! (environment, web identity, ECS/EKS task roles, instance metadata) — the
-//! same chain the S3 storage uses, without the AWS SDK.
+//! SigV4 by `object_store`'s [`AwsAuthorizer`] with the AWS credential chain
+//! the S3 storage uses ([`crate::aws::Chain`]), without the SQS SDK.
 //!
 //! Only what the consumer needs: receive, delete, change visibility, plus
 //! send and queue attributes (operations and tests).
 
-use object_store::aws::{AmazonS3Builder, AwsAuthorizer, AwsCredentialProvider};
+use object_store::aws::{AwsAuthorizer, AwsCredentialProvider};
 use object_store::client::HttpRequestBody;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -177,23 +176,16 @@ pub struct SqsClient {
 }
 
 impl SqsClient {
-    /// A client for `queue_url` with the credentials and region of the AWS
-    /// environment (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/
-    /// `AWS_SESSION_TOKEN`, web identity, container or instance roles).
-    /// The region is the one named in an AWS queue URL
-    /// (`https://sqs.<region>.amazonaws.com/...`), else `AWS_REGION`,
-    /// `AWS_DEFAULT_REGION`, else `us-east-1`.
-    pub fn from_env(queue_url: &str) -> Result<Self, SqsError> {
-        let builder = AmazonS3Builder::from_env().with_bucket_name("tswatch-sqs-credentials");
-        let credentials = builder
-            .build()
-            .map_err(|e| SqsError::Credentials(e.to_string()))?
-            .credentials()
-            .clone();
-        let env_region = std::env::var("AWS_REGION")
-            .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
-            .ok();
-        Self::new(queue_url, env_region.as_deref(), credentials)
+    /// A client for `queue_url` with the AWS credential chain
+    /// ([`crate::aws::Chain`]: environment, shared files and profiles,
+    /// SSO, `credential_process`, web identity, container or instance
+    /// roles). The region is the one named in an AWS queue URL
+    /// (`https://sqs.<region>.amazonaws.com/...`), else
+    /// [`crate::aws::region`].
+    pub async fn from_env(queue_url: &str) -> Result<Self, SqsError> {
+        let credentials = crate::aws::Chain::load().await.into_provider();
+        let region = crate::aws::region().await;
+        Self::new(queue_url, Some(&region), credentials)
     }
 
     /// A client for `queue_url` with explicit credentials.

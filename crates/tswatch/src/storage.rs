@@ -44,6 +44,13 @@ pub enum StoreError {
 impl From<object_store::Error> for StoreError {
     fn from(e: object_store::Error) -> Self {
         match e {
+            // A missing bucket is no missing object: reads must not take
+            // it for "not there yet", nor writes for a vanished key.
+            object_store::Error::NotFound { ref source, .. }
+                if source.to_string().contains("NoSuchBucket") =>
+            {
+                StoreError::Backend(e)
+            }
             object_store::Error::NotFound { path, .. } => StoreError::NotFound(path),
             object_store::Error::Precondition { path, .. }
             | object_store::Error::AlreadyExists { path, .. } => StoreError::Conflict(path),
@@ -89,6 +96,23 @@ impl Storage {
             source,
         };
         std::fs::create_dir_all(dir.join("raw")).map_err(io)?;
+        Self::local_existing(dir)
+    }
+
+    /// Opens an existing data directory, creating nothing (for read-only
+    /// commands: a mistyped path is an error, not a new directory).
+    pub fn local_existing(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let dir: PathBuf = dir.into();
+        let io = |source| StoreError::Io {
+            path: dir.display().to_string(),
+            source,
+        };
+        if !dir.is_dir() {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such data directory",
+            )));
+        }
         let dir = dir.canonicalize().map_err(io)?;
         let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)?
             .with_automatic_cleanup(true);
@@ -100,17 +124,18 @@ impl Storage {
     }
 
     /// Opens an S3 bucket, honouring the `AWS_*` environment (endpoint,
-    /// region, credentials chain).
-    pub fn s3(bucket: &str) -> Result<Self, StoreError> {
-        let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+    /// region) and the AWS credential chain ([`crate::aws::Chain`]: shared
+    /// files and profiles included). Nothing is requested yet.
+    pub async fn s3(bucket: &str) -> Result<Self, StoreError> {
+        let mut b = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_region(crate::aws::region().await)
+            .with_credentials(crate::aws::Chain::load().await.into_provider());
         if let Ok(ep) = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT"))
         {
             b = b
                 .with_endpoint(&ep)
                 .with_allow_http(ep.starts_with("http://"));
-        }
-        if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
-            b = b.with_region("us-east-1");
         }
         let store = b.build()?;
         Ok(Self {

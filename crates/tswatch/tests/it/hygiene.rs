@@ -128,8 +128,7 @@ async fn every_refusal_is_a_4xx_with_a_json_reason() {
         ("unknown path", Method::GET, "/../../etc/passwd", vec![], vec![], 404, "no such endpoint"),
         ("limit not a number", Method::GET, "/anomalies/recent?limit=ten", vec![], vec![], 400, "limit"),
         ("limit negative", Method::GET, "/anomalies/recent?limit=-1", vec![], vec![], 400, "limit"),
-        ("limit too large", Method::GET, "/anomalies/recent?limit=1001", vec![], vec![], 400, "limit"),
-        ("limit overflow", Method::GET, "/anomalies/recent?limit=99999999999999999999999", vec![], vec![], 400, "limit"),
+        ("limit a fraction", Method::GET, "/anomalies/recent?limit=2.5", vec![], vec![], 400, "limit"),
     ];
     for (what, method, path, headers, body, want, reason) in cases {
         let (st, h, b) = send(&skip, method, path, &headers, body).await;

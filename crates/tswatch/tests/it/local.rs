@@ -136,8 +136,26 @@ async fn bad_requests_get_json_errors() {
     let (st, b) = svc.get_json("/anomalies/recent?limit=abc").await;
     assert_eq!(st, 400);
     assert!(b["error"].as_str().unwrap().contains("limit"));
-    let (st, _) = svc.get_json("/anomalies/recent?limit=0").await;
-    assert_eq!(st, 400);
+    // What the seed accepted is accepted: 0 is an empty list, and a count
+    // over the maximum is clamped, with a header saying so.
+    let (st, b) = svc.get_json("/anomalies/recent?limit=0").await;
+    assert_eq!(
+        (st, b["count"].as_u64(), b["limit"].as_u64()),
+        (200, Some(0), Some(0))
+    );
+    for big in ["5000", "99999999999999999999999"] {
+        let r = reqwest::get(format!("{}/anomalies/recent?limit={big}", svc.base))
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{big}");
+        assert_eq!(r.headers()["x-tswatch-limit-clamped"], "1000", "{big}");
+        let b: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(b["limit"], 1000, "{big}");
+    }
+    let r = reqwest::get(format!("{}/anomalies/recent?limit=7", svc.base))
+        .await
+        .unwrap();
+    assert!(!r.headers().contains_key("x-tswatch-limit-clamped"));
     let (st, b) = svc.get_json("/nope").await;
     assert_eq!(st, 404);
     assert!(b["error"].is_string());
@@ -285,35 +303,85 @@ fn baseline_show_and_reset() {
 fn configuration_errors_are_specific() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("c.toml");
-    std::fs::write(&cfg, "[engine]\nz_threshold = -1\n").unwrap();
-    let o = tswatch()
-        .arg("--config")
-        .arg(&cfg)
-        .args(["baseline", "show"])
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("z_threshold"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    // Each user error is one message naming what is wrong, with no
+    // backtrace even when RUST_BACKTRACE asks for one.
+    let fails = |args: &[&std::ffi::OsStr]| {
+        let o = tswatch()
+            .env("RUST_BACKTRACE", "1")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(err.starts_with("error: "), "{err}");
+        assert!(!err.to_lowercase().contains("backtrace"), "{err}");
+        assert_eq!(err.matches("error:").count(), 1, "{err}");
+        err
+    };
+    fn show(cfg: &std::path::Path) -> [&std::ffi::OsStr; 4] {
+        [
+            "--config".as_ref(),
+            cfg.as_os_str(),
+            "baseline".as_ref(),
+            "show".as_ref(),
+        ]
+    }
+    // A real engine key with a value out of its range.
+    std::fs::write(&cfg, "[engine]\nfalse_alarm_rate = -1\n").unwrap();
+    let err = fails(&show(&cfg));
+    assert!(err.contains("false_alarm_rate"), "{err}");
+    // An unknown engine key, and an unknown top-level key.
+    std::fs::write(&cfg, "[engine]\nz_threshold = 3\n").unwrap();
+    assert!(fails(&show(&cfg)).contains("z_threshold"));
     std::fs::write(&cfg, "bukket = \"x\"\n").unwrap();
+    assert!(fails(&show(&cfg)).contains("bukket"));
+    let out = tmp.path().join("o.csv");
+    let err = fails(&[
+        "score".as_ref(),
+        "--input".as_ref(),
+        "/nonexistent.csv".as_ref(),
+        "--output".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert!(err.contains("/nonexistent.csv"), "{err}");
+}
+
+#[test]
+fn baseline_show_reads_only_and_survives_a_closed_pipe() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A missing data directory is an error, and is not created.
+    let missing = tmp.path().join("nonexistent");
     let o = tswatch()
-        .arg("--config")
-        .arg(&cfg)
-        .args(["baseline", "show"])
+        .args(["baseline", "show", "--data-dir"])
+        .arg(&missing)
         .output()
         .unwrap();
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("bukket"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no such data directory"), "{err}");
+    assert!(!missing.exists(), "baseline show created {missing:?}");
+    // An existing, empty one: shown, and nothing is written into it.
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
     let o = tswatch()
-        .args(["score", "--input", "/nonexistent.csv", "--output"])
-        .arg(tmp.path().join("o.csv"))
+        .args(["baseline", "show", "--data-dir"])
+        .arg(&data)
         .output()
         .unwrap();
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent.csv"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read_dir(&data).unwrap().next().is_none());
+    // `| head`: the reader goes away before the output is written.
+    let mut child = tswatch()
+        .args(["baseline", "show", "--data-dir"])
+        .arg(&data)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && !err.contains("panicked"), "{err}");
 }
 
 #[tokio::test]

@@ -744,29 +744,33 @@ proptest! {
 // The real binary.
 
 /// Serves test key 0's certificate at the path of [`CERT_URL`], and passes
-/// any other `.pem` request on to moto's SNS (as an SNS host would serve it).
+/// any other request on to moto unchanged (its `Authorization` header is
+/// tswatch's own: a stock moto routes on it).
 async fn cert_endpoint(moto_endpoint: String) -> String {
     let pem = cert_pem(0);
     let test_path = CERT_URL
         .strip_prefix("https://sns.us-east-1.amazonaws.com")
         .unwrap()
         .to_string();
-    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
-        let (pem, test_path, moto) = (pem.clone(), test_path.clone(), moto_endpoint.clone());
-        async move {
-            if uri.path() == test_path {
-                return (axum::http::StatusCode::OK, pem);
+    let app = axum::Router::new().fallback(
+        move |uri: axum::http::Uri, headers: axum::http::HeaderMap| {
+            let (pem, test_path, moto) = (pem.clone(), test_path.clone(), moto_endpoint.clone());
+            async move {
+                if uri.path() == test_path {
+                    return (axum::http::StatusCode::OK, pem);
+                }
+                let mut req = reqwest::Client::new().get(format!("{moto}{}", uri.path()));
+                for (k, v) in &headers {
+                    if k != axum::http::header::HOST {
+                        req = req.header(k.as_str(), v.as_bytes());
+                    }
+                }
+                let r = req.send().await.unwrap();
+                let status = axum::http::StatusCode::from_u16(r.status().as_u16()).unwrap();
+                (status, r.bytes().await.unwrap().to_vec())
             }
-            let r = reqwest::Client::new()
-                .get(format!("{moto}{}", uri.path()))
-                .header("Authorization", moto_auth("sns"))
-                .send()
-                .await
-                .unwrap();
-            let status = axum::http::StatusCode::from_u16(r.status().as_u16()).unwrap();
-            (status, r.bytes().await.unwrap().to_vec())
-        }
-    });
+        },
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -908,4 +912,53 @@ async fn the_service_verifies_signatures_and_refuses_tampered_messages() {
 
 fn log_count(svc: &Service, needle: &str) -> usize {
     svc.proc.log_text().matches(needle).count()
+}
+
+#[tokio::test]
+async fn a_stock_moto_server_is_a_certificate_endpoint() {
+    // The documented emulator path with nothing in between: moto signs its
+    // deliveries, and tswatch fetches moto's certificate from moto itself.
+    const BUCKET: &str = "stock";
+    let tmp = tempfile::tempdir().unwrap();
+    let moto = Moto::start().await;
+    moto.create_bucket(BUCKET).await;
+    let topic = moto.create_topic("stock-events").await;
+    let mut cmd = tswatch();
+    s3_env(&mut cmd, &moto, BUCKET);
+    let svc = Service::start(
+        cmd,
+        &[
+            "--sns-cert-endpoint",
+            &moto.endpoint,
+            "--sns-topic-arn",
+            &topic,
+            "--reconcile-interval",
+            "3600",
+        ],
+        tmp.path(),
+    )
+    .await;
+    let endpoint = format!("{}/notify", svc.base);
+    moto.sns(&[
+        ("Action", "Subscribe"),
+        ("TopicArn", &topic),
+        ("Protocol", "http"),
+        ("Endpoint", &endpoint),
+    ])
+    .await;
+    moto.notify_bucket_to_topic(BUCKET, &topic).await;
+    let fixture = std::fs::read(fixtures().join("sensors_20260224T001051.csv")).unwrap();
+    moto.put_object(BUCKET, "raw/stock.csv", fixture).await;
+    wait_for(
+        "the signed event processed",
+        Duration::from_secs(60),
+        || async {
+            moto.get_object(BUCKET, "processed/stock_summary.json")
+                .await
+        },
+    )
+    .await;
+    let log = svc.proc.log_text();
+    assert!(!log.contains("rejected SNS message"), "{log}");
+    assert!(!log.contains("unusable"), "{log}");
 }

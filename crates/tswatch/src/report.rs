@@ -1,0 +1,133 @@
+//! How a command's failure reaches the user: one line per distinct cause,
+//! S3's XML bodies cut to their code and message, and a hint for the
+//! failures people meet first (no credentials, a wrong secret, a missing
+//! bucket). Never a backtrace: those are for bugs, and bugs panic.
+
+use std::fmt::Write;
+
+/// The error and its causes as the user reads them.
+pub fn render(e: &anyhow::Error) -> String {
+    let causes: Vec<String> = e.chain().map(|c| tidy(&c.to_string())).collect();
+    let mut shown: Vec<&str> = Vec::new();
+    for c in &causes {
+        // A cause a wrapper already quoted ("writing x: disk full", then
+        // "disk full") says nothing new.
+        if c.is_empty() || shown.iter().any(|s| s.contains(c.as_str())) {
+            continue;
+        }
+        shown.push(c);
+    }
+    let mut out = String::from("error: ");
+    out.push_str(shown.first().copied().unwrap_or("unknown error"));
+    for c in shown.iter().skip(1) {
+        let _ = write!(out, "\n  caused by: {c}");
+    }
+    if let Some(h) = hint(&causes.join("\n")) {
+        let _ = write!(out, "\n  hint: {h}");
+    }
+    out
+}
+
+/// One cause, with an S3 XML error body reduced to `Code: Message`.
+fn tidy(s: &str) -> String {
+    // object_store's wrapper words say nothing to a user.
+    let s = &s.replace("Generic S3 error: ", "");
+    let Some(start) = s.find("<?xml").or_else(|| s.find("<Error>")) else {
+        return s.trim().to_string();
+    };
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let close = format!("</{name}>");
+        let from = s[start..].find(&open)? + start + open.len();
+        let to = s[from..].find(&close)? + from;
+        Some(s[from..to].trim().to_string())
+    };
+    let body = match (tag("Code"), tag("Message")) {
+        (Some(c), Some(m)) => format!("{c}: {m}"),
+        (Some(c), None) => c,
+        (None, Some(m)) => m,
+        (None, None) => "(an XML error body)".to_string(),
+    };
+    let head = s[..start].trim().trim_end_matches(':').trim();
+    if head.is_empty() {
+        body
+    } else {
+        format!("{head}: {body}")
+    }
+}
+
+/// What to do about the failures with a known cure.
+fn hint(all: &str) -> Option<&'static str> {
+    let has = |needle: &str| all.contains(needle);
+    if has("NoSuchBucket") {
+        Some(
+            "the bucket does not exist here: check --bucket (BUCKET_NAME), AWS_REGION and, for an emulator, AWS_ENDPOINT_URL",
+        )
+    } else if has("SignatureDoesNotMatch") {
+        Some(
+            "the request signature was refused: the secret access key does not belong to the access key id (check AWS_SECRET_ACCESS_KEY or the profile's aws_secret_access_key)",
+        )
+    } else if has("InvalidAccessKeyId") {
+        Some(
+            "the access key id is unknown to this endpoint (check AWS_ACCESS_KEY_ID or the profile)",
+        )
+    } else if has("no AWS credentials") {
+        Some(
+            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, run `aws configure`, or choose a profile with AWS_PROFILE",
+        )
+    } else if has("AccessDenied") {
+        Some(
+            "the credentials work but lack a permission tswatch needs (s3:GetObject, PutObject, DeleteObject, ListBucket on the bucket)",
+        )
+    } else if has("Permission denied") {
+        Some("tswatch's user cannot read or write that path: check its owner and mode")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_causes_are_shown_once() {
+        let e = anyhow::anyhow!("No such file or directory (os error 2)")
+            .context("reading x.csv: No such file or directory (os error 2)")
+            .context("scoring x.csv");
+        let r = render(&e);
+        assert_eq!(
+            r,
+            "error: scoring x.csv\n  caused by: reading x.csv: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn s3_xml_bodies_become_code_and_message_with_a_hint() {
+        let xml = r#"<?xml version="1.0" encoding="UTF-8"?><Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message><BucketName>b</BucketName></Error>"#;
+        let e = anyhow::anyhow!("{xml}")
+            .context(format!("Client error with status 404 Not Found: {xml}"))
+            .context(format!(
+                "Generic S3 error: Client error with status 404 Not Found: {xml}"
+            ))
+            .context("opening bucket b");
+        let r = render(&e);
+        assert_eq!(r.matches("NoSuchBucket").count(), 1, "{r}");
+        assert!(!r.contains("<?xml"), "{r}");
+        assert!(r.contains("hint: the bucket does not exist"), "{r}");
+    }
+
+    #[test]
+    fn a_bad_secret_is_called_a_bad_signature() {
+        let e = anyhow::anyhow!(
+            "<Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match</Message></Error>"
+        )
+        .context("opening bucket b");
+        let r = render(&e);
+        assert!(
+            r.contains("SignatureDoesNotMatch: The request signature"),
+            "{r}"
+        );
+        assert!(r.contains("hint: the request signature was refused"), "{r}");
+    }
+}
