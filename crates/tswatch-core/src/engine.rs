@@ -496,8 +496,9 @@ impl Engine {
                 self.history.iter_mut().for_each(|r| r.push(f64::NAN));
             }
         }
+        let was_full = self.history.len() >= self.config.forest_window;
         // Reuse the buffer of the row that falls out of the window.
-        let mut row = if self.history.len() >= self.config.forest_window {
+        let mut row = if was_full {
             self.history.pop_front().unwrap_or_default()
         } else {
             Vec::new()
@@ -514,9 +515,16 @@ impl Engine {
             self.history.pop_front();
         }
         self.since_training += 1;
-        let full = self.history.len() >= self.config.forest_window;
-        let first = self.trainings == 0;
-        if full && (first || self.since_training >= self.config.forest_retrain_every as u64) {
+        let n = self.history.len();
+        let full = n >= self.config.forest_window;
+        // While the window fills, a forest on what there is, retrained as
+        // the rows double (32, 64, 128, ...): the seed's columns are not
+        // left to the placeholder for a whole window.
+        let growing = !full && n >= FOREST_FIRST_ROWS && n.is_power_of_two();
+        let first = self.trainings == 0 || !was_full;
+        if growing
+            || (full && (first || self.since_training >= self.config.forest_retrain_every as u64))
+        {
             self.retrain();
         }
     }
@@ -647,6 +655,9 @@ impl ForestView {
 }
 
 const MAX_JOINT: usize = crate::joint::MAX_CHANNELS;
+
+/// Retained rows the first isolation forest is trained on.
+const FOREST_FIRST_ROWS: usize = 32;
 
 /// A row's input to the joint model, on the stack (this runs per row).
 #[derive(Default)]

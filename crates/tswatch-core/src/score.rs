@@ -28,6 +28,18 @@ pub struct ForestVerdict {
 }
 
 impl ForestVerdict {
+    /// The verdict on a row before any forest could be trained: the
+    /// isolation score of a point no forest can set apart (`s(x) = 0.5`,
+    /// an average path length), not flagged. The seed's columns are thus
+    /// filled from the first row, as the seed filled them.
+    pub fn indistinct() -> Self {
+        Self {
+            score: 0.5,
+            flagged: false,
+            drivers: Vec::new(),
+        }
+    }
+
     /// Seed's `if_label`: -1 for a forest outlier, 1 otherwise.
     pub fn if_label(&self) -> i8 {
         if self.flagged { -1 } else { 1 }
@@ -120,14 +132,19 @@ impl RowScore {
         };
     }
 
-    /// Seed's `if_label` ([`ForestVerdict::if_label`]), once a forest decided.
-    pub fn if_label(&self) -> Option<i8> {
-        self.forest.as_ref().map(ForestVerdict::if_label)
+    /// Seed's `if_label` ([`ForestVerdict::if_label`]); 1 before a forest
+    /// decided ([`ForestVerdict::indistinct`]).
+    pub fn if_label(&self) -> i8 {
+        self.forest.as_ref().map_or(1, ForestVerdict::if_label)
     }
 
-    /// Seed's `if_score` ([`ForestVerdict::if_score`]), once a forest decided.
-    pub fn if_score(&self, forest_threshold: f64) -> Option<f64> {
-        self.forest.as_ref().map(|f| f.if_score(forest_threshold))
+    /// Seed's `if_score` ([`ForestVerdict::if_score`]); that of
+    /// [`ForestVerdict::indistinct`] before a forest decided.
+    pub fn if_score(&self, forest_threshold: f64) -> f64 {
+        self.forest.as_ref().map_or_else(
+            || ForestVerdict::indistinct().if_score(forest_threshold),
+            |f| f.if_score(forest_threshold),
+        )
     }
 
     /// Human explanation of a flagged row, e.g. `temperature z=6.12`,
@@ -319,8 +336,8 @@ mod tests {
         let cfg = EngineConfig::default();
         s.finish(&cfg, cfg.alarm_surprise());
         assert!(s.anomaly && s.anomaly_score > 0.5);
-        assert_eq!(s.if_label(), Some(-1));
-        assert!(s.if_score(0.7).unwrap_or(1.0) < 0.0);
+        assert_eq!(s.if_label(), -1);
+        assert!(s.if_score(0.7) < 0.0);
         assert_eq!(s.reason(&["t", "h"]), "joint: h×t (d²=40.0)");
     }
 

@@ -56,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/anomalies/summary", get(summary))
         .route("/baseline/current", get(baseline))
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(TimeoutLayer::with_status_code(
@@ -345,6 +346,20 @@ async fn summary(State(st): State<AppState>) -> Response {
         .collect();
     recent.sort_by(|a, b| b.processed_at.cmp(&a.processed_at));
     recent.truncate(5);
+    // A file committed here whose outputs are still being published says
+    // so: its `output_key` does not exist yet.
+    let recent: Vec<Value> = recent
+        .into_iter()
+        .map(|s| {
+            let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
+            if st.processor.is_unpublished(&s.source_key)
+                && let Some(m) = v.as_object_mut()
+            {
+                m.insert("published".into(), Value::from(false));
+            }
+            v
+        })
+        .collect();
     let body = ok(json!({
         "files_processed": t.files_processed,
         "total_rows_scored": t.total_rows_scored,
@@ -413,6 +428,54 @@ fn with_ages(views: &[(String, View)], r: Response) -> Response {
         Some((_, v)) => with_age(v, r),
         None => r,
     }
+}
+
+/// How long `/ready` waits for storage.
+const READY_PROBE: Duration = Duration::from_secs(2);
+
+/// Readiness, beside `/health`'s liveness: 200 when storage answers now,
+/// 503 when it does not; with the work waiting and the age of the state
+/// the read endpoints serve.
+async fn ready(State(st): State<AppState>) -> Response {
+    let started = std::time::Instant::now();
+    let probe = tokio::time::timeout(
+        READY_PROBE,
+        st.processor
+            .storage()
+            .etag(&crate::statedoc::engine_key("")),
+    )
+    .await;
+    let latency_ms = (started.elapsed().as_secs_f64() * 1e4).round() / 10.0;
+    let storage = match probe {
+        Ok(Ok(_)) => json!({ "reachable": true, "latency_ms": latency_ms }),
+        Ok(Err(e)) => json!({ "reachable": false, "error": e.to_string() }),
+        Err(_) => json!({
+            "reachable": false,
+            "error": format!("no answer within {} s", READY_PROBE.as_secs()),
+        }),
+    };
+    let reachable = storage["reachable"] == true;
+    let stale = match st.processor.views().await {
+        Ok(views) => views
+            .iter()
+            .filter_map(|(_, v)| v.stale_for)
+            .max()
+            .map_or(Value::Null, |d| Value::from(d.as_secs())),
+        Err(_) => Value::Null,
+    };
+    let body = json!({
+        "status": if reachable { "ready" } else { "not ready" },
+        "storage": storage,
+        "queue": { "waiting": st.queue.len() },
+        "state": { "stale_seconds": stale },
+        "timestamp": now_iso(),
+    });
+    let code = if reachable {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(body)).into_response()
 }
 
 async fn health(State(st): State<AppState>) -> Response {

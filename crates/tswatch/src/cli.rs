@@ -14,13 +14,9 @@ use tswatch_core::EngineConfig;
 /// 127.0.0.1:8000. Set BUCKET_NAME (or --bucket) to use S3; AWS_ENDPOINT_URL,
 /// AWS_REGION and the standard AWS credential chain are honoured.
 #[derive(Debug, Parser)]
-#[command(name = "tswatch", version, propagate_version = true)]
+#[command(name = "tswatch", version, propagate_version = true, after_help = CONFIG_HELP)]
 pub struct Cli {
-    /// TOML configuration file (keys: data_dir, bucket, s3_max_copy_bytes, bind,
-    /// reconcile_interval_secs, request_timeout_secs, shutdown_grace_secs,
-    /// insecure_skip_sns_verify, sns_topic_arn, sns_cert_endpoint, log_format,
-    /// sqs_queue_url, sqs_wait_time_secs, sqs_max_messages,
-    /// sqs_visibility_timeout_secs, sqs_max_receives, and an [engine] table).
+    /// TOML configuration file (its keys: `tswatch --help`).
     #[arg(long, global = true, env = "TSWATCH_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -28,6 +24,38 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// What `tswatch --help` adds after the commands: the file's keys (once,
+/// not under every subcommand) and the settings that are not flags.
+const CONFIG_HELP: &str = "\
+Configuration file (--config FILE, TSWATCH_CONFIG), TOML; a flag or its
+environment variable wins over the file:
+  data_dir, bucket, s3_max_copy_bytes, bind, reconcile_interval_secs,
+  request_timeout_secs, shutdown_grace_secs, insecure_skip_sns_verify,
+  sns_topic_arn (a list), sns_cert_endpoint, log_format (text | json),
+  sqs_queue_url, sqs_wait_time_secs, sqs_max_messages,
+  sqs_visibility_timeout_secs, sqs_max_receives
+  [engine] (detection; unknown keys are refused):
+    false_alarm_rate = 0.001    share of normal rows flagged
+    min_observations = 30       values before a channel is scored
+    memory_rows = 2000          memory of the joint model's baselines
+    seasonality = true          time-of-day profile per channel
+    level_shift_rows = 16       rows beyond the tail test that are a level shift (0: never)
+    joint = true                Mahalanobis test over the channels
+    joint_max_channels = 16
+    forest_trees = 50           isolation forest (the seed's if_* columns)
+    forest_sample = 256
+    forest_window = 512
+    forest_retrain_every = 8192
+    forest_threshold = 0.7
+    forest_alarm = false        whether if_flag alone makes a row anomalous
+
+Environment only:
+  TSWATCH_LOG                 log filter, e.g. debug or tswatch=debug (default info)
+  BUCKET_NAME                 as --bucket
+  AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL and the AWS credential chain
+                              (environment, ~/.aws files, SSO, credential_process,
+                              web identity, container and instance roles)";
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]

@@ -507,19 +507,18 @@ impl Writing<'_> {
             }
             line.raw(bool_cell(*f));
         }
-        match verdict {
-            Some(f) => {
-                let label = f.if_label();
-                line.raw(if label < 0 { b"-1" } else { b"1" });
-                line.fixed4(f.if_score(self.forest_threshold));
-                line.raw(bool_cell(Some(label < 0)));
-            }
+        let indistinct;
+        let f = match verdict {
+            Some(f) => f,
             None => {
-                for _ in 0..3 {
-                    line.raw(b"");
-                }
+                indistinct = ForestVerdict::indistinct();
+                &indistinct
             }
-        }
+        };
+        let label = f.if_label();
+        line.raw(if label < 0 { b"-1" } else { b"1" });
+        line.fixed4(f.if_score(self.forest_threshold));
+        line.raw(bool_cell(Some(label < 0)));
         line.raw(bool_cell(Some(batch.anomaly[r])));
         line.full(batch.anomaly_score[r]);
         let Some(score) = full else {
@@ -839,17 +838,12 @@ fn row_json(
         );
     }
     let label = score.if_label();
-    m.insert("if_label".into(), label.map_or(Value::Null, Value::from));
+    m.insert("if_label".into(), Value::from(label));
     m.insert(
         "if_score".into(),
-        score
-            .if_score(forest_threshold)
-            .map_or(Value::Null, |s| Value::from((s * 1e4).round() / 1e4)),
+        Value::from((score.if_score(forest_threshold) * 1e4).round() / 1e4),
     );
-    m.insert(
-        "if_flag".into(),
-        label.map_or(Value::Null, |l| Value::from(l < 0)),
-    );
+    m.insert("if_flag".into(), Value::from(label < 0));
     m.insert("anomaly".into(), Value::from(score.anomaly));
     m.insert("anomaly_score".into(), Value::from(score.anomaly_score));
     m.insert("reason".into(), Value::from(reason));
@@ -1074,7 +1068,9 @@ mod tests {
         );
         assert_eq!(
             out.lines().nth(1).unwrap(),
-            "2026-01-01T00:00:00,1,2,,,,,,,,False,0,"
+            // The forest columns hold an indistinct point's values until a
+            // forest is trained.
+            "2026-01-01T00:00:00,1,2,,,,,1,0.2000,False,False,0,"
         );
         assert_eq!(r.total_rows, 1);
         assert_eq!(r.channels, ["temperature", "humidity"]);
@@ -1251,6 +1247,43 @@ mod tests {
         );
         assert_eq!(r.anomalies[0]["t"], 40.0);
         assert_eq!(r.anomalies[0]["anomaly"], true);
+    }
+
+    #[test]
+    fn the_seed_forest_columns_are_filled_from_the_first_row() {
+        let mut s = String::from("timestamp,a,b\n");
+        for i in 0..100 {
+            s.push_str(&format!(
+                "{i},{},{}\n",
+                20.0 + (i % 5) as f64,
+                3.0 - (i % 3) as f64
+            ));
+        }
+        s.push_str("100,90,-40\n");
+        let (out, r) = run(&s).unwrap();
+        let header: Vec<&str> = out.lines().next().unwrap().split(',').collect();
+        let col = |n: &str| header.iter().position(|h| *h == n).unwrap();
+        let (l, sc, f) = (col("if_label"), col("if_score"), col("if_flag"));
+        let rows: Vec<Vec<&str>> = out
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').collect())
+            .collect();
+        // Before any forest: an indistinct point (s = 0.5), not flagged.
+        assert_eq!(
+            (rows[0][l], rows[0][sc], rows[0][f]),
+            ("1", "0.2000", "False")
+        );
+        for row in &rows {
+            assert!(["1", "-1"].contains(&row[l]), "{row:?}");
+            assert!(row[sc].parse::<f64>().is_ok(), "{row:?}");
+            assert!(["True", "False"].contains(&row[f]), "{row:?}");
+        }
+        // A forest trained on the first rows (32 and 64 of them), not
+        // after a whole window, decides the rest.
+        assert!(rows[40..].iter().all(|r| r[sc] != "0.2000"), "{rows:?}");
+        let a = &r.anomalies[0];
+        assert!(a["if_label"].is_i64() && a["if_score"].is_f64() && a["if_flag"].is_boolean());
     }
 }
 

@@ -281,15 +281,23 @@ pub fn render(results: &[Metrics], targets: &[Target]) -> String {
         "rows/s"
     ));
     for m in results {
+        // With nothing to find, precision, recall and F1 mean nothing.
+        let q = |x: f64| {
+            if m.labelled == 0 {
+                "-".to_string()
+            } else {
+                format!("{x:.3}")
+            }
+        };
         s.push_str(&format!(
-            "{:<12} {:>7} {:>8} {:>8} {:>9.3} {:>7.3} {:>7.3} {:>8.3}% {:>7} {:>10} {:>10.0}\n",
+            "{:<12} {:>7} {:>8} {:>8} {:>9} {:>7} {:>7} {:>8.3}% {:>7} {:>10} {:>10.0}\n",
             m.scenario,
             m.rows,
             m.labelled,
             m.flagged,
-            m.precision,
-            m.recall,
-            m.f1,
+            q(m.precision),
+            q(m.recall),
+            q(m.f1),
             100.0 * m.false_positive_rate,
             m.detection_delay.map_or("-".into(), |d| d.to_string()),
             m.flagged_after_relearn
@@ -311,4 +319,31 @@ pub fn render(results: &[Metrics], targets: &[Target]) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_to_find_shows_no_precision_or_recall() {
+        let opts = EvalOptions {
+            rows: 300,
+            file_rows: 100,
+            seed: 1,
+            engine: EngineConfig::default(),
+        };
+        let clean = run("clean", &opts).unwrap_or_else(|e| panic!("{e}"));
+        let seed = run("seed", &opts).unwrap_or_else(|e| panic!("{e}"));
+        let table = render(&[clean, seed], &[]);
+        let row = |name: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(name))
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        assert_eq!(&row("clean")[4..7], ["-", "-", "-"], "{table}");
+        assert!(row("seed")[4].parse::<f64>().is_ok(), "{table}");
+    }
 }

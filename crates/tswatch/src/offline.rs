@@ -100,8 +100,17 @@ pub async fn produce(storage: &Storage, args: &ProduceArgs) -> anyhow::Result<()
     let seed = args
         .seed
         .unwrap_or_else(|| chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0) as u64);
-    let now = args.start.unwrap_or_else(chrono::Utc::now).timestamp() as f64;
-    let mut sc = Scenario::new(&args.scenario, seed, now).ok_or_else(|| {
+    // Rows are a minute apart. Unless told where to start, the batches are
+    // back-dated so that the last of `--count` ends now: no file name or
+    // row is in the future.
+    let now = chrono::Utc::now().timestamp() as f64;
+    let span = args.rows as f64 * crate::scenario::ROW_SECONDS;
+    let start = match args.start {
+        Some(t) => t.timestamp() as f64,
+        None => now - span * args.count.max(1) as f64,
+    };
+    let mut warned = args.start.is_some();
+    let mut sc = Scenario::new(&args.scenario, seed, start).ok_or_else(|| {
         anyhow::anyhow!(
             "unknown scenario {:?}; known: {}",
             args.scenario,
@@ -136,6 +145,13 @@ pub async fn produce(storage: &Storage, args: &ProduceArgs) -> anyhow::Result<()
         );
         if args.count != 0 && sent >= args.count {
             return Ok(());
+        }
+        if !warned && sc.clock() > chrono::Utc::now().timestamp() as f64 {
+            warned = true;
+            eprintln!(
+                "note: {} rows a minute apart per file, every {} s: row times now run ahead of the clock (use --interval {} to keep pace, or --start)",
+                args.rows, args.interval, span
+            );
         }
         tokio::time::sleep(Duration::from_secs_f64(args.interval.max(0.0))).await;
     }

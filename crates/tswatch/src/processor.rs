@@ -26,7 +26,7 @@ use crate::statedoc::{
 use crate::storage::{Storage, StoreError, Version};
 use bytes::Bytes;
 use serde_json::{Value, json};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -94,6 +94,9 @@ pub struct Processor {
     /// most [`KEPT_ENGINES`], the most recently committed, with the time
     /// of their commit.
     engines: std::sync::Mutex<HashMap<String, (Version, Engine, Instant)>>,
+    /// Raw keys committed by this process whose outputs could not be
+    /// published yet (retried until they are).
+    unpublished: std::sync::Mutex<HashSet<String>>,
 }
 
 /// How many streams' engines are kept between files. Each holds a trained
@@ -133,7 +136,16 @@ impl Processor {
             refresh: Arc::new(Mutex::new(())),
             storage_ok: AtomicBool::new(true),
             engines: std::sync::Mutex::new(HashMap::new()),
+            unpublished: std::sync::Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Whether `source_key` was committed here but its outputs are not out
+    /// yet (its `output_key` does not exist; a retry is on its way).
+    pub fn is_unpublished(&self, source_key: &str) -> bool {
+        self.unpublished
+            .lock()
+            .is_ok_and(|s| s.contains(source_key))
     }
 
     /// The engine for a stream's state at `version`: the one kept from this
@@ -568,6 +580,31 @@ impl Processor {
     /// after a crash at any point. The summary goes last, as the marker that
     /// the rest is done.
     async fn publish(&self, entry: &Applied, doc: &StateDoc) -> Result<(), ProcessError> {
+        let result = self.publish_outputs(entry, doc).await;
+        if let Ok(mut late) = self.unpublished.lock() {
+            match &result {
+                Ok(()) => {
+                    if late.remove(&entry.source_key) {
+                        tracing::info!(
+                            key = %entry.source_key,
+                            "published the outputs of a file committed earlier (publishing had failed)"
+                        );
+                    }
+                }
+                Err(e) => {
+                    if late.insert(entry.source_key.clone()) {
+                        tracing::warn!(
+                            key = %entry.source_key, error = %e,
+                            "committed, but the outputs could not be published yet; will retry"
+                        );
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    async fn publish_outputs(&self, entry: &Applied, doc: &StateDoc) -> Result<(), ProcessError> {
         let key = RawKey::parse(&entry.source_key)?;
         if !entry.staged_key.is_empty() {
             match self

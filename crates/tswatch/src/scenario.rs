@@ -59,6 +59,9 @@ pub const SEED_CHANNELS: [(&str, f64, f64); 4] = [
 
 const ONSET: usize = 10_000;
 
+/// Seconds between rows (on average, for `gaps`).
+pub const ROW_SECONDS: f64 = 60.0;
+
 impl Scenario {
     /// Starts scenario `name` at time `start` (epoch seconds).
     pub fn new(name: &str, seed: u64, start: f64) -> Option<Self> {
@@ -69,6 +72,11 @@ impl Scenario {
             row: 0,
             ts: start,
         })
+    }
+
+    /// Time of the next row (epoch seconds).
+    pub fn clock(&self) -> f64 {
+        self.ts
     }
 
     /// The scenario's name.
@@ -130,7 +138,7 @@ impl Scenario {
     pub fn next_row(&mut self) -> Row {
         let i = self.row;
         self.row += 1;
-        let mut step = 60.0;
+        let mut step = ROW_SECONDS;
         let (values, anomalous): (Vec<f64>, bool) = match self.name {
             "seed" => self.seed_row(true),
             "clean" => self.seed_row(false),
@@ -229,7 +237,12 @@ impl Scenario {
             }
             _ => unreachable!("names are checked in new()"),
         };
-        let mut cells: Vec<String> = values.iter().map(|v| format!("{v}")).collect();
+        // Two decimals, as the seed's sensors write them: an injected
+        // anomaly must not give itself away by its precision.
+        let mut cells: Vec<String> = values
+            .iter()
+            .map(|v| format!("{}", (v * 100.0).round() / 100.0))
+            .collect();
         if self.name == "gaps" {
             for c in &mut cells {
                 let u = self.rng.next_f64();

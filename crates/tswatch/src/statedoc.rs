@@ -115,8 +115,8 @@ pub struct Summary {
     /// ETag of the raw object that was scored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_etag: Option<String>,
-    /// Scored channels.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Scored channels (`[]` when the file has no numeric column).
+    #[serde(default)]
     pub channels: Vec<String>,
     /// Channel cells that were empty, non-numeric or non-finite.
     #[serde(default)]
@@ -124,12 +124,13 @@ pub struct Summary {
     /// Engine sequence number this file was committed as.
     #[serde(default)]
     pub state_seq: u64,
-    /// Wall time spent, in milliseconds.
+    /// Wall time spent, in milliseconds (to the microsecond).
     #[serde(default)]
     pub duration_ms: f64,
     /// CPU milliseconds of the scoring and the writing thread, which run
-    /// side by side: the larger bounds the time (where the OS tells).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// side by side (where the OS tells): for `tswatch bench`, never
+    /// persisted.
+    #[serde(skip)]
     pub stage_cpu_ms: Option<crate::csvscore::StageCpu>,
 }
 
@@ -164,7 +165,7 @@ impl Summary {
             channels: report.channels.clone(),
             missing_cells: report.missing_cells,
             state_seq,
-            duration_ms,
+            duration_ms: (duration_ms * 1e3).round() / 1e3,
             stage_cpu_ms: report.stage_cpu_ms,
         }
     }
@@ -309,6 +310,24 @@ pub fn adopt_seed_baseline(v: &Value) -> Result<EngineState, AdoptError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summaries_say_no_channels_as_an_empty_list_and_round_the_duration() {
+        let s = Summary::of_report(
+            "raw/a.csv".into(),
+            "processed/a.csv".into(),
+            now_iso(),
+            &crate::csvscore::FileReport::default(),
+            BTreeMap::new(),
+            None,
+            1,
+            5.250_605_999_999_999,
+        );
+        let v = serde_json::to_value(&s).unwrap_or_default();
+        assert_eq!(v["channels"], serde_json::json!([]));
+        assert_eq!(v["duration_ms"], 5.251);
+        assert!(v.get("stage_cpu_ms").is_none(), "{v}");
+    }
 
     #[test]
     fn round4_keeps_huge_numbers() {

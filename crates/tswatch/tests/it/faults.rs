@@ -7,7 +7,7 @@
 
 use crate::faultkit::*;
 use crate::harness::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -272,6 +272,12 @@ async fn object_store_outage_is_ridden_out() {
     data.wait_summaries(10, Duration::from_secs(60)).await;
     let (st, s) = svc.get_json("/anomalies/summary").await;
     assert_eq!((st, &s["files_processed"]), (200, &Value::from(10)));
+    let (st, r) = svc.get_json("/ready").await;
+    assert_eq!(
+        (st, &r["status"], &r["storage"]["reachable"]),
+        (200, &json!("ready"), &json!(true)),
+        "{r}"
+    );
 
     proxy.set_down(true);
     let down_at = Instant::now();
@@ -292,6 +298,23 @@ async fn object_store_outage_is_ridden_out() {
             .await
             .unwrap();
         assert_eq!(h.status().as_u16(), 200);
+        // Alive, but not ready: storage does not answer.
+        let r = client
+            .get(format!("{}/ready", svc.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 503);
+        let r: Value = r.json().await.unwrap();
+        assert_eq!(
+            (&r["status"], &r["storage"]["reachable"]),
+            (&json!("not ready"), &json!(false)),
+            "{r}"
+        );
+        assert!(
+            r["storage"]["error"].is_string() && r["queue"]["waiting"].is_u64(),
+            "{r}"
+        );
         // Read endpoints answer from the last state read, marked stale.
         for path in [
             "/anomalies/summary",
@@ -323,6 +346,7 @@ async fn object_store_outage_is_ridden_out() {
     let up_at = Instant::now();
     data.wait_summaries(files.len(), Duration::from_secs(240))
         .await;
+    assert_eq!(svc.get_json("/ready").await.0, 200);
     let recovered = up_at.elapsed();
     let last = &files[files.len() - 1].0;
     notify(&svc.http, &svc.base, bucket, last).await;

@@ -3,6 +3,7 @@
 use crate::harness::*;
 use serde_json::Value;
 use std::path::Path;
+use std::time::Duration;
 
 #[tokio::test]
 async fn runs_with_no_configuration_and_processes_dropped_files() {
@@ -17,6 +18,14 @@ async fn runs_with_no_configuration_and_processes_dropped_files() {
         h["bucket"],
         data.canonicalize().unwrap().display().to_string()
     );
+    let (st, r) = svc.get_json("/ready").await;
+    assert_eq!(
+        (st, &r["status"]),
+        (200, &serde_json::json!("ready")),
+        "{r}"
+    );
+    assert_eq!(r["queue"]["waiting"], 0, "{r}");
+    assert!(r["state"]["stale_seconds"].is_null(), "{r}");
     let (_, s) = svc.get_json("/anomalies/summary").await;
     assert_eq!(s["message"], "No processed files yet.");
 
@@ -431,4 +440,105 @@ async fn streams_have_their_own_state_and_the_api_reports_them_all() {
         "{b}"
     );
     assert!(b["streams"]["a"]["channels"]["temperature"].is_object());
+}
+
+#[test]
+fn produced_files_are_not_in_the_future_and_anomalies_do_not_stand_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let o = tswatch()
+        .args(["produce", "--count", "3", "--interval", "0", "--seed", "5"])
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let now = chrono::Utc::now().naive_utc();
+    let mut names = files_under(&data.join("raw"));
+    names.sort();
+    assert_eq!(names.len(), 3, "{names:?}");
+    let mut last_row = None;
+    for n in &names {
+        let stamp = n.trim_start_matches("sensors_").trim_end_matches(".csv");
+        let t = chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%S").unwrap();
+        assert!(t <= now, "{n} is named after a future time");
+        let text = std::fs::read_to_string(data.join("raw").join(n)).unwrap();
+        for row in csv_rows(text.as_bytes()).iter().skip(1) {
+            let ts =
+                chrono::NaiveDateTime::parse_from_str(&row[0], "%Y-%m-%dT%H:%M:%S%.f").unwrap();
+            assert!(ts <= now, "{n}: row at {ts} is in the future");
+            assert!(last_row.is_none_or(|l| ts > l), "{n}: rows go back in time");
+            last_row = Some(ts);
+            for cell in &row[1..] {
+                let decimals = cell.split('.').nth(1).map_or(0, str::len);
+                assert!(decimals <= 2, "{n}: {cell} has {decimals} decimals");
+            }
+        }
+    }
+}
+
+#[test]
+fn help_lists_every_setting_once() {
+    let top = tswatch().arg("--help").output().unwrap();
+    let top = String::from_utf8_lossy(&top.stdout).to_string();
+    // Every engine key, with its real default.
+    let defaults = serde_json::to_value(tswatch_core::EngineConfig::default()).unwrap();
+    for (k, v) in defaults.as_object().unwrap() {
+        assert!(
+            top.contains(&format!("{k} = {v}")),
+            "{k} = {v} missing from:\n{top}"
+        );
+    }
+    for s in ["TSWATCH_LOG", "sqs_visibility_timeout_secs", "AWS_PROFILE"] {
+        assert!(top.contains(s), "{s} missing from:\n{top}");
+    }
+    // Subcommands don't repeat the file's keys.
+    for sub in ["serve", "score", "produce", "eval", "bench"] {
+        let o = tswatch().args([sub, "--help"]).output().unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            !text.contains("sqs_visibility_timeout_secs"),
+            "{sub}:\n{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn outputs_that_cannot_be_published_yet_are_reported_and_retried() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(data.join("raw")).unwrap();
+    // A directory where the scored copy goes: publishing it fails (as on a
+    // full disk or a read-only folder), while reads work.
+    std::fs::create_dir_all(data.join("processed/late.csv/in-the-way")).unwrap();
+    let svc = Service::start(
+        tswatch(),
+        &["--data-dir", data.to_str().unwrap()],
+        tmp.path(),
+    )
+    .await;
+    let fixture = std::fs::read(fixtures().join("sensors_20260224T001051.csv")).unwrap();
+    drop_in(&data, "late.csv", &fixture);
+    // Committed (counted), but its outputs are not out: the summary says so.
+    let s = wait_for("the commit", Duration::from_secs(30), || async {
+        let (_, s) = svc.get_json("/anomalies/summary").await;
+        (s["files_processed"] == 1).then_some(s)
+    })
+    .await;
+    assert_eq!(s["most_recent"][0]["published"], false, "{s}");
+    assert!(svc.proc.log_text().contains("could not be published yet"));
+    // Storage recovers: the retry publishes, says so, and the flag goes.
+    std::fs::remove_dir_all(data.join("processed/late.csv")).unwrap();
+    wait_file(&data.join("processed/late_summary.json")).await;
+    assert!(data.join("processed/late.csv").exists());
+    wait_for("the publish logged", Duration::from_secs(30), || async {
+        svc.proc
+            .log_text()
+            .contains("published the outputs of a file committed earlier")
+            .then_some(())
+    })
+    .await;
+    let (_, s) = svc.get_json("/anomalies/summary").await;
+    assert!(s["most_recent"][0].get("published").is_none(), "{s}");
+    assert_eq!(s["files_processed"], 1);
 }
