@@ -31,7 +31,34 @@ pub fn render(e: &anyhow::Error) -> String {
 /// One cause, with an S3 XML error body reduced to `Code: Message`.
 fn tidy(s: &str) -> String {
     // object_store's wrapper words say nothing to a user.
-    let s = &s.replace("Generic S3 error: ", "");
+    let mut s = s
+        .replace("Generic S3 error: ", "")
+        .replace("Error performing ", "")
+        .replace(" - Server returned non-2xx status code:", ":");
+    // "... in 134.426869ms": the timing of a refused request.
+    let mut from = 0;
+    while let Some(at) = s[from..].find(" in ").map(|i| from + i) {
+        let rest = &s[at + 4..];
+        let digits = rest.find("ms").unwrap_or(0);
+        if digits > 0
+            && rest[..digits]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b == b'.')
+        {
+            s.replace_range(at..at + 4 + digits + 2, "");
+        } else {
+            from = at + 4;
+        }
+    }
+    // A refused signature or key is no missing privilege.
+    const DENIED: &str = "The operation lacked the necessary privileges to complete for path ";
+    if (s.contains("SignatureDoesNotMatch") || s.contains("InvalidAccessKeyId"))
+        && let Some(i) = s.find(DENIED)
+        && let Some(j) = s[i..].find(": ")
+    {
+        s.replace_range(i..i + j + 2, "");
+    }
+    let s = s.as_str();
     let Some(start) = s.find("<?xml").or_else(|| s.find("<Error>")) else {
         return s.trim().to_string();
     };
@@ -115,6 +142,21 @@ mod tests {
         assert_eq!(r.matches("NoSuchBucket").count(), 1, "{r}");
         assert!(!r.contains("<?xml"), "{r}");
         assert!(r.contains("hint: the bucket does not exist"), "{r}");
+    }
+
+    #[test]
+    fn a_refused_signature_reads_as_one() {
+        // As object_store reports a wrong secret (measured against moto
+        // with authentication on).
+        let e = anyhow::anyhow!(
+            "storage error: The operation lacked the necessary privileges to complete for path state/engine.json: Error performing GET http://127.0.0.1:5079/b/state/engine.json in 134.426869ms - Server returned non-2xx status code: 403 Forbidden: SignatureDoesNotMatch: The request signature we calculated does not match the signature you provided."
+        );
+        let r = render(&e);
+        assert!(
+            r.starts_with("error: storage error: GET http://127.0.0.1:5079/b/state/engine.json: 403 Forbidden: SignatureDoesNotMatch"),
+            "{r}"
+        );
+        assert!(!r.contains("privileges") && !r.contains("ms -"), "{r}");
     }
 
     #[test]
