@@ -34,7 +34,8 @@ fn tidy(s: &str) -> String {
     let mut s = s
         .replace("Generic S3 error: ", "")
         .replace("Error performing ", "")
-        .replace(" - Server returned non-2xx status code:", ":");
+        .replace(" - Server returned non-2xx status code:", ":")
+        .replace("Server returned non-2xx status code: ", "");
     // "... in 134.426869ms": the timing of a refused request.
     let mut from = 0;
     while let Some(at) = s[from..].find(" in ").map(|i| from + i) {

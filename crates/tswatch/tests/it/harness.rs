@@ -238,6 +238,17 @@ impl Moto {
         text
     }
 
+    /// Subscribes `endpoint` to `topic` over `protocol` (`http`, `sqs`).
+    pub(crate) async fn subscribe(&self, topic: &str, protocol: &str, endpoint: &str) {
+        self.sns(&[
+            ("Action", "Subscribe"),
+            ("TopicArn", topic),
+            ("Protocol", protocol),
+            ("Endpoint", endpoint),
+        ])
+        .await;
+    }
+
     pub(crate) async fn create_topic(&self, name: &str) -> String {
         let xml = self.sns(&[("Action", "CreateTopic"), ("Name", name)]).await;
         between(&xml, "<TopicArn>", "</TopicArn>").to_string()

@@ -52,13 +52,7 @@ async fn s3_sns_end_to_end() {
     assert_eq!(h["bucket"], BUCKET);
 
     let endpoint = format!("{}/notify", svc.base);
-    moto.sns(&[
-        ("Action", "Subscribe"),
-        ("TopicArn", &topic),
-        ("Protocol", "http"),
-        ("Endpoint", &endpoint),
-    ])
-    .await;
+    moto.subscribe(&topic, "http", &endpoint).await;
     // Configuring the notification makes S3 send an s3:TestEvent first.
     moto.notify_bucket_to_topic(BUCKET, &topic).await;
 

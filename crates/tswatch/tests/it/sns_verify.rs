@@ -485,13 +485,7 @@ async fn a_real_moto_signed_message_verifies() {
     let moto = Moto::start().await;
     let topic = moto.create_topic("verify-me").await;
     let (url, mut rx) = capture_endpoint().await;
-    moto.sns(&[
-        ("Action", "Subscribe"),
-        ("TopicArn", &topic),
-        ("Protocol", "http"),
-        ("Endpoint", &url),
-    ])
-    .await;
+    moto.subscribe(&topic, "http", &url).await;
     let payload = s3_event("raw/from moto+1.csv");
     moto.sns(&[
         ("Action", "Publish"),
@@ -880,13 +874,7 @@ async fn the_service_verifies_signatures_and_refuses_tampered_messages() {
     // Real SNS deliveries from moto, verification on: moto signs each
     // message and hosts its certificate, fetched through --sns-cert-endpoint.
     let endpoint = format!("{}/notify", svc.base);
-    moto.sns(&[
-        ("Action", "Subscribe"),
-        ("TopicArn", &moto_topic),
-        ("Protocol", "http"),
-        ("Endpoint", &endpoint),
-    ])
-    .await;
+    moto.subscribe(&moto_topic, "http", &endpoint).await;
     moto.notify_bucket_to_topic(BUCKET, &moto_topic).await;
     moto.put_object(BUCKET, "raw/via moto+sns.csv", fixture)
         .await;
@@ -939,13 +927,7 @@ async fn a_stock_moto_server_is_a_certificate_endpoint() {
     )
     .await;
     let endpoint = format!("{}/notify", svc.base);
-    moto.sns(&[
-        ("Action", "Subscribe"),
-        ("TopicArn", &topic),
-        ("Protocol", "http"),
-        ("Endpoint", &endpoint),
-    ])
-    .await;
+    moto.subscribe(&topic, "http", &endpoint).await;
     moto.notify_bucket_to_topic(BUCKET, &topic).await;
     let fixture = std::fs::read(fixtures().join("sensors_20260224T001051.csv")).unwrap();
     moto.put_object(BUCKET, "raw/stock.csv", fixture).await;

@@ -220,13 +220,7 @@ async fn sqs_sns_wrapped_events() {
     let (url, arn) = moto.create_queue("tswatch-sns").await;
     // S3 → SNS → SQS: moto wraps each event in an SNS Notification.
     let topic = moto.create_topic("tswatch-events").await;
-    moto.sns(&[
-        ("Action", "Subscribe"),
-        ("TopicArn", &topic),
-        ("Protocol", "sqs"),
-        ("Endpoint", &arn),
-    ])
-    .await;
+    moto.subscribe(&topic, "sqs", &arn).await;
     moto.notify_bucket_to_topic(BUCKET, &topic).await;
 
     let mut args = sqs_args(&url);
