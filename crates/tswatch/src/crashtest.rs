@@ -55,6 +55,8 @@ struct Plan {
     down: bool,
     /// `head` calls refused while down (one per processing attempt).
     refused_heads: usize,
+    /// Multipart parts still to refuse: an upload that dies mid-file.
+    failing_parts: usize,
 }
 
 /// An object store that dies at a chosen mutation.
@@ -150,9 +152,20 @@ struct CrashyUpload {
 #[async_trait]
 impl MultipartUpload for CrashyUpload {
     fn put_part(&mut self, data: PutPayload) -> UploadPart {
-        if self.plan.lock().unwrap().dead {
+        let mut p = self.plan.lock().unwrap();
+        if p.dead {
             return Box::pin(async { Err(died()) });
         }
+        if p.failing_parts > 0 {
+            p.failing_parts -= 1;
+            return Box::pin(async {
+                Err(object_store::Error::Generic {
+                    store: "crashy",
+                    source: "connection reset while uploading a part".into(),
+                })
+            });
+        }
+        drop(p);
         self.inner.put_part(data)
     }
 
@@ -505,6 +518,38 @@ async fn an_unpublished_commit_survives_ledger_eviction() {
         got.processed.contains_key(&first_key.processed()),
         "the scored copy of the first file is published"
     );
+}
+
+/// An upload of the scored copy that dies mid-file (an output over one
+/// part) is storage's failure: the attempt fails and is retried; the file is
+/// never rejected, and the next attempt, with storage back, applies it.
+#[tokio::test]
+async fn an_upload_that_dies_mid_file_is_retried_not_rejected() {
+    // About 21 MB of scored output, 6 MiB parts, two in flight: the failed
+    // first part is seen while the file is still being written.
+    let files = batches(1, 160_000);
+    let mem = Arc::new(InMemory::new());
+    seed(&mem, &files).await;
+    let crashy = Arc::new(Crashy::new(mem.clone(), None));
+    crashy.plan.lock().unwrap().failing_parts = 1;
+    let p = Processor::new(storage(crashy.clone()), EngineConfig::default());
+    let key = RawKey::parse(&files[0].0).unwrap();
+    let err = p.process(&key).await.expect_err("the upload failed");
+    assert!(err.to_string().contains("connection reset"), "{err}");
+    assert_eq!(crashy.plan.lock().unwrap().failing_parts, 0);
+    let exists = |k: String| {
+        let mem = mem.clone();
+        async move { mem.head(&Path::from(k.as_str())).await.is_ok() }
+    };
+    assert!(!exists(key.error()).await, "rejected for a storage failure");
+    assert!(!exists(key.summary()).await);
+    // Storage is back: the same processor, no restart.
+    match p.process(&key).await.unwrap() {
+        crate::processor::Outcome::Applied(s) => assert_eq!(s.total_rows, 160_000),
+        other => panic!("{other:?}"),
+    }
+    assert!(exists(key.processed()).await && exists(key.summary()).await);
+    assert!(!exists(key.error()).await);
 }
 
 /// During a long outage the worker gives each file its bounded number of

@@ -63,6 +63,28 @@ pub enum InputError {
     Csv(String),
 }
 
+/// Why [`score_csv`] stopped: the input's own content, or a failure to
+/// write the scored copy (storage: never the input's fault).
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreError {
+    /// The input is unusable.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// Writing the scored copy failed (disk full, upload cut, ...).
+    #[error("writing the scored copy: {0}")]
+    Output(#[source] std::io::Error),
+}
+
+impl ScoreError {
+    /// Line number of the input's problem, if there is one.
+    pub fn line(&self) -> Option<u64> {
+        match self {
+            ScoreError::Input(e) => e.line(),
+            ScoreError::Output(_) => None,
+        }
+    }
+}
+
 impl InputError {
     /// Line number of the problem, if known.
     pub fn line(&self) -> Option<u64> {
@@ -126,12 +148,12 @@ pub fn score_csv<R: Read, W: Write + Send>(
     input: R,
     output: W,
     engine: &mut Engine,
-) -> Result<FileReport, InputError> {
+) -> Result<FileReport, ScoreError> {
     let cpu_start = thread_cpu_ns();
     let mut records = Records::new(input);
     let mut header = Rows::default();
     if records.read(&mut header)?.is_none() {
-        return Err(InputError::Empty);
+        return Err(InputError::Empty.into());
     }
     let columns = header_names(header.row(0))?;
     let ts_col = columns
@@ -158,14 +180,16 @@ pub fn score_csv<R: Read, W: Write + Send>(
             if taken.contains(name.as_str()) {
                 return Err(InputError::Header(format!(
                     "column `{name}` would collide with the score column tswatch adds"
-                )));
+                ))
+                .into());
             }
         }
     }
     if let Some(name) = SCORE_COLUMNS.iter().find(|n| taken.contains(*n)) {
         return Err(InputError::Header(format!(
             "column `{name}` would collide with the score column tswatch adds"
-        )));
+        ))
+        .into());
     }
     let binding = engine.bind(&channels);
     let forest_threshold = engine.config().forest_threshold;
@@ -177,10 +201,12 @@ pub fn score_csv<R: Read, W: Write + Send>(
         out_header.push(format!("{ch}_zscore_flag"));
     }
     out_header.extend(SCORE_COLUMNS.map(String::from));
-    header_out.write_record(&out_header).map_err(csv_err)?;
-    let mut out = header_out
-        .into_inner()
-        .map_err(|e| InputError::Csv(format!("writing output: {}", e.error())))?;
+    header_out
+        .write_record(&out_header)
+        .map_err(|e| ScoreError::Output(std::io::Error::other(e.to_string())))?;
+    let mut out = header_out.into_inner().map_err(|e| {
+        ScoreError::Output(std::io::Error::new(e.error().kind(), e.error().to_string()))
+    })?;
 
     // Channel index of each column, if it is one.
     let mut channel_of = vec![None; columns.len()];
@@ -203,7 +229,7 @@ pub fn score_csv<R: Read, W: Write + Send>(
     let (to_scorer, recycled) = mpsc::channel::<Batch>();
     let (columns_ref, channel_of_ref, channels_ref) = (&columns, &channel_of, &channels);
     let written = std::thread::scope(|scope| {
-        let writer = scope.spawn(move || -> Result<(FileReport, Option<f64>), InputError> {
+        let writer = scope.spawn(move || -> Result<(FileReport, Option<f64>), ScoreError> {
             let cpu_start = thread_cpu_ns();
             let mut ctx = Writing {
                 columns: columns_ref,
@@ -220,8 +246,7 @@ pub fn score_csv<R: Read, W: Write + Send>(
                 let _ = to_scorer.send(batch);
             }
             ctx.write_out(&mut out)?;
-            out.flush()
-                .map_err(|e| InputError::Csv(format!("writing output: {e}")))?;
+            out.flush().map_err(ScoreError::Output)?;
             Ok((written, cpu_ms_since(cpu_start)))
         });
 
@@ -318,10 +343,13 @@ pub fn score_csv<R: Read, W: Write + Send>(
             ship(&mut batch, &view);
         }
         drop(to_writer);
-        let written = writer
-            .join()
-            .unwrap_or_else(|_| Err(InputError::Csv("the output writer failed".into())));
-        scored.and(written)
+        let written = writer.join().unwrap_or_else(|_| {
+            Err(ScoreError::Output(std::io::Error::other(
+                "the output writer failed",
+            )))
+        });
+        // The input's own fault explains a writer that stopped early.
+        scored.map_err(ScoreError::Input).and(written)
     })?;
     let (written, write_cpu) = written;
     report.anomaly_count = written.anomaly_count;
@@ -443,7 +471,7 @@ impl Writing<'_> {
         view: Option<&ForestView>,
         out: &mut W,
         report: &mut FileReport,
-    ) -> Result<(), InputError> {
+    ) -> Result<(), ScoreError> {
         // Verdicts in this thread's own memory: a batch comes back to the
         // scorer with nothing the writer allocated.
         let computed;
@@ -470,9 +498,8 @@ impl Writing<'_> {
     }
 
     /// Writes out the rows formatted so far.
-    fn write_out<W: Write>(&mut self, out: &mut W) -> Result<(), InputError> {
-        out.write_all(&self.line.buf)
-            .map_err(|e| InputError::Csv(format!("writing output: {e}")))?;
+    fn write_out<W: Write>(&mut self, out: &mut W) -> Result<(), ScoreError> {
+        out.write_all(&self.line.buf).map_err(ScoreError::Output)?;
         self.line.buf.clear();
         Ok(())
     }
@@ -686,16 +713,6 @@ const PAIRS: [u8; 200] = {
     t
 };
 
-fn csv_err(e: csv::Error) -> InputError {
-    match e.position() {
-        Some(p) => InputError::Row {
-            line: p.line(),
-            message: e.to_string(),
-        },
-        None => InputError::Csv(e.to_string()),
-    }
-}
-
 fn header_names(header: Row<'_>) -> Result<Vec<String>, InputError> {
     if header.len() > MAX_COLUMNS {
         return Err(InputError::Header(format!(
@@ -855,7 +872,7 @@ mod tests {
     use super::*;
     use tswatch_core::EngineConfig;
 
-    fn run(input: &str) -> Result<(String, FileReport), InputError> {
+    fn run(input: &str) -> Result<(String, FileReport), ScoreError> {
         let mut e = Engine::new(EngineConfig::default()).unwrap();
         let mut out = Vec::new();
         let r = score_csv(input.as_bytes(), &mut out, &mut e)?;
@@ -1093,7 +1110,7 @@ mod tests {
 
     #[test]
     fn header_problems_are_specific() {
-        assert!(matches!(run(""), Err(InputError::Empty)));
+        assert!(matches!(run(""), Err(ScoreError::Input(InputError::Empty))));
         let e = run("timestamp,a,a\n1,2,3\n").unwrap_err();
         assert_eq!(e.to_string(), "line 1: duplicate column name `a`");
         let e = run("timestamp,,b\n").unwrap_err();
@@ -1247,6 +1264,42 @@ mod tests {
         );
         assert_eq!(r.anomalies[0]["t"], 40.0);
         assert_eq!(r.anomalies[0]["anomaly"], true);
+    }
+
+    /// A disk that fills up after `room` bytes.
+    struct FullDisk {
+        room: usize,
+    }
+
+    impl Write for FullDisk {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if self.room < b.len() {
+                return Err(std::io::Error::from(std::io::ErrorKind::StorageFull));
+            }
+            self.room -= b.len();
+            Ok(b.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_disk_is_an_output_failure_not_the_inputs_fault() {
+        let mut s = String::from("timestamp,a\n");
+        for i in 0..20_000 {
+            s.push_str(&format!("{i},{}\n", i % 7));
+        }
+        for room in [0, 10, 300_000] {
+            let mut e = Engine::new(tswatch_core::EngineConfig::default()).unwrap();
+            match score_csv(s.as_bytes(), FullDisk { room }, &mut e) {
+                Err(ScoreError::Output(io)) => {
+                    assert_eq!(io.kind(), std::io::ErrorKind::StorageFull, "{room}");
+                }
+                other => panic!("room {room}: {other:?}"),
+            }
+        }
     }
 
     #[test]
@@ -1539,8 +1592,8 @@ mod props {
                 let ncols = w.header.len();
                 let first_long = w.rows.iter().zip(w.lines()).find(|(r, _)| r.len() > ncols).map(|(_, l)| l);
                 match (&w.names(), result) {
-                    (None, r) => prop_assert!(matches!(r, Err(InputError::Header(_))), "{r:?}"),
-                    (Some(_), Err(InputError::Header(msg))) => {
+                    (None, r) => prop_assert!(matches!(r, Err(ScoreError::Input(InputError::Header(_)))), "{r:?}"),
+                    (Some(_), Err(ScoreError::Input(InputError::Header(msg)))) => {
                         prop_assert!(msg.contains("would collide"), "{msg}");
                     }
                     (Some(_), Err(err)) => {

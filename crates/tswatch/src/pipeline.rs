@@ -6,7 +6,7 @@
 //! writes the staged file itself. At no point is the file held in memory: a
 //! few 256 KiB buffers are in flight.
 
-use crate::csvscore::{FileReport, InputError, score_csv};
+use crate::csvscore::{FileReport, InputError, ScoreError, score_csv};
 use crate::storage::{Storage, StoreError};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -47,10 +47,22 @@ pub async fn score_object(
     })
     .await?;
     let (engine, result) = streamed.value;
-    // An input error explains a cut-short upload, so it wins.
-    let report = result?;
-    let bytes = streamed.upload?;
-    Ok((engine, report, bytes))
+    match result {
+        Ok(report) => Ok((engine, report, streamed.upload?)),
+        // An input error explains a cut-short upload, so it wins.
+        Err(ScoreError::Input(e)) => Err(e.into()),
+        // Failing to write the output is storage's failure, never the
+        // input's: retried, never an `_error.json`. The upload's own error
+        // says why, where there is one.
+        Err(ScoreError::Output(source)) => Err(match streamed.upload {
+            Err(e) => e,
+            Ok(_) => StoreError::Io {
+                path: staged.to_string(),
+                source,
+            },
+        }
+        .into()),
+    }
 }
 
 /// What [`stream_object`] gives back.
