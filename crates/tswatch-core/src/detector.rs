@@ -1,7 +1,7 @@
 //! One channel's alarm detector, built for the series people really have
 //! (counts, quantised metrics, bursts, flat stretches, daily shapes) and
-//! measured on real labelled series (NAB; see the README's detection
-//! section). Three tests, each asking "is this more surprising than this
+//! measured on real labelled series (NAB; see `docs/detection.md`).
+//! Three tests, each asking "is this more surprising than this
 //! channel usually is?":
 //!
 //! - **Tail**: the value's z-score against the last [`WINDOW`] values, held
