@@ -435,7 +435,10 @@ impl Detector {
                 // A run that may yet be a level shift is one incident: its
                 // first row was the alarm. (With `level_shift_rows = 0` a
                 // shift is never normal, so every row of it stays flagged.)
+                // Whatever else fired on it belongs to the same incident.
                 out.held = true;
+                alarm = false;
+                score = (score * 0.1).min(0.499_999_999);
             } else if !out.completes_shift {
                 let a = z.abs();
                 let s = 0.5 + 0.5 * (a - t) / a;
@@ -685,6 +688,18 @@ mod tests {
         let v = feed(&mut d, std::iter::repeat_n(30.0, 10), &th);
         assert!(v[0].alarm);
         assert!(v[1..].iter().all(|v| !v.alarm && v.held && v.score < 0.5));
+        // Even where another test fires within the run (a long run, past
+        // the quiet period after its onset), the run stays one alarm.
+        let cfg = crate::EngineConfig {
+            level_shift_rows: 300,
+            ..Default::default()
+        };
+        let th = Thresholds::new(&cfg, 1);
+        let mut d = Detector::default();
+        feed(&mut d, noise(3_000, 25), &th);
+        let v = feed(&mut d, std::iter::repeat_n(8.0, 250), &th);
+        let alarms: Vec<usize> = (0..v.len()).filter(|&i| v[i].alarm).collect();
+        assert_eq!(alarms, [0], "{alarms:?}");
         // The run broke before it became a level shift: a later spike is a
         // new incident, not yet normal.
         feed(&mut d, noise(50, 22), &th);

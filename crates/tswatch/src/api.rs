@@ -438,13 +438,7 @@ const READY_PROBE: Duration = Duration::from_secs(2);
 /// the read endpoints serve.
 async fn ready(State(st): State<AppState>) -> Response {
     let started = std::time::Instant::now();
-    let probe = tokio::time::timeout(
-        READY_PROBE,
-        st.processor
-            .storage()
-            .etag(&crate::statedoc::engine_key("")),
-    )
-    .await;
+    let probe = tokio::time::timeout(READY_PROBE, st.processor.storage().probe()).await;
     let latency_ms = (started.elapsed().as_secs_f64() * 1e4).round() / 10.0;
     let storage = match probe {
         Ok(Ok(_)) => json!({ "reachable": true, "latency_ms": latency_ms }),

@@ -11,8 +11,12 @@ use object_store::aws::{AwsCredential, AwsCredentialProvider};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-/// Credentials are renewed this long before they expire.
+/// Credentials are renewed this long before they expire (at most half
+/// their remaining life).
 const RENEW_BEFORE: Duration = Duration::from_secs(300);
+/// Credentials without an expiry (static keys, which may be rotated) are
+/// read again after this long, as the SDK's own cache does.
+const STATIC_FOR: Duration = Duration::from_secs(900);
 
 /// No credentials could be had from any source of the chain.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +28,15 @@ pub struct NoCredentials(String);
 #[derive(Debug)]
 pub struct Chain {
     chain: aws_config::default_provider::credentials::DefaultCredentialsChain,
-    cached: tokio::sync::Mutex<Option<(Arc<AwsCredential>, Option<SystemTime>)>>,
+    cached: tokio::sync::Mutex<Option<Cached>>,
+}
+
+/// A credential, when to renew it, and when it stops working.
+#[derive(Debug)]
+struct Cached {
+    credential: Arc<AwsCredential>,
+    renew_at: SystemTime,
+    expiry: Option<SystemTime>,
 }
 
 impl Chain {
@@ -55,26 +67,46 @@ impl CredentialProvider for Chain {
 
     async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
         let mut cached = self.cached.lock().await;
-        if let Some((c, expiry)) = &*cached
-            && expiry.is_none_or(|e| e > SystemTime::now() + RENEW_BEFORE)
+        let now = SystemTime::now();
+        if let Some(c) = &*cached
+            && now < c.renew_at
         {
-            return Ok(c.clone());
+            return Ok(c.credential.clone());
         }
-        let got =
-            self.chain
-                .provide_credentials()
-                .await
-                .map_err(|e| object_store::Error::Generic {
+        match self.chain.provide_credentials().await {
+            Ok(got) => {
+                let credential = Arc::new(AwsCredential {
+                    key_id: got.access_key_id().to_string(),
+                    secret_key: got.secret_access_key().to_string(),
+                    token: got.session_token().map(str::to_string),
+                });
+                let expiry = got.expiry();
+                let renew_at = match expiry {
+                    Some(e) => {
+                        let left = e.duration_since(now).unwrap_or_default();
+                        now + left - RENEW_BEFORE.min(left / 2)
+                    }
+                    None => now + STATIC_FOR,
+                };
+                *cached = Some(Cached {
+                    credential: credential.clone(),
+                    renew_at,
+                    expiry,
+                });
+                Ok(credential)
+            }
+            // A failed renewal does not end credentials that still work.
+            Err(e) => match &*cached {
+                Some(c) if c.expiry.is_none_or(|x| now < x) => {
+                    tracing::warn!(error = %chain_text(&e), "could not renew AWS credentials; using the current ones");
+                    Ok(c.credential.clone())
+                }
+                _ => Err(object_store::Error::Generic {
                     store: "S3",
                     source: Box::new(describe(&e)),
-                })?;
-        let c = Arc::new(AwsCredential {
-            key_id: got.access_key_id().to_string(),
-            secret_key: got.secret_access_key().to_string(),
-            token: got.session_token().map(str::to_string),
-        });
-        *cached = Some((c.clone(), got.expiry()));
-        Ok(c)
+                }),
+            },
+        }
     }
 }
 

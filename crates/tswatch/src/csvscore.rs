@@ -343,11 +343,11 @@ pub fn score_csv<R: Read, W: Write + Send>(
             ship(&mut batch, &view);
         }
         drop(to_writer);
-        let written = writer.join().unwrap_or_else(|_| {
-            Err(ScoreError::Output(std::io::Error::other(
-                "the output writer failed",
-            )))
-        });
+        // A panic of the writer is a bug that this input will trigger
+        // again: not a storage failure to retry forever.
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(InputError::Csv("the output writer failed".into()).into()));
         // The input's own fault explains a writer that stopped early.
         scored.map_err(ScoreError::Input).and(written)
     })?;

@@ -438,6 +438,10 @@ impl Processor {
             return Ok(Outcome::Missing);
         };
         if self.is_done(key, &etag).await? {
+            // Published, maybe by another instance or an earlier delivery.
+            if let Ok(mut late) = self.unpublished.lock() {
+                late.remove(key.as_str());
+            }
             return Ok(Outcome::AlreadyApplied);
         }
         tracing::debug!(%key, %etag, "processing");

@@ -36,19 +36,12 @@ fn tidy(s: &str) -> String {
         .replace("Error performing ", "")
         .replace(" - Server returned non-2xx status code:", ":")
         .replace("Server returned non-2xx status code: ", "");
-    // "... in 134.426869ms": the timing of a refused request.
+    // "... in 134.426869ms" (or 1.2s, 800µs): the timing of a request.
     let mut from = 0;
     while let Some(at) = s[from..].find(" in ").map(|i| from + i) {
-        let rest = &s[at + 4..];
-        let digits = rest.find("ms").unwrap_or(0);
-        if digits > 0
-            && rest[..digits]
-                .bytes()
-                .all(|b| b.is_ascii_digit() || b == b'.')
-        {
-            s.replace_range(at..at + 4 + digits + 2, "");
-        } else {
-            from = at + 4;
+        match timing_len(&s[at + 4..]) {
+            Some(n) => s.replace_range(at..at + 4 + n, ""),
+            None => from = at + 4,
         }
     }
     // A refused signature or key is no missing privilege.
@@ -81,6 +74,28 @@ fn tidy(s: &str) -> String {
         body
     } else {
         format!("{head}: {body}")
+    }
+}
+
+/// The length of a duration as object_store prints it (`134.4ms`, `1.2s`,
+/// `800µs`, `12ns`) at the start of `s`, if there is one there.
+fn timing_len(s: &str) -> Option<usize> {
+    let digits = s
+        .bytes()
+        .take_while(|b| b.is_ascii_digit() || *b == b'.')
+        .count();
+    if digits == 0 {
+        return None;
+    }
+    let rest = &s[digits..];
+    let unit = ["ms", "µs", "ns", "s"]
+        .iter()
+        .find(|u| rest.starts_with(**u))?;
+    let end = digits + unit.len();
+    // A word that merely starts with digits and a unit ("10msgs") stays.
+    match s[end..].chars().next() {
+        Some(c) if c.is_alphanumeric() => None,
+        _ => Some(end),
     }
 }
 
@@ -158,6 +173,17 @@ mod tests {
             "{r}"
         );
         assert!(!r.contains("privileges") && !r.contains("ms -"), "{r}");
+    }
+
+    #[test]
+    fn timings_in_any_unit_go_and_other_words_stay() {
+        assert_eq!(
+            tidy("GET x in 1.2s - Server returned non-2xx status code: 500"),
+            "GET x: 500"
+        );
+        assert_eq!(tidy("GET x in 800µs: boom"), "GET x: boom");
+        assert_eq!(tidy("sent in 10msgs"), "sent in 10msgs");
+        assert_eq!(tidy("in 5 parts"), "in 5 parts");
     }
 
     #[test]

@@ -41,14 +41,24 @@ pub enum StoreError {
     },
 }
 
+/// Whether `e` says the object is not there: not a missing bucket, which
+/// S3 also answers with a 404 (a GET's body names it `NoSuchBucket`; a
+/// HEAD's 404 has no body, so there the two cannot be told apart).
+fn is_missing_object(e: &object_store::Error) -> bool {
+    match e {
+        object_store::Error::NotFound { source, .. } => {
+            !source.to_string().contains("NoSuchBucket")
+        }
+        _ => false,
+    }
+}
+
 impl From<object_store::Error> for StoreError {
     fn from(e: object_store::Error) -> Self {
         match e {
             // A missing bucket is no missing object: reads must not take
             // it for "not there yet", nor writes for a vanished key.
-            object_store::Error::NotFound { ref source, .. }
-                if source.to_string().contains("NoSuchBucket") =>
-            {
+            object_store::Error::NotFound { .. } if !is_missing_object(&e) => {
                 StoreError::Backend(e)
             }
             object_store::Error::NotFound { path, .. } => StoreError::NotFound(path),
@@ -196,7 +206,7 @@ impl Storage {
         let path = keys::validate(key)?;
         match self.store.get(&path).await {
             Ok(r) => Ok(Some(r.bytes().await?)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) if is_missing_object(&e) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
@@ -206,7 +216,7 @@ impl Storage {
         let path = keys::validate(key)?;
         match self.store.head(&path).await {
             Ok(m) => Ok(Some(m.e_tag.unwrap_or_default())),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) if is_missing_object(&e) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
@@ -222,9 +232,31 @@ impl Storage {
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let path = keys::validate(key)?;
         match self.store.delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if is_missing_object(&e) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Whether storage answers now: the data directory exists, or the
+    /// bucket can be listed (one level under `state/`). For readiness.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        if let Location::Local(dir) = &self.location
+            && !dir.is_dir()
+        {
+            return Err(StoreError::Io {
+                path: dir.display().to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the data directory is gone",
+                ),
+            });
+        }
+        self.store
+            .list_with_delimiter(Some(&Path::from("state")))
+            .await
+            .map(|_| ())
+            .map_err(StoreError::Backend)
     }
 
     /// Moves an object (a rename locally, copy + delete on S3). S3 copies
@@ -372,7 +404,7 @@ impl Storage {
                     let etag = r.meta.e_tag.clone().unwrap_or_default();
                     Ok(Some((r.bytes().await?, etag)))
                 }
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) if is_missing_object(&e) => Ok(None),
                 Err(e) => Err(e.into()),
             },
         }

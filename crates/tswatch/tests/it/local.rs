@@ -542,3 +542,32 @@ async fn outputs_that_cannot_be_published_yet_are_reported_and_retried() {
     assert!(s["most_recent"][0].get("published").is_none(), "{s}");
     assert_eq!(s["files_processed"], 1);
 }
+
+#[tokio::test]
+async fn ready_says_when_the_data_directory_is_gone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let svc = Service::start(
+        tswatch(),
+        &["--data-dir", data.to_str().unwrap()],
+        tmp.path(),
+    )
+    .await;
+    assert_eq!(svc.get_json("/ready").await.0, 200);
+    let away = tmp.path().join("away");
+    std::fs::rename(&data, &away).unwrap();
+    let (st, r) = svc.get_json("/ready").await;
+    assert_eq!(
+        (st, &r["status"]),
+        (503, &serde_json::json!("not ready")),
+        "{r}"
+    );
+    assert!(
+        r["storage"]["error"].as_str().unwrap().contains("gone"),
+        "{r}"
+    );
+    // Alive all the same.
+    assert_eq!(svc.get_json("/health").await.0, 200);
+    std::fs::rename(&away, &data).unwrap();
+    assert_eq!(svc.get_json("/ready").await.0, 200);
+}
