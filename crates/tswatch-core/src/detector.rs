@@ -415,7 +415,7 @@ impl Detector {
         {
             alarm = false;
             out.held = true;
-            score = (score * 0.1).min(0.499_999_999);
+            score = held(score);
         }
         // The tail test: every row beyond it, no quiet period (isolated
         // spikes are each an incident).
@@ -438,7 +438,7 @@ impl Detector {
                 // Whatever else fired on it belongs to the same incident.
                 out.held = true;
                 alarm = false;
-                score = (score * 0.1).min(0.499_999_999);
+                score = held(score);
             } else if !out.completes_shift {
                 let a = z.abs();
                 let s = 0.5 + 0.5 * (a - t) / a;
@@ -528,6 +528,12 @@ impl Detector {
             }
         }
     }
+}
+
+/// The strength of an alarm held back as part of an incident already
+/// reported: far below the threshold, so held rows rank below fresh ones.
+fn held(score: f64) -> f64 {
+    (score * 0.1).min(0.499_999_999)
 }
 
 fn day_bucket(ts: f64) -> usize {

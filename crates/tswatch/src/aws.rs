@@ -18,6 +18,29 @@ const RENEW_BEFORE: Duration = Duration::from_secs(300);
 /// read again after this long, as the SDK's own cache does.
 const STATIC_FOR: Duration = Duration::from_secs(900);
 
+/// The region and credentials of the AWS environment, resolved once and
+/// shared by everything that talks to AWS (S3, SQS, the emulator's
+/// certificate endpoint), so that the chain and its cache exist once.
+#[derive(Debug, Clone)]
+pub struct Aws {
+    /// See [`region`].
+    pub region: String,
+    /// The [`Chain`], as `object_store` and the SQS client take it.
+    pub credentials: AwsCredentialProvider,
+}
+
+impl Aws {
+    /// Resolves the region, then builds the credential chain for it.
+    pub async fn load() -> Self {
+        let region = region().await;
+        let credentials = Chain::load(&region).await.into_provider();
+        Self {
+            region,
+            credentials,
+        }
+    }
+}
+
 /// No credentials could be had from any source of the chain.
 #[derive(Debug, thiserror::Error)]
 #[error("no AWS credentials: {0}")]
@@ -41,14 +64,13 @@ struct Cached {
 
 impl Chain {
     /// The chain for the current environment (`AWS_PROFILE` and the
-    /// shared files are read as the AWS CLI reads them).
-    pub async fn load() -> Self {
-        // The region given, so that building the chain never asks the
-        // instance metadata service for one.
-        let region = aws_config::Region::new(region().await);
+    /// shared files are read as the AWS CLI reads them) in `region`, given
+    /// so that building the chain never asks the instance metadata service
+    /// for one.
+    pub async fn load(region: &str) -> Self {
         Self {
             chain: aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
-                .region(region)
+                .region(aws_config::Region::new(region.to_string()))
                 .build()
                 .await,
             cached: tokio::sync::Mutex::new(None),

@@ -58,10 +58,15 @@ fn init_logging(json: bool) {
     }
 }
 
-async fn open(args: &StorageArgs, file: &FileConfig) -> anyhow::Result<Storage> {
+/// Opens the configured storage. A missing local data directory is created
+/// unless the command only reads (`Access::Read`): then it is an error.
+async fn open(args: &StorageArgs, file: &FileConfig, access: Access) -> anyhow::Result<Storage> {
     Ok(match args.resolve(file) {
-        StorageChoice::Local(dir) => Storage::local(&dir)
-            .with_context(|| format!("opening data directory {}", dir.display()))?,
+        StorageChoice::Local(dir) => match access {
+            Access::ReadWrite => Storage::local(&dir),
+            Access::Read => Storage::local_existing(&dir),
+        }
+        .with_context(|| format!("opening data directory {}", dir.display()))?,
         StorageChoice::S3(b, max_copy) => Storage::s3(&b)
             .await
             .with_context(|| format!("opening bucket {b}"))?
@@ -69,10 +74,17 @@ async fn open(args: &StorageArgs, file: &FileConfig) -> anyhow::Result<Storage> 
     })
 }
 
+/// What a command does with its storage.
+#[derive(Clone, Copy)]
+enum Access {
+    Read,
+    ReadWrite,
+}
+
 async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
     match cmd {
         Command::Serve(a) => {
-            let storage = open(&a.storage, &file).await?;
+            let storage = open(&a.storage, &file, Access::ReadWrite).await?;
             let bind = a
                 .bind
                 .or(file.bind)
@@ -117,24 +129,19 @@ async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
         Command::Eval(a) => tswatch::offline::eval(&a, &file.engine),
         Command::Bench(a) => bench(&a, file.engine).await,
         Command::Produce(a) => {
-            let storage = open(&a.storage, &file).await?;
+            let storage = open(&a.storage, &file, Access::ReadWrite).await?;
             tswatch::offline::produce(&storage, &a).await
         }
         Command::Baseline { action } => match action {
             BaselineAction::Show(a) => {
-                // Read-only: a missing data directory is an error, and
-                // nothing is written.
-                let storage = match a.storage.resolve(&file) {
-                    StorageChoice::Local(dir) => Storage::local_existing(&dir)
-                        .with_context(|| format!("opening data directory {}", dir.display()))?,
-                    StorageChoice::S3(..) => open(&a.storage, &file).await?,
-                };
+                // Read-only: nothing is written, nor created.
+                let storage = open(&a.storage, &file, Access::Read).await?;
                 let doc = Processor::new(storage, file.engine).peek(&a.stream).await?;
                 let text = serde_json::to_string_pretty(&doc.baseline_json())?;
                 print_stdout(&text)
             }
             BaselineAction::Reset(a) => {
-                let storage = open(&a.storage, &file).await?;
+                let storage = open(&a.storage, &file, Access::ReadWrite).await?;
                 Arc::new(Processor::new(storage, file.engine))
                     .reset(&a.stream)
                     .await?;

@@ -148,6 +148,13 @@ impl Processor {
             .is_ok_and(|s| s.contains(source_key))
     }
 
+    /// Forgets that `source_key`'s outputs were late; whether they were.
+    fn mark_published(&self, source_key: &str) -> bool {
+        self.unpublished
+            .lock()
+            .is_ok_and(|mut late| late.remove(source_key))
+    }
+
     /// The engine for a stream's state at `version`: the one kept from this
     /// process's last commit if it is that version, else rebuilt from `doc`.
     fn engine_at(
@@ -439,9 +446,7 @@ impl Processor {
         };
         if self.is_done(key, &etag).await? {
             // Published, maybe by another instance or an earlier delivery.
-            if let Ok(mut late) = self.unpublished.lock() {
-                late.remove(key.as_str());
-            }
+            self.mark_published(key.as_str());
             return Ok(Outcome::AlreadyApplied);
         }
         tracing::debug!(%key, %etag, "processing");
@@ -585,23 +590,25 @@ impl Processor {
     /// the rest is done.
     async fn publish(&self, entry: &Applied, doc: &StateDoc) -> Result<(), ProcessError> {
         let result = self.publish_outputs(entry, doc).await;
-        if let Ok(mut late) = self.unpublished.lock() {
-            match &result {
-                Ok(()) => {
-                    if late.remove(&entry.source_key) {
-                        tracing::info!(
-                            key = %entry.source_key,
-                            "published the outputs of a file committed earlier (publishing had failed)"
-                        );
-                    }
+        match &result {
+            Ok(()) => {
+                if self.mark_published(&entry.source_key) {
+                    tracing::info!(
+                        key = %entry.source_key,
+                        "published the outputs of a file committed earlier (publishing had failed)"
+                    );
                 }
-                Err(e) => {
-                    if late.insert(entry.source_key.clone()) {
-                        tracing::warn!(
-                            key = %entry.source_key, error = %e,
-                            "committed, but the outputs could not be published yet; will retry"
-                        );
-                    }
+            }
+            Err(e) => {
+                let newly = self
+                    .unpublished
+                    .lock()
+                    .is_ok_and(|mut late| late.insert(entry.source_key.clone()));
+                if newly {
+                    tracing::warn!(
+                        key = %entry.source_key, error = %e,
+                        "committed, but the outputs could not be published yet; will retry"
+                    );
                 }
             }
         }

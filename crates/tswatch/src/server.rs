@@ -81,7 +81,9 @@ pub async fn run(
                 matches!(storage.location(), Location::S3 { .. }),
                 "--sqs-queue-url needs an S3 bucket (--bucket / BUCKET_NAME): the queue carries S3 events"
             );
-            let client = SqsClient::from_env(&sqs.queue_url).await?;
+            // The storage's credential chain, not a second one.
+            let aws = storage.aws().await;
+            let client = SqsClient::new(&sqs.queue_url, Some(&aws.region), aws.credentials)?;
             Some(tokio::spawn(sqs_worker::run(
                 client,
                 processor.clone(),
@@ -116,10 +118,7 @@ pub async fn run(
                 endpoint = %ep,
                 "SNS signing certificates are fetched from --sns-cert-endpoint, not from AWS. Use only with emulators."
             );
-            HttpsCertSource::with_endpoint(
-                ep,
-                Some(crate::aws::Chain::load().await.into_provider()),
-            )?
+            HttpsCertSource::with_endpoint(ep, Some(storage.aws().await.credentials))?
         }
         None => HttpsCertSource::new()?,
     };

@@ -176,18 +176,6 @@ pub struct SqsClient {
 }
 
 impl SqsClient {
-    /// A client for `queue_url` with the AWS credential chain
-    /// ([`crate::aws::Chain`]: environment, shared files and profiles,
-    /// SSO, `credential_process`, web identity, container or instance
-    /// roles). The region is the one named in an AWS queue URL
-    /// (`https://sqs.<region>.amazonaws.com/...`), else
-    /// [`crate::aws::region`].
-    pub async fn from_env(queue_url: &str) -> Result<Self, SqsError> {
-        let credentials = crate::aws::Chain::load().await.into_provider();
-        let region = crate::aws::region().await;
-        Self::new(queue_url, Some(&region), credentials)
-    }
-
     /// A client for `queue_url` with explicit credentials.
     pub fn new(
         queue_url: &str,

@@ -89,6 +89,8 @@ pub struct Storage {
     /// Largest object S3 copies in one request; larger ones are moved by
     /// streaming them through this process.
     max_copy: u64,
+    /// The AWS region and credentials an S3 storage was opened with.
+    aws: Option<crate::aws::Aws>,
 }
 
 /// S3's limit for copying an object in one request (CopyObject): 5 GiB.
@@ -130,6 +132,7 @@ impl Storage {
             store: Arc::new(store),
             location: Location::Local(dir),
             max_copy: S3_MAX_COPY_BYTES,
+            aws: None,
         })
     }
 
@@ -137,10 +140,11 @@ impl Storage {
     /// region) and the AWS credential chain ([`crate::aws::Chain`]: shared
     /// files and profiles included). Nothing is requested yet.
     pub async fn s3(bucket: &str) -> Result<Self, StoreError> {
+        let aws = crate::aws::Aws::load().await;
         let mut b = object_store::aws::AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
-            .with_region(crate::aws::region().await)
-            .with_credentials(crate::aws::Chain::load().await.into_provider());
+            .with_region(&aws.region)
+            .with_credentials(aws.credentials.clone());
         if let Ok(ep) = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT"))
         {
             b = b
@@ -154,6 +158,7 @@ impl Storage {
                 bucket: bucket.to_string(),
             },
             max_copy: S3_MAX_COPY_BYTES,
+            aws: Some(aws),
         })
     }
 
@@ -171,6 +176,16 @@ impl Storage {
             store,
             location,
             max_copy: S3_MAX_COPY_BYTES,
+            aws: None,
+        }
+    }
+
+    /// The AWS region and credentials of an S3 storage opened with
+    /// [`Storage::s3`], else (locally, or a test's store) the environment's.
+    pub async fn aws(&self) -> crate::aws::Aws {
+        match &self.aws {
+            Some(a) => a.clone(),
+            None => crate::aws::Aws::load().await,
         }
     }
 
