@@ -33,6 +33,10 @@ pub struct EngineConfig {
     pub joint: bool,
     /// Most channels in the joint model (the first ones, by name).
     pub joint_max_channels: usize,
+    /// Most channels a stream learns: a file whose new columns would take
+    /// it past this is refused (each channel's state is kept and scored
+    /// for every later file, so an unbounded count is unbounded memory).
+    pub max_channels: usize,
     /// Isolation-forest trees (the seed's `if_*` columns).
     pub forest_trees: usize,
     /// Rows drawn for each tree (psi).
@@ -58,6 +62,7 @@ impl Default for EngineConfig {
             level_shift_rows: 16,
             joint: true,
             joint_max_channels: 16,
+            max_channels: 1024,
             forest_trees: 50,
             forest_sample: 256,
             forest_window: 512,
@@ -95,6 +100,9 @@ impl EngineConfig {
         }
         if !(2..=crate::joint::MAX_CHANNELS).contains(&self.joint_max_channels) {
             return Err(bad("joint_max_channels", "must be between 2 and 16"));
+        }
+        if !(1..=100_000).contains(&self.max_channels) {
+            return Err(bad("max_channels", "must be between 1 and 100000"));
         }
         if !(1..=1000).contains(&self.forest_trees) {
             return Err(bad("forest_trees", "must be between 1 and 1000"));

@@ -15,7 +15,7 @@
 
 use crate::channel::{Basis, ChannelState, Moment};
 use crate::config::EngineConfig;
-use crate::error::{ConfigError, StateError};
+use crate::error::{ChannelLimit, ConfigError, StateError};
 use crate::forest::IsolationForest;
 use crate::joint::Joint;
 use crate::score::{ForestVerdict, JointFinding, RowScore};
@@ -227,6 +227,27 @@ impl Engine {
             by_name,
             thresholds,
         }
+    }
+
+    /// As [`Engine::bind`], but refuses (changing nothing) an input whose
+    /// new channels would take the engine past `max_channels`.
+    pub fn try_bind<S: AsRef<str>>(&mut self, names: &[S]) -> Result<Binding, ChannelLimit> {
+        let mut new: Vec<&str> = names
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(|n| !self.index.contains_key(*n))
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        let total = self.names.len() + new.len();
+        if !new.is_empty() && total > self.config.max_channels {
+            return Err(ChannelLimit {
+                new: new.len(),
+                total,
+                max: self.config.max_channels,
+            });
+        }
+        Ok(self.bind(names))
     }
 
     fn channel(&mut self, name: &str) -> usize {

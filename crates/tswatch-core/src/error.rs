@@ -33,3 +33,17 @@ pub enum StateError {
     #[error("forest feature `{0}` is not a history channel")]
     BadFeature(String),
 }
+
+/// An input that would take a stream past its channel limit.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error(
+    "{new} new channel(s) would give this stream {total}; it may have at most {max} (engine setting max_channels)"
+)]
+pub struct ChannelLimit {
+    /// Channels the input names that the stream does not have yet.
+    pub new: usize,
+    /// Channels the stream would then have.
+    pub total: usize,
+    /// The limit.
+    pub max: usize,
+}

@@ -33,7 +33,7 @@ pub use channel::{ChannelState, Moment};
 pub use config::EngineConfig;
 pub use detector::{Detector, Finding, Thresholds, Verdict};
 pub use engine::{Binding, Engine, ForestView, LoadError};
-pub use error::{ConfigError, StateError};
+pub use error::{ChannelLimit, ConfigError, StateError};
 pub use score::{ForestVerdict, JointFinding, RowScore};
 pub use state::{EngineState, ForestRecipe, History};
 pub use stats::Welford;

@@ -332,3 +332,22 @@ fn prop_assert_finite(s: &RowScore) {
     assert!(s.anomaly_score.is_finite());
     assert!(s.z.iter().flatten().all(|z| z.is_finite()));
 }
+
+#[test]
+fn a_stream_takes_at_most_max_channels() {
+    let mut e = Engine::new(EngineConfig {
+        max_channels: 3,
+        ..Default::default()
+    })
+    .unwrap();
+    e.try_bind(&["a", "b"]).unwrap();
+    // Known channels never count; a repeated new name counts once.
+    e.try_bind(&["b", "a", "c", "c"]).unwrap();
+    let err = e.try_bind(&["a", "d", "e"]).unwrap_err();
+    assert_eq!((err.new, err.total, err.max), (2, 5, 3));
+    assert!(err.to_string().contains("max_channels"), "{err}");
+    // A refusal changes nothing: the stream still has its three channels.
+    assert!(e.channel_state("d").is_none());
+    e.try_bind(&["c", "a"]).unwrap();
+    assert_eq!(e.to_state().channels.len(), 3);
+}

@@ -25,6 +25,9 @@ use tower_http::timeout::TimeoutLayer;
 pub const MAX_BODY: usize = 300 * 1024;
 /// Largest `limit` of `/anomalies/recent`.
 pub const MAX_LIMIT: usize = 1000;
+/// Most bytes of rows one `/anomalies/recent` answer carries; past it the
+/// answer is cut and says `"truncated": true`.
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Everything the handlers need.
 #[derive(Debug, Clone)]
@@ -148,13 +151,30 @@ async fn notify(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> 
         st.verifier.verify(&msg).await
     };
     if let Err(e) = checked {
-        tracing::warn!(error = %e, topic = %msg.topic_arn, "rejected SNS message");
+        tracing::warn!(error = %e, topic = ?msg.topic_arn, "rejected SNS message");
         let status = match e {
             SnsError::Malformed(_) => StatusCode::BAD_REQUEST,
+            // SNS delivers again later.
+            SnsError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::FORBIDDEN,
         };
         return error(status, e.to_string());
     }
+    // A signed message is valid for an hour: the same one again is a
+    // replay (or SNS retrying one whose answer was lost), done already.
+    if !st.skip_sns_verify && st.verifier.is_replay(&msg.message_id) {
+        tracing::info!(message_id = ?msg.message_id, "SNS message seen before: not acted on again");
+        return ok(json!({ "status": "already received", "queued": [], "ignored": [] }));
+    }
+    let res = act_on(&st, &msg);
+    if res.status().is_success() {
+        st.verifier.accepted(&msg.message_id);
+    }
+    res
+}
+
+/// Does what a verified SNS message asks.
+fn act_on(st: &AppState, msg: &SnsMessage) -> Response {
     match msg.kind.as_str() {
         "SubscriptionConfirmation" => {
             let Some(url) = msg.subscribe_url.clone() else {
@@ -171,20 +191,20 @@ async fn notify(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> 
             tokio::spawn(async move {
                 match http.get(&url).send().await {
                     Ok(r) if r.status().is_success() => {
-                        tracing::info!(%topic, "subscription confirmed")
+                        tracing::info!(?topic, "subscription confirmed")
                     }
                     Ok(r) => {
-                        tracing::warn!(%topic, status = %r.status(), "subscription confirmation refused")
+                        tracing::warn!(?topic, status = %r.status(), "subscription confirmation refused")
                     }
                     Err(e) => {
-                        tracing::warn!(%topic, error = %e, "subscription confirmation failed")
+                        tracing::warn!(?topic, error = %e, "subscription confirmation failed")
                     }
                 }
             });
             ok(json!({ "status": "confirming", "topic": msg.topic_arn }))
         }
         "UnsubscribeConfirmation" => ok(json!({ "status": "acknowledged" })),
-        "Notification" => queue_event(&st, &msg.message),
+        "Notification" => queue_event(st, &msg.message),
         other => error(
             StatusCode::BAD_REQUEST,
             format!("unknown SNS message Type {other:?}"),
@@ -302,16 +322,25 @@ async fn recent(State(st): State<AppState>, RawQuery(q): RawQuery) -> Response {
         .flat_map(|(_, v)| v.doc.applied.iter().rev().take(RECENT_FILES))
         .collect();
     files.sort_by(|a, b| b.summary.processed_at.cmp(&a.summary.processed_at));
+    // At most MAX_RESPONSE_BYTES of rows, whatever the files kept.
+    let mut bytes = 0usize;
+    let mut cut = false;
     let rows: Vec<&serde_json::Map<String, Value>> = files
         .into_iter()
         .take(RECENT_FILES)
         .flat_map(|a| a.anomalies.iter().rev())
         .take(limit)
+        .take_while(|row| {
+            bytes += serde_json::to_string(row).map_or(usize::MAX / 2, |t| t.len() + 1);
+            cut = bytes > MAX_RESPONSE_BYTES;
+            !cut
+        })
         .collect();
-    let mut resp = with_ages(
-        &views,
-        ok(json!({ "count": rows.len(), "limit": limit, "anomalies": rows })),
-    );
+    let mut body = json!({ "count": rows.len(), "limit": limit, "anomalies": rows });
+    if cut {
+        body["truncated"] = Value::from(true);
+    }
+    let mut resp = with_ages(&views, ok(body));
     if clamped {
         resp.headers_mut().insert(
             "x-tswatch-limit-clamped",

@@ -701,6 +701,9 @@ fn bench_settings(engine: EngineConfig, queue_capacity: usize) -> crate::server:
         sns_topics: Vec::new(),
         sns_cert_endpoint: None,
         request_timeout: Duration::from_secs(15),
+        http_header_timeout: Duration::from_secs(10),
+        max_connections: crate::http::default_max_connections(),
+        spreadsheet_safe: Default::default(),
         queue_capacity,
         sqs: None,
     }

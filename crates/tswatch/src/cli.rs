@@ -1,6 +1,7 @@
 //! Command line and configuration file. Precedence: flag, then environment
 //! variable, then the TOML file (`--config`), then the built-in default.
 
+use crate::csvscore::CellSafety;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -31,8 +32,10 @@ const CONFIG_HELP: &str = "\
 Configuration file (--config FILE, TSWATCH_CONFIG), TOML; a flag or its
 environment variable wins over the file:
   data_dir, bucket, s3_max_copy_bytes, bind, reconcile_interval_secs,
-  request_timeout_secs, shutdown_grace_secs, insecure_skip_sns_verify,
-  sns_topic_arn (a list), sns_cert_endpoint, log_format (text | json),
+  request_timeout_secs, http_header_timeout_secs, max_connections,
+  shutdown_grace_secs, insecure_skip_sns_verify, sns_topic_arn (a list),
+  sns_cert_endpoint, spreadsheet_safe (generated | all | off),
+  log_format (text | json),
   sqs_queue_url, sqs_wait_time_secs, sqs_max_messages,
   sqs_visibility_timeout_secs, sqs_max_receives
   [engine] (detection; unknown keys are refused):
@@ -43,6 +46,7 @@ environment variable wins over the file:
     level_shift_rows = 16       rows beyond the tail test that are a level shift (0: never)
     joint = true                Mahalanobis test over the channels
     joint_max_channels = 16
+    max_channels = 1024         channels a stream may have (more: the file is refused)
     forest_trees = 50           isolation forest (the seed's if_* columns)
     forest_sample = 256
     forest_window = 512
@@ -157,6 +161,25 @@ pub struct ServeArgs {
     /// 408 (so a slow client cannot hold a handler) [default: 15]
     #[arg(long, env = "TSWATCH_REQUEST_TIMEOUT", value_name = "SECS")]
     pub request_timeout: Option<u64>,
+    /// Which text cells of scored copies get a leading `'` when they start
+    /// with `=`, `+`, `-`, `@`, tab or CR (spreadsheet formula injection):
+    /// generated (tswatch's own columns), all (input cells too), off [default: generated]
+    #[arg(
+        long,
+        env = "TSWATCH_SPREADSHEET_SAFE",
+        value_enum,
+        value_name = "WHICH"
+    )]
+    pub spreadsheet_safe: Option<CellSafety>,
+    /// Seconds a connection may take to send a request's head, from when it
+    /// opens or its previous response ends; an idle keep-alive connection is
+    /// closed after it too [default: 10]
+    #[arg(long, env = "TSWATCH_HTTP_HEADER_TIMEOUT", value_name = "SECS")]
+    pub http_header_timeout: Option<u64>,
+    /// Most HTTP connections open at once; more wait to be accepted
+    /// [default: 256, and at most half the open-file limit]
+    #[arg(long, env = "TSWATCH_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
     /// Log format [default: text]
     #[arg(long, env = "TSWATCH_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -204,6 +227,11 @@ pub struct ScoreArgs {
     /// seed-shaped baseline.json); without it each run starts fresh.
     #[arg(long, value_name = "DIR")]
     pub state: Option<PathBuf>,
+    /// Which text cells get a leading `'` when they start with `=`, `+`,
+    /// `-`, `@`, tab or CR, so a spreadsheet shows them instead of running
+    /// them: generated (tswatch's own columns), all, off
+    #[arg(long, value_enum, default_value_t = CellSafety::Generated, value_name = "WHICH")]
+    pub spreadsheet_safe: CellSafety,
 }
 
 /// `produce` options.
@@ -372,6 +400,12 @@ pub struct FileConfig {
     pub request_timeout_secs: Option<u64>,
     /// See `--log-format`.
     pub log_format: Option<LogFormat>,
+    /// See `--spreadsheet-safe`.
+    pub spreadsheet_safe: Option<CellSafety>,
+    /// See `--http-header-timeout`.
+    pub http_header_timeout_secs: Option<u64>,
+    /// See `--max-connections`.
+    pub max_connections: Option<usize>,
     /// See `--sqs-queue-url`.
     pub sqs_queue_url: Option<String>,
     /// See `--sqs-wait-time`.

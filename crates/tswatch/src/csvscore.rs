@@ -40,6 +40,59 @@ const SCORE_COLUMNS: [&str; 6] = [
 ];
 /// Anomalous rows kept per file for `/anomalies/recent`.
 pub const MAX_KEPT_ANOMALIES: usize = 1000;
+/// Longest text cell (in bytes) of a kept anomalous row; longer ones are
+/// cut and marked, so an input cannot fill the state with its cells.
+pub const MAX_KEPT_CELL: usize = 256;
+/// Bytes of JSON the kept anomalous rows of one file may take; the rows
+/// past it are counted but not kept.
+pub const MAX_KEPT_BYTES: usize = 512 * 1024;
+
+/// Which cells of the scored copy are made safe to open in a spreadsheet:
+/// a text cell starting with `=`, `+`, `-`, `@`, a tab or a carriage return
+/// gets a leading `'`, so it is shown as text and never run as a formula.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CellSafety {
+    /// The columns tswatch writes (`reason`, the score columns' names,
+    /// which repeat the channel names); input cells are copied as they are.
+    #[default]
+    Generated,
+    /// Every text cell, the input's included (numbers are never changed).
+    All,
+    /// Nothing is changed.
+    Off,
+}
+
+impl CellSafety {
+    /// `cell` as it may be written under this setting; `generated` says
+    /// whether tswatch wrote it (else it is copied from the input).
+    pub fn guard<'a>(self, cell: &'a [u8], generated: bool) -> std::borrow::Cow<'a, [u8]> {
+        let applies = match self {
+            CellSafety::Off => false,
+            CellSafety::Generated => generated,
+            CellSafety::All => true,
+        };
+        if applies
+            && matches!(
+                cell.first(),
+                Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r')
+            )
+            && (generated || parse_number(cell.trim_ascii()).is_none())
+        {
+            let mut safe = Vec::with_capacity(cell.len() + 1);
+            safe.push(b'\'');
+            safe.extend_from_slice(cell);
+            std::borrow::Cow::Owned(safe)
+        } else {
+            std::borrow::Cow::Borrowed(cell)
+        }
+    }
+
+    /// As [`CellSafety::guard`], for a name.
+    fn guard_str(self, name: &str, generated: bool) -> String {
+        String::from_utf8_lossy(&self.guard(name.as_bytes(), generated)).into_owned()
+    }
+}
 
 /// Why a file cannot be scored. Carries the 1-based line where known.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +114,9 @@ pub enum InputError {
     /// The CSV could not be read (I/O or malformed quoting).
     #[error("{0}")]
     Csv(String),
+    /// The object is not a file tswatch reads (a symbolic link, a FIFO).
+    #[error("{0}")]
+    Unreadable(String),
 }
 
 /// Why [`score_csv`] stopped: the input's own content, or a failure to
@@ -143,11 +199,21 @@ fn cpu_ms_since(start: Option<u64>) -> Option<f64> {
 const TIMESTAMP_NAMES: [&str; 5] = ["timestamp", "time", "date", "datetime", "ts"];
 
 /// Scores every row of `input` with `engine` (score, then absorb) and writes
-/// the annotated copy to `output`.
+/// the annotated copy to `output`, its generated cells spreadsheet-safe.
 pub fn score_csv<R: Read, W: Write + Send>(
     input: R,
     output: W,
     engine: &mut Engine,
+) -> Result<FileReport, ScoreError> {
+    score_csv_with(input, output, engine, CellSafety::default())
+}
+
+/// As [`score_csv`], with the cells made safe as `safety` says.
+pub fn score_csv_with<R: Read, W: Write + Send>(
+    input: R,
+    output: W,
+    engine: &mut Engine,
+    safety: CellSafety,
 ) -> Result<FileReport, ScoreError> {
     let cpu_start = thread_cpu_ns();
     let mut records = Records::new(input);
@@ -191,14 +257,16 @@ pub fn score_csv<R: Read, W: Write + Send>(
         ))
         .into());
     }
-    let binding = engine.bind(&channels);
+    let binding = engine
+        .try_bind(&channels)
+        .map_err(|e| InputError::Header(e.to_string()))?;
     let forest_threshold = engine.config().forest_threshold;
 
     let mut header_out = csv::WriterBuilder::new().from_writer(output);
-    let mut out_header: Vec<String> = columns.clone();
+    let mut out_header: Vec<String> = columns.iter().map(|c| safety.guard_str(c, false)).collect();
     for ch in &channels {
-        out_header.push(format!("{ch}_zscore"));
-        out_header.push(format!("{ch}_zscore_flag"));
+        out_header.push(safety.guard_str(&format!("{ch}_zscore"), true));
+        out_header.push(safety.guard_str(&format!("{ch}_zscore_flag"), true));
     }
     out_header.extend(SCORE_COLUMNS.map(String::from));
     header_out
@@ -238,6 +306,8 @@ pub fn score_csv<R: Read, W: Write + Send>(
                 forest_threshold,
                 line: CsvLine::default(),
                 in_event: false,
+                safety,
+                kept_bytes: 0,
             };
             let mut written = FileReport::default();
             for (mut batch, view) in from_scorer {
@@ -321,7 +391,10 @@ pub fn score_csv<R: Read, W: Write + Send>(
                     view = engine.forest_view(&binding);
                     view_version = engine.forest_version();
                 }
-                Ok(batch.len() < BATCH_ROWS || ship(batch, &view))
+                Ok(
+                    (batch.len() < BATCH_ROWS && batch.rows.byte_len() < BATCH_BYTES)
+                        || ship(batch, &view),
+                )
             };
 
         let mut scored = || -> Result<(), InputError> {
@@ -371,6 +444,9 @@ pub(crate) const WRITE_CHUNK: usize = 256 * 1024;
 /// Rows scored per forest batch (and so held before writing): large enough
 /// that handing batches over (and waking the other thread) costs little.
 const BATCH_ROWS: usize = 1024;
+/// A batch is also handed over once its rows hold this many bytes, so wide
+/// rows cannot make batches (of which a few are in flight) huge.
+const BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// Scored rows on their way to the writer, stored flat: a few contiguous
 /// arrays rather than a dozen small allocations per row, so that handing a
@@ -461,6 +537,10 @@ struct Writing<'a> {
     /// Whether the last row written was anomalous (a run of anomalous rows
     /// is one event).
     in_event: bool,
+    /// Which cells are made spreadsheet-safe.
+    safety: CellSafety,
+    /// JSON bytes of the anomalous rows kept so far.
+    kept_bytes: usize,
 }
 
 impl Writing<'_> {
@@ -521,7 +601,12 @@ impl Writing<'_> {
         let line = &mut self.line;
         let mut fields = batch.fields(r);
         for _ in 0..self.columns.len() {
-            line.text(fields.next().unwrap_or(b""));
+            let cell = fields.next().unwrap_or(b"");
+            if self.safety == CellSafety::All {
+                line.text(&self.safety.guard(cell, false));
+            } else {
+                line.text(cell);
+            }
         }
         let w = batch.width;
         for (z, f) in batch.z[r * w..(r + 1) * w]
@@ -554,12 +639,12 @@ impl Writing<'_> {
             return;
         };
         let reason = score.reason(self.channels);
-        line.text(reason.as_bytes());
+        line.text(&self.safety.guard(reason.as_bytes(), true));
         line.end();
         report.anomaly_count += 1;
-        if report.anomalies.len() < MAX_KEPT_ANOMALIES {
+        if report.anomalies.len() < MAX_KEPT_ANOMALIES && self.kept_bytes < MAX_KEPT_BYTES {
             let rec: Vec<&[u8]> = batch.fields(r).collect();
-            report.anomalies.push(row_json(
+            let row = row_json(
                 self.columns,
                 self.channel_of,
                 &rec,
@@ -568,7 +653,15 @@ impl Writing<'_> {
                 score,
                 self.forest_threshold,
                 reason,
-            ));
+            );
+            let size = serde_json::to_string(&row).map_or(usize::MAX, |t| t.len());
+            if self.kept_bytes.saturating_add(size) <= MAX_KEPT_BYTES {
+                self.kept_bytes += size;
+                report.anomalies.push(row);
+            } else {
+                // Nothing more is kept from this file.
+                self.kept_bytes = MAX_KEPT_BYTES;
+            }
         }
     }
 }
@@ -840,11 +933,9 @@ fn row_json(
     for (c, name) in columns.iter().enumerate() {
         let v = match channel_of[c] {
             Some(k) => values[k].map_or(Value::Null, Value::from),
-            None => Value::from(
-                String::from_utf8_lossy(rec.get(c).copied().unwrap_or(b"")).into_owned(),
-            ),
+            None => Value::from(kept_cell(rec.get(c).copied().unwrap_or(b""))),
         };
-        m.insert(name.clone(), v);
+        m.insert(kept_cell(name.as_bytes()), v);
     }
     for (k, ch) in channels.iter().enumerate() {
         let z = score.z[k].map(|z| (z * 1e4).round() / 1e4);
@@ -863,8 +954,24 @@ fn row_json(
     m.insert("if_flag".into(), Value::from(label < 0));
     m.insert("anomaly".into(), Value::from(score.anomaly));
     m.insert("anomaly_score".into(), Value::from(score.anomaly_score));
-    m.insert("reason".into(), Value::from(reason));
+    m.insert("reason".into(), Value::from(kept_cell(reason.as_bytes())));
     m
+}
+
+/// A text cell as kept for `/anomalies/recent`: at most [`MAX_KEPT_CELL`]
+/// bytes (cut at a character boundary), then how many bytes were cut.
+fn kept_cell(cell: &[u8]) -> String {
+    if cell.len() <= MAX_KEPT_CELL {
+        return String::from_utf8_lossy(cell).into_owned();
+    }
+    let mut end = MAX_KEPT_CELL;
+    // Back off to a UTF-8 boundary (at most 3 bytes).
+    while end > 0 && (cell[end] & 0xC0) == 0x80 {
+        end -= 1;
+    }
+    let mut s = String::from_utf8_lossy(&cell[..end]).into_owned();
+    s.push_str(&format!("…[{} more bytes cut]", cell.len() - end));
+    s
 }
 
 #[cfg(test)]
@@ -1642,5 +1749,142 @@ mod props {
                 assert_state_usable(&e)?;
             }
         }
+    }
+
+    #[test]
+    fn formula_cells_are_made_safe_as_asked() {
+        let g = |safety: CellSafety, cell: &str, generated: bool| {
+            String::from_utf8(safety.guard(cell.as_bytes(), generated).into_owned()).unwrap()
+        };
+        for bad in [
+            "=HYPERLINK(\"http://x\")",
+            "+1+cmd",
+            "-x",
+            "@SUM(A1)",
+            "\tx",
+            "\rx",
+        ] {
+            assert_eq!(g(CellSafety::Generated, bad, true), format!("'{bad}"));
+            assert_eq!(
+                g(CellSafety::Generated, bad, false),
+                bad,
+                "input cells as they are"
+            );
+            assert_eq!(g(CellSafety::All, bad, false), format!("'{bad}"));
+            assert_eq!(g(CellSafety::Off, bad, true), bad);
+        }
+        // Numbers are never changed, nor cells that start harmlessly.
+        for fine in ["-1.5", "+3", "-1e-9", " =x", "x=1", "", "'=x"] {
+            assert_eq!(g(CellSafety::All, fine, false), fine);
+        }
+    }
+
+    #[test]
+    fn the_scored_copy_is_spreadsheet_safe() {
+        let mut input = String::from("timestamp,=cmd,note\n");
+        for i in 0..60 {
+            input.push_str(&format!("{i},{},=1+1\n", 10 + i % 3));
+        }
+        input.push_str("60,500,-2\n");
+        let score = |safety| {
+            let mut e = Engine::new(EngineConfig::default()).unwrap();
+            let mut out = Vec::new();
+            score_csv_with(input.as_bytes(), &mut out, &mut e, safety).unwrap();
+            csv::Reader::from_reader(&out[..])
+                .into_records()
+                .map(|r| r.unwrap().iter().map(String::from).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        };
+        let header = |safety| {
+            let mut e = Engine::new(EngineConfig::default()).unwrap();
+            let mut out = Vec::new();
+            score_csv_with(input.as_bytes(), &mut out, &mut e, safety).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            text.lines().next().unwrap().to_string()
+        };
+        let generated = score(CellSafety::Generated);
+        let last = generated.last().unwrap();
+        // The reason names the channel `=cmd`: it starts with a quote.
+        let reason = last.last().unwrap();
+        assert!(reason.starts_with("'=cmd"), "{reason}");
+        assert_eq!(generated[0][2], "=1+1", "input cells are copied");
+        assert!(header(CellSafety::Generated).starts_with("timestamp,=cmd,note,'=cmd_zscore,"));
+        let all = score(CellSafety::All);
+        assert_eq!(all[0][2], "'=1+1");
+        assert_eq!(all.last().unwrap()[2], "-2", "numbers are kept");
+        assert!(header(CellSafety::All).starts_with("timestamp,'=cmd,note,'=cmd_zscore,"));
+        let off = score(CellSafety::Off);
+        assert!(off.last().unwrap().last().unwrap().starts_with("=cmd"));
+    }
+
+    #[test]
+    fn kept_cells_are_cut_at_a_character_boundary() {
+        assert_eq!(kept_cell(b"short"), "short");
+        let exact = "a".repeat(MAX_KEPT_CELL);
+        assert_eq!(kept_cell(exact.as_bytes()), exact);
+        // A 3-byte character straddling the cut is left out whole.
+        let s = format!("{}€tail", "a".repeat(MAX_KEPT_CELL - 1));
+        let k = kept_cell(s.as_bytes());
+        assert_eq!(
+            k,
+            format!(
+                "{}…[{} more bytes cut]",
+                "a".repeat(MAX_KEPT_CELL - 1),
+                s.len() - (MAX_KEPT_CELL - 1)
+            )
+        );
+        let big = "y".repeat(65_536);
+        assert_eq!(
+            kept_cell(big.as_bytes()),
+            format!("{}…[65280 more bytes cut]", "y".repeat(256))
+        );
+    }
+
+    #[test]
+    fn kept_rows_stop_at_the_byte_budget() {
+        // 80 channels, each row an anomaly on one of them, with 4 KiB notes:
+        // each kept row is about 6 KB of JSON, so the budget keeps ~80.
+        const C: usize = 80;
+        let mut input = format!(
+            "timestamp,{},note\n",
+            (0..C)
+                .map(|c| format!("c{c}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let row = |i: usize, spike: Option<usize>, note: &str| {
+            let vals: Vec<String> = (0..C)
+                .map(|c| {
+                    if spike == Some(c) {
+                        "900".to_string()
+                    } else {
+                        format!("{}", 10.0 + ((i + c) % 7) as f64 * 0.1)
+                    }
+                })
+                .collect();
+            format!("{i},{},{note}\n", vals.join(","))
+        };
+        for i in 0..300 {
+            input.push_str(&row(i, None, "ok"));
+        }
+        let note = "n".repeat(4096);
+        for k in 0..400 {
+            input.push_str(&row(300 + 2 * k, None, "ok"));
+            input.push_str(&row(301 + 2 * k, Some(k % C), &note));
+        }
+        let mut e = Engine::new(EngineConfig::default()).unwrap();
+        let report = score_csv(input.as_bytes(), std::io::sink(), &mut e).unwrap();
+        assert!(report.anomaly_count >= 100, "{}", report.anomaly_count);
+        let bytes: usize = report
+            .anomalies
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap().len())
+            .sum();
+        assert!(bytes <= MAX_KEPT_BYTES, "{bytes}");
+        assert!(
+            bytes > MAX_KEPT_BYTES - 20_000,
+            "{bytes}: the budget is used"
+        );
+        assert!((report.anomalies.len() as u64) < report.anomaly_count);
     }
 }

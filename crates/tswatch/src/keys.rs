@@ -19,7 +19,22 @@ pub enum KeyError {
     /// The key is valid but not a raw CSV batch.
     #[error("{0:?} is not a CSV batch under raw/")]
     NotRaw(String),
+    /// A raw batch whose outputs or state the storage could never hold.
+    #[error("{key:?} cannot be processed: {reason}")]
+    Unusable {
+        /// The key as given.
+        key: String,
+        /// Why not.
+        reason: String,
+    },
 }
+
+/// Longest key segment (a file name on local disks).
+pub const MAX_SEGMENT: usize = 255;
+/// Stream names taken by tswatch's own state documents (`state/<name>`).
+pub const RESERVED_STREAMS: [&str; 3] = ["staging", "engine.json", "baseline.json"];
+/// What `processed/<name>_summary.json` adds to `raw/<name>.csv`.
+const LONGEST_OUTPUT_SUFFIX: &str = "_summary.json";
 
 /// Checks that `key` is a plain relative object key and converts it.
 pub fn validate(key: &str) -> Result<Path, KeyError> {
@@ -64,6 +79,40 @@ impl RawKey {
             .and_then(|k| k.strip_suffix(".csv"))
             .filter(|n| !n.is_empty() && !n.ends_with('/'))
             .ok_or_else(|| KeyError::NotRaw(key.to_string()))?;
+        let unusable = |reason: String| {
+            Err(KeyError::Unusable {
+                key: key.to_string(),
+                reason,
+            })
+        };
+        // The outputs' keys must fit where the input's did: S3 keys are at
+        // most 1024 bytes, local file names at most 255.
+        let longest = "processed/".len() + name.len() + LONGEST_OUTPUT_SUFFIX.len();
+        if longest > 1024 {
+            return unusable(format!(
+                "its summary key would be {longest} bytes; S3 keys are at most 1024 (so raw keys at most {})",
+                1024 - "processed/".len() - LONGEST_OUTPUT_SUFFIX.len() + "raw/.csv".len()
+            ));
+        }
+        let last = name.rsplit('/').next().unwrap_or(name);
+        if let Some(seg) = name
+            .split('/')
+            .find(|s| s.len() > MAX_SEGMENT)
+            .or((last.len() + LONGEST_OUTPUT_SUFFIX.len() > MAX_SEGMENT).then_some(last))
+        {
+            return unusable(format!(
+                "a name segment of {} bytes; at most {MAX_SEGMENT} (the file name at most {}, so that <name>{LONGEST_OUTPUT_SUFFIX} fits)",
+                seg.len(),
+                MAX_SEGMENT - LONGEST_OUTPUT_SUFFIX.len()
+            ));
+        }
+        let stream = name.split_once('/').map_or("", |(s, _)| s);
+        if RESERVED_STREAMS.contains(&stream) {
+            return unusable(format!(
+                "stream name {stream:?} is reserved for tswatch's own state (state/{stream}); reserved: {}",
+                RESERVED_STREAMS.join(", ")
+            ));
+        }
         Ok(Self {
             key: key.to_string(),
             name: name.to_string(),
@@ -178,5 +227,43 @@ mod tests {
         );
         assert_eq!(decode_event_key("raw/a%2Bb.csv").unwrap(), "raw/a+b.csv");
         assert!(decode_event_key("raw/%FF.csv").is_err());
+    }
+
+    #[test]
+    fn keys_whose_outputs_cannot_exist_are_unusable() {
+        let unusable = |k: &str| matches!(RawKey::parse(k), Err(KeyError::Unusable { .. }));
+        // Longest raw key whose summary key fits in 1024 bytes: 1009.
+        let ok = format!(
+            "raw/{}/{}/{}/{}/{}.csv",
+            "a".repeat(200),
+            "b".repeat(200),
+            "c".repeat(200),
+            "d".repeat(200),
+            "e".repeat(197)
+        );
+        assert_eq!(ok.len(), 1009);
+        let k = RawKey::parse(&ok).unwrap();
+        assert_eq!(k.summary().len(), 1024);
+        let long = format!(
+            "raw/{}/{}/{}/{}/{}.csv",
+            "a".repeat(200),
+            "b".repeat(200),
+            "c".repeat(200),
+            "d".repeat(200),
+            "e".repeat(198)
+        );
+        assert!(unusable(&long), "{}", long.len());
+        // A segment over 255 bytes, or a file name whose summary would be.
+        assert!(unusable(&format!("raw/{}/x.csv", "s".repeat(256))));
+        assert!(RawKey::parse(&format!("raw/{}/x.csv", "s".repeat(255))).is_ok());
+        assert!(RawKey::parse(&format!("raw/{}.csv", "f".repeat(242))).is_ok());
+        assert!(unusable(&format!("raw/{}.csv", "f".repeat(243))));
+        // Streams that would sit on tswatch's own state.
+        for s in RESERVED_STREAMS {
+            assert!(unusable(&format!("raw/{s}/x.csv")), "{s}");
+        }
+        // As a file name of the default stream, the same words are fine.
+        assert!(RawKey::parse("raw/staging.csv").is_ok());
+        assert!(RawKey::parse("raw/stagingx/a.csv").is_ok());
     }
 }

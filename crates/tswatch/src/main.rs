@@ -54,7 +54,20 @@ fn init_logging(json: bool) {
     if json {
         b.json().init();
     } else {
-        b.init();
+        // Field values (and messages) come partly from outside: their
+        // control characters are escaped, one event is one line.
+        use tracing_subscriber::field::MakeExt;
+        let fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+            let text = format!("{value:?}");
+            let text = tswatch::report::escape_controls(&text);
+            if field.name() == "message" {
+                write!(w, "{text}")
+            } else {
+                write!(w, "{field}={text}")
+            }
+        })
+        .delimited(" ");
+        b.fmt_fields(fields).init();
     }
 }
 
@@ -117,9 +130,25 @@ async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
                         .unwrap_or(15)
                         .max(1),
                 ),
+                http_header_timeout: Duration::from_secs(
+                    a.http_header_timeout
+                        .or(file.http_header_timeout_secs)
+                        .unwrap_or(10)
+                        .max(1),
+                ),
+                max_connections: a
+                    .max_connections
+                    .or(file.max_connections)
+                    .unwrap_or_else(tswatch::http::default_max_connections)
+                    .max(1),
+                spreadsheet_safe: a
+                    .spreadsheet_safe
+                    .or(file.spreadsheet_safe)
+                    .unwrap_or_default(),
                 queue_capacity: 10_000,
                 sqs: sqs_settings(&a, &file)?,
             };
+            server::check_insecure_bind(settings.insecure_skip_sns_verify, bind)?;
             let listener = tokio::net::TcpListener::bind(bind)
                 .await
                 .with_context(|| format!("cannot listen on {bind}"))?;

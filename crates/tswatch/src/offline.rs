@@ -2,7 +2,7 @@
 //! state between runs) and `produce` (the seed's test producer).
 
 use crate::cli::{ProduceArgs, ScoreArgs};
-use crate::csvscore::score_csv;
+use crate::csvscore::score_csv_with;
 use crate::scenario::Scenario;
 use crate::statedoc::{self, StateDoc, Summary, now_iso};
 use crate::storage::Storage;
@@ -28,10 +28,11 @@ pub fn score_file(args: &ScoreArgs, config: &EngineConfig) -> anyhow::Result<()>
     let tmp = args.output.with_extension("csv.partial");
     let out = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let mut w = BufWriter::with_capacity(crate::csvscore::READ_BUFFER, out);
-    let report = match score_csv(
+    let report = match score_csv_with(
         BufReader::with_capacity(crate::csvscore::READ_BUFFER, input),
         &mut w,
         &mut engine,
+        args.spreadsheet_safe,
     ) {
         Ok(r) => r,
         Err(e) => {

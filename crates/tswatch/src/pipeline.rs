@@ -6,7 +6,7 @@
 //! writes the staged file itself. At no point is the file held in memory: a
 //! few 256 KiB buffers are in flight.
 
-use crate::csvscore::{FileReport, InputError, ScoreError, score_csv};
+use crate::csvscore::{CellSafety, FileReport, InputError, ScoreError, score_csv_with};
 use crate::storage::{Storage, StoreError};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -40,9 +40,10 @@ pub async fn score_object(
     etag: &str,
     staged: &Path,
     mut engine: Engine,
+    safety: CellSafety,
 ) -> Result<(Engine, FileReport, u64), PipelineError> {
     let streamed = stream_object(storage, raw, etag, staged, move |input, output| {
-        let r = score_csv(input, output, &mut engine);
+        let r = score_csv_with(input, output, &mut engine, safety);
         (engine, r)
     })
     .await?;

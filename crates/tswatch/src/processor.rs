@@ -16,7 +16,7 @@
 //! landed. So a failed commit never discards its staged output until the
 //! reloaded ledger shows the commit is not there.
 
-use crate::csvscore::InputError;
+use crate::csvscore::{CellSafety, InputError};
 use crate::keys::{self, RawKey};
 use crate::pipeline::{PipelineError, score_object};
 use crate::statedoc::{
@@ -78,6 +78,8 @@ pub struct View {
 pub struct Processor {
     storage: Storage,
     config: EngineConfig,
+    /// Which cells of the scored copies are made spreadsheet-safe.
+    safety: CellSafety,
     /// Last state seen per stream, for the read endpoints: (document, when read).
     cache: RwLock<HashMap<String, (Arc<StateDoc>, Instant)>>,
     /// Streams known to exist, and when `state/` was last listed for them.
@@ -131,6 +133,7 @@ impl Processor {
         Self {
             storage,
             config,
+            safety: CellSafety::default(),
             cache: RwLock::new(HashMap::new()),
             streams: RwLock::new((BTreeSet::from([String::new()]), None)),
             refresh: Arc::new(Mutex::new(())),
@@ -138,6 +141,13 @@ impl Processor {
             engines: std::sync::Mutex::new(HashMap::new()),
             unpublished: std::sync::Mutex::new(HashSet::new()),
         }
+    }
+
+    /// The same processor, making the cells of scored copies safe as
+    /// `safety` says.
+    pub fn with_cell_safety(mut self, safety: CellSafety) -> Self {
+        self.safety = safety;
+        self
     }
 
     /// Whether `source_key` was committed here but its outputs are not out
@@ -441,6 +451,12 @@ impl Processor {
     /// Processes one raw batch (see the module docs for the protocol).
     pub async fn process(&self, key: &RawKey) -> Result<Outcome, ProcessError> {
         let started = Instant::now();
+        if let Some(why) = self.storage.local_unreadable(key.as_str()) {
+            // Never readable, however often it is tried: rejected once
+            // (with no ETag: asking for one opens the file, and opening a
+            // FIFO waits for a writer).
+            return self.reject(key, "", &InputError::Unreadable(why)).await;
+        }
         let Some(etag) = self.storage.etag(key.as_str()).await? else {
             return Ok(Outcome::Missing);
         };
@@ -477,7 +493,15 @@ impl Processor {
             let engine = self.engine_at(stream, &version, &doc)?;
             let staged_key = new_staged_key();
             let staged = keys::validate(&staged_key)?;
-            let result = score_object(&self.storage, &raw_path, &etag, &staged, engine).await;
+            let result = score_object(
+                &self.storage,
+                &raw_path,
+                &etag,
+                &staged,
+                engine,
+                self.safety,
+            )
+            .await;
             let (engine, report, staged_bytes) = match result {
                 Ok(r) => r,
                 Err(e) => {
@@ -695,7 +719,7 @@ impl Processor {
         err: &InputError,
     ) -> Result<Outcome, ProcessError> {
         let msg = err.to_string();
-        tracing::warn!(%key, error = %msg, "rejected input file");
+        tracing::warn!(key = ?key.as_str(), error = %msg, "rejected input file");
         let body = json!({
             "source_key": key.as_str(),
             "source_etag": etag,

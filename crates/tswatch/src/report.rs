@@ -129,6 +129,44 @@ fn hint(all: &str) -> Option<&'static str> {
     }
 }
 
+/// `text` with its control characters (newlines, escape sequences, ...)
+/// written as Rust escapes (`\n`, `\u{1b}`), so a string from outside
+/// (a topic, a key, an error quoting either) cannot forge a log line or
+/// drive the terminal that shows it.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Remembers which keys were reported, so a warning repeated by every
+/// reconciliation pass is logged once (at most 10,000 keys are remembered;
+/// past that, the set starts over).
+#[derive(Debug, Default)]
+pub struct OnceSet(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl OnceSet {
+    /// Whether `key` is seen here for the first time.
+    pub fn first(&self, key: &str) -> bool {
+        let Ok(mut seen) = self.0.lock() else {
+            return false;
+        };
+        if seen.len() >= 10_000 {
+            seen.clear();
+        }
+        seen.insert(key.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,5 +236,14 @@ mod tests {
             "{r}"
         );
         assert!(r.contains("hint: the request signature was refused"), "{r}");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape_controls("plain: ünï ✓"), "plain: ünï ✓");
+        assert_eq!(
+            escape_controls("a\nFAKE level=ERROR\u{1b}[31mred\r\t\u{7f}"),
+            "a\\nFAKE level=ERROR\\u{1b}[31mred\\r\\t\\u{7f}"
+        );
     }
 }

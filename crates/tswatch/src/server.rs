@@ -2,6 +2,7 @@
 //! can start it on any listener and storage.
 
 use crate::api::{self, AppState};
+use crate::csvscore::CellSafety;
 use crate::processor::Processor;
 use crate::sns::{HttpsCertSource, Verifier};
 use crate::sqs::SqsClient;
@@ -32,6 +33,13 @@ pub struct Settings {
     pub sns_cert_endpoint: Option<String>,
     /// Longest time a request may take.
     pub request_timeout: Duration,
+    /// Longest wait for a request's head (from the connection's start or its
+    /// previous response): slow or idle connections are closed after it.
+    pub http_header_timeout: Duration,
+    /// Most connections served at once (more wait in the listen queue).
+    pub max_connections: usize,
+    /// Which cells of scored copies are made spreadsheet-safe.
+    pub spreadsheet_safe: CellSafety,
     /// Capacity of the work queue.
     pub queue_capacity: usize,
     /// Consume S3 events from this SQS queue as well (`--sqs-queue-url`).
@@ -48,7 +56,12 @@ pub async fn run(
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let processor = Arc::new(Processor::new(storage.clone(), settings.engine));
+    let addr = listener.local_addr()?;
+    check_insecure_bind(settings.insecure_skip_sns_verify, addr)?;
+    let processor = Arc::new(
+        Processor::new(storage.clone(), settings.engine)
+            .with_cell_safety(settings.spreadsheet_safe),
+    );
     // Fail fast on unusable state rather than serving errors.
     processor.refresh("").await?;
     // One worker per core; each stream always goes to the same worker, so
@@ -132,14 +145,24 @@ pub async fn run(
         min_observations: settings.engine.min_observations,
         request_timeout: settings.request_timeout,
     };
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, storage = %storage.label(), lanes, "tswatch listening");
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: finishing work in hand");
-        })
-        .await?;
+    if settings.sns_topics.is_empty()
+        && !settings.insecure_skip_sns_verify
+        && matches!(storage.location(), Location::S3 { .. })
+    {
+        tracing::warn!(
+            "no --sns-topic-arn: POST /notify refuses every SNS message (any AWS account can make SNS sign one). Set it to the topic your bucket notifies."
+        );
+    }
+    let limits = crate::http::Limits {
+        header_timeout: settings.http_header_timeout,
+        max_connections: settings.max_connections,
+    };
+    tracing::info!(%addr, storage = %storage.label(), lanes, max_connections = limits.max_connections, "tswatch listening");
+    crate::http::serve(listener, api::router(state), limits, async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing work in hand");
+    })
+    .await?;
     let _ = stop_tx.send(true);
     for w in workers {
         let _ = w.await;
@@ -149,6 +172,17 @@ pub async fn run(
     }
     reconciler.abort();
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Refuses `--insecure-skip-sns-verify` off loopback: without signature
+/// checks, anyone who reaches `/notify` can queue work and make the service
+/// fetch any URL.
+pub fn check_insecure_bind(insecure: bool, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !insecure || addr.ip().is_loopback(),
+        "--insecure-skip-sns-verify is refused on {addr}: it is for local emulators, on a loopback address only (e.g. --bind 127.0.0.1:8000)"
+    );
     Ok(())
 }
 

@@ -3,16 +3,26 @@
 //! A message is accepted only if its `Signature` verifies (SignatureVersion
 //! 1: SHA1withRSA, 2: SHA256withRSA) over the canonical string of its type,
 //! with the public key of a certificate fetched over https from an SNS host
-//! of AWS, and if its `TopicArn` is one of the configured topics (when any
-//! are configured). `SubscribeURL` must point to an SNS host too.
+//! of AWS, and if its `TopicArn` is one of the configured topics: with none
+//! configured, nothing is accepted (any AWS account can make SNS sign a
+//! message for a topic of its own). `SubscribeURL` must point to an SNS
+//! host too.
+//!
+//! The checks run cheapest first, so a forged message costs no network:
+//! topic, URLs (the certificate's path as SNS names them), the signature's
+//! size, and the timestamp (at most an hour old, the longest SNS retries an
+//! HTTP delivery) come before a certificate fetch. Fetches are few: keys
+//! are cached, failures too (for five minutes), two run at a time and at
+//! most thirty a minute. A message ID seen in the last hour is a replay.
 
 use base64::Engine as _;
 use serde::Deserialize;
-use std::collections::HashMap;
+use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A message as SNS posts it (the fields tswatch uses).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -56,7 +66,7 @@ pub enum SnsError {
     #[error("not an SNS message: {0}")]
     Malformed(String),
     /// A URL that is not an https URL of an AWS SNS host.
-    #[error("{field} is not an https URL of an AWS SNS host: {url}")]
+    #[error("{field} is not an https URL of an AWS SNS host: {url:?}")]
     UntrustedUrl {
         /// Which field.
         field: &'static str,
@@ -73,8 +83,19 @@ pub enum SnsError {
     #[error("signing certificate unusable: {0}")]
     Certificate(String),
     /// The topic is not one of the configured ones.
-    #[error("topic {0} is not accepted by this service")]
+    #[error("topic {0:?} is not accepted by this service")]
     WrongTopic(String),
+    /// No topic is configured, so no message is accepted.
+    #[error(
+        "no SNS topic is accepted: start tswatch with --sns-topic-arn <ARN> (TSWATCH_SNS_TOPIC_ARN), the topic your bucket notifies"
+    )]
+    NoTopics,
+    /// The timestamp is unreadable, too old or in the future.
+    #[error("Timestamp {0:?} is not within the last hour: a stale or replayed message")]
+    Stale(String),
+    /// Too many certificate fetches just now; SNS will deliver again.
+    #[error("too many signing-certificate fetches just now; retry later")]
+    Busy,
 }
 
 impl SnsMessage {
@@ -270,25 +291,56 @@ impl CertSource for HttpsCertSource {
     }
 }
 
+/// Oldest message accepted: SNS retries an HTTP delivery for at most an
+/// hour (the longest delivery policy it allows).
+pub const MAX_MESSAGE_AGE: Duration = Duration::from_secs(3600);
+/// How far in the future a timestamp may be (clock skew).
+const MAX_SKEW: Duration = Duration::from_secs(300);
+/// How long a failed certificate fetch is remembered.
+const FAILURE_TTL: Duration = Duration::from_secs(300);
+/// Certificate fetches allowed per minute, and at once.
+const FETCHES_PER_MINUTE: usize = 30;
+const FETCHES_AT_ONCE: usize = 2;
+/// Certificates (and failures) remembered.
+const CACHED_CERTS: usize = 64;
+/// Message IDs remembered (an hour's worth at a busy rate).
+const SEEN_IDS: usize = 100_000;
+
+/// A certificate URL's public key, or when and why fetching it failed.
+type CachedKey = Result<Arc<Vec<u8>>, (Instant, String)>;
+
+/// Accepted message IDs, and the same oldest first with when.
+type SeenIds = (HashSet<String>, VecDeque<(Instant, String)>);
+
 /// Verifies messages; caches the public key of each certificate URL.
 #[derive(Debug)]
 pub struct Verifier {
     source: Arc<dyn CertSource>,
     topics: Vec<String>,
-    keys: Mutex<HashMap<String, Arc<Vec<u8>>>>,
+    keys: Mutex<HashMap<String, CachedKey>>,
+    /// When the recent fetches started (at most [`FETCHES_PER_MINUTE`]).
+    fetched: Mutex<VecDeque<Instant>>,
+    fetching: tokio::sync::Semaphore,
+    /// Message IDs accepted in the last [`MAX_MESSAGE_AGE`], oldest first.
+    seen: Mutex<SeenIds>,
 }
 
 impl Verifier {
-    /// A verifier accepting `topics` (all topics when empty).
+    /// A verifier accepting `topics`; with none, [`Verifier::verify`]
+    /// accepts nothing.
     pub fn new(source: Arc<dyn CertSource>, topics: Vec<String>) -> Self {
         Self {
             source,
             topics,
             keys: Mutex::new(HashMap::new()),
+            fetched: Mutex::new(VecDeque::new()),
+            fetching: tokio::sync::Semaphore::new(FETCHES_AT_ONCE),
+            seen: Mutex::new((HashSet::new(), VecDeque::new())),
         }
     }
 
-    /// Only the topic check (used when signature checks are switched off).
+    /// Only the topic check, used when signature checks are switched off
+    /// (emulators): then no configured topic means any topic.
     pub fn check_topic(&self, msg: &SnsMessage) -> Result<(), SnsError> {
         if self.topics.is_empty() || self.topics.contains(&msg.topic_arn) {
             Ok(())
@@ -297,8 +349,45 @@ impl Verifier {
         }
     }
 
-    /// Full check: topic, URLs, certificate, signature.
+    /// Whether message `id` was accepted before (within the last hour).
+    pub fn is_replay(&self, id: &str) -> bool {
+        self.seen.lock().is_ok_and(|s| s.0.contains(id))
+    }
+
+    /// Remembers that message `id` was accepted, so a replay is refused.
+    pub fn accepted(&self, id: &str) {
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
+        let (ids, order) = &mut *seen;
+        let now = Instant::now();
+        while let Some((at, old)) = order.front() {
+            if now.duration_since(*at) < MAX_MESSAGE_AGE && order.len() < SEEN_IDS {
+                break;
+            }
+            ids.remove(old);
+            order.pop_front();
+        }
+        if ids.insert(id.to_string()) {
+            order.push_back((now, id.to_string()));
+        }
+    }
+
+    /// Full check at the current time: topic, URLs, signature size,
+    /// timestamp, certificate, signature.
     pub async fn verify(&self, msg: &SnsMessage) -> Result<(), SnsError> {
+        self.verify_at(msg, chrono::Utc::now()).await
+    }
+
+    /// As [`Verifier::verify`], as if the time were `now`.
+    pub async fn verify_at(
+        &self,
+        msg: &SnsMessage,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), SnsError> {
+        if self.topics.is_empty() {
+            return Err(SnsError::NoTopics);
+        }
         self.check_topic(msg)?;
         if let Some(u) = &msg.subscribe_url
             && !is_sns_url(u)
@@ -309,12 +398,7 @@ impl Verifier {
             });
         }
         let cert_url = &msg.signing_cert_url;
-        if !is_sns_url(cert_url)
-            || !cert_url
-                .split(['?', '#'])
-                .next()
-                .is_some_and(|p| p.ends_with(".pem"))
-        {
+        if !is_sns_url(cert_url) || !is_cert_path(after_host(cert_url)) {
             return Err(SnsError::UntrustedUrl {
                 field: "SigningCertURL",
                 url: cert_url.clone(),
@@ -329,34 +413,94 @@ impl Verifier {
         let signature = base64::engine::general_purpose::STANDARD
             .decode(msg.signature.trim())
             .map_err(|_| SnsError::BadSignature)?;
-        if signature.is_empty() {
+        // RSA 2048 to 8192 bits: anything else cannot verify, so it costs
+        // no certificate fetch.
+        if !(256..=1024).contains(&signature.len()) {
             return Err(SnsError::BadSignature);
         }
         let text = msg.string_to_sign()?;
+        check_timestamp(&msg.timestamp, now)?;
         let key = self.public_key(cert_url).await?;
         aws_lc_rs::signature::UnparsedPublicKey::new(alg, key.as_slice())
             .verify(text.as_bytes(), &signature)
             .map_err(|_| SnsError::BadSignature)
     }
 
-    async fn public_key(&self, url: &str) -> Result<Arc<Vec<u8>>, SnsError> {
-        if let Some(k) = self.keys.lock().ok().and_then(|m| m.get(url).cloned()) {
-            return Ok(k);
+    /// The cached outcome for `url`, if it is still good.
+    fn cached_key(&self, url: &str) -> Option<Result<Arc<Vec<u8>>, SnsError>> {
+        let m = self.keys.lock().ok()?;
+        match m.get(url)? {
+            Ok(k) => Some(Ok(k.clone())),
+            Err((at, e)) if at.elapsed() < FAILURE_TTL => {
+                Some(Err(SnsError::Certificate(format!(
+                    "{e} (remembered; tried again {} s after)",
+                    FAILURE_TTL.as_secs()
+                ))))
+            }
+            Err(_) => None,
         }
-        let pem = self
-            .source
-            .fetch(url)
-            .await
-            .map_err(SnsError::Certificate)?;
-        let key = Arc::new(public_key_from_pem(&pem)?);
+    }
+
+    async fn public_key(&self, url: &str) -> Result<Arc<Vec<u8>>, SnsError> {
+        if let Some(k) = self.cached_key(url) {
+            return k;
+        }
+        let _turn = self.fetching.acquire().await.map_err(|_| SnsError::Busy)?;
+        // Another request may have fetched it while this one waited.
+        if let Some(k) = self.cached_key(url) {
+            return k;
+        }
+        {
+            let mut recent = self.fetched.lock().map_err(|_| SnsError::Busy)?;
+            let now = Instant::now();
+            while recent
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+            {
+                recent.pop_front();
+            }
+            if recent.len() >= FETCHES_PER_MINUTE {
+                return Err(SnsError::Busy);
+            }
+            recent.push_back(now);
+        }
+        let key = match self.source.fetch(url).await {
+            Ok(pem) => public_key_from_pem(&pem).map(Arc::new),
+            Err(e) => Err(SnsError::Certificate(e)),
+        };
         if let Ok(mut m) = self.keys.lock() {
-            if m.len() > 64 {
+            if m.len() >= CACHED_CERTS {
                 m.clear();
             }
-            m.insert(url.to_string(), key.clone());
+            let entry = match &key {
+                Ok(k) => Ok(k.clone()),
+                Err(e) => Err((Instant::now(), e.to_string())),
+            };
+            m.insert(url.to_string(), entry);
         }
-        Ok(key)
+        key
     }
+}
+
+/// Whether `path` is a signing certificate's path as SNS names them:
+/// `/SimpleNotificationService-<32 hex digits>.pem`, nothing after.
+fn is_cert_path(path: &str) -> bool {
+    path.strip_prefix("/SimpleNotificationService-")
+        .and_then(|p| p.strip_suffix(".pem"))
+        .is_some_and(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Refuses a timestamp older than [`MAX_MESSAGE_AGE`] or too far ahead.
+fn check_timestamp(ts: &str, now: chrono::DateTime<chrono::Utc>) -> Result<(), SnsError> {
+    let stale = || SnsError::Stale(ts.to_string());
+    let t = chrono::DateTime::parse_from_rfc3339(ts).map_err(|_| stale())?;
+    let age = now.signed_duration_since(t);
+    let max_age = chrono::Duration::from_std(MAX_MESSAGE_AGE).map_err(|_| stale())?;
+    let skew = chrono::Duration::from_std(MAX_SKEW).map_err(|_| stale())?;
+    if age > max_age || age < -skew {
+        return Err(stale());
+    }
+    Ok(())
 }
 
 /// The RSA public key (PKCS#1 DER) of a PEM certificate.

@@ -8,6 +8,7 @@
 //! that writes state goes through that one API.
 
 use crate::keys;
+use crate::s3list::{Listed, Lister};
 use bytes::Bytes;
 use futures::StreamExt;
 use object_store::{
@@ -91,6 +92,8 @@ pub struct Storage {
     max_copy: u64,
     /// The AWS region and credentials an S3 storage was opened with.
     aws: Option<crate::aws::Aws>,
+    /// Lists an S3 bucket past keys object_store cannot represent.
+    lister: Option<Arc<Lister>>,
 }
 
 /// S3's limit for copying an object in one request (CopyObject): 5 GiB.
@@ -133,6 +136,7 @@ impl Storage {
             location: Location::Local(dir),
             max_copy: S3_MAX_COPY_BYTES,
             aws: None,
+            lister: None,
         })
     }
 
@@ -145,13 +149,21 @@ impl Storage {
             .with_bucket_name(bucket)
             .with_region(&aws.region)
             .with_credentials(aws.credentials.clone());
-        if let Ok(ep) = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT"))
-        {
+        let endpoint = std::env::var("AWS_ENDPOINT_URL")
+            .or_else(|_| std::env::var("AWS_ENDPOINT"))
+            .ok();
+        if let Some(ep) = &endpoint {
             b = b
-                .with_endpoint(&ep)
+                .with_endpoint(ep)
                 .with_allow_http(ep.starts_with("http://"));
         }
         let store = b.build()?;
+        let lister = Lister::new(
+            bucket,
+            endpoint.as_deref(),
+            &aws.region,
+            aws.credentials.clone(),
+        )?;
         Ok(Self {
             store: Arc::new(store),
             location: Location::S3 {
@@ -159,6 +171,7 @@ impl Storage {
             },
             max_copy: S3_MAX_COPY_BYTES,
             aws: Some(aws),
+            lister: Some(Arc::new(lister)),
         })
     }
 
@@ -177,6 +190,7 @@ impl Storage {
             location,
             max_copy: S3_MAX_COPY_BYTES,
             aws: None,
+            lister: None,
         }
     }
 
@@ -208,6 +222,33 @@ impl Storage {
         Ok(match &self.location {
             Location::Local(dir) => Some(dir.join(key)),
             Location::S3 { .. } => None,
+        })
+    }
+
+    /// Locally, why `key` can never be read as a batch: a symbolic link
+    /// on its way (which could lead out of the data directory), or not a
+    /// regular file (a FIFO would block the reader, a directory fail it
+    /// forever). `None` if it is readable, missing, or on S3. Checked just
+    /// before reading: whoever can swap files inside the data directory
+    /// between the check and the read can write the data anyway.
+    pub fn local_unreadable(&self, key: &str) -> Option<String> {
+        let Location::Local(root) = &self.location else {
+            return None;
+        };
+        let mut path = root.clone();
+        for seg in key.split('/') {
+            path.push(seg);
+            let meta = std::fs::symlink_metadata(&path).ok()?;
+            if meta.file_type().is_symlink() {
+                return Some(format!(
+                    "{key:?} is or goes through a symbolic link ({}): only regular files inside the data directory are read",
+                    path.display()
+                ));
+            }
+        }
+        let meta = std::fs::symlink_metadata(&path).ok()?;
+        (!meta.is_file()).then(|| {
+            format!("{key:?} is not a regular file (a FIFO, socket, device or directory): only regular files are read")
         })
     }
 
@@ -321,16 +362,29 @@ impl Storage {
         w.shutdown().await.map_err(io)
     }
 
-    /// Every object under `prefix` (which should end in `/`).
-    async fn list_meta(&self, prefix: &str) -> Result<Vec<object_store::ObjectMeta>, StoreError> {
+    /// Every object under `prefix` (which should end in `/`). An entry
+    /// that cannot be used (a key that is no valid path, a symlink loop, a
+    /// file that vanished mid-listing) is skipped, not fatal: one bad
+    /// object must not hide the others.
+    async fn list_meta(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        if let Some(lister) = &self.lister {
+            return lister.list(prefix).await;
+        }
         let p = Path::from(prefix.trim_end_matches('/'));
         let mut out = Vec::new();
         let mut s = self.store.list(Some(&p));
         while let Some(m) = s.next().await {
             match m {
-                Ok(m) => out.push(m),
+                Ok(m) => out.push(Listed {
+                    key: m.location.to_string(),
+                    etag: m.e_tag.unwrap_or_default(),
+                    modified: m.last_modified,
+                }),
                 // A directory that does not exist yet lists as empty.
-                Err(object_store::Error::NotFound { .. }) => break,
+                Err(object_store::Error::NotFound { .. }) if out.is_empty() => break,
+                Err(e) if matches!(self.location, Location::Local(_)) => {
+                    tracing::debug!(error = %e, "skipping a directory entry that cannot be listed");
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -343,7 +397,7 @@ impl Storage {
             .list_meta(prefix)
             .await?
             .into_iter()
-            .map(|m| (m.location.to_string(), m.e_tag.unwrap_or_default()))
+            .map(|m| (m.key, m.etag))
             .collect())
     }
 
@@ -356,7 +410,7 @@ impl Storage {
             .list_meta(prefix)
             .await?
             .into_iter()
-            .map(|m| (m.location.to_string(), m.last_modified))
+            .map(|m| (m.key, m.modified))
             .collect())
     }
 
@@ -383,17 +437,10 @@ impl Storage {
             Location::S3 { .. } => {
                 let now = chrono::Utc::now();
                 let mut old = Vec::new();
-                let mut s = self.store.list(Some(&Path::from(prefix)));
-                while let Some(m) = s.next().await {
-                    let m = match m {
-                        Ok(m) => m,
-                        Err(object_store::Error::NotFound { .. }) => break,
-                        Err(e) => return Err(e.into()),
-                    };
-                    let key = m.location.to_string();
-                    let age = (now - m.last_modified).to_std().unwrap_or_default();
-                    if age >= older_than && !keep.contains(&key) {
-                        old.push(key);
+                for m in self.list_meta(&format!("{prefix}/")).await? {
+                    let age = (now - m.modified).to_std().unwrap_or_default();
+                    if age >= older_than && !keep.contains(&m.key) {
+                        old.push(m.key);
                     }
                 }
                 for k in &old {

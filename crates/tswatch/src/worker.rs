@@ -194,7 +194,13 @@ pub async fn reconcile(processor: &Processor, queue: &Queue) -> anyhow::Result<u
         .collect();
     let mut queued = 0;
     for (k, modified) in storage.list_modified("raw/").await? {
-        let Ok(key) = RawKey::parse(&k) else { continue };
+        let key = match RawKey::parse(&k) {
+            Ok(key) => key,
+            Err(e) => {
+                report_unusable(&k, &e);
+                continue;
+            }
+        };
         let covered = [key.summary(), key.error()]
             .iter()
             .any(|m| processed.get(m).is_some_and(|&done| done >= modified));
@@ -293,10 +299,24 @@ fn queue_path(root: &std::path::Path, path: &std::path::Path, queue: &Queue) {
     };
     let Some(rel) = rel.to_str() else { return };
     let key = rel.replace(std::path::MAIN_SEPARATOR, "/");
-    if let Ok(k) = RawKey::parse(&key)
-        && queue.push(k) == Enqueue::Full
-    {
-        tracing::warn!(%key, "queue full; reconciliation will pick it up");
+    match RawKey::parse(&key) {
+        Ok(k) => {
+            if queue.push(k) == Enqueue::Full {
+                tracing::warn!(?key, "queue full; reconciliation will pick it up");
+            }
+        }
+        Err(e) => report_unusable(&key, &e),
+    }
+}
+
+/// Logs, once per key and process, a batch under `raw/` that can never be
+/// processed (its outputs could not be stored, or its stream name is
+/// reserved); other keys (not `.csv`) are not batches and pass silently.
+fn report_unusable(key: &str, e: &crate::keys::KeyError) {
+    static SEEN: std::sync::LazyLock<crate::report::OnceSet> =
+        std::sync::LazyLock::new(crate::report::OnceSet::default);
+    if matches!(e, crate::keys::KeyError::Unusable { .. }) && SEEN.first(key) {
+        tracing::warn!(error = %e, "refused for good (reported once)");
     }
 }
 

@@ -433,7 +433,7 @@ pub(crate) fn sns_s3_event(bucket: &str, keys: &[&str]) -> String {
         "Timestamp": "2026-11-25T00:00:00.000Z",
         "SignatureVersion": "2",
         "Signature": "",
-        "SigningCertURL": "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-x.pem"
+        "SigningCertURL": "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0123456789abcdef0123456789abcdef.pem"
     })
     .to_string()
 }

@@ -6,6 +6,7 @@ mod credentials;
 mod eval;
 mod faultkit;
 mod faults;
+mod hardening;
 mod harness;
 mod hostile;
 mod hygiene;

@@ -305,7 +305,8 @@ async fn unsigned_messages_are_refused_by_default() {
     moto.create_bucket(BUCKET).await;
     let mut cmd = tswatch();
     s3_env(&mut cmd, &moto, BUCKET);
-    let svc = Service::start(cmd, &[], tmp.path()).await;
+    let topics = "arn:aws:sns:us-east-1:123456789012:tswatch,arn:aws:sns:us-east-1:123456789012:t";
+    let svc = Service::start(cmd, &["--sns-topic-arn", topics], tmp.path()).await;
     let (st, body) = svc
         .post("/notify", sns_s3_event(BUCKET, &["raw/x.csv"]))
         .await;

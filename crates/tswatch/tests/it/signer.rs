@@ -107,8 +107,7 @@ pub(crate) fn sign_text(key: u32, version: &str, text: &str) -> String {
 }
 
 /// Where test messages say their certificate is.
-pub(crate) const CERT_URL: &str =
-    "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-tswatchtest.pem";
+pub(crate) const CERT_URL: &str = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0123456789abcdef0123456789abcdef.pem";
 /// The topic test messages come from.
 pub(crate) const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:tswatch";
 
@@ -119,6 +118,13 @@ pub(crate) fn sign(msg: &mut SnsMessage, key: u32, version: &str) {
     msg.signature = sign_text(key, version, &text);
 }
 
+/// The current time as SNS writes timestamps.
+pub(crate) fn sns_now() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
 /// An unsigned Notification carrying `message`.
 pub(crate) fn notification(message: &str, subject: Option<&str>) -> SnsMessage {
     SnsMessage {
@@ -126,7 +132,7 @@ pub(crate) fn notification(message: &str, subject: Option<&str>) -> SnsMessage {
         message_id: "c8a1f0de-7c3b-5c2a-9f1e-0123456789ab".into(),
         topic_arn: TOPIC.into(),
         message: message.into(),
-        timestamp: "2026-11-25T00:00:00.000Z".into(),
+        timestamp: sns_now(),
         signature_version: "2".into(),
         signature: String::new(),
         signing_cert_url: CERT_URL.into(),

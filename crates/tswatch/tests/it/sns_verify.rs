@@ -43,8 +43,14 @@ impl Certs {
 }
 
 /// A verifier whose certificate source serves key 0's certificate at
-/// [`CERT_URL`] (and at `extra_urls`), accepting `topics`.
+/// [`CERT_URL`] (and at `extra_urls`), accepting `topics` ([`TOPIC`] when
+/// none are given).
 fn verifier(extra_urls: &[&str], topics: &[&str]) -> (Arc<Certs>, Verifier) {
+    let topics = if topics.is_empty() {
+        &[TOPIC][..]
+    } else {
+        topics
+    };
     let pem = cert_pem(0);
     let mut pems = HashMap::new();
     pems.insert(CERT_URL.to_string(), pem.clone());
@@ -60,6 +66,14 @@ fn verifier(extra_urls: &[&str], topics: &[&str]) -> (Arc<Certs>, Verifier) {
         topics.iter().map(|t| t.to_string()).collect(),
     );
     (certs, v)
+}
+
+/// `ts` moved by `secs` seconds, in SNS's format.
+fn shifted(ts: &str, secs: i64) -> String {
+    (chrono::DateTime::parse_from_rfc3339(ts).unwrap() + chrono::Duration::seconds(secs))
+        .with_timezone(&chrono::Utc)
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
 }
 
 fn s3_event(key: &str) -> String {
@@ -144,7 +158,15 @@ async fn forged_and_truncated_signatures_are_refused() {
 
 #[tokio::test]
 async fn a_replayed_message_with_an_altered_field_is_refused() {
-    let (_, v) = verifier(&[], &[]);
+    // Every topic named below is accepted: the signature must refuse them.
+    let (_, v) = verifier(
+        &[],
+        &[
+            TOPIC,
+            "arn:aws:sns:us-east-1:123456789012:other",
+            "arn:aws:sns:us-east-1:1:x",
+        ],
+    );
     for version in ["1", "2"] {
         let mut n = notification(&s3_event("raw/a.csv"), Some("subject"));
         sign(&mut n, 0, version);
@@ -180,7 +202,7 @@ async fn a_replayed_message_with_an_altered_field_is_refused() {
             (
                 "Timestamp",
                 SnsMessage {
-                    timestamp: "2026-11-25T00:00:01.000Z".into(),
+                    timestamp: shifted(&n.timestamp, 1),
                     ..n.clone()
                 },
             ),
@@ -215,7 +237,7 @@ async fn a_replayed_message_with_an_altered_field_is_refused() {
             (
                 "confirmation Timestamp",
                 SnsMessage {
-                    timestamp: "2027-01-01T00:00:00.000Z".into(),
+                    timestamp: shifted(&c.timestamp, -60),
                     ..c.clone()
                 },
             ),
@@ -307,9 +329,108 @@ async fn only_configured_topics_are_accepted() {
         m.topic_arn = other.into();
         sign(&mut m, 0, "2");
         assert_eq!(v.verify(&m).await, Err(SnsError::WrongTopic(other.into())));
-        // The same messages pass a verifier that accepts any topic.
-        verifier(&[], &[]).1.verify(&m).await.unwrap();
+        // The same messages pass a verifier that accepts their topic.
+        verifier(&[], &[other]).1.verify(&m).await.unwrap();
+        // With no topic configured, nothing is accepted, and no
+        // certificate is fetched for it.
+        let certs = Arc::new(Certs::default());
+        let none = Verifier::new(certs.clone(), vec![]);
+        assert_eq!(none.verify(&m).await, Err(SnsError::NoTopics));
+        assert_eq!(certs.fetches(), 0);
     }
+}
+
+#[tokio::test]
+async fn old_messages_and_replays_are_refused() {
+    let (certs, v) = verifier(&[], &[]);
+    let mut m = notification(&s3_event("raw/a.csv"), None);
+    sign(&mut m, 0, "2");
+    let sent = chrono::DateTime::parse_from_rfc3339(&m.timestamp)
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let later = |secs: i64| sent + chrono::Duration::seconds(secs);
+    // Within the hour SNS may take to deliver, and a little clock skew.
+    v.verify_at(&m, later(3599)).await.unwrap();
+    v.verify_at(&m, later(-290)).await.unwrap();
+    for at in [later(3601), later(-301), later(86_400 * 365 * 25)] {
+        assert_eq!(
+            v.verify_at(&m, at).await,
+            Err(SnsError::Stale(m.timestamp.clone())),
+            "{at}"
+        );
+    }
+    // From 2001, signed: refused before any certificate is fetched.
+    let fetched = certs.fetches();
+    let mut old = m.clone();
+    old.timestamp = "2001-09-09T01:46:40.000Z".into();
+    sign(&mut old, 0, "2");
+    assert!(matches!(v.verify(&old).await, Err(SnsError::Stale(_))));
+    for bad in ["", "yesterday", "2026-13-01T00:00:00Z"] {
+        let mut b = m.clone();
+        b.timestamp = bad.into();
+        sign(&mut b, 0, "2");
+        assert!(
+            matches!(v.verify(&b).await, Err(SnsError::Stale(_))),
+            "{bad:?}"
+        );
+    }
+    assert_eq!(certs.fetches(), fetched);
+    // A message ID accepted once is a replay from then on.
+    assert!(!v.is_replay(&m.message_id));
+    v.accepted(&m.message_id);
+    assert!(v.is_replay(&m.message_id));
+    assert!(!v.is_replay("another id"));
+}
+
+#[tokio::test]
+async fn junk_signatures_and_odd_certificate_paths_cost_no_fetch() {
+    let (certs, v) = verifier(&[], &[]);
+    let mut m = notification(&s3_event("raw/a.csv"), None);
+    sign(&mut m, 0, "2");
+    for junk in ["AAAA", "", "!!", &b64(&[7u8; 255]), &b64(&[7u8; 1025])] {
+        let j = SnsMessage {
+            signature: junk.to_string(),
+            ..m.clone()
+        };
+        assert_eq!(v.verify(&j).await, Err(SnsError::BadSignature), "{junk:?}");
+    }
+    for path in [
+        "/SimpleNotificationService-0123456789abcdef0123456789abcdef.pem?x=1",
+        "/SimpleNotificationService-0123456789abcdef0123456789abcde.pem",
+        "/SimpleNotificationService-0123456789abcdef0123456789abcdeg.pem",
+        "/other/SimpleNotificationService-0123456789abcdef0123456789abcdef.pem",
+        "/x.pem",
+    ] {
+        let mut p = m.clone();
+        p.signing_cert_url = format!("https://sns.us-east-1.amazonaws.com{path}");
+        sign(&mut p, 0, "2");
+        assert!(
+            matches!(v.verify(&p).await, Err(SnsError::UntrustedUrl { .. })),
+            "{path}"
+        );
+    }
+    assert_eq!(certs.fetches(), 0);
+}
+
+#[tokio::test]
+async fn certificate_fetches_are_bounded() {
+    let (certs, v) = verifier(&[], &[]);
+    // Thirty distinct certificates that do not exist: each fetched once...
+    let mut m = notification(&s3_event("raw/a.csv"), None);
+    for i in 0..30 {
+        m.signing_cert_url =
+            format!("https://sns.us-east-1.amazonaws.com/SimpleNotificationService-{i:032x}.pem");
+        sign(&mut m, 0, "2");
+        assert!(matches!(v.verify(&m).await, Err(SnsError::Certificate(_))));
+        assert!(matches!(v.verify(&m).await, Err(SnsError::Certificate(_))));
+    }
+    assert_eq!(certs.fetches(), 30, "failures are remembered");
+    // ...and then the minute's budget is spent: not even the real one is
+    // fetched until it renews (SNS delivers again later).
+    let mut good = notification(&s3_event("raw/a.csv"), None);
+    sign(&mut good, 0, "2");
+    assert_eq!(v.verify(&good).await, Err(SnsError::Busy));
+    assert_eq!(certs.fetches(), 30);
 }
 
 #[tokio::test]
@@ -379,9 +500,9 @@ async fn certificates_only_come_from_sns_hosts() {
 }
 
 #[tokio::test]
-async fn certificates_are_cached_and_failures_are_not() {
-    let second = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-second.pem";
-    let missing = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-missing.pem";
+async fn certificates_and_failures_are_cached() {
+    let second = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-5ec0bd5ec0bd5ec0bd5ec0bd5ec0bd00.pem";
+    let missing = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0000000000000000000000000000dead.pem";
     let (certs, v) = verifier(&[second], &[]);
     let mut m = notification(&s3_event("raw/a.csv"), None);
     sign(&mut m, 0, "2");
@@ -396,23 +517,24 @@ async fn certificates_are_cached_and_failures_are_not() {
     v.verify(&m).await.unwrap();
     assert_eq!(certs.fetches(), 2);
     m.signing_cert_url = missing.into();
-    for n in 3..5 {
+    sign(&mut m, 0, "2");
+    for _ in 0..3 {
         assert!(matches!(
             v.verify(&m).await,
             Err(SnsError::Certificate(e)) if e.contains("404")
         ));
         assert_eq!(
             certs.fetches(),
-            n,
-            "a failed fetch is tried again next time"
+            3,
+            "a failed fetch is remembered, not tried again at once"
         );
     }
 }
 
 #[tokio::test]
 async fn unusable_certificates_are_refused() {
-    let garbage = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-garbage.pem";
-    let other_key = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-other.pem";
+    let garbage = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-9a7ba9e09a7ba9e09a7ba9e09a7ba9e0.pem";
+    let other_key = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-07e407e407e407e407e407e407e407e4.pem";
     let mut pems = HashMap::new();
     pems.insert(
         garbage.to_string(),
@@ -424,7 +546,7 @@ async fn unusable_certificates_are_refused() {
             pems,
             ..Default::default()
         }),
-        vec![],
+        vec![TOPIC.into()],
     );
     let mut m = notification(&s3_event("raw/a.csv"), None);
     m.signing_cert_url = garbage.into();
@@ -821,7 +943,11 @@ async fn the_service_verifies_signatures_and_refuses_tampered_messages() {
     off_host.signing_cert_url = "https://sns.us-east-1.amazonaws.com.evil.com/x.pem".into();
     let mut unsigned = signed_event_for(BUCKET, "raw/tampered.csv");
     unsigned.signature.clear();
+    let mut stale = signed_event_for(BUCKET, "raw/tampered.csv");
+    stale.timestamp = "2001-09-09T01:46:40.000Z".into();
+    sign(&mut stale, 0, "2");
     for (what, m, reason) in [
+        ("stale", &stale, "is not within the last hour"),
         ("tampered", &tampered, "signature does not verify"),
         (
             "wrong topic",
@@ -867,8 +993,13 @@ async fn the_service_verifies_signatures_and_refuses_tampered_messages() {
             );
         }
     }
+    // The same signed message again is a replay: answered, not acted on.
+    let (st, body) = svc.post("/notify", to_json(&legit).to_string()).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["status"], "already received", "{body}");
+    assert_eq!(body["queued"], json!([]), "{body}");
     let log = svc.proc.log_text();
-    assert_eq!(log.matches("rejected SNS message").count(), 4, "{log}");
+    assert_eq!(log.matches("rejected SNS message").count(), 5, "{log}");
     assert!(log.contains("signature does not verify"), "{log}");
 
     // Real SNS deliveries from moto, verification on: moto signs each
@@ -893,7 +1024,7 @@ async fn the_service_verifies_signatures_and_refuses_tampered_messages() {
     assert_eq!(s["total_rows"], 100);
     assert_eq!(
         log_count(&svc, "rejected SNS message"),
-        4,
+        5,
         "moto's messages verified"
     );
 }
