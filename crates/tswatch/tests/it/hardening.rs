@@ -674,3 +674,54 @@ async fn a_huge_notify_body_is_refused_while_it_streams_in() {
         "peak RSS {before} KiB -> {after} KiB"
     );
 }
+
+#[tokio::test]
+async fn a_recent_anomalies_answer_is_cut_at_its_byte_budget() {
+    // Ten files whose kept rows each fill the per-file budget (512 KiB):
+    // more than the 4 MiB one answer may carry.
+    const C: usize = 100;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let svc = local(&data, &[], tmp.path()).await;
+    let names: Vec<String> = (0..C).map(|c| format!("c{c}")).collect();
+    let header = format!("timestamp,{},note\n", names.join(","));
+    let mut warm = header.clone();
+    for i in 0..300 {
+        warm.push_str(&wide_row(i, C, None, "ok"));
+    }
+    drop_in(&data, "warm.csv", warm.as_bytes());
+    wait_file(&data.join("processed/warm_summary.json")).await;
+    let mut i = 300;
+    for f in 0..10 {
+        let mut text = header.clone();
+        for k in 0..C {
+            text.push_str(&wide_row(i, C, None, "ok"));
+            let spike = (k, 10.0 + 100.0 * (f + 1) as f64);
+            text.push_str(&wide_row(i + 1, C, Some(spike), &"n".repeat(200)));
+            i += 2;
+        }
+        drop_in(&data, &format!("f{f}.csv"), text.as_bytes());
+        wait_file(&data.join(format!("processed/f{f}_summary.json"))).await;
+    }
+    let r = svc
+        .http
+        .get(format!("{}/anomalies/recent?limit=1000", svc.base))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_slice(&r).unwrap();
+    assert_eq!(body["truncated"], true, "{} bytes", r.len());
+    assert!(r.len() <= 4 * 1024 * 1024 + 4096, "{} bytes", r.len());
+    assert!(r.len() > 3 * 1024 * 1024, "{} bytes", r.len());
+    assert_eq!(
+        body["count"].as_u64().unwrap() as usize,
+        body["anomalies"].as_array().unwrap().len()
+    );
+    // A small answer is whole and says nothing of the kind.
+    let (_, small) = svc.get_json("/anomalies/recent?limit=5").await;
+    assert_eq!(small["count"], 5);
+    assert!(small.get("truncated").is_none(), "{small}");
+}
