@@ -37,7 +37,7 @@ environment variable wins over the file:
   sns_cert_endpoint, spreadsheet_safe (generated | all | off),
   log_format (text | json),
   sqs_queue_url, sqs_wait_time_secs, sqs_max_messages,
-  sqs_visibility_timeout_secs, sqs_max_receives
+  sqs_visibility_timeout_secs, sqs_max_receives, sqs_reconcile_after_secs
   [engine] (detection; unknown keys are refused):
     false_alarm_rate = 0.001    share of normal rows flagged
     min_observations = 30       values before a channel is scored
@@ -202,6 +202,10 @@ pub struct ServeArgs {
     /// processed/<name>_error.json is written and the message deleted [default: 5]
     #[arg(long, env = "TSWATCH_SQS_MAX_RECEIVES", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub sqs_max_receives: Option<u32>,
+    /// With a queue, reconciliation takes only files older than this many
+    /// seconds (a younger file's event may still be on the queue) [default: 900]
+    #[arg(long, env = "TSWATCH_SQS_RECONCILE_AFTER", value_name = "SECS")]
+    pub sqs_reconcile_after: Option<u32>,
 }
 
 /// How logs are written (to stderr).
@@ -416,6 +420,8 @@ pub struct FileConfig {
     pub sqs_visibility_timeout_secs: Option<u32>,
     /// See `--sqs-max-receives`.
     pub sqs_max_receives: Option<u32>,
+    /// See `--sqs-reconcile-after`.
+    pub sqs_reconcile_after_secs: Option<u32>,
     /// Detection settings.
     #[serde(default)]
     pub engine: EngineConfig,

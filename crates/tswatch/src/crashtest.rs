@@ -578,6 +578,7 @@ async fn files_given_up_during_an_outage_are_finished_by_reconciliation() {
         p.clone(),
         queue.clone(),
         Duration::from_secs(60),
+        Duration::ZERO,
         stop_rx,
     ));
     for (k, _) in &files {

@@ -32,7 +32,7 @@ pub enum KeyError {
 /// Longest key segment (a file name on local disks).
 pub const MAX_SEGMENT: usize = 255;
 /// Stream names taken by tswatch's own state documents (`state/<name>`).
-pub const RESERVED_STREAMS: [&str; 3] = ["staging", "engine.json", "baseline.json"];
+pub const RESERVED_STREAMS: [&str; 4] = ["staging", "engine.json", "baseline.json", "lease.json"];
 /// What `processed/<name>_summary.json` adds to `raw/<name>.csv`.
 const LONGEST_OUTPUT_SUFFIX: &str = "_summary.json";
 

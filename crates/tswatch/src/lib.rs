@@ -14,6 +14,7 @@ pub mod csvscore;
 pub mod eval;
 pub mod http;
 pub mod keys;
+pub mod lease;
 pub mod nab;
 pub mod offline;
 pub mod pipeline;

@@ -226,6 +226,10 @@ fn sqs_settings(
             .sqs_max_receives
             .or(file.sqs_max_receives)
             .unwrap_or(d.max_receives),
+        reconcile_after_secs: a
+            .sqs_reconcile_after
+            .or(file.sqs_reconcile_after_secs)
+            .unwrap_or(d.reconcile_after_secs),
     };
     anyhow::ensure!(s.wait_secs <= 20, "sqs_wait_time_secs must be 0 to 20");
     anyhow::ensure!(

@@ -109,10 +109,16 @@ pub async fn run(
         }
         None => None,
     };
+    // With a queue, files young enough for their event to be still on the
+    // queue are left to it.
+    let min_age = settings.sqs.as_ref().map_or(Duration::ZERO, |q| {
+        Duration::from_secs(u64::from(q.reconcile_after_secs))
+    });
     let reconciler = tokio::spawn(worker::run_reconciler(
         processor.clone(),
         queue.clone(),
         settings.reconcile_every,
+        min_age,
         stop_rx.clone(),
     ));
 

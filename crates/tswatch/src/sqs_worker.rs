@@ -23,15 +23,16 @@
 //! period), and make the messages not yet started visible again at once.
 
 use crate::keys::{self, RawKey};
+use crate::lease::{Claim, Leases};
 use crate::processor::{Outcome, ProcessError, Processor};
 use crate::sqs::{Message, SqsClient};
 use crate::storage::Location;
-use futures::StreamExt;
 use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit, mpsc, watch};
 
 /// How the consumer behaves.
 #[derive(Debug, Clone)]
@@ -46,6 +47,9 @@ pub struct SqsSettings {
     pub visibility_secs: u32,
     /// Receives after which a message whose file still fails is dead-lettered.
     pub max_receives: u32,
+    /// Reconciliation takes only files older than this: a younger one's
+    /// event may still be on its way through the queue.
+    pub reconcile_after_secs: u32,
 }
 
 impl Default for SqsSettings {
@@ -56,6 +60,7 @@ impl Default for SqsSettings {
             max_messages: 10,
             visibility_secs: 60,
             max_receives: 5,
+            reconcile_after_secs: 900,
         }
     }
 }
@@ -146,8 +151,48 @@ pub fn retry_delay(visibility_secs: u32, receive_count: u32) -> u32 {
     visibility_secs.saturating_mul(factor).min(900)
 }
 
-/// Runs the consumer until `shutdown` flips, working on up to `lanes`
-/// streams at once (the service's worker lanes, one per core).
+/// Longest a received message waits for its stream's lease (held by
+/// another instance) before it is handed back to the queue.
+const LEASE_WAIT: Duration = Duration::from_secs(120);
+/// How long a stream's worker lingers with nothing to do before it gives
+/// the stream's lease up.
+const STREAM_IDLE: Duration = Duration::from_millis(100);
+
+/// A task of the consumer.
+type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A received message on its way through this instance.
+struct Job {
+    msg: Message,
+    parsed: Result<Parsed, String>,
+    /// Its place among the messages this instance holds.
+    _slot: OwnedSemaphorePermit,
+}
+
+/// What the consumer's tasks share.
+struct Consumer {
+    client: SqsClient,
+    processor: Arc<Processor>,
+    leases: Arc<Leases>,
+    settings: SqsSettings,
+    /// Files worked on at once (one lane per core).
+    lanes: Arc<Semaphore>,
+    /// Receipt handles of the messages in hand (kept invisible).
+    in_hand: Arc<Mutex<HashSet<String>>>,
+    /// Per stream, the queue of its worker, while it has one.
+    streams: Mutex<HashMap<String, mpsc::UnboundedSender<Job>>>,
+    stopping: AtomicBool,
+}
+
+/// Runs the consumer until `shutdown` flips. Receives are pipelined: the
+/// next one is made as soon as this instance has room for more messages
+/// (`2 x lanes` in hand), not when the slowest file of the last batch is
+/// done. Each stream's messages go to the stream's worker, in receive
+/// order; a worker works on its stream only while it holds the stream's
+/// lease ([`Leases`]), so across instances a stream is worked on by one at
+/// a time and their commits do not collide. A message whose stream another
+/// instance holds waits in hand (still invisible, so not received again)
+/// until that instance lets the stream go.
 pub async fn run(
     client: SqsClient,
     processor: Arc<Processor>,
@@ -161,18 +206,54 @@ pub async fn run(
         Location::S3 { bucket } => Some(bucket.clone()),
         Location::Local(_) => None,
     };
+    let leases = Arc::new(Leases::new(
+        processor.storage().clone(),
+        Duration::from_secs(30),
+    ));
     tracing::info!(
         queue = %settings.queue_url, wait = settings.wait_secs,
-        max_receives = settings.max_receives, "consuming S3 events from SQS"
+        max_receives = settings.max_receives, instance = leases.owner(),
+        "consuming S3 events from SQS"
     );
+    let capacity = (2 * lanes).max(2);
+    let slots = Arc::new(Semaphore::new(capacity));
+    let me = Arc::new(Consumer {
+        client: client.clone(),
+        processor,
+        leases,
+        settings: settings.clone(),
+        lanes: Arc::new(Semaphore::new(lanes.max(1))),
+        in_hand: Arc::new(Mutex::new(HashSet::new())),
+        streams: Mutex::new(HashMap::new()),
+        stopping: AtomicBool::new(false),
+    });
+    let heartbeat = tokio::spawn(heartbeat(
+        client.clone(),
+        me.in_hand.clone(),
+        settings.visibility_secs,
+    ));
+    let mut workers = tokio::task::JoinSet::new();
     let mut failures = 0u32;
     loop {
-        if *shutdown.borrow() {
-            return;
+        // Room for at least one more message, then for as many as are free.
+        let first = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stopped(shutdown.clone()) => break,
+        };
+        let mut room = vec![first];
+        while room.len() < settings.max_messages as usize {
+            match slots.clone().try_acquire_owned() {
+                Ok(p) => room.push(p),
+                Err(_) => break,
+            }
         }
+        let want = u32::try_from(room.len()).unwrap_or(1);
         let received = tokio::select! {
-            r = client.receive(settings.max_messages, settings.wait_secs, settings.visibility_secs) => r,
-            _ = stopped(shutdown.clone()) => return,
+            r = client.receive(want, settings.wait_secs, settings.visibility_secs) => r,
+            _ = stopped(shutdown.clone()) => break,
         };
         let messages = match received {
             Ok(m) => {
@@ -191,91 +272,172 @@ pub async fn run(
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => continue,
-                    _ = shutdown.changed() => return,
+                    _ = shutdown.changed() => break,
                 }
             }
         };
-        if messages.is_empty() {
-            continue;
+        if !messages.is_empty() {
+            tracing::debug!(count = messages.len(), "received SQS messages");
         }
-        tracing::debug!(count = messages.len(), "received SQS messages");
-        let in_hand: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(
-            messages.iter().map(|m| m.receipt_handle.clone()).collect(),
-        ));
-        let heartbeat = tokio::spawn(heartbeat(
-            client.clone(),
-            in_hand.clone(),
-            settings.visibility_secs,
-        ));
-        // Messages of different streams are worked on at once, one lane
-        // per core as for the watcher; within a stream, in order.
-        let stopping = AtomicBool::new(false);
-        let groups = by_stream(&messages, bucket.as_deref(), &topics);
-        let work = futures::stream::iter(groups).for_each_concurrent(lanes, |group| {
-            let (client, processor, settings) = (&client, processor.as_ref(), &settings);
-            let (stopping, shutdown, in_hand) = (&stopping, &shutdown, &in_hand);
-            async move {
-                for (msg, parsed) in group {
-                    if stopping.load(Ordering::Relaxed) || *shutdown.borrow() {
-                        stopping.store(true, Ordering::Relaxed);
-                        // Not started: hand it to another consumer at once.
-                        if let Err(e) = client.change_visibility(&msg.receipt_handle, 0).await {
-                            tracing::debug!(error = %e, "could not release an unstarted message");
-                        }
-                    } else {
-                        handle(client, processor, msg, parsed, settings).await;
-                    }
-                    if let Ok(mut h) = in_hand.lock() {
-                        h.retain(|x| x != &msg.receipt_handle);
-                    }
-                }
+        for (msg, slot) in messages.into_iter().zip(room) {
+            if let Ok(mut h) = me.in_hand.lock() {
+                h.insert(msg.receipt_handle.clone());
             }
-        });
-        tokio::pin!(work);
-        tokio::select! {
-            _ = &mut work => {}
-            _ = stopped(shutdown.clone()) => {
-                stopping.store(true, Ordering::Relaxed);
-                if tokio::time::timeout(grace, &mut work).await.is_err() {
-                    tracing::warn!("shutdown grace period over: abandoning the messages in hand; they will be received again");
-                }
+            let parsed = parse_body(&msg.body, bucket.as_deref(), &topics);
+            let job = Job {
+                msg,
+                parsed,
+                _slot: slot,
+            };
+            if let Some(w) = me.clone().dispatch(job) {
+                workers.spawn(w);
             }
         }
-        let stopping = stopping.load(Ordering::Relaxed);
-        heartbeat.abort();
-        if stopping {
-            return;
-        }
+        // Reap finished workers (their results are nothing).
+        while workers.try_join_next().is_some() {}
     }
+    me.stopping.store(true, Ordering::Relaxed);
+    let drained = tokio::time::timeout(grace, async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            "shutdown grace period over: abandoning the messages in hand; they will be received again"
+        );
+        workers.shutdown().await;
+    }
+    heartbeat.abort();
 }
 
-/// A message and what its body says ([`parse_body`]).
-type Read<'m> = (&'m Message, Result<Parsed, String>);
-
-/// The messages, each with its parsed body, grouped by the stream of the
-/// files they name, in receive order within each group (a message naming
-/// no file is a group of its own).
-fn by_stream<'m>(
-    messages: &'m [Message],
-    bucket: Option<&str>,
-    topics: &[String],
-) -> Vec<Vec<Read<'m>>> {
-    let mut groups: Vec<(Option<String>, Vec<Read<'m>>)> = Vec::new();
-    for msg in messages {
-        let parsed = parse_body(&msg.body, bucket, topics);
-        let stream = match &parsed {
+impl Consumer {
+    /// Hands `job` to its stream's worker; returns a new worker to run if
+    /// the stream had none (a message naming no file gets one of its own).
+    fn dispatch(self: Arc<Self>, job: Job) -> Option<Task> {
+        let stream = match &job.parsed {
             Ok(Parsed::Records { keys, .. }) => keys.first().map(|k| k.stream().to_string()),
             _ => None,
         };
-        match groups
-            .iter_mut()
-            .find(|(s, _)| stream.is_some() && *s == stream)
-        {
-            Some((_, g)) => g.push((msg, parsed)),
-            None => groups.push((stream, vec![(msg, parsed)])),
+        let Some(stream) = stream else {
+            return Some(Box::pin(async move { self.work(None, job).await }));
+        };
+        let mut streams = self.streams.lock().ok()?;
+        let job = match streams.get(&stream) {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return None,
+                Err(mpsc::error::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(job);
+        streams.insert(stream.clone(), tx);
+        drop(streams);
+        Some(Box::pin(self.clone().stream_worker(stream, rx)))
+    }
+
+    /// Works through one stream's messages, in order, while holding its
+    /// lease; gives the lease up when idle.
+    async fn stream_worker(self: Arc<Self>, stream: String, mut rx: mpsc::UnboundedReceiver<Job>) {
+        loop {
+            let job = match tokio::time::timeout(STREAM_IDLE, rx.recv()).await {
+                Ok(Some(job)) => job,
+                _ => {
+                    // Idle: leave, unless a message came in meanwhile (the
+                    // check and the leaving under the lock dispatch takes).
+                    let late = match self.streams.lock() {
+                        Ok(mut streams) => match rx.try_recv() {
+                            Ok(job) => Some(job),
+                            Err(_) => {
+                                streams.remove(&stream);
+                                None
+                            }
+                        },
+                        Err(_) => None,
+                    };
+                    match late {
+                        Some(job) => job,
+                        None => {
+                            self.leases.release(&stream).await;
+                            return;
+                        }
+                    }
+                }
+            };
+            self.work(Some(&stream), job).await;
         }
     }
-    groups.into_iter().map(|(_, g)| g).collect()
+
+    /// Handles one message (on `stream`'s lease, if it names files).
+    async fn work(&self, stream: Option<&str>, job: Job) {
+        let msg = &job.msg;
+        match self.lane_and_lease(stream).await {
+            Some(_lane) => {
+                // A long file keeps its stream's lease (this never ends by
+                // itself: the message's handling ends the select).
+                let renew = async {
+                    let Some(s) = stream else {
+                        return std::future::pending().await;
+                    };
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        let _ = self.leases.claim(s).await;
+                    }
+                };
+                tokio::select! {
+                    () = handle(&self.client, &self.processor, msg, job.parsed, &self.settings) => {}
+                    () = renew => {}
+                }
+            }
+            None => {
+                // Not started: hand it to another consumer at once.
+                if let Err(e) = self.client.change_visibility(&msg.receipt_handle, 0).await {
+                    tracing::debug!(error = %e, "could not release an unstarted message");
+                }
+            }
+        }
+        if let Ok(mut h) = self.in_hand.lock() {
+            h.remove(&msg.receipt_handle);
+        }
+    }
+
+    /// Waits for a lane and, with it, `stream`'s lease: a lease is claimed
+    /// only with a lane in hand, so an instance holds no more streams than
+    /// it can work on (the others stay free for other instances). `None`
+    /// if it gave up (shutdown, or [`LEASE_WAIT`] passed).
+    async fn lane_and_lease(&self, stream: Option<&str>) -> Option<SemaphorePermit<'_>> {
+        let start = tokio::time::Instant::now();
+        let mut storage_failures = 0u32;
+        loop {
+            if self.stopping.load(Ordering::Relaxed) {
+                return None;
+            }
+            let lane = self.lanes.acquire().await.ok()?;
+            let Some(stream) = stream else {
+                return Some(lane);
+            };
+            let pause = match self.leases.claim(stream).await {
+                Ok(Claim::Held) => return Some(lane),
+                Ok(Claim::Elsewhere { left, .. }) => left.min(Duration::from_millis(100)),
+                Err(e) => {
+                    // Leases steer work, they do not guard it: with storage
+                    // failing, the commit will say what it can do.
+                    storage_failures += 1;
+                    if storage_failures >= 3 {
+                        tracing::debug!(%stream, error = %e, "stream lease unavailable; working without it");
+                        return Some(lane);
+                    }
+                    Duration::from_millis(200)
+                }
+            };
+            drop(lane);
+            if start.elapsed() > LEASE_WAIT {
+                tracing::debug!(%stream, "stream busy on another instance; message handed back");
+                return None;
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
 }
 
 /// Resolves once shutdown is requested (or its sender is gone).
@@ -284,11 +446,14 @@ async fn stopped(mut shutdown: watch::Receiver<bool>) {
 }
 
 /// Keeps the messages in hand invisible to other consumers.
-async fn heartbeat(client: SqsClient, in_hand: Arc<Mutex<Vec<String>>>, visibility: u32) {
+async fn heartbeat(client: SqsClient, in_hand: Arc<Mutex<HashSet<String>>>, visibility: u32) {
     let every = Duration::from_secs(u64::from((visibility / 3).max(1)));
     loop {
         tokio::time::sleep(every).await;
-        let handles = in_hand.lock().map(|h| h.clone()).unwrap_or_default();
+        let handles: Vec<String> = in_hand
+            .lock()
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default();
         for h in handles {
             if let Err(e) = client.change_visibility(&h, visibility).await {
                 tracing::warn!(error = %e, "could not extend a message's visibility; another consumer may take it (harmless: processing is idempotent)");
@@ -417,41 +582,6 @@ mod tests {
             .map(|k| json!({"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": k}}}))
             .collect();
         json!({ "Records": records }).to_string()
-    }
-
-    #[test]
-    fn messages_are_grouped_by_stream_in_receive_order() {
-        let msg = |id: &str, body: String| Message {
-            message_id: id.into(),
-            receipt_handle: id.into(),
-            body,
-            attributes: Default::default(),
-        };
-        let messages = vec![
-            msg("a1", event(&["raw/a/1.csv"])),
-            msg("b1", event(&["raw/b/1.csv"])),
-            msg("d1", event(&["raw/1.csv"])),
-            msg("a2", event(&["raw/a/2.csv"])),
-            msg("t1", json!({"Event": "s3:TestEvent"}).to_string()),
-            msg("d2", event(&["raw/2.csv"])),
-            msg("x1", "not json".into()),
-            msg("x2", "not json".into()),
-        ];
-        let ids: Vec<Vec<&str>> = by_stream(&messages, Some("b"), &[])
-            .iter()
-            .map(|g| g.iter().map(|(m, _)| m.message_id.as_str()).collect())
-            .collect();
-        assert_eq!(
-            ids,
-            [
-                vec!["a1", "a2"],
-                vec!["b1"],
-                vec!["d1", "d2"],
-                vec!["t1"],
-                vec!["x1"],
-                vec!["x2"]
-            ]
-        );
     }
 
     fn keys_of(p: Parsed) -> Vec<String> {

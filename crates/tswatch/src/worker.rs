@@ -186,7 +186,21 @@ async fn process_with_retry(processor: &Processor, key: &RawKey, shutdown: watch
 /// written after it (a file replaced after it was processed counts as new;
 /// the processor then compares ETags). Returns how many were queued.
 pub async fn reconcile(processor: &Processor, queue: &Queue) -> anyhow::Result<usize> {
+    reconcile_older(processor, queue, Duration::ZERO).await
+}
+
+/// As [`reconcile`], taking only files last written more than `min_age`
+/// ago. With a queue, a younger file's event may still be on its way: the
+/// queue's consumer will take it, and reconciliation racing it would only
+/// score it twice.
+pub async fn reconcile_older(
+    processor: &Processor,
+    queue: &Queue,
+    min_age: Duration,
+) -> anyhow::Result<usize> {
     let storage = processor.storage();
+    let newest = chrono::Utc::now()
+        - chrono::Duration::from_std(min_age).unwrap_or(chrono::Duration::zero());
     let processed: HashMap<String, chrono::DateTime<chrono::Utc>> = storage
         .list_modified("processed/")
         .await?
@@ -201,6 +215,9 @@ pub async fn reconcile(processor: &Processor, queue: &Queue) -> anyhow::Result<u
                 continue;
             }
         };
+        if modified > newest {
+            continue;
+        }
         let covered = [key.summary(), key.error()]
             .iter()
             .any(|m| processed.get(m).is_some_and(|&done| done >= modified));
@@ -219,10 +236,11 @@ pub async fn run_reconciler(
     processor: Arc<Processor>,
     queue: Queue,
     every: Duration,
+    min_age: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        match reconcile(&processor, &queue).await {
+        match reconcile_older(&processor, &queue, min_age).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(files = n, "reconciliation queued unprocessed files"),
             Err(e) => tracing::warn!(error = %e, "reconciliation failed; will retry"),

@@ -666,3 +666,111 @@ fn sqs_needs_a_bucket() {
         assert!(err.contains("needs an S3 bucket"), "{err}");
     }
 }
+
+/// An S3 event for `key` in [`BUCKET`], as S3 sends it to a queue.
+fn s3_event_body(key: &str) -> String {
+    json!({"Records": [{"eventVersion": "2.1", "eventSource": "aws:s3",
+        "eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": BUCKET},
+        "object": {"key": form_encode(key)}}}]})
+    .to_string()
+}
+
+#[tokio::test]
+async fn sqs_two_instances_take_each_stream_in_turn_and_never_redo_work() {
+    // A backlog: 4 streams x 5 files queued (each event twice: a duplicate
+    // delivery) before two instances start. Each stream is worked by one
+    // instance at a time (its lease), so no commit is ever redone; the
+    // start-up reconciliation leaves the files whose events are queued.
+    let tmp = tempfile::tempdir().unwrap();
+    let moto = Moto::start().await;
+    moto.create_bucket(BUCKET).await;
+    let (url, arn) = moto.create_queue("tswatch-backlog").await;
+    moto.notify_bucket_to_queue(BUCKET, &arn).await;
+    let mut keys = Vec::new();
+    for f in 0..5 {
+        for s in ["north", "south", "east", "west"] {
+            keys.push(format!("raw/{s}/batch_{f}.csv"));
+        }
+    }
+    for k in &keys {
+        moto.put_object(BUCKET, k, fixture()).await;
+        moto.query(
+            "sqs",
+            &[
+                ("Action", "SendMessage"),
+                ("QueueUrl", &url),
+                ("MessageBody", &s3_event_body(k)),
+            ],
+        )
+        .await;
+    }
+    let mut args = sqs_args(&url);
+    args.extend(["--sqs-max-messages".to_string(), "2".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (a, b) = tokio::join!(
+        Service::start(start_cmd(&moto), &args, tmp.path()),
+        Service::start(start_cmd(&moto), &args, tmp.path())
+    );
+    wait_for("every file applied", Duration::from_secs(90), || async {
+        let n = applied_in(&a.proc.log_text()).len() + applied_in(&b.proc.log_text()).len();
+        (n >= keys.len()).then_some(())
+    })
+    .await;
+    wait_drained(&moto, &url).await;
+    let (la, lb) = (
+        applied_in(&a.proc.log_text()),
+        applied_in(&b.proc.log_text()),
+    );
+    eprintln!("instance A applied {}, instance B {}", la.len(), lb.len());
+    let mut all: Vec<String> = la.into_iter().chain(lb).collect();
+    all.sort();
+    let mut want = keys.clone();
+    want.sort();
+    assert_eq!(all, want, "each file applied exactly once");
+    let logs = format!("{}{}", a.proc.log_text(), b.proc.log_text());
+    assert_eq!(
+        logs.matches("state changed underneath; redoing").count(),
+        0,
+        "a commit was redone: two instances worked one stream at once"
+    );
+    assert!(
+        !logs.contains("reconciliation queued unprocessed files"),
+        "start-up reconciliation raced the queue"
+    );
+    // Each instance's API sees every stream (streams it never worked on
+    // once its next listing of state/ finds them).
+    for svc in [&a, &b] {
+        wait_processed(svc, keys.len() as u64).await;
+    }
+}
+
+#[tokio::test]
+async fn sqs_mode_still_finds_files_whose_notification_was_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let moto = Moto::start().await;
+    moto.create_bucket(BUCKET).await;
+    // Uploaded before the bucket notifies anything: no event, ever.
+    moto.put_object(BUCKET, "raw/lost.csv", fixture()).await;
+    let (url, arn) = moto.create_queue("tswatch-lost").await;
+    moto.notify_bucket_to_queue(BUCKET, &arn).await;
+    let mut args = sqs_args(&url);
+    let at = args
+        .iter()
+        .position(|a| a == "--reconcile-interval")
+        .unwrap();
+    args[at + 1] = "1".into();
+    args.extend(["--sqs-reconcile-after", "2"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let svc = Service::start(start_cmd(&moto), &args, tmp.path()).await;
+    wait_for(
+        "the lost file processed",
+        Duration::from_secs(30),
+        || async { moto.get_object(BUCKET, "processed/lost_summary.json").await },
+    )
+    .await;
+    assert!(
+        svc.proc
+            .log_text()
+            .contains("reconciliation queued unprocessed files")
+    );
+}
