@@ -155,7 +155,7 @@ async fn notify(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> 
         let status = match e {
             SnsError::Malformed(_) => StatusCode::BAD_REQUEST,
             // SNS delivers again later.
-            SnsError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            SnsError::Busy | SnsError::CertificateUnreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::FORBIDDEN,
         };
         return error(status, e.to_string());

@@ -144,7 +144,8 @@ pub struct ServeArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub insecure_skip_sns_verify: bool,
-    /// Accept SNS messages only from these topic ARNs (comma-separated) [default: any]
+    /// Accept SNS messages only from these topic ARNs (comma-separated);
+    /// with none, /notify refuses every SNS message [default: none]
     #[arg(
         long,
         env = "TSWATCH_SNS_TOPIC_ARN",

@@ -38,6 +38,8 @@ const SCORE_COLUMNS: [&str; 6] = [
     "anomaly_score",
     "reason",
 ];
+/// Longest column name, in bytes.
+pub const MAX_COLUMN_NAME: usize = 256;
 /// Anomalous rows kept per file for `/anomalies/recent`.
 pub const MAX_KEPT_ANOMALIES: usize = 1000;
 /// Longest text cell (in bytes) of a kept anomalous row; longer ones are
@@ -829,6 +831,14 @@ fn header_names(header: Row<'_>) -> Result<Vec<String>, InputError> {
             return Err(InputError::Header(format!(
                 "column {} has an empty name",
                 i + 1
+            )));
+        }
+        // A channel's name is kept in its stream's state for good.
+        if name.len() > MAX_COLUMN_NAME {
+            return Err(InputError::Header(format!(
+                "column {} name is {} bytes long; at most {MAX_COLUMN_NAME}",
+                i + 1,
+                name.len()
             )));
         }
         if !seen.insert(name.clone()) {
@@ -1886,5 +1896,19 @@ mod props {
             "{bytes}: the budget is used"
         );
         assert!((report.anomalies.len() as u64) < report.anomaly_count);
+    }
+
+    #[test]
+    fn column_names_are_bounded() {
+        let ok = format!("timestamp,{}\n1,2\n", "c".repeat(MAX_COLUMN_NAME));
+        let mut e = Engine::new(EngineConfig::default()).unwrap();
+        score_csv(ok.as_bytes(), std::io::sink(), &mut e).unwrap();
+        let long = format!("timestamp,{}\n1,2\n", "c".repeat(MAX_COLUMN_NAME + 1));
+        let err = score_csv(long.as_bytes(), std::io::sink(), &mut e).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("column 2 name is 257 bytes long; at most 256"),
+            "{err}"
+        );
     }
 }

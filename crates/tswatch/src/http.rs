@@ -8,8 +8,11 @@
 //! - at most `max_connections` are open at once. Every connection is
 //!   accepted at once (a full listen queue would make the kernel drop new
 //!   ones, a health check's included); at the cap, the oldest connection
-//!   with no request in hand is closed to make room. Only when every
-//!   connection is busy does a new one wait.
+//!   with no request in hand is closed to make room (gracefully: a response
+//!   still being written is finished). When every connection has a request
+//!   in hand, the one whose request started first is cut if it started
+//!   more than [`BUSY_GRACE`] ago (slow bodies cannot hold every slot);
+//!   only when all are younger does a new connection wait.
 
 use axum::Router;
 use axum::body::Body;
@@ -19,7 +22,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -36,6 +39,11 @@ pub struct Limits {
 
 /// How long shutdown waits for open connections to finish their request.
 const DRAIN: Duration = Duration::from_secs(30);
+/// At the cap with every connection busy, a request older than this may be
+/// cut to make room.
+pub const BUSY_GRACE: Duration = Duration::from_secs(2);
+/// How long an evicted connection may take to finish what it is writing.
+const EVICT_GRACE: Duration = Duration::from_secs(5);
 
 /// The default connection cap: 256, and at most half the process's
 /// open-file limit (the rest is for storage, the watcher and the logs).
@@ -55,8 +63,14 @@ fn open_file_limit() -> Option<usize> {
 struct Conn {
     /// Requests being answered (their response bodies included).
     busy: AtomicUsize,
-    /// Told when the connection is to close now, to make room.
+    /// When its current request started (ms since the server started).
+    busy_since: AtomicU64,
+    /// Told when the connection is to close, to make room (gracefully).
     evict: Notify,
+    /// Told when it is to close now, request or not.
+    kill: Notify,
+    /// Whether it was told already.
+    told: std::sync::atomic::AtomicBool,
 }
 
 /// The open connections, oldest first.
@@ -87,18 +101,28 @@ impl Open {
         self.closed.notify_waiters();
     }
 
-    /// Closes the oldest connection with no request in hand; false if
-    /// every one is busy.
-    fn evict_oldest_idle(&self) -> bool {
+    /// Makes room: closes the oldest connection with no request in hand,
+    /// else cuts the one whose request started first if that was at least
+    /// [`BUSY_GRACE`] ago (`now_ms` is the time since the server started).
+    /// False if there is none to close (each told only once).
+    fn make_room(&self, now_ms: u64) -> bool {
         let Ok(c) = self.conns.lock() else {
             return false;
         };
-        match c.values().find(|c| c.busy.load(Ordering::Acquire) == 0) {
-            Some(idle) => {
-                idle.evict.notify_one();
+        let untold = || c.values().filter(|c| !c.told.load(Ordering::Acquire));
+        if let Some(idle) = untold().find(|c| c.busy.load(Ordering::Acquire) == 0) {
+            idle.told.store(true, Ordering::Release);
+            idle.evict.notify_one();
+            return true;
+        }
+        let grace = BUSY_GRACE.as_millis() as u64;
+        match untold().min_by_key(|c| c.busy_since.load(Ordering::Acquire)) {
+            Some(old) if now_ms.saturating_sub(old.busy_since.load(Ordering::Acquire)) >= grace => {
+                old.told.store(true, Ordering::Release);
+                old.kill.notify_one();
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
@@ -112,9 +136,24 @@ impl Open {
 struct Busy(Arc<Conn>);
 
 impl Busy {
-    fn new(conn: &Arc<Conn>) -> Self {
-        conn.busy.fetch_add(1, Ordering::AcqRel);
+    fn new(conn: &Arc<Conn>, now_ms: u64) -> Self {
+        if conn.busy.fetch_add(1, Ordering::AcqRel) == 0 {
+            conn.busy_since.store(now_ms, Ordering::Release);
+        }
         Self(conn.clone())
+    }
+}
+
+/// Takes a connection off the open list when its task ends, however it
+/// ends (a panic included).
+struct Registered {
+    open: Arc<Open>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.open.remove(self.id);
     }
 }
 
@@ -122,6 +161,11 @@ impl Drop for Busy {
     fn drop(&mut self) {
         self.0.busy.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Milliseconds since `start`.
+fn ms_since(start: std::time::Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops
@@ -142,6 +186,7 @@ pub async fn serve(
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
     tokio::pin!(shutdown);
+    let started = std::time::Instant::now();
     let mut next_id = 0u64;
     loop {
         let stream = tokio::select! {
@@ -157,13 +202,22 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        // Make room: close idle connections, oldest first; if all are busy,
-        // wait for one to finish.
+        // Make room (see the module docs); watch for shutdown meanwhile.
+        let mut stopping = false;
         while open.len() >= max {
-            if !open.evict_oldest_idle() {
+            if !open.make_room(ms_since(started)) {
                 tracing::debug!("every connection is busy; a new one waits");
             }
-            open.wait_closed().await;
+            tokio::select! {
+                () = open.wait_closed() => {}
+                () = &mut shutdown => {
+                    stopping = true;
+                    break;
+                }
+            }
+        }
+        if stopping {
+            break;
         }
         let _ = stream.set_nodelay(true);
         next_id += 1;
@@ -172,7 +226,7 @@ pub async fn serve(
         let svc_state = conn_state.clone();
         let router = router.clone();
         let service = hyper::service::service_fn(move |req| {
-            let busy = Busy::new(&svc_state);
+            let busy = Busy::new(&svc_state, ms_since(started));
             let inner = TowerToHyperService::new(router.clone());
             async move {
                 let res = hyper::service::Service::call(&inner, req).await?;
@@ -187,20 +241,28 @@ pub async fn serve(
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let mut stop = stop_rx.clone();
-        let open = open.clone();
+        let registered = Registered {
+            open: open.clone(),
+            id,
+        };
         tokio::spawn(async move {
+            let _registered = registered;
             tokio::pin!(conn);
             tokio::select! {
                 // A timeout or a client gone mid-request ends only this connection.
                 _ = conn.as_mut() => {}
-                // Idle (no request in hand): dropping it closes the socket.
-                () = conn_state.evict.notified() => {}
+                // Room is needed: finish what is being written, then close.
+                () = conn_state.evict.notified() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(EVICT_GRACE, conn).await;
+                }
+                // A request held too long while every slot is taken.
+                () = conn_state.kill.notified() => {}
                 _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;
                 }
             }
-            open.remove(id);
         });
     }
     drop(listener);
@@ -231,29 +293,53 @@ mod tests {
     }
 
     #[test]
-    fn only_idle_connections_are_evicted_oldest_first() {
+    fn idle_connections_make_room_first_then_old_requests() {
         let open = Open::default();
         let (a, b, c) = (open.add(1), open.add(2), open.add(3));
-        let _busy = Busy::new(&a);
-        assert!(open.evict_oldest_idle());
-        // The oldest idle one is b: it was told, a and c were not.
+        let _busy_a = Busy::new(&a, 1_000);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .unwrap();
-        let told = |c: &Arc<Conn>| {
+        let told = |n: &Notify| {
             rt.block_on(async {
-                tokio::time::timeout(Duration::from_millis(5), c.evict.notified())
+                tokio::time::timeout(Duration::from_millis(5), n.notified())
                     .await
                     .is_ok()
             })
         };
-        assert!(told(&b));
-        assert!(!told(&a));
-        assert!(!told(&c));
+        // The oldest idle one is b: it is asked to close, gracefully.
+        assert!(open.make_room(1_500));
+        assert!(told(&b.evict));
+        assert!(!told(&a.evict) && !told(&a.kill) && !told(&c.evict));
+        // Asked once only: next time it is c's turn.
+        assert!(open.make_room(1_500));
+        assert!(told(&c.evict));
         open.remove(2);
         open.remove(3);
-        assert!(!open.evict_oldest_idle(), "the only one left is busy");
+        // Only a is left, busy since 1,000 ms: not cut before 2 s of it...
+        assert!(!open.make_room(2_999));
+        assert!(!told(&a.kill));
+        // ...then cut.
+        assert!(open.make_room(3_000));
+        assert!(told(&a.kill));
+        assert!(!open.make_room(10_000), "told already");
         assert_eq!(open.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_entry_leaves_the_open_list_even_if_its_task_panics() {
+        let open = Arc::new(Open::default());
+        open.add(7);
+        let registered = Registered {
+            open: open.clone(),
+            id: 7,
+        };
+        let task = tokio::spawn(async move {
+            let _registered = registered;
+            panic!("a handler bug");
+        });
+        assert!(task.await.is_err());
+        assert_eq!(open.len(), 0);
     }
 }

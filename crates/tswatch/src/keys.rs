@@ -31,10 +31,25 @@ pub enum KeyError {
 
 /// Longest key segment (a file name on local disks).
 pub const MAX_SEGMENT: usize = 255;
-/// Stream names taken by tswatch's own state documents (`state/<name>`).
-pub const RESERVED_STREAMS: [&str; 4] = ["staging", "engine.json", "baseline.json", "lease.json"];
+/// Stream names taken by tswatch's own files in `state/` (its documents,
+/// their local lock files, the staging area).
+pub const RESERVED_STREAMS: [&str; 7] = [
+    "staging",
+    "engine.json",
+    "baseline.json",
+    "lease.json",
+    "engine.lock",
+    "baseline.lock",
+    "lease.lock",
+];
 /// What `processed/<name>_summary.json` adds to `raw/<name>.csv`.
 const LONGEST_OUTPUT_SUFFIX: &str = "_summary.json";
+/// What a local write adds to a file's name while it is written
+/// (object_store's `<name>#<n>`), with room for `n` up to 999.
+const LOCAL_WRITE_SUFFIX: usize = "#999".len();
+/// Longest file name of a batch: its summary's name, while written, must
+/// still be a valid file name.
+pub const MAX_FILE_NAME: usize = MAX_SEGMENT - LONGEST_OUTPUT_SUFFIX.len() - LOCAL_WRITE_SUFFIX;
 
 /// Checks that `key` is a plain relative object key and converts it.
 pub fn validate(key: &str) -> Result<Path, KeyError> {
@@ -98,12 +113,11 @@ impl RawKey {
         if let Some(seg) = name
             .split('/')
             .find(|s| s.len() > MAX_SEGMENT)
-            .or((last.len() + LONGEST_OUTPUT_SUFFIX.len() > MAX_SEGMENT).then_some(last))
+            .or((last.len() > MAX_FILE_NAME).then_some(last))
         {
             return unusable(format!(
-                "a name segment of {} bytes; at most {MAX_SEGMENT} (the file name at most {}, so that <name>{LONGEST_OUTPUT_SUFFIX} fits)",
-                seg.len(),
-                MAX_SEGMENT - LONGEST_OUTPUT_SUFFIX.len()
+                "a name segment of {} bytes; at most {MAX_SEGMENT} (the file name at most {MAX_FILE_NAME}, so that <name>{LONGEST_OUTPUT_SUFFIX} fits while it is written)",
+                seg.len()
             ));
         }
         let stream = name.split_once('/').map_or("", |(s, _)| s);
@@ -256,8 +270,9 @@ mod tests {
         // A segment over 255 bytes, or a file name whose summary would be.
         assert!(unusable(&format!("raw/{}/x.csv", "s".repeat(256))));
         assert!(RawKey::parse(&format!("raw/{}/x.csv", "s".repeat(255))).is_ok());
-        assert!(RawKey::parse(&format!("raw/{}.csv", "f".repeat(242))).is_ok());
-        assert!(unusable(&format!("raw/{}.csv", "f".repeat(243))));
+        assert_eq!(MAX_FILE_NAME, 238);
+        assert!(RawKey::parse(&format!("raw/{}.csv", "f".repeat(238))).is_ok());
+        assert!(unusable(&format!("raw/{}.csv", "f".repeat(239))));
         // Streams that would sit on tswatch's own state.
         for s in RESERVED_STREAMS {
             assert!(unusable(&format!("raw/{s}/x.csv")), "{s}");

@@ -58,6 +58,10 @@ fn init_logging(json: bool) {
         // control characters are escaped, one event is one line.
         use tracing_subscriber::field::MakeExt;
         let fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+            // Where a `log` record came from: noise, as the default skips it.
+            if field.name().starts_with("log.") {
+                return Ok(());
+            }
             let text = format!("{value:?}");
             let text = tswatch::report::escape_controls(&text);
             if field.name() == "message" {

@@ -134,12 +134,18 @@ fn hint(all: &str) -> Option<&'static str> {
 /// (a topic, a key, an error quoting either) cannot forge a log line or
 /// drive the terminal that shows it.
 pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    // Line and paragraph separators and bidirectional overrides cannot end
+    // a line, but can make one look like two, or read backwards.
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
-        if c.is_control() {
+        if unsafe_char(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -244,6 +250,10 @@ mod tests {
         assert_eq!(
             escape_controls("a\nFAKE level=ERROR\u{1b}[31mred\r\t\u{7f}"),
             "a\\nFAKE level=ERROR\\u{1b}[31mred\\r\\t\\u{7f}"
+        );
+        assert_eq!(
+            escape_controls("x\u{202e}gnp.exe\u{2028}y"),
+            "x\\u{202e}gnp.exe\\u{2028}y"
         );
     }
 }

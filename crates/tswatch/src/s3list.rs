@@ -22,14 +22,50 @@ pub struct Listed {
     pub modified: chrono::DateTime<chrono::Utc>,
 }
 
+/// Where and how to reach the bucket: what object_store was configured
+/// with (`Storage::s3` reads it from the same builder).
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    /// The bucket.
+    pub bucket: String,
+    /// Its region.
+    pub region: String,
+    /// The endpoint (`AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`), if any.
+    pub endpoint: Option<String>,
+    /// Virtual-hosted style: the endpoint names the bucket already.
+    pub virtual_hosted: bool,
+    /// Accept any TLS certificate (`AWS_ALLOW_INVALID_CERTIFICATES`).
+    pub allow_invalid_certificates: bool,
+    /// Send requests unsigned (`AWS_SKIP_SIGNATURE`).
+    pub skip_signature: bool,
+}
+
+impl Target {
+    /// The URL the bucket's listing is asked of, as object_store addresses
+    /// the bucket.
+    fn base(&self) -> String {
+        let (bucket, region) = (&self.bucket, &self.region);
+        match (&self.endpoint, self.virtual_hosted) {
+            (Some(e), true) => e.trim_end_matches('/').to_string(),
+            (Some(e), false) => format!("{}/{bucket}", e.trim_end_matches('/')),
+            (None, true) => format!("https://{bucket}.s3.{region}.amazonaws.com"),
+            (None, false) => format!("https://s3.{region}.amazonaws.com/{bucket}"),
+        }
+    }
+}
+
+/// Attempts per page, for transient failures (network, 5xx, SlowDown).
+const ATTEMPTS: u32 = 4;
+
 /// Lists one bucket.
 #[derive(Debug)]
 pub struct Lister {
     http: reqwest::Client,
-    /// `<endpoint>/<bucket>` (path style, as object_store addresses it).
+    /// Where the bucket is answered, path style or virtual-hosted.
     base: String,
     region: String,
     credentials: AwsCredentialProvider,
+    skip_signature: bool,
     /// Unusable keys already reported.
     reported: crate::report::OnceSet,
 }
@@ -72,28 +108,20 @@ fn enc(s: &str) -> String {
 }
 
 impl Lister {
-    /// A lister for `bucket` at `endpoint` (`AWS_ENDPOINT_URL`, or AWS's
-    /// regional endpoint when `None`).
-    pub fn new(
-        bucket: &str,
-        endpoint: Option<&str>,
-        region: &str,
-        credentials: AwsCredentialProvider,
-    ) -> Result<Self, StoreError> {
-        let endpoint = endpoint.map_or_else(
-            || format!("https://s3.{region}.amazonaws.com"),
-            |e| e.trim_end_matches('/').to_string(),
-        );
+    /// A lister for `target`, signing with `credentials`.
+    pub fn new(target: &Target, credentials: AwsCredentialProvider) -> Result<Self, StoreError> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(std::time::Duration::from_secs(60))
+            .danger_accept_invalid_certs(target.allow_invalid_certificates)
             .build()
             .map_err(backend)?;
         Ok(Self {
             http,
-            base: format!("{endpoint}/{bucket}"),
-            region: region.to_string(),
+            base: target.base(),
+            region: target.region.clone(),
             credentials,
+            skip_signature: target.skip_signature,
             reported: Default::default(),
         })
     }
@@ -103,7 +131,7 @@ impl Lister {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let page = self.page(prefix, token.as_deref()).await?;
+            let page = self.page_with_retries(prefix, token.as_deref()).await?;
             for e in page.contents {
                 let key = match keys::decode_event_key(&e.key) {
                     Ok(k) => k,
@@ -135,7 +163,30 @@ impl Lister {
         }
     }
 
-    async fn page(&self, prefix: &str, token: Option<&str>) -> Result<Page, StoreError> {
+    /// One page, tried again on transient failures (as object_store does).
+    async fn page_with_retries(
+        &self,
+        prefix: &str,
+        token: Option<&str>,
+    ) -> Result<Page, StoreError> {
+        let mut attempt = 1;
+        loop {
+            match self.page(prefix, token).await {
+                Ok(p) => return Ok(p),
+                Err((e, transient)) if transient && attempt < ATTEMPTS => {
+                    tracing::debug!(error = %e, attempt, "listing failed; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+                    attempt += 1;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// One page; on failure, whether it may pass if tried again.
+    async fn page(&self, prefix: &str, token: Option<&str>) -> Result<Page, (StoreError, bool)> {
+        let permanent = |e| (backend(e), false);
+        let transient = |e| (backend(e), true);
         let mut url = format!(
             "{}?encoding-type=url&list-type=2&prefix={}",
             self.base,
@@ -150,26 +201,34 @@ impl Lister {
                 enc(prefix)
             );
         }
-        let credential = self.credentials.get_credential().await.map_err(backend)?;
-        let mut signed = http::Request::builder()
-            .method(http::Method::GET)
-            .uri(&url)
-            .body(HttpRequestBody::empty())
-            .map_err(backend)?;
-        AwsAuthorizer::new(&credential, "s3", &self.region)
-            .try_authorize(&mut signed, None)
-            .map_err(backend)?;
         let mut rb = self.http.get(&url);
-        for (name, value) in signed.headers() {
-            rb = rb.header(name, value);
+        if !self.skip_signature {
+            let credential = self
+                .credentials
+                .get_credential()
+                .await
+                .map_err(|e| permanent(e.to_string()))?;
+            let mut signed = http::Request::builder()
+                .method(http::Method::GET)
+                .uri(&url)
+                .body(HttpRequestBody::empty())
+                .map_err(|e| permanent(e.to_string()))?;
+            AwsAuthorizer::new(&credential, "s3", &self.region)
+                .try_authorize(&mut signed, None)
+                .map_err(|e| permanent(e.to_string()))?;
+            for (name, value) in signed.headers() {
+                rb = rb.header(name, value);
+            }
         }
-        let resp = rb.send().await.map_err(backend)?;
+        let resp = rb.send().await.map_err(|e| transient(e.to_string()))?;
         let status = resp.status();
-        let body = resp.text().await.map_err(backend)?;
+        let body = resp.text().await.map_err(|e| transient(e.to_string()))?;
         if !status.is_success() {
-            return Err(backend(format!("listing {prefix}: HTTP {status}: {body}")));
+            let msg = format!("listing {prefix}: HTTP {status}: {body}");
+            let again = status.is_server_error() || status.as_u16() == 429;
+            return Err((backend(msg), again));
         }
-        quick_xml::de::from_str(&body).map_err(|e| backend(format!("listing {prefix}: {e}")))
+        quick_xml::de::from_str(&body).map_err(|e| permanent(format!("listing {prefix}: {e}")))
     }
 }
 
@@ -200,5 +259,28 @@ mod tests {
         .unwrap();
         assert!(empty.contents.is_empty() && !empty.is_truncated);
         assert_eq!(enc("raw/x y+z~"), "raw%2Fx%20y%2Bz~");
+        let t = |endpoint: Option<&str>, virtual_hosted| Target {
+            bucket: "bkt".into(),
+            region: "eu-west-1".into(),
+            endpoint: endpoint.map(String::from),
+            virtual_hosted,
+            ..Default::default()
+        };
+        assert_eq!(
+            t(None, false).base(),
+            "https://s3.eu-west-1.amazonaws.com/bkt"
+        );
+        assert_eq!(
+            t(None, true).base(),
+            "https://bkt.s3.eu-west-1.amazonaws.com"
+        );
+        assert_eq!(
+            t(Some("http://127.0.0.1:9000/"), false).base(),
+            "http://127.0.0.1:9000/bkt"
+        );
+        assert_eq!(
+            t(Some("https://bkt.minio.local"), true).base(),
+            "https://bkt.minio.local"
+        );
     }
 }

@@ -96,6 +96,18 @@ pub enum SnsError {
     /// Too many certificate fetches just now; SNS will deliver again.
     #[error("too many signing-certificate fetches just now; retry later")]
     Busy,
+    /// The certificate could not be fetched just now (network, timeout,
+    /// the host failing); SNS will deliver again.
+    #[error("signing certificate unreachable just now: {0}")]
+    CertificateUnreachable(String),
+    /// The certificate's host is in another region than the topic.
+    #[error("SigningCertURL {url:?} is not in the topic's region {region:?}")]
+    OtherRegion {
+        /// The certificate URL.
+        url: String,
+        /// The topic's region.
+        region: String,
+    },
 }
 
 impl SnsMessage {
@@ -301,13 +313,16 @@ const FAILURE_TTL: Duration = Duration::from_secs(300);
 /// Certificate fetches allowed per minute, and at once.
 const FETCHES_PER_MINUTE: usize = 30;
 const FETCHES_AT_ONCE: usize = 2;
-/// Certificates (and failures) remembered.
+/// Certificates remembered.
 const CACHED_CERTS: usize = 64;
+/// Failed certificate URLs remembered (apart: they never push a good key
+/// out).
+const CACHED_FAILURES: usize = 1024;
 /// Message IDs remembered (an hour's worth at a busy rate).
 const SEEN_IDS: usize = 100_000;
 
-/// A certificate URL's public key, or when and why fetching it failed.
-type CachedKey = Result<Arc<Vec<u8>>, (Instant, String)>;
+/// When and why fetching a certificate failed.
+type Failure = (Instant, String);
 
 /// Accepted message IDs, and the same oldest first with when.
 type SeenIds = (HashSet<String>, VecDeque<(Instant, String)>);
@@ -317,7 +332,8 @@ type SeenIds = (HashSet<String>, VecDeque<(Instant, String)>);
 pub struct Verifier {
     source: Arc<dyn CertSource>,
     topics: Vec<String>,
-    keys: Mutex<HashMap<String, CachedKey>>,
+    keys: Mutex<HashMap<String, Arc<Vec<u8>>>>,
+    failures: Mutex<HashMap<String, Failure>>,
     /// When the recent fetches started (at most [`FETCHES_PER_MINUTE`]).
     fetched: Mutex<VecDeque<Instant>>,
     fetching: tokio::sync::Semaphore,
@@ -333,6 +349,7 @@ impl Verifier {
             source,
             topics,
             keys: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
             fetched: Mutex::new(VecDeque::new()),
             fetching: tokio::sync::Semaphore::new(FETCHES_AT_ONCE),
             seen: Mutex::new((HashSet::new(), VecDeque::new())),
@@ -404,6 +421,19 @@ impl Verifier {
                 url: cert_url.clone(),
             });
         }
+        // SNS signs with a certificate of the topic's own region; any other
+        // would only make this service fetch certificates at will.
+        let region = msg.topic_arn.split(':').nth(3).unwrap_or_default();
+        let cert_region = cert_url
+            .strip_prefix("https://sns.")
+            .and_then(|r| r.split('.').next())
+            .unwrap_or_default();
+        if region.is_empty() || cert_region != region {
+            return Err(SnsError::OtherRegion {
+                url: cert_url.clone(),
+                region: region.to_string(),
+            });
+        }
         let alg: &'static dyn aws_lc_rs::signature::VerificationAlgorithm =
             match msg.signature_version.as_str() {
                 "1" => &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
@@ -426,18 +456,19 @@ impl Verifier {
             .map_err(|_| SnsError::BadSignature)
     }
 
-    /// The cached outcome for `url`, if it is still good.
+    /// The cached outcome for `url`, if there is one still good.
     fn cached_key(&self, url: &str) -> Option<Result<Arc<Vec<u8>>, SnsError>> {
-        let m = self.keys.lock().ok()?;
-        match m.get(url)? {
-            Ok(k) => Some(Ok(k.clone())),
-            Err((at, e)) if at.elapsed() < FAILURE_TTL => {
+        if let Some(k) = self.keys.lock().ok()?.get(url) {
+            return Some(Ok(k.clone()));
+        }
+        match self.failures.lock().ok()?.get(url) {
+            Some((at, e)) if at.elapsed() < FAILURE_TTL => {
                 Some(Err(SnsError::Certificate(format!(
                     "{e} (remembered; tried again {} s after)",
                     FAILURE_TTL.as_secs()
                 ))))
             }
-            Err(_) => None,
+            _ => None,
         }
     }
 
@@ -466,17 +497,35 @@ impl Verifier {
         }
         let key = match self.source.fetch(url).await {
             Ok(pem) => public_key_from_pem(&pem).map(Arc::new),
-            Err(e) => Err(SnsError::Certificate(e)),
+            // The host answered, and said no: that will not change soon.
+            Err(e) if e.starts_with("HTTP 4") => Err(SnsError::Certificate(e)),
+            // Unreachable, slow, or failing on its side: SNS delivers
+            // again later, and then it is fetched again.
+            Err(e) => return Err(SnsError::CertificateUnreachable(e)),
         };
-        if let Ok(mut m) = self.keys.lock() {
-            if m.len() >= CACHED_CERTS {
-                m.clear();
+        match &key {
+            Ok(k) => {
+                if let Ok(mut m) = self.keys.lock() {
+                    // Only genuine SNS certificates get here: few.
+                    if m.len() >= CACHED_CERTS
+                        && let Some(old) = m.keys().next().cloned()
+                    {
+                        m.remove(&old);
+                    }
+                    m.insert(url.to_string(), k.clone());
+                }
             }
-            let entry = match &key {
-                Ok(k) => Ok(k.clone()),
-                Err(e) => Err((Instant::now(), e.to_string())),
-            };
-            m.insert(url.to_string(), entry);
+            Err(e) => {
+                if let Ok(mut f) = self.failures.lock() {
+                    if f.len() >= CACHED_FAILURES {
+                        f.retain(|_, (at, _)| at.elapsed() < FAILURE_TTL);
+                        if f.len() >= CACHED_FAILURES {
+                            f.clear();
+                        }
+                    }
+                    f.insert(url.to_string(), (Instant::now(), e.to_string()));
+                }
+            }
         }
         key
     }
@@ -497,7 +546,8 @@ fn check_timestamp(ts: &str, now: chrono::DateTime<chrono::Utc>) -> Result<(), S
     let age = now.signed_duration_since(t);
     let max_age = chrono::Duration::from_std(MAX_MESSAGE_AGE).map_err(|_| stale())?;
     let skew = chrono::Duration::from_std(MAX_SKEW).map_err(|_| stale())?;
-    if age > max_age || age < -skew {
+    // The skew both ways: a retry at SNS's last moment, or a clock ahead.
+    if age > max_age + skew || age < -skew {
         return Err(stale());
     }
     Ok(())

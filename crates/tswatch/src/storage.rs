@@ -8,7 +8,7 @@
 //! that writes state goes through that one API.
 
 use crate::keys;
-use crate::s3list::{Listed, Lister};
+use crate::s3list::{Listed, Lister, Target};
 use bytes::Bytes;
 use futures::StreamExt;
 use object_store::{
@@ -149,21 +149,29 @@ impl Storage {
             .with_bucket_name(bucket)
             .with_region(&aws.region)
             .with_credentials(aws.credentials.clone());
-        let endpoint = std::env::var("AWS_ENDPOINT_URL")
-            .or_else(|_| std::env::var("AWS_ENDPOINT"))
-            .ok();
-        if let Some(ep) = &endpoint {
+        if let Ok(ep) = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT"))
+        {
             b = b
-                .with_endpoint(ep)
+                .with_endpoint(&ep)
                 .with_allow_http(ep.starts_with("http://"));
         }
+        // The lister goes where object_store goes, as it was configured.
+        use object_store::aws::AmazonS3ConfigKey as K;
+        let flag = |k: &K| b.get_config_value(k).is_some_and(|v| v == "true");
+        let target = Target {
+            bucket: bucket.to_string(),
+            region: aws.region.clone(),
+            endpoint: b
+                .get_config_value(&K::S3Endpoint)
+                .or_else(|| b.get_config_value(&K::Endpoint)),
+            virtual_hosted: flag(&K::VirtualHostedStyleRequest),
+            allow_invalid_certificates: flag(&K::Client(
+                object_store::ClientConfigKey::AllowInvalidCertificates,
+            )),
+            skip_signature: flag(&K::SkipSignature),
+        };
+        let lister = Lister::new(&target, aws.credentials.clone())?;
         let store = b.build()?;
-        let lister = Lister::new(
-            bucket,
-            endpoint.as_deref(),
-            &aws.region,
-            aws.credentials.clone(),
-        )?;
         Ok(Self {
             store: Arc::new(store),
             location: Location::S3 {
@@ -365,10 +373,18 @@ impl Storage {
     /// Every object under `prefix` (which should end in `/`). An entry
     /// that cannot be used (a key that is no valid path, a symlink loop, a
     /// file that vanished mid-listing) is skipped, not fatal: one bad
-    /// object must not hide the others.
+    /// object must not hide the others. S3 goes through [`Lister`], a local
+    /// directory through [`local_list`]; object_store lists only the
+    /// stores tests inject.
     async fn list_meta(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
         if let Some(lister) = &self.lister {
             return lister.list(prefix).await;
+        }
+        if let Location::Local(root) = &self.location {
+            let (root, prefix) = (root.clone(), prefix.to_string());
+            return tokio::task::spawn_blocking(move || Ok(local_list(&root, &prefix)))
+                .await
+                .map_err(join_err)?;
         }
         let p = Path::from(prefix.trim_end_matches('/'));
         let mut out = Vec::new();
@@ -382,9 +398,6 @@ impl Storage {
                 }),
                 // A directory that does not exist yet lists as empty.
                 Err(object_store::Error::NotFound { .. }) if out.is_empty() => break,
-                Err(e) if matches!(self.location, Location::Local(_)) => {
-                    tracing::debug!(error = %e, "skipping a directory entry that cannot be listed");
-                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -513,6 +526,62 @@ impl Storage {
             }
         }
     }
+}
+
+/// Every entry under `root/prefix` that is not a directory, never going
+/// through a symbolic link: a link is listed as what it is (so a batch
+/// that is one is refused once), never followed (a link to `/` is not a
+/// walk of the whole disk). Files being written (`<name>#<n>`), keys that
+/// are not valid and entries that cannot be read are left out.
+fn local_list(root: &std::path::Path, prefix: &str) -> Vec<Listed> {
+    fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<Listed>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            // Of the entry itself: a symbolic link is not followed.
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let path = entry.path();
+            if kind.is_dir() {
+                walk(root, &path, out);
+                continue;
+            }
+            let Some(key) = path
+                .strip_prefix(root)
+                .ok()
+                .and_then(|r| r.to_str())
+                .map(|r| r.replace(std::path::MAIN_SEPARATOR, "/"))
+            else {
+                continue;
+            };
+            if key.contains('#') || keys::validate(&key).is_err() {
+                continue;
+            }
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let modified = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+            let micros = modified
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_micros();
+            out.push(Listed {
+                key,
+                // As object_store's local store makes them.
+                etag: format!(
+                    "\"{:x}-{micros:x}-{:x}\"",
+                    std::os::unix::fs::MetadataExt::ino(&meta),
+                    meta.len()
+                ),
+                modified: modified.into(),
+            });
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, &root.join(prefix.trim_end_matches('/')), &mut out);
+    out
 }
 
 fn local_sweep(
@@ -664,6 +733,38 @@ mod local_cas {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn local_listing_never_goes_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("data");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(root.join("raw/sub")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("x.csv"), "x").unwrap();
+        std::fs::write(root.join("raw/a.csv"), "a").unwrap();
+        std::fs::write(root.join("raw/sub/b.csv"), "b").unwrap();
+        std::fs::write(root.join("raw/c.csv#1"), "partial").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("raw/out")).unwrap();
+        std::os::unix::fs::symlink("a.csv", root.join("raw/link.csv")).unwrap();
+        std::os::unix::fs::symlink("loop.csv", root.join("raw/loop.csv")).unwrap();
+        let mut keys: Vec<String> = local_list(&root, "raw/")
+            .into_iter()
+            .map(|l| l.key)
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "raw/a.csv",
+                "raw/link.csv",
+                "raw/loop.csv",
+                "raw/out",
+                "raw/sub/b.csv"
+            ]
+        );
+        assert!(local_list(&root, "missing/").is_empty());
+    }
+
     use super::*;
 
     #[tokio::test]

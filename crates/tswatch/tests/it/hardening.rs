@@ -385,12 +385,20 @@ async fn objects_that_can_never_be_processed_are_refused_once_and_never_block() 
     std::os::unix::fs::symlink("self.csv", raw.join("self.csv")).unwrap();
     std::fs::create_dir_all(raw.join("d")).unwrap();
     std::os::unix::fs::symlink("..", raw.join("d/up")).unwrap();
-    let long_name = format!("{}.csv", "f".repeat(243));
+    // A link to a directory outside: never walked.
+    std::fs::write(outside.join("x.csv"), "timestamp,v\n1,2\n").unwrap();
+    std::os::unix::fs::symlink("../../outside", raw.join("walk")).unwrap();
+    let long_name = format!("{}.csv", "f".repeat(239));
     std::fs::write(raw.join(&long_name), "timestamp,v\n1,2\n").unwrap();
+    // The longest usable file name: every output, written under a
+    // temporary name first, still fits.
+    let longest = "g".repeat(238);
+    std::fs::write(raw.join(format!("{longest}.csv")), steady_file(40)).unwrap();
     std::fs::write(raw.join("good.csv"), steady_file(40)).unwrap();
     let svc = local(&data, &["--reconcile-interval", "1"], tmp.path()).await;
 
     wait_file(&data.join("processed/good_summary.json")).await;
+    wait_file(&data.join(format!("processed/{longest}_summary.json"))).await;
     let err: Value =
         serde_json::from_slice(&wait_file(&data.join("processed/link_error.json")).await).unwrap();
     assert!(
@@ -398,6 +406,10 @@ async fn objects_that_can_never_be_processed_are_refused_once_and_never_block() 
         "{err}"
     );
     assert!(!data.join("processed/link.csv").exists());
+    assert!(
+        !data.join("processed/walk").exists(),
+        "a linked directory was walked"
+    );
 
     // A FIFO dropped in while running: refused, and the lane goes on.
     let fifo = data.join(".pipe");
@@ -724,4 +736,60 @@ async fn a_recent_anomalies_answer_is_cut_at_its_byte_budget() {
     let (_, small) = svc.get_json("/anomalies/recent?limit=5").await;
     assert_eq!(small["count"], 5);
     assert!(small.get("truncated").is_none(), "{small}");
+}
+
+#[tokio::test]
+async fn slow_request_bodies_cannot_hold_every_connection() {
+    // Every slot taken by a request whose body never comes: a new client is
+    // still answered (the oldest request is cut after 2 s), long before
+    // the 15 s request timeout; and SIGTERM is heard meanwhile.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let svc = local(&data, &["--max-connections", "2"], tmp.path()).await;
+    let addr = svc.base.trim_start_matches("http://").to_string();
+    let mut slow: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.write_all(b"POST /notify HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+                .unwrap();
+            s
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let r = reqwest::Client::new()
+        .get(format!("{}/health", svc.base))
+        .timeout(Duration::from_secs(12))
+        .send()
+        .await;
+    assert!(r.is_ok(), "{r:?}");
+    // Before, it waited for the 15 s request timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    // Fill the slots again, then stop the service: it stops promptly.
+    slow.extend((0..2).map(|_| {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.write_all(b"POST /notify HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+            .unwrap();
+        s
+    }));
+    let _third = TcpStream::connect(&addr).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Heard at once (the requests in hand then get until their timeout).
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(svc.proc.pid().to_string())
+        .status();
+    wait_for("shutdown begins", Duration::from_secs(3), || async {
+        svc.proc.log_text().contains("shutting down").then_some(())
+    })
+    .await;
+    let status = tokio::task::spawn_blocking(move || svc.proc.terminate())
+        .await
+        .unwrap();
+    assert!(status.success());
+    drop(slow);
 }

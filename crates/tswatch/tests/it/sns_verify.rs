@@ -351,8 +351,9 @@ async fn old_messages_and_replays_are_refused() {
     let later = |secs: i64| sent + chrono::Duration::seconds(secs);
     // Within the hour SNS may take to deliver, and a little clock skew.
     v.verify_at(&m, later(3599)).await.unwrap();
+    v.verify_at(&m, later(3600 + 299)).await.unwrap();
     v.verify_at(&m, later(-290)).await.unwrap();
-    for at in [later(3601), later(-301), later(86_400 * 365 * 25)] {
+    for at in [later(3600 + 301), later(-301), later(86_400 * 365 * 25)] {
         assert_eq!(
             v.verify_at(&m, at).await,
             Err(SnsError::Stale(m.timestamp.clone())),
@@ -410,6 +411,47 @@ async fn junk_signatures_and_odd_certificate_paths_cost_no_fetch() {
         );
     }
     assert_eq!(certs.fetches(), 0);
+}
+
+#[tokio::test]
+async fn certificates_come_from_the_topics_region_and_outages_are_not_remembered() {
+    // Another region's SNS host, for a us-east-1 topic: refused unfetched.
+    let (certs, v) = verifier(&[], &[]);
+    let mut m = notification(&s3_event("raw/a.csv"), None);
+    m.signing_cert_url = CERT_URL.replace("us-east-1", "eu-west-1");
+    sign(&mut m, 0, "2");
+    assert!(matches!(
+        v.verify(&m).await,
+        Err(SnsError::OtherRegion { .. })
+    ));
+    assert_eq!(certs.fetches(), 0);
+    // A certificate host that cannot be reached: 503-worthy, and tried
+    // again with the next message (SNS delivers again).
+    let source = Arc::new(Unreachable::default());
+    let down = Verifier::new(source.clone(), vec![TOPIC.into()]);
+    let mut m = notification(&s3_event("raw/a.csv"), None);
+    sign(&mut m, 0, "2");
+    for n in 1..=3 {
+        assert!(matches!(
+            down.verify(&m).await,
+            Err(SnsError::CertificateUnreachable(_))
+        ));
+        assert_eq!(source.0.load(Ordering::SeqCst), n);
+    }
+}
+
+/// A certificate source whose host never answers.
+#[derive(Debug, Default)]
+struct Unreachable(AtomicUsize);
+
+impl CertSource for Unreachable {
+    fn fetch<'a>(
+        &'a self,
+        _url: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + 'a>> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Err("error sending request: operation timed out".to_string()) })
+    }
 }
 
 #[tokio::test]
@@ -501,8 +543,8 @@ async fn certificates_only_come_from_sns_hosts() {
 
 #[tokio::test]
 async fn certificates_and_failures_are_cached() {
-    let second = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-5ec0bd5ec0bd5ec0bd5ec0bd5ec0bd00.pem";
-    let missing = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0000000000000000000000000000dead.pem";
+    let second = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-5ec0bd5ec0bd5ec0bd5ec0bd5ec0bd00.pem";
+    let missing = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0000000000000000000000000000dead.pem";
     let (certs, v) = verifier(&[second], &[]);
     let mut m = notification(&s3_event("raw/a.csv"), None);
     sign(&mut m, 0, "2");
