@@ -138,12 +138,14 @@ fn wide_row(i: usize, channels: usize, spike: Option<(usize, f64)>, note: &str) 
     format!("{i},{},{note}\n", vals.join(","))
 }
 
-#[tokio::test]
-async fn anomalous_rows_cannot_fill_the_state_or_a_response() {
-    const C: usize = 100;
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let svc = local(&data, &[], tmp.path()).await;
+/// Channels of the wide streams below.
+const C: usize = 100;
+
+/// A local service whose default stream has learned [`C`] steady channels
+/// from 300 rows; its data directory, and the header of such files.
+async fn wide_stream_warmed(dir: &Path) -> (Service, std::path::PathBuf, String) {
+    let data = dir.join("data");
+    let svc = local(&data, &[], dir).await;
     let names: Vec<String> = (0..C).map(|c| format!("c{c}")).collect();
     let header = format!("timestamp,{},note\n", names.join(","));
     let mut warm = header.clone();
@@ -152,6 +154,13 @@ async fn anomalous_rows_cannot_fill_the_state_or_a_response() {
     }
     drop_in(&data, "warm.csv", warm.as_bytes());
     wait_file(&data.join("processed/warm_summary.json")).await;
+    (svc, data, header)
+}
+
+#[tokio::test]
+async fn anomalous_rows_cannot_fill_the_state_or_a_response() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (svc, data, header) = wide_stream_warmed(tmp.path()).await;
     // 300 anomalous rows (each a channel's new extreme), each with a
     // 64 KiB text cell: about 20 MB of cells the state used to keep whole.
     let fat = "y".repeat(64 * 1024);
@@ -691,18 +700,8 @@ async fn a_huge_notify_body_is_refused_while_it_streams_in() {
 async fn a_recent_anomalies_answer_is_cut_at_its_byte_budget() {
     // Ten files whose kept rows each fill the per-file budget (512 KiB):
     // more than the 4 MiB one answer may carry.
-    const C: usize = 100;
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let svc = local(&data, &[], tmp.path()).await;
-    let names: Vec<String> = (0..C).map(|c| format!("c{c}")).collect();
-    let header = format!("timestamp,{},note\n", names.join(","));
-    let mut warm = header.clone();
-    for i in 0..300 {
-        warm.push_str(&wide_row(i, C, None, "ok"));
-    }
-    drop_in(&data, "warm.csv", warm.as_bytes());
-    wait_file(&data.join("processed/warm_summary.json")).await;
+    let (svc, data, header) = wide_stream_warmed(tmp.path()).await;
     let mut i = 300;
     for f in 0..10 {
         let mut text = header.clone();
