@@ -3,7 +3,7 @@
 //! Handlers only read the committed state (or queue work); nothing here
 //! blocks on processing, so `/notify` answers at once.
 
-use crate::keys::{self, RawKey};
+use crate::events::{S3Event, parse_s3_event};
 use crate::processor::{Processor, View};
 use crate::sns::{SnsError, SnsMessage, Verifier, is_sns_url};
 use crate::statedoc::{Applied, RECENT_FILES, StateDoc, Summary, Totals, now_iso, round4};
@@ -223,64 +223,35 @@ fn queue_event(st: &AppState, message: &str) -> Response {
             );
         }
     };
-    if event.get("Event").and_then(Value::as_str) == Some("s3:TestEvent") {
-        return ok(json!({ "status": "test event acknowledged" }));
-    }
-    let Some(records) = event.get("Records").and_then(Value::as_array) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "Message is not an S3 event notification (no Records)",
-        );
-    };
     let bucket = match st.processor.storage().location() {
         Location::S3 { bucket } => Some(bucket.clone()),
         Location::Local(_) => None,
     };
-    let (mut queued, mut ignored) = (Vec::new(), Vec::new());
-    for r in records {
-        let name = r
-            .get("eventName")
-            .and_then(Value::as_str)
-            .unwrap_or("ObjectCreated:Put");
-        let Some(raw_key) = r.pointer("/s3/object/key").and_then(Value::as_str) else {
-            ignored.push(json!({ "key": null, "reason": "record has no s3.object.key" }));
-            continue;
-        };
-        let key = match keys::decode_event_key(raw_key) {
-            Ok(k) => k,
-            Err(e) => {
-                ignored.push(json!({ "key": raw_key, "reason": e.to_string() }));
-                continue;
+    let (keys, skipped) = match parse_s3_event(&event, bucket.as_deref()) {
+        Ok(S3Event::Test) => return ok(json!({ "status": "test event acknowledged" })),
+        Ok(S3Event::Records { keys, ignored }) => (keys, ignored),
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("Message is {e}")),
+    };
+    let mut queued = Vec::new();
+    for k in keys {
+        let key = k.as_str().to_string();
+        match st.queue.push(k) {
+            Enqueue::Queued | Enqueue::AlreadyQueued => queued.push(key),
+            Enqueue::Full => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "work queue is full; retry later",
+                );
             }
-        };
-        let rec_bucket = r.pointer("/s3/bucket/name").and_then(Value::as_str);
-        if let (Some(want), Some(got)) = (&bucket, rec_bucket)
-            && want != got
-        {
-            ignored.push(
-                json!({ "key": key, "reason": format!("event for bucket {got}, not {want}") }),
-            );
-            continue;
-        }
-        if !name.starts_with("ObjectCreated") {
-            ignored.push(
-                json!({ "key": key, "reason": format!("event {name} is not an object creation") }),
-            );
-            continue;
-        }
-        match RawKey::parse(&key) {
-            Ok(k) => match st.queue.push(k) {
-                Enqueue::Queued | Enqueue::AlreadyQueued => queued.push(key),
-                Enqueue::Full => {
-                    return error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "work queue is full; retry later",
-                    );
-                }
-            },
-            Err(e) => ignored.push(json!({ "key": key, "reason": e.to_string() })),
         }
     }
+    let ignored: Vec<Value> = skipped
+        .into_iter()
+        .map(|(key, reason)| {
+            let key = (!key.is_empty()).then_some(key);
+            json!({ "key": key, "reason": reason })
+        })
+        .collect();
     ok(json!({ "queued": queued, "ignored": ignored }))
 }
 

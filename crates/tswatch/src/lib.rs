@@ -12,6 +12,7 @@ pub mod cli;
 mod crashtest;
 pub mod csvscore;
 pub mod eval;
+pub mod events;
 pub mod http;
 pub mod keys;
 pub mod lease;

@@ -22,7 +22,7 @@
 //! On shutdown: stop receiving, finish the files in hand (within the grace
 //! period), and make the messages not yet started visible again at once.
 
-use crate::keys::{self, RawKey};
+use crate::keys::RawKey;
 use crate::lease::{Claim, Leases};
 use crate::processor::{Outcome, ProcessError, Processor};
 use crate::sqs::{Message, SqsClient};
@@ -65,19 +65,7 @@ impl Default for SqsSettings {
     }
 }
 
-/// What a message asks for.
-#[derive(Debug, PartialEq)]
-pub enum Parsed {
-    /// `s3:TestEvent`, sent when a notification is configured.
-    Test,
-    /// Raw batches to process, and records left aside (key, why).
-    Records {
-        /// Files to process.
-        keys: Vec<RawKey>,
-        /// Records that are not raw batches of this bucket.
-        ignored: Vec<(String, String)>,
-    },
-}
+pub use crate::events::S3Event as Parsed;
 
 /// Reads a message body: an S3 event, or an SNS `Notification` whose
 /// `Message` is one. `bucket` (when on S3) filters records of other buckets;
@@ -98,48 +86,7 @@ pub fn parse_body(body: &str, bucket: Option<&str>, topics: &[String]) -> Result
     } else {
         v
     };
-    if event.get("Event").and_then(Value::as_str) == Some("s3:TestEvent") {
-        return Ok(Parsed::Test);
-    }
-    let records = event
-        .get("Records")
-        .and_then(Value::as_array)
-        .ok_or("not an S3 event notification (no Records)")?;
-    let (mut keys, mut ignored) = (Vec::new(), Vec::new());
-    for r in records {
-        let Some(raw_key) = r.pointer("/s3/object/key").and_then(Value::as_str) else {
-            ignored.push((String::new(), "record has no s3.object.key".to_string()));
-            continue;
-        };
-        let key = match keys::decode_event_key(raw_key) {
-            Ok(k) => k,
-            Err(e) => {
-                ignored.push((raw_key.to_string(), e.to_string()));
-                continue;
-            }
-        };
-        let name = r
-            .get("eventName")
-            .and_then(Value::as_str)
-            .unwrap_or("ObjectCreated:Put");
-        if !name.starts_with("ObjectCreated") {
-            ignored.push((key, format!("event {name} is not an object creation")));
-            continue;
-        }
-        let rec_bucket = r.pointer("/s3/bucket/name").and_then(Value::as_str);
-        if let (Some(want), Some(got)) = (bucket, rec_bucket)
-            && want != got
-        {
-            ignored.push((key, format!("event for bucket {got}, not {want}")));
-            continue;
-        }
-        match RawKey::parse(&key) {
-            Ok(k) if !keys.contains(&k) => keys.push(k),
-            Ok(_) => {}
-            Err(e) => ignored.push((key, e.to_string())),
-        }
-    }
-    Ok(Parsed::Records { keys, ignored })
+    crate::events::parse_s3_event(&event, bucket)
 }
 
 /// Delay before a failed message is seen again: the visibility timeout,
