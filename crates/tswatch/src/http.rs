@@ -8,8 +8,10 @@
 //! - at most `max_connections` are open at once. Every connection is
 //!   accepted at once (a full listen queue would make the kernel drop new
 //!   ones, a health check's included); at the cap, the oldest connection
-//!   with no request in hand is closed to make room (gracefully: a response
-//!   still being written is finished). When every connection has a request
+//!   with no request in hand is closed to make room (gracefully: what is
+//!   still being written gets a quarter of a second; it stops counting
+//!   toward the cap at once, so a flood of idle connections never stalls
+//!   the accepting of new ones). When every connection has a request
 //!   in hand, the one whose request started first is cut if it started
 //!   more than [`BUSY_GRACE`] ago (slow bodies cannot hold every slot);
 //!   only when all are younger does a new connection wait.
@@ -43,7 +45,8 @@ const DRAIN: Duration = Duration::from_secs(30);
 /// cut to make room.
 pub const BUSY_GRACE: Duration = Duration::from_secs(2);
 /// How long an evicted connection may take to finish what it is writing.
-const EVICT_GRACE: Duration = Duration::from_secs(5);
+/// It no longer counts toward the cap meanwhile.
+const EVICT_GRACE: Duration = Duration::from_millis(250);
 
 /// The default connection cap: 256, and at most half the process's
 /// open-file limit (the rest is for storage, the watcher and the logs).
@@ -84,6 +87,15 @@ struct Open {
 impl Open {
     fn len(&self) -> usize {
         self.conns.lock().map_or(0, |c| c.len())
+    }
+
+    /// Connections not asked to close: those that count toward the cap.
+    fn staying(&self) -> usize {
+        self.conns.lock().map_or(0, |c| {
+            c.values()
+                .filter(|c| !c.told.load(Ordering::Acquire))
+                .count()
+        })
     }
 
     fn add(&self, id: u64) -> Arc<Conn> {
@@ -204,10 +216,12 @@ pub async fn serve(
         };
         // Make room (see the module docs); watch for shutdown meanwhile.
         let mut stopping = false;
-        while open.len() >= max {
-            if !open.make_room(ms_since(started)) {
-                tracing::debug!("every connection is busy; a new one waits");
+        while open.staying() >= max {
+            // A connection asked to close stops counting at once.
+            if open.make_room(ms_since(started)) {
+                continue;
             }
+            tracing::debug!("every connection is busy; a new one waits");
             tokio::select! {
                 () = open.wait_closed() => {}
                 () = &mut shutdown => {
