@@ -177,8 +177,8 @@ pub struct ServeArgs {
     /// closed after it too [default: 10]
     #[arg(long, env = "TSWATCH_HTTP_HEADER_TIMEOUT", value_name = "SECS")]
     pub http_header_timeout: Option<u64>,
-    /// Most HTTP connections open at once; more wait to be accepted
-    /// [default: 256, and at most half the open-file limit]
+    /// Most HTTP connections open at once; at the cap the oldest idle one is
+    /// closed to make room [default: 256, and at most half the open-file limit]
     #[arg(long, env = "TSWATCH_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
     /// Log format [default: text]

@@ -7,8 +7,8 @@
 //! (`state/<stream>/lease.json`, `state/lease.json` for the default stream)
 //! written by compare-and-swap, the same conditional writes the commits
 //! use: no coordinator, nothing but the bucket. It names its owner and
-//! when it runs out; the owner renews it while it has the stream's work in
-//! hand and lets it run out when it has none. A lease that ran out (its
+//! when it runs out; the owner renews it while it works on a file of the
+//! stream and gives it up when it has none of the stream's work in hand. A lease that ran out (its
 //! owner died, or went idle) is taken over by the next instance with work
 //! for the stream. Leases only steer the work: correctness never depends
 //! on them (commits are compare-and-swap whatever the lease says), so a

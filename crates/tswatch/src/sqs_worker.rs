@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit, mpsc, watch};
 
 /// How the consumer behaves.
@@ -110,6 +110,8 @@ type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// A received message on its way through this instance.
 struct Job {
+    /// When it was received: the lease wait counts from then.
+    received: Instant,
     msg: Message,
     parsed: Result<Parsed, String>,
     /// Its place among the messages this instance holds.
@@ -232,6 +234,7 @@ pub async fn run(
             }
             let parsed = parse_body(&msg.body, bucket.as_deref(), &topics);
             let job = Job {
+                received: Instant::now(),
                 msg,
                 parsed,
                 _slot: slot,
@@ -248,13 +251,23 @@ pub async fn run(
         while workers.join_next().await.is_some() {}
     })
     .await;
+    heartbeat.abort();
     if drained.is_err() {
         tracing::warn!(
             "shutdown grace period over: abandoning the messages in hand; they will be received again"
         );
         workers.shutdown().await;
+        // Those not started (queued behind a long file) go back at once;
+        // the one abandoned mid-file too (processing is idempotent).
+        let left: Vec<String> = me
+            .in_hand
+            .lock()
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default();
+        for h in left {
+            let _ = client.change_visibility(&h, 0).await;
+        }
     }
-    heartbeat.abort();
 }
 
 impl Consumer {
@@ -290,8 +303,11 @@ impl Consumer {
             let job = match tokio::time::timeout(STREAM_IDLE, rx.recv()).await {
                 Ok(Some(job)) => job,
                 _ => {
-                    // Idle: leave, unless a message came in meanwhile (the
+                    // Idle: give the lease up first (so no new worker of
+                    // this stream can be holding it when the release lands),
+                    // then leave, unless a message came in meanwhile (the
                     // check and the leaving under the lock dispatch takes).
+                    self.leases.release(&stream).await;
                     let late = match self.streams.lock() {
                         Ok(mut streams) => match rx.try_recv() {
                             Ok(job) => Some(job),
@@ -304,10 +320,7 @@ impl Consumer {
                     };
                     match late {
                         Some(job) => job,
-                        None => {
-                            self.leases.release(&stream).await;
-                            return;
-                        }
+                        None => return,
                     }
                 }
             };
@@ -318,7 +331,7 @@ impl Consumer {
     /// Handles one message (on `stream`'s lease, if it names files).
     async fn work(&self, stream: Option<&str>, job: Job) {
         let msg = &job.msg;
-        match self.lane_and_lease(stream).await {
+        match self.lane_and_lease(stream, job.received).await {
             Some(_lane) => {
                 // A long file keeps its stream's lease (this never ends by
                 // itself: the message's handling ends the select).
@@ -352,14 +365,21 @@ impl Consumer {
     /// only with a lane in hand, so an instance holds no more streams than
     /// it can work on (the others stay free for other instances). `None`
     /// if it gave up (shutdown, or [`LEASE_WAIT`] passed).
-    async fn lane_and_lease(&self, stream: Option<&str>) -> Option<SemaphorePermit<'_>> {
-        let start = tokio::time::Instant::now();
+    async fn lane_and_lease(
+        &self,
+        stream: Option<&str>,
+        received: Instant,
+    ) -> Option<SemaphorePermit<'_>> {
         let mut storage_failures = 0u32;
         loop {
             if self.stopping.load(Ordering::Relaxed) {
                 return None;
             }
             let lane = self.lanes.acquire().await.ok()?;
+            // Shutdown may have begun while this waited for the lane.
+            if self.stopping.load(Ordering::Relaxed) {
+                return None;
+            }
             let Some(stream) = stream else {
                 return Some(lane);
             };
@@ -378,7 +398,7 @@ impl Consumer {
                 }
             };
             drop(lane);
-            if start.elapsed() > LEASE_WAIT {
+            if received.elapsed() > LEASE_WAIT {
                 tracing::debug!(%stream, "stream busy on another instance; message handed back");
                 return None;
             }

@@ -774,3 +774,54 @@ async fn sqs_mode_still_finds_files_whose_notification_was_lost() {
             .contains("reconciliation queued unprocessed files")
     );
 }
+
+/// The fixture's rows `copies` times over: a file that takes a while.
+fn long_fixture(copies: usize) -> Vec<u8> {
+    let f = String::from_utf8(fixture()).unwrap();
+    let (header, rows) = f.split_once('\n').unwrap();
+    let rows = rows.trim_end().to_string() + "\n";
+    format!("{header}\n{}", rows.repeat(copies)).into_bytes()
+}
+
+#[tokio::test]
+async fn sqs_messages_left_when_the_grace_runs_out_are_put_back_at_once() {
+    // Two long files of one stream; SIGTERM during the first with a 1 s
+    // grace: the second, never started, and the first, abandoned, are
+    // visible again at once, not after the visibility timeout.
+    let tmp = tempfile::tempdir().unwrap();
+    let moto = Moto::start().await;
+    moto.create_bucket(BUCKET).await;
+    let (url, arn) = moto.create_queue("tswatch-grace").await;
+    moto.notify_bucket_to_queue(BUCKET, &arn).await;
+    let body = long_fixture(3000);
+    for f in 0..2 {
+        moto.put_object(BUCKET, &format!("raw/one/f{f}.csv"), body.clone())
+            .await;
+    }
+    let mut args = sqs_args(&url);
+    args.extend(["--shutdown-grace", "1"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let svc = Service::start(start_cmd(&moto), &args, tmp.path()).await;
+    wait_for(
+        "the first file in hand",
+        Duration::from_secs(60),
+        || async { (!receives_in(&svc.proc.log_text()).is_empty()).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = svc.proc.log.clone();
+    assert!(svc.proc.terminate().success());
+    // Files finished before the grace ran out are deleted from the queue.
+    let done = applied_in(&std::fs::read_to_string(log).unwrap()).len();
+    let a = moto
+        .sqs(
+            "GetQueueAttributes",
+            json!({ "QueueUrl": url, "AttributeNames": ["ApproximateNumberOfMessages"] }),
+        )
+        .await;
+    let visible: u64 = a["Attributes"]["ApproximateNumberOfMessages"]
+        .as_str()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(visible as usize, 2 - done, "{a}");
+}
