@@ -312,15 +312,6 @@ impl Ew {
         self.var.sqrt()
     }
 
-    /// An estimate summarising `xs` as if they were its only history.
-    pub fn from_values(xs: &[f64]) -> Self {
-        let mut e = Ew::default();
-        for &x in xs {
-            e.push(x, 0.0);
-        }
-        e
-    }
-
     /// Whether the numbers are usable.
     pub fn is_valid(&self) -> bool {
         self.mean.is_finite() && self.var.is_finite() && self.var >= 0.0

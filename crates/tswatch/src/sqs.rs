@@ -137,20 +137,6 @@ struct SendRequest<'a> {
     message_body: &'a str,
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "PascalCase")]
-struct AttributesRequest<'a> {
-    queue_url: &'a str,
-    attribute_names: &'a [&'a str],
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct AttributesResponse {
-    #[serde(default)]
-    attributes: HashMap<String, String>,
-}
-
 /// Any answer whose content is not needed.
 #[derive(Deserialize, Default)]
 struct Ignored {}
@@ -203,16 +189,6 @@ impl SqsClient {
             region,
             credentials,
         })
-    }
-
-    /// The queue this client talks to.
-    pub fn queue_url(&self) -> &str {
-        &self.queue_url
-    }
-
-    /// The region requests are signed for.
-    pub fn region(&self) -> &str {
-        &self.region
     }
 
     /// Long-polls for up to `max` (1..=10) messages, waiting up to `wait`
@@ -286,21 +262,6 @@ impl SqsClient {
             )
             .await?;
         Ok(())
-    }
-
-    /// Queue attributes by name (e.g. `QueueArn`,
-    /// `ApproximateNumberOfMessages`, `ApproximateNumberOfMessagesNotVisible`).
-    pub async fn attributes(&self, names: &[&str]) -> Result<HashMap<String, String>, SqsError> {
-        let r: AttributesResponse = self
-            .call(
-                "GetQueueAttributes",
-                &AttributesRequest {
-                    queue_url: &self.queue_url,
-                    attribute_names: names,
-                },
-            )
-            .await?;
-        Ok(r.attributes)
     }
 
     /// One signed JSON-protocol call.
