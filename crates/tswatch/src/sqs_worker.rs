@@ -259,12 +259,7 @@ pub async fn run(
         workers.shutdown().await;
         // Those not started (queued behind a long file) go back at once;
         // the one abandoned mid-file too (processing is idempotent).
-        let left: Vec<String> = me
-            .in_hand
-            .lock()
-            .map(|h| h.iter().cloned().collect())
-            .unwrap_or_default();
-        for h in left {
+        for h in handles_in(&me.in_hand) {
             let _ = client.change_visibility(&h, 0).await;
         }
     }
@@ -412,16 +407,20 @@ async fn stopped(mut shutdown: watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
 }
 
+/// The receipt handles in hand just now.
+fn handles_in(in_hand: &Mutex<HashSet<String>>) -> Vec<String> {
+    in_hand
+        .lock()
+        .map(|h| h.iter().cloned().collect())
+        .unwrap_or_default()
+}
+
 /// Keeps the messages in hand invisible to other consumers.
 async fn heartbeat(client: SqsClient, in_hand: Arc<Mutex<HashSet<String>>>, visibility: u32) {
     let every = Duration::from_secs(u64::from((visibility / 3).max(1)));
     loop {
         tokio::time::sleep(every).await;
-        let handles: Vec<String> = in_hand
-            .lock()
-            .map(|h| h.iter().cloned().collect())
-            .unwrap_or_default();
-        for h in handles {
+        for h in handles_in(&in_hand) {
             if let Err(e) = client.change_visibility(&h, visibility).await {
                 tracing::warn!(error = %e, "could not extend a message's visibility; another consumer may take it (harmless: processing is idempotent)");
             }

@@ -157,6 +157,18 @@ async fn wide_stream_warmed(dir: &Path) -> (Service, std::path::PathBuf, String)
     (svc, data, header)
 }
 
+/// The raw body of `GET /anomalies/recent?limit=1000`.
+async fn recent_1000(svc: &Service) -> bytes::Bytes {
+    svc.http
+        .get(format!("{}/anomalies/recent?limit=1000", svc.base))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn anomalous_rows_cannot_fill_the_state_or_a_response() {
     let tmp = tempfile::tempdir().unwrap();
@@ -185,15 +197,7 @@ async fn anomalous_rows_cannot_fill_the_state_or_a_response() {
     assert!(kept_bytes <= 600 * 1024, "{kept_bytes} bytes kept");
     let kept_rows = kept.as_array().unwrap().len();
     assert!((10..250).contains(&kept_rows), "{kept_rows} rows kept");
-    let r = svc
-        .http
-        .get(format!("{}/anomalies/recent?limit=1000", svc.base))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let r = recent_1000(&svc).await;
     assert!(r.len() < 1_000_000, "{} bytes", r.len());
     let body: Value = serde_json::from_slice(&r).unwrap();
     let rows = body["anomalies"].as_array().unwrap();
@@ -714,15 +718,7 @@ async fn a_recent_anomalies_answer_is_cut_at_its_byte_budget() {
         drop_in(&data, &format!("f{f}.csv"), text.as_bytes());
         wait_file(&data.join(format!("processed/f{f}_summary.json"))).await;
     }
-    let r = svc
-        .http
-        .get(format!("{}/anomalies/recent?limit=1000", svc.base))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let r = recent_1000(&svc).await;
     let body: Value = serde_json::from_slice(&r).unwrap();
     assert_eq!(body["truncated"], true, "{} bytes", r.len());
     assert!(r.len() <= 4 * 1024 * 1024 + 4096, "{} bytes", r.len());

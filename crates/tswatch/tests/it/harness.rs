@@ -411,9 +411,9 @@ impl Service {
     }
 }
 
-/// An SNS Notification envelope around an S3 event for `keys` (unsigned:
-/// for services running with --insecure-skip-sns-verify).
-pub(crate) fn sns_s3_event(bucket: &str, keys: &[&str]) -> String {
+/// An S3 event notification for `keys` in `bucket`, as S3 sends it (keys
+/// form-encoded).
+pub(crate) fn s3_event(bucket: &str, keys: &[&str]) -> String {
     let records: Vec<serde_json::Value> = keys
         .iter()
         .map(|k| {
@@ -424,7 +424,13 @@ pub(crate) fn sns_s3_event(bucket: &str, keys: &[&str]) -> String {
             })
         })
         .collect();
-    let message = serde_json::json!({ "Records": records }).to_string();
+    serde_json::json!({ "Records": records }).to_string()
+}
+
+/// An SNS Notification envelope around an S3 event for `keys` (unsigned:
+/// for services running with --insecure-skip-sns-verify).
+pub(crate) fn sns_s3_event(bucket: &str, keys: &[&str]) -> String {
+    let message = s3_event(bucket, keys);
     serde_json::json!({
         "Type": "Notification",
         "MessageId": format!("m-{}", keys.join(",")),

@@ -76,19 +76,17 @@ fn shifted(ts: &str, secs: i64) -> String {
         .to_string()
 }
 
-fn s3_event(key: &str) -> String {
-    json!({"Records": [{"eventVersion": "2.1", "eventSource": "aws:s3",
-        "eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"},
-        "object": {"key": form_encode(key), "size": 10}}}]})
-    .to_string()
+/// An S3 event for `key` in bucket `b`.
+fn event_for(key: &str) -> String {
+    s3_event("b", &[key])
 }
 
 /// Every kind of message SNS signs, unsigned.
 fn all_kinds() -> Vec<SnsMessage> {
     vec![
-        notification(&s3_event("raw/a.csv"), None),
+        notification(&event_for("raw/a.csv"), None),
         notification(
-            &s3_event("raw/café 1+2.csv"),
+            &event_for("raw/café 1+2.csv"),
             Some("Amazon S3 Notification"),
         ),
         notification("line one\nline two: ünïcödé ✓", Some("")),
@@ -119,7 +117,7 @@ async fn valid_v1_and_v2_signatures_are_accepted() {
 async fn forged_and_truncated_signatures_are_refused() {
     let (_, v) = verifier(&[], &[]);
     for version in ["1", "2"] {
-        let mut good = notification(&s3_event("raw/a.csv"), None);
+        let mut good = notification(&event_for("raw/a.csv"), None);
         sign(&mut good, 0, version);
         let sig = signature_bytes(&good);
 
@@ -168,7 +166,7 @@ async fn a_replayed_message_with_an_altered_field_is_refused() {
         ],
     );
     for version in ["1", "2"] {
-        let mut n = notification(&s3_event("raw/a.csv"), Some("subject"));
+        let mut n = notification(&event_for("raw/a.csv"), Some("subject"));
         sign(&mut n, 0, version);
         let mut c = confirmation("SubscriptionConfirmation");
         sign(&mut c, 0, version);
@@ -181,7 +179,7 @@ async fn a_replayed_message_with_an_altered_field_is_refused() {
             (
                 "Message",
                 SnsMessage {
-                    message: s3_event("raw/b.csv"),
+                    message: event_for("raw/b.csv"),
                     ..n.clone()
                 },
             ),
@@ -293,7 +291,7 @@ async fn a_replayed_message_with_an_altered_field_is_refused() {
 async fn signature_versions_cannot_be_relabelled() {
     let (_, v) = verifier(&[], &[]);
     for (signed_as, labelled) in [("1", "2"), ("2", "1")] {
-        let mut m = notification(&s3_event("raw/a.csv"), None);
+        let mut m = notification(&event_for("raw/a.csv"), None);
         sign(&mut m, 0, signed_as);
         m.signature_version = labelled.into();
         assert_eq!(
@@ -303,7 +301,7 @@ async fn signature_versions_cannot_be_relabelled() {
         );
     }
     for version in ["3", "", "0", "02", "2 ", "v2", "1.0"] {
-        let mut m = notification(&s3_event("raw/a.csv"), None);
+        let mut m = notification(&event_for("raw/a.csv"), None);
         sign(&mut m, 0, "2");
         m.signature_version = version.into();
         assert_eq!(
@@ -318,12 +316,12 @@ async fn signature_versions_cannot_be_relabelled() {
 async fn only_configured_topics_are_accepted() {
     let other = "arn:aws:sns:us-east-1:123456789012:other";
     let (_, v) = verifier(&[], &[TOPIC, "arn:aws:sns:eu-west-1:1:second"]);
-    let mut ok = notification(&s3_event("raw/a.csv"), None);
+    let mut ok = notification(&event_for("raw/a.csv"), None);
     sign(&mut ok, 0, "2");
     v.verify(&ok).await.unwrap();
     // Validly signed, but from a topic this service does not serve.
     for mut m in [
-        notification(&s3_event("raw/a.csv"), None),
+        notification(&event_for("raw/a.csv"), None),
         confirmation("SubscriptionConfirmation"),
     ] {
         m.topic_arn = other.into();
@@ -343,7 +341,7 @@ async fn only_configured_topics_are_accepted() {
 #[tokio::test]
 async fn old_messages_and_replays_are_refused() {
     let (certs, v) = verifier(&[], &[]);
-    let mut m = notification(&s3_event("raw/a.csv"), None);
+    let mut m = notification(&event_for("raw/a.csv"), None);
     sign(&mut m, 0, "2");
     let sent = chrono::DateTime::parse_from_rfc3339(&m.timestamp)
         .unwrap()
@@ -386,7 +384,7 @@ async fn old_messages_and_replays_are_refused() {
 #[tokio::test]
 async fn junk_signatures_and_odd_certificate_paths_cost_no_fetch() {
     let (certs, v) = verifier(&[], &[]);
-    let mut m = notification(&s3_event("raw/a.csv"), None);
+    let mut m = notification(&event_for("raw/a.csv"), None);
     sign(&mut m, 0, "2");
     for junk in ["AAAA", "", "!!", &b64(&[7u8; 255]), &b64(&[7u8; 1025])] {
         let j = SnsMessage {
@@ -417,7 +415,7 @@ async fn junk_signatures_and_odd_certificate_paths_cost_no_fetch() {
 async fn certificates_come_from_the_topics_region_and_outages_are_not_remembered() {
     // Another region's SNS host, for a us-east-1 topic: refused unfetched.
     let (certs, v) = verifier(&[], &[]);
-    let mut m = notification(&s3_event("raw/a.csv"), None);
+    let mut m = notification(&event_for("raw/a.csv"), None);
     m.signing_cert_url = CERT_URL.replace("us-east-1", "eu-west-1");
     sign(&mut m, 0, "2");
     assert!(matches!(
@@ -429,7 +427,7 @@ async fn certificates_come_from_the_topics_region_and_outages_are_not_remembered
     // again with the next message (SNS delivers again).
     let source = Arc::new(Unreachable::default());
     let down = Verifier::new(source.clone(), vec![TOPIC.into()]);
-    let mut m = notification(&s3_event("raw/a.csv"), None);
+    let mut m = notification(&event_for("raw/a.csv"), None);
     sign(&mut m, 0, "2");
     for n in 1..=3 {
         assert!(matches!(
@@ -458,7 +456,7 @@ impl CertSource for Unreachable {
 async fn certificate_fetches_are_bounded() {
     let (certs, v) = verifier(&[], &[]);
     // Thirty distinct certificates that do not exist: each fetched once...
-    let mut m = notification(&s3_event("raw/a.csv"), None);
+    let mut m = notification(&event_for("raw/a.csv"), None);
     for i in 0..30 {
         m.signing_cert_url =
             format!("https://sns.us-east-1.amazonaws.com/SimpleNotificationService-{i:032x}.pem");
@@ -469,7 +467,7 @@ async fn certificate_fetches_are_bounded() {
     assert_eq!(certs.fetches(), 30, "failures are remembered");
     // ...and then the minute's budget is spent: not even the real one is
     // fetched until it renews (SNS delivers again later).
-    let mut good = notification(&s3_event("raw/a.csv"), None);
+    let mut good = notification(&event_for("raw/a.csv"), None);
     sign(&mut good, 0, "2");
     assert_eq!(v.verify(&good).await, Err(SnsError::Busy));
     assert_eq!(certs.fetches(), 30);
@@ -504,7 +502,7 @@ async fn certificates_only_come_from_sns_hosts() {
     // URL check stands between these messages and acceptance.
     let (certs, v) = verifier(&bad, &[]);
     for url in bad {
-        let mut m = notification(&s3_event("raw/a.csv"), None);
+        let mut m = notification(&event_for("raw/a.csv"), None);
         m.signing_cert_url = url.into();
         sign(&mut m, 0, "2");
         assert_eq!(
@@ -546,7 +544,7 @@ async fn certificates_and_failures_are_cached() {
     let second = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-5ec0bd5ec0bd5ec0bd5ec0bd5ec0bd00.pem";
     let missing = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0000000000000000000000000000dead.pem";
     let (certs, v) = verifier(&[second], &[]);
-    let mut m = notification(&s3_event("raw/a.csv"), None);
+    let mut m = notification(&event_for("raw/a.csv"), None);
     sign(&mut m, 0, "2");
     v.verify(&m).await.unwrap();
     v.verify(&m).await.unwrap();
@@ -590,7 +588,7 @@ async fn unusable_certificates_are_refused() {
         }),
         vec![TOPIC.into()],
     );
-    let mut m = notification(&s3_event("raw/a.csv"), None);
+    let mut m = notification(&event_for("raw/a.csv"), None);
     m.signing_cert_url = garbage.into();
     sign(&mut m, 0, "2");
     assert!(matches!(v.verify(&m).await, Err(SnsError::Certificate(_))));
@@ -650,7 +648,7 @@ async fn a_real_moto_signed_message_verifies() {
     let topic = moto.create_topic("verify-me").await;
     let (url, mut rx) = capture_endpoint().await;
     moto.subscribe(&topic, "http", &url).await;
-    let payload = s3_event("raw/from moto+1.csv");
+    let payload = event_for("raw/from moto+1.csv");
     moto.sns(&[
         ("Action", "Publish"),
         ("TopicArn", &topic),
@@ -680,7 +678,7 @@ async fn a_real_moto_signed_message_verifies() {
     v.verify(&m).await.unwrap();
     // The same message, replayed with another payload or topic.
     let tampered = SnsMessage {
-        message: s3_event("raw/evil.csv"),
+        message: event_for("raw/evil.csv"),
         ..m.clone()
     };
     assert_eq!(v.verify(&tampered).await, Err(SnsError::BadSignature));
@@ -936,10 +934,7 @@ async fn cert_endpoint(moto_endpoint: String) -> String {
 }
 
 fn signed_event_for(bucket: &str, key: &str) -> SnsMessage {
-    let event = json!({"Records": [{"eventVersion": "2.1", "eventSource": "aws:s3",
-        "eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": bucket},
-        "object": {"key": form_encode(key)}}}]});
-    let mut m = notification(&event.to_string(), Some("Amazon S3 Notification"));
+    let mut m = notification(&s3_event(bucket, &[key]), Some("Amazon S3 Notification"));
     m.message_id = format!("id-{key}");
     sign(&mut m, 0, "2");
     m

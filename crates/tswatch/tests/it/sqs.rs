@@ -667,14 +667,6 @@ fn sqs_needs_a_bucket() {
     }
 }
 
-/// An S3 event for `key` in [`BUCKET`], as S3 sends it to a queue.
-fn s3_event_body(key: &str) -> String {
-    json!({"Records": [{"eventVersion": "2.1", "eventSource": "aws:s3",
-        "eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": BUCKET},
-        "object": {"key": form_encode(key)}}}]})
-    .to_string()
-}
-
 #[tokio::test]
 async fn sqs_two_instances_take_each_stream_in_turn_and_never_redo_work() {
     // A backlog: 4 streams x 5 files queued (each event twice: a duplicate
@@ -699,7 +691,7 @@ async fn sqs_two_instances_take_each_stream_in_turn_and_never_redo_work() {
             &[
                 ("Action", "SendMessage"),
                 ("QueueUrl", &url),
-                ("MessageBody", &s3_event_body(k)),
+                ("MessageBody", &s3_event(BUCKET, &[k])),
             ],
         )
         .await;
