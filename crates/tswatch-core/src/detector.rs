@@ -1,7 +1,7 @@
 //! One channel's alarm detector, built for the series people really have
 //! (counts, quantised metrics, bursts, flat stretches, daily shapes) and
 //! measured on real labelled series (NAB; see `docs/detection.md`).
-//! Three tests, each asking "is this more surprising than this
+//! Four tests, each asking "is this more surprising than this
 //! channel usually is?":
 //!
 //! - **Tail**: the value's z-score against the last [`WINDOW`] values, held
@@ -10,12 +10,17 @@
 //!   bursts reach 10 sigma every day is not flagged for one more.
 //! - **Unusual stretch** (anomaly likelihood, Ahmad et al. 2017): the mean
 //!   of the last [`AVERAGE`] raw scores against their long-run distribution,
-//!   for the plain values and for their departure from the time-of-day
+//!   for the plain values against the last [`WINDOW`] and against the last
+//!   [`SHORT`] (a new regime), and for their departure from the time-of-day
 //!   profile; sees slow, novel behaviour that no single row shows.
 //! - **New extreme**: a value beyond the whole range seen so far by more
 //!   than [`EXTREME_MARGIN`] of it.
+//! - **Stuck**: one value repeated three times longer than any run of one
+//!   value the channel has shown, and at least 40 times (a stuck sensor, a
+//!   flat-lined feed); a channel that is constant from its start is not
+//!   stuck, only constant.
 //!
-//! The stretch and extreme tests report onsets: after one fires, the channel
+//! The stretch, extreme and stuck tests report onsets: after one fires, the channel
 //! stays quiet for [`QUIET_ROWS`] rows, so one incident is one alarm. Every
 //! spread has a floor from the channel's own range, so quantised and
 //! constant channels give bounded z-scores.
@@ -31,6 +36,16 @@ use std::collections::VecDeque;
 
 /// Values the reference window holds.
 pub const WINDOW: usize = 6400;
+/// Values the recent reference window holds: the stretch test also asks
+/// "unusual for the last few hundred rows?", which sees a change of regime
+/// that a long window, still holding older and wilder values, absorbs.
+pub const SHORT: usize = 400;
+/// Rows learned before the stuck-value test speaks.
+const STUCK_LEARN: u64 = LIKELIHOOD_LEARN;
+/// A value repeated this many times the longest run seen so far is stuck...
+const STUCK_FACTOR: u64 = 3;
+/// ...if it also repeated at least this many times.
+const STUCK_MIN: u64 = 40;
 /// Raw scores averaged by the stretch test.
 pub const AVERAGE: usize = 10;
 /// Memory (rows) of the averaged scores' mean and variance.
@@ -77,6 +92,14 @@ pub enum Finding {
         /// Whether against the time-of-day profile.
         daily: bool,
     },
+    /// The same value, repeated far longer than the channel ever did (a
+    /// stuck sensor, a flat-lined feed).
+    Stuck {
+        /// The value.
+        value: f64,
+        /// Rows it has repeated.
+        rows: u64,
+    },
     /// Beyond the range seen so far.
     Extreme {
         /// The lowest value seen before.
@@ -102,6 +125,7 @@ pub struct Verdict {
     // What `learn` needs, worked out once while scoring.
     pub(crate) raw: f64,
     pub(crate) avg: f64,
+    pub(crate) short: (f64, f64),
     pub(crate) daily: Option<(usize, Option<Residual>)>,
     pub(crate) tail_hit: bool,
     /// The row completes a level shift (the run is learned).
@@ -225,7 +249,7 @@ impl View {
         out
     }
 
-    fn learn(&mut self, v: f64, raw: f64, avg: f64) {
+    fn learn(&mut self, v: f64, raw: f64, avg: f64, cap: usize) {
         // A value whose square or sum would overflow cannot be averaged:
         // it is left out rather than poisoning the window.
         let d = v - if self.window.is_empty() {
@@ -245,7 +269,7 @@ impl View {
         self.window.push_back(v);
         self.sum += d;
         self.sum_sq += d * d;
-        if self.window.len() > WINDOW
+        if self.window.len() > cap
             && let Some(old) = self.window.pop_front()
         {
             let d = old - self.origin;
@@ -253,7 +277,7 @@ impl View {
             self.sum_sq -= d * d;
         }
         self.since_exact += 1;
-        if self.since_exact >= WINDOW {
+        if self.since_exact >= cap {
             self.recompute();
         }
         self.recent.push_back(raw);
@@ -306,6 +330,9 @@ impl View {
 pub struct Detector {
     /// The values themselves.
     plain: View,
+    /// The values again, against the last [`SHORT`] only.
+    #[serde(default)]
+    short: View,
     /// Departures from the time-of-day profile.
     daily: View,
     /// Time-of-day profile: one running level per bucket.
@@ -325,6 +352,15 @@ pub struct Detector {
     rows: u64,
     /// Row of the last onset alarm.
     last_onset: Option<u64>,
+    /// The last value learned...
+    #[serde(default)]
+    same: Option<f64>,
+    /// ...how many times in a row it came...
+    #[serde(default)]
+    same_run: u64,
+    /// ...and the longest such run that has ended.
+    #[serde(default)]
+    same_max: u64,
 }
 
 impl Detector {
@@ -339,6 +375,9 @@ impl Detector {
             && self.tail_excess.is_finite()
             && self.run.iter().all(|v| v.is_finite())
             && self.run.len() <= MAX_SHIFT_ROWS
+            && self.short.is_valid()
+            && self.short.len() <= SHORT
+            && self.same.is_none_or(f64::is_finite)
     }
 
     /// The tail test's |z| threshold for tail probability `p`, once learned.
@@ -364,6 +403,8 @@ impl Detector {
             avg: p.avg,
             ..Default::default()
         };
+        let sh = self.short.score(v, th.min_observations);
+        out.short = (sh.raw, sh.avg);
         let mut best: Option<(f64, Finding)> = None;
         let mut consider = |score: f64, f: Finding| {
             if best.is_none_or(|(s, _)| score > s) {
@@ -377,6 +418,29 @@ impl Detector {
                 daily: false,
             },
         );
+        consider(
+            ratio(sh.stretch / th.stretch),
+            Finding::Stretch {
+                surprise: sh.stretch,
+                daily: false,
+            },
+        );
+        if self.rows >= STUCK_LEARN && self.same == Some(v) {
+            let run = self.same_run.saturating_add(1);
+            let usual = STUCK_FACTOR.saturating_mul(self.same_max);
+            // One alarm per stuck run, at the row that makes it one; its
+            // strength grows with how far it outruns the longest run seen.
+            if run == usual.max(STUCK_MIN) {
+                let x = run as f64 / usual.max(1) as f64;
+                consider(
+                    ratio(x),
+                    Finding::Stuck {
+                        value: v,
+                        rows: run,
+                    },
+                );
+            }
+        }
         if let Some(e) = p.extreme.filter(|&e| e > 0.0) {
             consider(
                 0.5 + 0.5 * (e - EXTREME_MARGIN).tanh(),
@@ -461,17 +525,25 @@ impl Detector {
     /// Learns value `v` after it was scored as `verdict`.
     pub fn learn(&mut self, v: f64, verdict: &Verdict) {
         self.rows += 1;
+        if self.same == Some(v) {
+            self.same_run = self.same_run.saturating_add(1);
+        } else {
+            // A run is measured when it ends.
+            self.same_max = self.same_max.max(self.same_run);
+            self.same = Some(v);
+            self.same_run = 1;
+        }
         let onset = verdict.alarm
             && matches!(
                 verdict.finding,
-                Some(Finding::Stretch { .. } | Finding::Extreme { .. })
+                Some(Finding::Stretch { .. } | Finding::Extreme { .. } | Finding::Stuck { .. })
             );
         if onset {
             self.last_onset = Some(self.rows - 1);
         }
         if let Some((b, residual)) = verdict.daily {
             if let Some((r, raw, avg)) = residual.filter(|r| r.0.is_finite()) {
-                self.daily.learn(r, raw, avg);
+                self.daily.learn(r, raw, avg, WINDOW);
             }
             if self.profile.is_empty() {
                 self.profile = vec![0.0; DAY_BUCKETS];
@@ -506,7 +578,8 @@ impl Detector {
             if verdict.completes_shift {
                 // A level shift: the run is the new normal.
                 for x in std::mem::take(&mut self.run) {
-                    self.plain.learn(x, verdict.raw, verdict.avg);
+                    self.plain.learn(x, verdict.raw, verdict.avg, WINDOW);
+                    self.short.learn(x, verdict.short.0, verdict.short.1, SHORT);
                 }
                 self.run_sign = 0;
             }
@@ -514,7 +587,8 @@ impl Detector {
         }
         self.run.clear();
         self.run_sign = 0;
-        self.plain.learn(v, verdict.raw, verdict.avg);
+        self.plain.learn(v, verdict.raw, verdict.avg, WINDOW);
+        self.short.learn(v, verdict.short.0, verdict.short.1, SHORT);
         if let Some(z) = verdict.z {
             let a = z.abs();
             self.tail_n += 1;
@@ -753,5 +827,71 @@ mod tests {
         for x in [0.0, 3.0, 9.0] {
             assert_eq!(d.score(x, Some(1e6), &th), back.score(x, Some(1e6), &th));
         }
+    }
+
+    #[test]
+    fn a_stuck_value_is_one_alarm() {
+        let th = Thresholds::new(&crate::EngineConfig::default(), 1);
+        let mut d = Detector::default();
+        feed(&mut d, noise(1_000, 21), &th);
+        // 0.5 is an ordinary value; only its repetition is unusual.
+        let v = feed(&mut d, std::iter::repeat_n(0.5, 300), &th);
+        let alarms: Vec<usize> = (0..v.len()).filter(|&i| v[i].alarm).collect();
+        assert_eq!(alarms, vec![STUCK_MIN as usize - 1], "{:?}", &v[..3]);
+        assert!(matches!(
+            v[alarms[0]].finding,
+            Some(Finding::Stuck { value, rows }) if value == 0.5 && rows == STUCK_MIN
+        ));
+        assert!(v[alarms[0]].score > 0.5);
+    }
+
+    #[test]
+    fn a_channel_that_often_repeats_is_stuck_only_beyond_its_own_runs() {
+        let th = Thresholds::new(&crate::EngineConfig::default(), 1);
+        let mut d = Detector::default();
+        // Steps that each hold for 30 rows (a quantised, slow metric).
+        let steps = (0..100).flat_map(|i| std::iter::repeat_n(f64::from(i % 7), 30));
+        let v = feed(&mut d, steps, &th);
+        let stuck = |v: &[Verdict]| {
+            v.iter()
+                .position(|v| matches!(v.finding, Some(Finding::Stuck { .. })))
+        };
+        assert_eq!(stuck(&v), None);
+        feed(&mut d, [7.5], &th);
+        // The longest run seen is 30: 80 in a row is within three times that.
+        assert_eq!(
+            stuck(&feed(&mut d, std::iter::repeat_n(0.0, 80), &th)),
+            None
+        );
+        feed(&mut d, [7.5], &th);
+        let long = feed(&mut d, std::iter::repeat_n(1.0, 1_000), &th);
+        // The 80 ended, so the longest run is now 80.
+        assert_eq!(stuck(&long).map(|i| i + 1), Some(3 * 80));
+    }
+
+    #[test]
+    fn a_constant_channel_is_not_stuck() {
+        let th = Thresholds::new(&crate::EngineConfig::default(), 1);
+        let mut d = Detector::default();
+        let v = feed(&mut d, std::iter::repeat_n(3.0, 5_000), &th);
+        assert!(v.iter().all(|v| !v.alarm));
+    }
+
+    #[test]
+    fn a_new_regime_is_seen_against_the_recent_window() {
+        let th = Thresholds::new(&crate::EngineConfig::default(), 1);
+        let mut d = Detector::default();
+        // A level shift, learned: the long window now holds both levels,
+        // so a dip to between them is inside its range and near its mean;
+        // against the recent window it is 4.5 sigmas out.
+        feed(&mut d, noise(3_000, 8), &th);
+        feed(&mut d, noise(3_000, 9).into_iter().map(|x| x + 10.0), &th);
+        let dip: Vec<f64> = noise(10, 10).into_iter().map(|x| x + 5.5).collect();
+        let v = feed(&mut d, dip, &th);
+        assert!(v.iter().all(|v| v.z.is_some_and(|z| z.abs() < 1.0)));
+        let recent = d.short.score(5.5, th.min_observations).stretch;
+        let long = d.plain.score(5.5, th.min_observations).stretch;
+        assert!(recent > 2.0 && recent > 3.0 * long, "{recent} vs {long}");
+        assert!(v[9].score > 0.3, "{:?}", v[9]);
     }
 }

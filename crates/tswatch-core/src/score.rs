@@ -180,6 +180,9 @@ impl RowScore {
                 Some(Finding::Stretch { daily: false, .. }) => {
                     format!("{name} unusual stretch (z={z:.2})")
                 }
+                Some(Finding::Stuck { value, rows }) => {
+                    format!("{name} stuck at {} for {rows} rows", short(value))
+                }
                 Some(Finding::Tail { .. }) | None => format!("{name} z={z:.2}"),
             });
         }
@@ -306,6 +309,15 @@ mod tests {
             d.reason(&["rq"]),
             "rq unusual for this time of day (z=2.00)"
         );
+        let s = row(vec![verdict(
+            0.1,
+            0.9,
+            Some(Finding::Stuck {
+                value: 40.0,
+                rows: 40,
+            }),
+        )]);
+        assert_eq!(s.reason(&["temp"]), "temp stuck at 40 for 40 rows");
     }
 
     #[test]
