@@ -16,6 +16,7 @@ use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub min_observations: u64,
     /// Longest time a request may take, reading its body included.
     pub request_timeout: Duration,
+    /// Renders `GET /metrics` (`None`: no recorder installed, 404).
+    pub metrics: Option<PrometheusHandle>,
 }
 
 /// The router with every endpoint. Every refusal, whichever layer makes it
@@ -60,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .route("/baseline/current", get(baseline))
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(TimeoutLayer::with_status_code(
@@ -68,6 +72,19 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// `GET /metrics`: Prometheus' text exposition format.
+async fn metrics(State(st): State<AppState>) -> Response {
+    let Some(handle) = &st.metrics else {
+        return error(StatusCode::NOT_FOUND, "metrics are not enabled");
+    };
+    crate::telemetry::queue_depth(st.queue.len());
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        handle.render(),
+    )
+        .into_response()
 }
 
 /// Gives an error response that is not JSON (a framework rejection, a
@@ -129,7 +146,10 @@ fn with_age(view: &View, mut r: Response) -> Response {
 async fn notify(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let msg = match SnsMessage::parse(&body) {
         Ok(m) => m,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => {
+            crate::telemetry::sns_refused(e.kind());
+            return error(StatusCode::BAD_REQUEST, e.to_string());
+        }
     };
     // Emulators omit the header; when present it must agree with the body.
     if let Some(h) = headers
@@ -137,6 +157,7 @@ async fn notify(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> 
         .and_then(|h| h.to_str().ok())
         && h != msg.kind
     {
+        crate::telemetry::sns_refused("malformed");
         return error(
             StatusCode::BAD_REQUEST,
             format!(
@@ -152,6 +173,7 @@ async fn notify(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> 
     };
     if let Err(e) = checked {
         tracing::warn!(error = %e, topic = ?msg.topic_arn, "rejected SNS message");
+        crate::telemetry::sns_refused(e.kind());
         let status = match e {
             SnsError::Malformed(_) => StatusCode::BAD_REQUEST,
             // SNS delivers again later.

@@ -121,6 +121,19 @@ pub enum InputError {
     Unreadable(String),
 }
 
+impl InputError {
+    /// A short, fixed name for the kind of problem (a metrics label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Empty => "empty",
+            Self::Header(_) => "header",
+            Self::Row { .. } => "row",
+            Self::Csv(_) => "csv",
+            Self::Unreadable(_) => "unreadable",
+        }
+    }
+}
+
 /// Why [`score_csv`] stopped: the input's own content, or a failure to
 /// write the scored copy (storage: never the input's fault).
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +185,9 @@ pub struct FileReport {
     pub passthrough: Vec<String>,
     /// Anomalous rows as JSON objects (the first [`MAX_KEPT_ANOMALIES`]).
     pub anomalies: Vec<Map<String, Value>>,
+    /// Rows each channel flagged (its `<channel>_zscore_flag`), in the
+    /// order of `channels`.
+    pub channel_flags: Vec<u64>,
     /// CPU time of each stage, where the OS reports it per thread.
     pub stage_cpu_ms: Option<StageCpu>,
 }
@@ -430,6 +446,7 @@ pub fn score_csv_with<R: Read, W: Write + Send>(
     report.anomaly_count = written.anomaly_count;
     report.event_count = written.event_count;
     report.anomalies = written.anomalies;
+    report.channel_flags = written.channel_flags;
     report.stage_cpu_ms = cpu_ms_since(cpu_start)
         .zip(write_cpu)
         .map(|(read_score, write)| StageCpu { read_score, write });
@@ -611,15 +628,20 @@ impl Writing<'_> {
             }
         }
         let w = batch.width;
-        for (z, f) in batch.z[r * w..(r + 1) * w]
+        if report.channel_flags.len() < w {
+            report.channel_flags.resize(w, 0);
+        }
+        for ((z, f), n) in batch.z[r * w..(r + 1) * w]
             .iter()
             .zip(&batch.z_flag[r * w..(r + 1) * w])
+            .zip(report.channel_flags.iter_mut())
         {
             match z {
                 Some(z) => line.fixed4(*z),
                 None => line.raw(b""),
             }
             line.raw(bool_cell(*f));
+            *n += u64::from(*f == Some(true));
         }
         let indistinct;
         let f = match verdict {

@@ -30,5 +30,6 @@ pub mod sqs;
 pub mod sqs_worker;
 pub mod statedoc;
 pub mod storage;
+pub mod telemetry;
 pub mod timestamp;
 pub mod worker;

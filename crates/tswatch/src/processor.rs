@@ -24,6 +24,7 @@ use crate::statedoc::{
     now_iso,
 };
 use crate::storage::{Storage, StoreError, Version};
+use crate::telemetry;
 use bytes::Bytes;
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -526,6 +527,13 @@ impl Processor {
                 doc.seq,
                 started.elapsed().as_secs_f64() * 1e3,
             );
+            let flagged: Vec<(String, u64)> = report
+                .channels
+                .iter()
+                .cloned()
+                .zip(report.channel_flags.iter().copied())
+                .filter(|(_, n)| *n > 0)
+                .collect();
             let output_key = key.processed();
             let anomalies = report
                 .anomalies
@@ -555,6 +563,7 @@ impl Processor {
                     let doc = Arc::new(doc);
                     self.remember(stream, doc.clone()).await;
                     self.storage_ok.store(true, Ordering::Relaxed);
+                    telemetry::file_applied(stream, &summary, &flagged);
                     self.publish(&entry, &doc).await?;
                     return Ok(Outcome::Applied(summary));
                 }
@@ -564,6 +573,7 @@ impl Processor {
                     // tells which.
                     unsure = Some(staged_key);
                     conflicts += 1;
+                    telemetry::commit_conflict();
                     if conflicts >= MAX_CONFLICTS {
                         return Err(ProcessError::Contention(conflicts));
                     }
@@ -720,6 +730,7 @@ impl Processor {
     ) -> Result<Outcome, ProcessError> {
         let msg = err.to_string();
         tracing::warn!(key = ?key.as_str(), error = %msg, "rejected input file");
+        telemetry::file_rejected(err.kind());
         let body = json!({
             "source_key": key.as_str(),
             "source_etag": etag,

@@ -58,6 +58,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     check_insecure_bind(settings.insecure_skip_sns_verify, addr)?;
+    // Before anything runs, so nothing it records is lost.
+    let metrics = crate::telemetry::install()?;
     let processor = Arc::new(
         Processor::new(storage.clone(), settings.engine)
             .with_cell_safety(settings.spreadsheet_safe),
@@ -150,6 +152,7 @@ pub async fn run(
         http: api::confirm_client()?,
         min_observations: settings.engine.min_observations,
         request_timeout: settings.request_timeout,
+        metrics: Some(metrics),
     };
     if settings.sns_topics.is_empty()
         && !settings.insecure_skip_sns_verify

@@ -110,6 +110,25 @@ pub enum SnsError {
     },
 }
 
+impl SnsError {
+    /// A short, fixed name for the reason (a metrics label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "malformed",
+            Self::UntrustedUrl { .. } => "untrusted_url",
+            Self::UnsupportedVersion(_) => "unsupported_version",
+            Self::BadSignature => "bad_signature",
+            Self::Certificate(_) => "certificate",
+            Self::WrongTopic(_) => "wrong_topic",
+            Self::NoTopics => "no_topics",
+            Self::Stale(_) => "stale",
+            Self::Busy => "busy",
+            Self::CertificateUnreachable(_) => "certificate_unreachable",
+            Self::OtherRegion { .. } => "other_region",
+        }
+    }
+}
+
 impl SnsMessage {
     /// Parses a request body.
     pub fn parse(body: &[u8]) -> Result<Self, SnsError> {

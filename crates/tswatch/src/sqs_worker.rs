@@ -207,10 +207,12 @@ pub async fn run(
         let messages = match received {
             Ok(m) => {
                 failures = 0;
+                crate::telemetry::sqs_received(m.len());
                 m
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
+                crate::telemetry::retry("sqs_receive");
                 let wait = Duration::from_millis(500)
                     .saturating_mul(1 << failures.min(6))
                     .min(Duration::from_secs(30));
@@ -490,6 +492,7 @@ async fn handle(
                 %key, receives = count, error = %e,
                 "DEAD LETTER: giving up on this file after {count} deliveries; see {}", key.error()
             );
+            crate::telemetry::sqs_dead_letter();
             if let Err(we) = dead_letter(processor, key, e, count).await {
                 tracing::error!(%key, error = %we, "could not record the dead letter; the message stays on the queue");
                 recorded = false;

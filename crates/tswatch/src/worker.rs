@@ -170,6 +170,7 @@ async fn process_with_retry(processor: &Processor, key: &RawKey, shutdown: watch
             Ok(Outcome::Rejected(_)) | Ok(Outcome::Missing) => return,
             Err(e) if attempt < ATTEMPTS => {
                 tracing::warn!(%key, attempt, error = %e, "processing failed; will retry");
+                crate::telemetry::retry("file");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff(attempt)) => {}
                     _ = stopped(shutdown.clone()) => return,
@@ -228,6 +229,7 @@ pub async fn reconcile_older(
             queued += 1;
         }
     }
+    crate::telemetry::reconciled(queued);
     Ok(queued)
 }
 
@@ -243,7 +245,10 @@ pub async fn run_reconciler(
         match reconcile_older(&processor, &queue, min_age).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(files = n, "reconciliation queued unprocessed files"),
-            Err(e) => tracing::warn!(error = %e, "reconciliation failed; will retry"),
+            Err(e) => {
+                crate::telemetry::retry("reconciliation");
+                tracing::warn!(error = %e, "reconciliation failed; will retry");
+            }
         }
         match processor.sweep_staging(STAGING_MAX_AGE).await {
             Ok(0) => {}

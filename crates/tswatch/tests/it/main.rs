@@ -12,6 +12,7 @@ mod hostile;
 mod hygiene;
 mod load;
 mod local;
+mod metrics;
 mod s3;
 mod signer;
 mod sns_verify;

@@ -364,6 +364,11 @@ async fn sqs_poison_file_is_dead_lettered() {
     );
     let log = svc.proc.log_text();
     assert!(log.contains("DEAD LETTER"), "{log}");
+    let m = crate::metrics::scrape(&svc).await;
+    let value = |name| crate::metrics::value(&m, name, &[]);
+    assert_eq!(value("tswatch_sqs_dead_letters_total"), Some(1.0));
+    // archived.csv three times, fine.csv at least once.
+    assert!(value("tswatch_sqs_messages_received_total").is_some_and(|n| n >= 4.0));
     assert!(svc.proc.terminate().success());
 }
 

@@ -1,0 +1,184 @@
+//! The service's counters, gauges and histograms, served by `GET /metrics`
+//! in Prometheus' text format.
+//!
+//! Recording goes through the `metrics` facade: until [`install`] runs
+//! (only `tswatch serve` calls it), every record is a no-op, so the CLI
+//! commands and the library's tests pay nothing. The names, with what each
+//! counts, are in [`describe`] and in `docs/monitoring.md`.
+
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Buckets (seconds) of the processing-latency histogram: a 100-row file
+/// takes milliseconds, a million-row file seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// Metric names.
+pub mod name {
+    /// Files scored and committed, by stream.
+    pub const FILES: &str = "tswatch_files_processed_total";
+    /// Rows scored, by stream.
+    pub const ROWS: &str = "tswatch_rows_scored_total";
+    /// Anomalous rows, by stream.
+    pub const ANOMALIES: &str = "tswatch_anomalies_total";
+    /// Rows each channel flagged, by stream and channel.
+    pub const CHANNEL_ANOMALIES: &str = "tswatch_channel_anomalies_total";
+    /// Events (runs of anomalous rows), by stream.
+    pub const EVENTS: &str = "tswatch_anomaly_events_total";
+    /// Seconds from picking a file up to its commit, by stream.
+    pub const LATENCY: &str = "tswatch_processing_seconds";
+    /// Files refused for their content, by reason.
+    pub const REJECTED: &str = "tswatch_files_rejected_total";
+    /// Files waiting in the work queue.
+    pub const QUEUE_DEPTH: &str = "tswatch_queue_depth";
+    /// Commits that lost the compare-and-swap on a stream's state.
+    pub const CONFLICTS: &str = "tswatch_state_commit_conflicts_total";
+    /// Attempts that failed on storage or network and were retried.
+    pub const RETRIES: &str = "tswatch_retries_total";
+    /// SNS messages refused by `/notify`, by reason.
+    pub const SNS_REFUSED: &str = "tswatch_sns_refused_total";
+    /// Messages received from the SQS queue.
+    pub const SQS_RECEIVED: &str = "tswatch_sqs_messages_received_total";
+    /// SQS messages left for the queue's dead-letter redrive.
+    pub const SQS_DEAD_LETTERS: &str = "tswatch_sqs_dead_letters_total";
+    /// Files a reconciliation scan found unprocessed.
+    pub const RECONCILED: &str = "tswatch_reconciliation_found_total";
+}
+
+/// Installs the recorder and describes every metric, once per process
+/// (later calls return the same handle).
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(name::LATENCY.into()), LATENCY_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    // Present from the start, so a scrape before the first file sees zeros
+    // (labelled series appear with their first value).
+    gauge!(name::QUEUE_DEPTH).set(0.0);
+    for c in [
+        name::CONFLICTS,
+        name::SQS_RECEIVED,
+        name::SQS_DEAD_LETTERS,
+        name::RECONCILED,
+    ] {
+        counter!(c).increment(0);
+    }
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+fn describe() {
+    describe_counter!(name::FILES, "Files scored and committed, by stream.");
+    describe_counter!(name::ROWS, "Rows scored, by stream.");
+    describe_counter!(name::ANOMALIES, "Anomalous rows, by stream.");
+    describe_counter!(
+        name::CHANNEL_ANOMALIES,
+        "Rows each channel flagged (its <channel>_zscore_flag), by stream and channel."
+    );
+    describe_counter!(
+        name::EVENTS,
+        "Anomaly events (runs of consecutive anomalous rows), by stream."
+    );
+    describe_histogram!(
+        name::LATENCY,
+        Unit::Seconds,
+        "Time from picking a file up to its commit, by stream."
+    );
+    describe_counter!(
+        name::REJECTED,
+        "Files refused for their own content (an _error.json was written), by reason."
+    );
+    describe_gauge!(name::QUEUE_DEPTH, "Files waiting in the work queue.");
+    describe_counter!(
+        name::CONFLICTS,
+        "Commits that lost the compare-and-swap on a stream's state and were redone."
+    );
+    describe_counter!(
+        name::RETRIES,
+        "Attempts that failed on storage or the network and were retried, by what was tried."
+    );
+    describe_counter!(
+        name::SNS_REFUSED,
+        "SNS messages refused by POST /notify, by reason."
+    );
+    describe_counter!(name::SQS_RECEIVED, "Messages received from the SQS queue.");
+    describe_counter!(
+        name::SQS_DEAD_LETTERS,
+        "SQS messages left for the queue's dead-letter redrive (received too often)."
+    );
+    describe_counter!(
+        name::RECONCILED,
+        "Files a reconciliation scan of raw/ found unprocessed (their notification was lost)."
+    );
+}
+
+/// A file committed: its counts, per-channel flags and latency.
+pub fn file_applied(stream: &str, summary: &crate::statedoc::Summary, flagged: &[(String, u64)]) {
+    let stream = stream_label(stream);
+    counter!(name::FILES, "stream" => stream.clone()).increment(1);
+    counter!(name::ROWS, "stream" => stream.clone()).increment(summary.total_rows);
+    counter!(name::ANOMALIES, "stream" => stream.clone()).increment(summary.anomaly_count);
+    counter!(name::EVENTS, "stream" => stream.clone()).increment(summary.event_count);
+    for (channel, n) in flagged {
+        counter!(name::CHANNEL_ANOMALIES, "stream" => stream.clone(), "channel" => channel.clone())
+            .increment(*n);
+    }
+    histogram!(name::LATENCY, "stream" => stream).record(summary.duration_ms / 1e3);
+}
+
+/// A file refused for its content.
+pub fn file_rejected(reason: &'static str) {
+    counter!(name::REJECTED, "reason" => reason).increment(1);
+}
+
+/// The work queue's length now.
+pub fn queue_depth(n: usize) {
+    gauge!(name::QUEUE_DEPTH).set(n as f64);
+}
+
+/// A commit lost the compare-and-swap.
+pub fn commit_conflict() {
+    counter!(name::CONFLICTS).increment(1);
+}
+
+/// A failed attempt at `what` (`file`, `sqs_receive`, `reconciliation`)
+/// that will be retried.
+pub fn retry(what: &'static str) {
+    counter!(name::RETRIES, "what" => what).increment(1);
+}
+
+/// An SNS message refused, for `reason`.
+pub fn sns_refused(reason: &'static str) {
+    counter!(name::SNS_REFUSED, "reason" => reason).increment(1);
+}
+
+/// `n` messages received from SQS.
+pub fn sqs_received(n: usize) {
+    counter!(name::SQS_RECEIVED).increment(n as u64);
+}
+
+/// An SQS message left for the dead-letter redrive.
+pub fn sqs_dead_letter() {
+    counter!(name::SQS_DEAD_LETTERS).increment(1);
+}
+
+/// `n` files found by a reconciliation scan.
+pub fn reconciled(n: usize) {
+    counter!(name::RECONCILED).increment(n as u64);
+}
+
+/// The default stream (`raw/<name>.csv`) is labelled `default`.
+fn stream_label(stream: &str) -> String {
+    if stream.is_empty() {
+        "default".to_string()
+    } else {
+        stream.to_string()
+    }
+}
