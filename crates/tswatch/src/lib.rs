@@ -11,6 +11,7 @@ pub mod cli;
 #[cfg(test)]
 mod crashtest;
 pub mod csvscore;
+mod dashboard;
 pub mod eval;
 pub mod events;
 pub mod http;
@@ -20,6 +21,7 @@ pub mod nab;
 pub mod offline;
 pub mod pipeline;
 pub mod processor;
+pub mod recent;
 mod records;
 pub mod report;
 pub mod s3list;
