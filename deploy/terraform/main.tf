@@ -288,18 +288,20 @@ data "aws_iam_policy_document" "instance" {
       "${local.bucket_arn}/state/staging/*",
     ]
   }
-  dynamic "statement" {
-    for_each = var.use_sqs ? [1] : []
-    content {
-      sid    = "ConsumeTheQueue"
-      effect = "Allow"
-      actions = [
-        "sqs:ReceiveMessage",
-        "sqs:DeleteMessage",
-        "sqs:ChangeMessageVisibility",
-      ]
-      resources = [aws_sqs_queue.events[0].arn]
-    }
+}
+
+# SQS mode only: what the consumer calls on the queue, nothing else.
+data "aws_iam_policy_document" "queue_consumer" {
+  count = var.use_sqs ? 1 : 0
+  statement {
+    sid    = "ConsumeTheQueue"
+    effect = "Allow"
+    actions = [
+      "sqs:ReceiveMessage",
+      "sqs:DeleteMessage",
+      "sqs:ChangeMessageVisibility",
+    ]
+    resources = [aws_sqs_queue.events[0].arn]
   }
 }
 
@@ -312,6 +314,13 @@ resource "aws_iam_role_policy" "instance" {
   name   = "tswatch"
   role   = aws_iam_role.instance.id
   policy = data.aws_iam_policy_document.instance.json
+}
+
+resource "aws_iam_role_policy" "queue_consumer" {
+  count  = var.use_sqs ? 1 : 0
+  name   = "tswatch-queue"
+  role   = aws_iam_role.instance.id
+  policy = data.aws_iam_policy_document.queue_consumer[0].json
 }
 
 resource "aws_iam_instance_profile" "instance" {
@@ -409,6 +418,7 @@ resource "aws_autoscaling_group" "instances" {
     id      = aws_launch_template.instance.id
     version = aws_launch_template.instance.latest_version
   }
+  depends_on = [aws_iam_role_policy.queue_consumer]
   instance_refresh {
     strategy = "Rolling"
     preferences {
