@@ -72,11 +72,13 @@ def moto(tmp_path):
     url = f"http://127.0.0.1:{port}"
 
     def up():
+        if proc.p.poll() is not None:
+            pytest.fail(f"moto_server exited:\n{proc.text()}")
         try:
             urllib.request.urlopen(f"{url}/moto-api/", timeout=1)
             return True
         except OSError:
-            return proc.p.poll() is not None and pytest.fail(f"moto_server exited:\n{proc.text()}")
+            return False
 
     try:
         wait_for("moto_server to start", 60, up)
