@@ -4,8 +4,8 @@ moto's CloudFormation leaves out applied from the template's own text.
 moto 5.2 creates the bucket, role, instance profile, topic, queues,
 security group, launch template, instance and group of the template, but
 skips the bucket's notification configuration, AWS::S3::BucketPolicy,
-AWS::SNS::TopicPolicy and AWS::SNS::Subscription (and, depending on the
-version, AWS::SQS::QueuePolicy), and stores the role's inline policies in a
+AWS::SNS::TopicPolicy, AWS::SNS::Subscription and AWS::SQS::QueuePolicy,
+and stores the role's inline policies in a
 form its own IAM enforcement cannot read (a Python repr, not JSON: every
 request signed with the role's credentials fails with a 500). Each of those is read from the template,
 its intrinsic functions resolved against what the stack created, and made
