@@ -181,7 +181,11 @@ def test_http_mode_stack_carries_an_upload_to_processed(moto, tmp_path, tswatch_
     assert "TSWATCH_SQS_QUEUE_URL" not in env
     # Signatures are checked: moto signs its deliveries, and its certificate
     # is fetched from moto (the one flag the instance does not have).
-    proc = start_tswatch(tswatch_bin, moto, stack, role, tmp_path, ["--sns-cert-endpoint", moto])
+    # Reconciliation (which would find the files without any event) waits
+    # an hour: what reaches processed/ came through the wiring.
+    proc = start_tswatch(
+        tswatch_bin, moto, stack, role, tmp_path, ["--sns-cert-endpoint", moto, "--reconcile-interval", "3600"]
+    )
     try:
         made += stack.apply_skipped()
         assert set(made) == SKIPPED | {"NotifySubscription"}, made
@@ -210,9 +214,21 @@ def test_sqs_mode_stack_carries_an_upload_to_processed(moto, tmp_path, tswatch_b
     assert env["TSWATCH_SQS_QUEUE_URL"] == stack.outputs["QueueUrl"]
     # A scored file larger than this is moved by a multipart copy through
     # tswatch (and an upload it abandons is aborted): the other write path.
-    proc = start_tswatch(tswatch_bin, moto, stack, role, tmp_path, ["--s3-max-copy-bytes", "1"])
+    proc = start_tswatch(
+        tswatch_bin, moto, stack, role, tmp_path, ["--s3-max-copy-bytes", "1", "--reconcile-interval", "3600"]
+    )
     try:
         run_through(stack, admin, role, moto, proc)
+        # Every message was deleted once its file was done; none went to the
+        # dead-letter queue.
+        sqs = admin["sqs"]
+
+        def depth(url):
+            a = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+            return int(a["ApproximateNumberOfMessages"]) + int(a["ApproximateNumberOfMessagesNotVisible"])
+
+        wait_for("the queue to drain", 30, lambda: depth(stack.outputs["QueueUrl"]) == 0)
+        assert depth(stack.outputs["DeadLetterQueueUrl"]) == 0
         r = clients(moto, role["AccessKeyId"], role["SecretAccessKey"], role["SessionToken"])["sqs"]
         assert_denied(r.send_message, QueueUrl=stack.outputs["QueueUrl"], MessageBody="x")
         assert_denied(r.purge_queue, QueueUrl=stack.outputs["QueueUrl"])
