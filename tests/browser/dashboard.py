@@ -161,6 +161,8 @@ def main():
         if args.phone_screenshot:
             driver.save_screenshot(args.phone_screenshot)
 
+        status = driver.find_element(By.ID, "status").text
+        assert status.startswith("updated"), f"the last refresh failed: {status}"
         errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
         assert not errors, f"console errors: {errors}"
         print(f"dashboard: ok (charts {names}, screenshot {args.screenshot})")

@@ -126,6 +126,8 @@ pub struct Verdict {
     pub(crate) raw: f64,
     pub(crate) avg: f64,
     pub(crate) short: (f64, f64),
+    /// The row continues a stuck run that has not had its alarm.
+    pub(crate) stuck: bool,
     pub(crate) daily: Option<(usize, Option<Residual>)>,
     pub(crate) tail_hit: bool,
     /// The row completes a level shift (the run is learned).
@@ -358,15 +360,73 @@ pub struct Detector {
     rows: u64,
     /// Row of the last onset alarm.
     last_onset: Option<u64>,
-    /// The last value learned...
+    /// Runs of one value, for the stuck-value test.
     #[serde(default)]
-    same: Option<f64>,
-    /// ...how many times in a row it came...
-    #[serde(default)]
-    same_run: u64,
-    /// ...and the longest such run that has ended.
-    #[serde(default)]
-    same_max: u64,
+    repeats: Repeats,
+}
+
+/// Runs of one value, for the stuck-value test.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+struct Repeats {
+    /// Values learned since tracking began: its own learning period, so a
+    /// state saved before this test existed learns afresh rather than
+    /// calling every flat channel stuck.
+    seen: u64,
+    /// The last value learned, and how many times in a row it came.
+    value: Option<f64>,
+    run: u64,
+    /// The longest run that has ended (a stuck run counts only up to its
+    /// limit, so one incident does not hide the next).
+    longest: u64,
+    /// Whether the current run has had its alarm, or is not eligible for
+    /// one (it reached the limit while the test was still learning).
+    done: bool,
+}
+
+impl Repeats {
+    /// Rows in a row that make the current value stuck.
+    fn limit(&self) -> u64 {
+        STUCK_FACTOR.saturating_mul(self.longest).max(STUCK_MIN)
+    }
+
+    /// The stuck alarm's strength if `v` continues a run that is stuck and
+    /// has not had its alarm: at the row that makes it stuck, or later if
+    /// that row's alarm was held back (a quiet period).
+    fn check(&self, v: f64) -> Option<(u64, f64)> {
+        if self.seen < STUCK_LEARN || self.done || self.value != Some(v) {
+            return None;
+        }
+        let run = self.run.saturating_add(1);
+        let usual = STUCK_FACTOR.saturating_mul(self.longest).max(1);
+        (run >= self.limit()).then(|| (run, ratio(run as f64 / usual as f64)))
+    }
+
+    /// Learns `v`; `alarmed`: its row raised an alarm while the run was
+    /// stuck (the incident is reported).
+    fn learn(&mut self, v: f64, alarmed: bool) {
+        self.seen = self.seen.saturating_add(1);
+        if self.value == Some(v) {
+            self.run = self.run.saturating_add(1);
+        } else {
+            let limit = self.limit();
+            let counted = if self.run >= limit {
+                limit - 1
+            } else {
+                self.run
+            };
+            self.longest = self.longest.max(counted);
+            self.value = Some(v);
+            self.run = 1;
+            self.done = false;
+        }
+        if alarmed || (self.seen <= STUCK_LEARN && self.run >= self.limit()) {
+            self.done = true;
+        }
+    }
+
+    fn is_valid(&self) -> bool {
+        self.value.is_none_or(f64::is_finite) && self.run <= self.seen
+    }
 }
 
 /// The detector's baseline now, for display: values within
@@ -436,7 +496,7 @@ impl Detector {
             && self.run.len() <= MAX_SHIFT_ROWS
             && self.short.is_valid()
             && self.short.len() <= SHORT
-            && self.same.is_none_or(f64::is_finite)
+            && self.repeats.is_valid()
     }
 
     /// The tail test's |z| threshold for tail probability `p`, once learned.
@@ -462,7 +522,7 @@ impl Detector {
             avg: p.avg,
             ..Default::default()
         };
-        let sh = self.short.score(v, th.min_observations);
+        let sh = self.short.score(v, th.min_observations.min(SHORT));
         out.short = (sh.raw, sh.avg);
         let mut best: Option<(f64, Finding)> = None;
         let mut consider = |score: f64, f: Finding| {
@@ -484,21 +544,11 @@ impl Detector {
                 daily: false,
             },
         );
-        if self.rows >= STUCK_LEARN && self.same == Some(v) {
-            let run = self.same_run.saturating_add(1);
-            let usual = STUCK_FACTOR.saturating_mul(self.same_max);
-            // One alarm per stuck run, at the row that makes it one; its
-            // strength grows with how far it outruns the longest run seen.
-            if run == usual.max(STUCK_MIN) {
-                let x = run as f64 / usual.max(1) as f64;
-                consider(
-                    ratio(x),
-                    Finding::Stuck {
-                        value: v,
-                        rows: run,
-                    },
-                );
-            }
+        // One alarm per stuck run; its strength grows with how far the run
+        // outruns the longest seen.
+        if let Some((rows, strength)) = self.repeats.check(v) {
+            out.stuck = true;
+            consider(strength, Finding::Stuck { value: v, rows });
         }
         if let Some(e) = p.extreme.filter(|&e| e > 0.0) {
             consider(
@@ -584,14 +634,7 @@ impl Detector {
     /// Learns value `v` after it was scored as `verdict`.
     pub fn learn(&mut self, v: f64, verdict: &Verdict) {
         self.rows += 1;
-        if self.same == Some(v) {
-            self.same_run = self.same_run.saturating_add(1);
-        } else {
-            // A run is measured when it ends.
-            self.same_max = self.same_max.max(self.same_run);
-            self.same = Some(v);
-            self.same_run = 1;
-        }
+        self.repeats.learn(v, verdict.stuck && verdict.alarm);
         let onset = verdict.alarm
             && matches!(
                 verdict.finding,
@@ -1000,5 +1043,59 @@ mod tests {
             "{daily:?}"
         );
         assert!(daily.sd < b.sd / 5.0, "{} vs {}", daily.sd, b.sd);
+    }
+
+    #[test]
+    fn a_state_saved_before_the_stuck_test_does_not_call_a_flat_channel_stuck() {
+        let th = Thresholds::new(&crate::EngineConfig::default(), 1);
+        let mut d = Detector::default();
+        feed(&mut d, std::iter::repeat_n(3.0, 5_000), &th);
+        let mut json = serde_json::to_value(&d).unwrap_or_default();
+        if let Some(m) = json.as_object_mut() {
+            assert!(m.remove("repeats").is_some());
+        }
+        let mut old: Detector = serde_json::from_value(json).unwrap_or_default();
+        assert!(old.is_valid());
+        let v = feed(&mut old, std::iter::repeat_n(3.0, 2_000), &th);
+        assert!(v.iter().all(|v| !v.alarm));
+    }
+
+    #[test]
+    fn a_stuck_alarm_held_by_a_quiet_period_is_raised_after_it() {
+        let th = Thresholds::new(&crate::EngineConfig::default(), 1);
+        let mut d = Detector::default();
+        feed(&mut d, noise(1_000, 41), &th);
+        // A new extreme (an onset: 100 quiet rows follow), then 30 rows on,
+        // a flat line whose 40th row falls in the quiet period.
+        let spike = feed(&mut d, [30.0], &th);
+        assert!(spike[0].alarm);
+        feed(&mut d, noise(30, 42), &th);
+        let flat = feed(&mut d, std::iter::repeat_n(0.25, 500), &th);
+        let alarms: Vec<usize> = (0..flat.len()).filter(|&i| flat[i].alarm).collect();
+        assert_eq!(alarms.len(), 1, "{alarms:?}");
+        assert!(
+            alarms[0] > STUCK_MIN as usize && alarms[0] <= 110,
+            "{alarms:?}"
+        );
+        assert!(matches!(
+            flat[alarms[0]].finding,
+            Some(Finding::Stuck { .. })
+        ));
+    }
+
+    #[test]
+    fn a_long_stuck_incident_does_not_hide_the_next() {
+        let th = Thresholds::new(&crate::EngineConfig::default(), 1);
+        let mut d = Detector::default();
+        feed(&mut d, noise(1_000, 43), &th);
+        let first = feed(&mut d, std::iter::repeat_n(0.5, 3_000), &th);
+        assert_eq!(first.iter().filter(|v| v.alarm).count(), 1);
+        feed(&mut d, noise(300, 44), &th);
+        // Counted as 39 rows, not 3,000: the next limit is 3 x 39.
+        let second = feed(&mut d, std::iter::repeat_n(-0.5, 500), &th);
+        let at = second
+            .iter()
+            .position(|v| matches!(v.finding, Some(Finding::Stuck { .. })));
+        assert_eq!(at.map(|i| i + 1), Some(3 * (STUCK_MIN as usize - 1)));
     }
 }

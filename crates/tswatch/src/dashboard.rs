@@ -38,10 +38,9 @@ pub(crate) async fn data(State(st): State<AppState>, RawQuery(q): RawQuery) -> R
     let wanted = url_pairs(q.as_deref().unwrap_or(""))
         .find(|(k, _)| k == "stream")
         .map(|(_, v)| v);
-    let views = match st.processor.views().await {
-        Ok(v) => v,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    };
+    // Only the chosen stream's state is read: the page polls every few
+    // seconds, and one unreadable stream must not blank the others.
+    let known = st.processor.known_streams().await;
     let label = |s: &str| {
         if s.is_empty() {
             "default".to_string()
@@ -49,23 +48,33 @@ pub(crate) async fn data(State(st): State<AppState>, RawQuery(q): RawQuery) -> R
             s.to_string()
         }
     };
-    let streams: Vec<String> = views.iter().map(|(s, _)| label(s)).collect();
-    // Without a choice: the stream that processed a file last.
-    let chosen = match &wanted {
-        Some(w) => views.iter().find(|(s, _)| &label(s) == w),
-        None => views
-            .iter()
-            .max_by(|a, b| a.1.doc.last_updated.cmp(&b.1.doc.last_updated)),
+    let streams: Vec<String> = known.iter().map(|s| label(s)).collect();
+    let stream = match &wanted {
+        Some(w) => match known.iter().find(|s| &label(s) == w) {
+            Some(s) => s.clone(),
+            None => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("no stream {w:?}; streams: {streams:?}"),
+                );
+            }
+        },
+        // Without a choice: the default stream, unless it has no files and
+        // another stream does.
+        None => match st.processor.view("").await {
+            Ok(v) if v.doc.totals.files_processed == 0 && known.len() > 1 => known
+                .iter()
+                .find(|s| !s.is_empty())
+                .cloned()
+                .unwrap_or_default(),
+            _ => String::new(),
+        },
     };
-    let Some((stream, view)) = chosen else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "no stream {:?}; streams: {streams:?}",
-                wanted.unwrap_or_default()
-            ),
-        );
+    let view = match st.processor.view(&stream).await {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
+    let stream = &stream;
     let doc = &view.doc;
     let errors: Vec<Value> = st
         .processor
@@ -84,7 +93,7 @@ pub(crate) async fn data(State(st): State<AppState>, RawQuery(q): RawQuery) -> R
         "anomalies": anomalies(doc),
         "errors": errors,
     });
-    with_age(view, ok(body))
+    with_age(&view, ok(body))
 }
 
 /// Per channel: maturity and the band values are held against.

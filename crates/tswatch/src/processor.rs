@@ -492,23 +492,27 @@ impl Processor {
         let state_key = engine_key(stream);
         let mut conflicts = 0;
         // The staged output of a commit whose fate is not known yet.
-        let mut unsure: Option<String> = None;
+        // (and the channels' flag counts, for the metrics if it landed).
+        let mut unsure: Option<(String, Vec<(String, u64)>)> = None;
         loop {
             let (mut doc, version) = self.load(stream).await?;
             if let Some(entry) = doc.find(key.as_str(), &etag).cloned() {
                 self.publish(&entry, &doc).await?;
                 let unsure = unsure.take();
                 // Our own commit landed although the write reported failure.
-                if unsure.as_deref() == Some(entry.staged_key.as_str()) {
+                if let Some((s, flagged)) = &unsure
+                    && *s == entry.staged_key
+                {
+                    telemetry::file_applied(stream, &entry.summary, flagged);
                     return Ok(Outcome::Applied(entry.summary));
                 }
-                if let Some(s) = unsure {
+                if let Some((s, _)) = unsure {
                     self.storage.delete(&s).await.ok();
                 }
                 return Ok(Outcome::AlreadyApplied);
             }
             // Not in the ledger: the failed commit really did not happen.
-            if let Some(s) = unsure.take() {
+            if let Some((s, _)) = unsure.take() {
                 self.storage.delete(&s).await.ok();
             }
             let engine = self.engine_at(stream, &version, &doc)?;
@@ -593,7 +597,7 @@ impl Processor {
                     // Usually another worker committed first; possibly this
                     // very write landed and its retry failed. The reload
                     // tells which.
-                    unsure = Some(staged_key);
+                    unsure = Some((staged_key, flagged));
                     conflicts += 1;
                     telemetry::commit_conflict();
                     if conflicts >= MAX_CONFLICTS {
@@ -752,7 +756,6 @@ impl Processor {
     ) -> Result<Outcome, ProcessError> {
         let msg = err.to_string();
         tracing::warn!(key = ?key.as_str(), error = %msg, "rejected input file");
-        telemetry::file_rejected(err.kind());
         let body = json!({
             "source_key": key.as_str(),
             "source_etag": etag,
@@ -760,20 +763,22 @@ impl Processor {
             "line": err.line(),
             "failed_at": now_iso(),
         });
-        if let Ok(mut recent) = self.recent_errors.lock() {
-            let mut shown = body.clone();
-            shown["stream"] = Value::from(key.stream());
-            recent.push_back(shown);
-            while recent.len() > RECENT_ERRORS {
-                recent.pop_front();
-            }
-        }
         self.storage
             .put(
                 &key.error(),
                 serde_json::to_vec_pretty(&body).unwrap_or_default(),
             )
             .await?;
+        // Counted once recorded: a failed record is retried, not refused twice.
+        telemetry::file_rejected(err.kind());
+        if let Ok(mut recent) = self.recent_errors.lock() {
+            let mut shown = body;
+            shown["stream"] = Value::from(key.stream());
+            recent.push_back(shown);
+            while recent.len() > RECENT_ERRORS {
+                recent.pop_front();
+            }
+        }
         Ok(Outcome::Rejected(msg))
     }
 

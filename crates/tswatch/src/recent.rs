@@ -7,15 +7,20 @@ use std::collections::VecDeque;
 
 /// Rows a stream keeps (and the most one file contributes).
 pub const RECENT_ROWS: usize = 500;
-/// Channels kept per row: the first ones of the file, in its column order.
+/// Channels a stream's series keeps: when a file brings new ones and the
+/// series is full, those whose latest value is oldest make room.
 pub const RECENT_CHANNELS: usize = 32;
+/// Longest timestamp cell kept (a longer one is cut on a character
+/// boundary): the series stays small whatever the input holds.
+pub const MAX_TIME_BYTES: usize = 64;
 
 /// One scored row, as the dashboard draws it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RecentRow {
     /// The timestamp cell as written (empty without a timestamp column).
     pub t: String,
-    /// The channels' values, in the order of [`RecentSeries::channels`]
+    /// The channels' values, in the order of [`RecentSeries::channels`] (in
+    /// a file's tail: of the file's channels)
     /// (`None`: missing in this row).
     pub v: Vec<Option<f64>>,
     /// Whether the row was anomalous.
@@ -42,13 +47,20 @@ impl RecentSeries {
         if rows.is_empty() {
             return;
         }
-        for c in channels {
+        let new: Vec<&String> = channels
+            .iter()
+            .filter(|c| !self.channels.contains(c))
+            .take(RECENT_CHANNELS)
+            .collect();
+        let room = RECENT_CHANNELS - self.channels.len().min(RECENT_CHANNELS);
+        if new.len() > room {
+            self.evict(new.len() - room, channels);
+        }
+        for c in new {
             if self.channels.len() >= RECENT_CHANNELS {
                 break;
             }
-            if !self.channels.contains(c) {
-                self.channels.push(c.clone());
-            }
+            self.channels.push(c.clone());
         }
         let width = self.channels.len();
         for row in &mut self.rows {
@@ -71,6 +83,37 @@ impl RecentSeries {
             self.rows.pop_front();
         }
     }
+
+    /// Drops up to `n` channels the file (`keep`) does not have, those
+    /// whose latest value is oldest first.
+    fn evict(&mut self, n: usize, keep: &[String]) {
+        let last_seen = |i: usize| {
+            self.rows
+                .iter()
+                .rposition(|r| r.v.get(i).copied().flatten().is_some())
+        };
+        let mut candidates: Vec<(Option<usize>, usize)> = (0..self.channels.len())
+            .filter(|&i| !keep.contains(&self.channels[i]))
+            .map(|i| (last_seen(i), i))
+            .collect();
+        candidates.sort();
+        let mut gone = vec![false; self.channels.len()];
+        for (_, i) in candidates.into_iter().take(n) {
+            gone[i] = true;
+        }
+        let mut i = 0;
+        self.channels.retain(|_| {
+            i += 1;
+            !gone[i - 1]
+        });
+        for row in &mut self.rows {
+            let mut i = 0;
+            row.v.retain(|_| {
+                i += 1;
+                !gone.get(i - 1).copied().unwrap_or(true)
+            });
+        }
+    }
 }
 
 /// The last rows of one file, captured while it is written, reusing each
@@ -90,10 +133,16 @@ impl TailRing {
         let i = self.next % self.slots.len();
         let slot = &mut self.slots[i];
         slot.t.clear();
-        slot.t.push_str(&String::from_utf8_lossy(t));
+        let mut end = t.len().min(MAX_TIME_BYTES);
+        // A cut inside a UTF-8 sequence would only be replaced by U+FFFD,
+        // but a whole character is nicer: back up to a boundary.
+        while end < t.len() && end > 0 && (t[end] & 0xC0) == 0x80 {
+            end -= 1;
+        }
+        slot.t.push_str(&String::from_utf8_lossy(&t[..end]));
         slot.v.clear();
-        slot.v
-            .extend_from_slice(&values[..values.len().min(RECENT_CHANNELS)]);
+        // Every value: the series picks its channels by name.
+        slot.v.extend_from_slice(values);
         slot.anomaly = anomaly;
         slot.score = score;
         self.next = (i + 1) % RECENT_ROWS;
@@ -130,6 +179,10 @@ mod tests {
         let rows = r.into_rows();
         assert_eq!(rows.len(), RECENT_ROWS);
         assert_eq!(rows[0].t, "7");
+        let mut long = TailRing::default();
+        long.push("é".repeat(100).as_bytes(), &[None], false, 0.0);
+        let t = &long.into_rows()[0].t;
+        assert_eq!((t.len(), t.chars().count()), (64, 32));
         assert_eq!(rows[RECENT_ROWS - 1].t, (RECENT_ROWS + 6).to_string());
         let mut short = TailRing::default();
         short.push(b"a", &[None], true, 0.9);
@@ -165,5 +218,33 @@ mod tests {
         let before = s.clone();
         s.extend(&["c".into()], Vec::new());
         assert_eq!(s, before);
+    }
+
+    #[test]
+    fn channels_are_chosen_by_name_and_unused_ones_make_room() {
+        let mut s = RecentSeries::default();
+        let names = |p: &str, n: usize| (0..n).map(|i| format!("{p}{i}")).collect::<Vec<String>>();
+        // 10 a-channels and 22 b-channels fill the series.
+        let first: Vec<String> = names("a", 10).into_iter().chain(names("b", 22)).collect();
+        let row = |n: usize| RecentRow {
+            v: (0..n).map(|i| Some(i as f64)).collect(),
+            ..Default::default()
+        };
+        s.extend(&first, vec![row(32)]);
+        assert_eq!(s.channels, first);
+        // A file with 40 b-channels first, then the a-channels: the
+        // a-channels still get their values (by name, not position).
+        let second: Vec<String> = names("b", 40).into_iter().chain(names("a", 10)).collect();
+        s.extend(&second, vec![row(50)]);
+        assert_eq!(s.rows[1].v[0], Some(40.0), "a0 is the 41st column");
+        assert_eq!(s.channels.len(), RECENT_CHANNELS);
+        // A new channel takes the place of one this file does not have.
+        s.extend(&["c0".to_string()], vec![row(1)]);
+        assert_eq!(s.channels.len(), RECENT_CHANNELS);
+        assert!(s.channels.contains(&"c0".to_string()));
+        assert_eq!(
+            s.rows.back().map(|r| r.v[RECENT_CHANNELS - 1]),
+            Some(Some(0.0))
+        );
     }
 }

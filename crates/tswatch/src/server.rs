@@ -73,6 +73,7 @@ pub async fn run(
         .max(1);
     let (queue, receivers) = Queue::with_lanes(settings.queue_capacity, lanes);
     let (stop_tx, stop_rx) = watch::channel(false);
+    crate::telemetry::spawn_upkeep(metrics.clone(), stop_rx.clone());
 
     let _watcher = match storage.location() {
         Location::Local(root) => Some(worker::watch_local(root, queue.clone())?),

@@ -492,10 +492,12 @@ async fn handle(
                 %key, receives = count, error = %e,
                 "DEAD LETTER: giving up on this file after {count} deliveries; see {}", key.error()
             );
-            crate::telemetry::sqs_dead_letter();
-            if let Err(we) = dead_letter(processor, key, e, count).await {
-                tracing::error!(%key, error = %we, "could not record the dead letter; the message stays on the queue");
-                recorded = false;
+            match dead_letter(processor, key, e, count).await {
+                Ok(()) => crate::telemetry::sqs_dead_letter(),
+                Err(we) => {
+                    tracing::error!(%key, error = %we, "could not record the dead letter; the message stays on the queue");
+                    recorded = false;
+                }
             }
         }
         if recorded {

@@ -45,7 +45,7 @@ pub mod name {
     pub const SQS_RECEIVED: &str = "tswatch_sqs_messages_received_total";
     /// SQS messages left for the queue's dead-letter redrive.
     pub const SQS_DEAD_LETTERS: &str = "tswatch_sqs_dead_letters_total";
-    /// Files a reconciliation scan found unprocessed.
+    /// Files a reconciliation scan queued (unprocessed when it looked).
     pub const RECONCILED: &str = "tswatch_reconciliation_found_total";
 }
 
@@ -115,9 +115,26 @@ fn describe() {
     );
     describe_counter!(
         name::RECONCILED,
-        "Files a reconciliation scan of raw/ found unprocessed (their notification was lost)."
+        "Files a scan of raw/ queued because it found them unprocessed: a lost notification, or a file still failing (queued again by each scan)."
     );
 }
+
+/// Drains the histograms' samples into their buckets every few seconds:
+/// without it they would pile up in memory until the next scrape, for good
+/// where nothing scrapes. Ends when `stop` flips.
+pub fn spawn_upkeep(handle: PrometheusHandle, mut stop: tokio::sync::watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => handle.run_upkeep(),
+                _ = stop.changed() => return,
+            }
+        }
+    });
+}
+
+/// Longest channel name used as a label (names come from CSV headers).
+const MAX_LABEL: usize = 128;
 
 /// A file committed: its counts, per-channel flags and latency.
 pub fn file_applied(stream: &str, summary: &crate::statedoc::Summary, flagged: &[(String, u64)]) {
@@ -127,7 +144,7 @@ pub fn file_applied(stream: &str, summary: &crate::statedoc::Summary, flagged: &
     counter!(name::ANOMALIES, "stream" => stream.clone()).increment(summary.anomaly_count);
     counter!(name::EVENTS, "stream" => stream.clone()).increment(summary.event_count);
     for (channel, n) in flagged {
-        counter!(name::CHANNEL_ANOMALIES, "stream" => stream.clone(), "channel" => channel.clone())
+        counter!(name::CHANNEL_ANOMALIES, "stream" => stream.clone(), "channel" => cut(channel))
             .increment(*n);
     }
     histogram!(name::LATENCY, "stream" => stream).record(summary.duration_ms / 1e3);
@@ -172,6 +189,15 @@ pub fn sqs_dead_letter() {
 /// `n` files found by a reconciliation scan.
 pub fn reconciled(n: usize) {
     counter!(name::RECONCILED).increment(n as u64);
+}
+
+/// `s`, cut to at most [`MAX_LABEL`] bytes on a character boundary.
+fn cut(s: &str) -> String {
+    let mut end = s.len().min(MAX_LABEL);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
 }
 
 /// The default stream (`raw/<name>.csv`) is labelled `default`.

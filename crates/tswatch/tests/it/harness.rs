@@ -365,7 +365,13 @@ impl Service {
         let child = cmd.spawn().expect("spawn tswatch");
         let proc = Proc { child, log };
         let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
+        // Idle connections are dropped before the service's own idle limit
+        // (--http-header-timeout, 10 s) closes them: a request sent on a
+        // connection the server is closing fails with IncompleteMessage.
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
         let (h, b) = (http.clone(), base.clone());
         let started = Instant::now();
         loop {
