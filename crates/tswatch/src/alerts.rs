@@ -250,7 +250,7 @@ pub fn payload(entry: &Applied, dashboard: &str) -> Value {
     }
     json!({
         "text": slack_escape(&text),
-        "alert_id": format!("{}@{}", s.source_key, entry.source_etag),
+        "alert_id": format!("{}@{}", s.source_key, entry.source_etag.trim_matches('"')),
         "stream": stream,
         "source_key": s.source_key,
         "output_key": s.output_key,
@@ -597,7 +597,7 @@ mod tests {
     fn entry(anomalies: Vec<Map<String, Value>>, count: u64) -> Applied {
         Applied {
             source_key: "raw/north/a.csv".into(),
-            source_etag: "e1".into(),
+            source_etag: "\"e1\"".into(),
             staged_key: String::new(),
             staged_bytes: None,
             summary: Summary {
