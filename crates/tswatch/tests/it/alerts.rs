@@ -511,4 +511,44 @@ fn bad_webhook_and_public_urls_are_refused_at_start() {
     assert!(err.contains("--public-url: only http and https"), "{err}");
     let err = refused(&data, &["--alert-max-per-minute", "0"]);
     assert!(err.contains("--alert-max-per-minute"), "{err}");
+    // The same check for the configuration file's list.
+    let config = tmp.path().join("alerts.toml");
+    std::fs::write(&config, "alert_webhook = [\"ftp://example.com/x\"]\n").unwrap();
+    let err = refused(&data, &["--config", config.to_str().unwrap()]);
+    assert!(err.contains("only http and https"), "{err}");
+}
+
+#[tokio::test]
+async fn sigterm_gives_pending_alerts_a_short_grace_then_exits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // Nothing ever listens there: the alert stays in its retries.
+    let port = free_port();
+    let svc = serve(
+        &data,
+        tmp.path(),
+        &["--alert-webhook", &format!("http://127.0.0.1:{port}/")],
+    )
+    .await;
+    drop_in(&data, "a.csv", with_a_spike().as_bytes());
+    summary(&data, "a").await;
+    wait_for("a failed attempt", Duration::from_secs(30), || async {
+        log(&svc).contains("will retry").then_some(())
+    })
+    .await;
+    let started = Instant::now();
+    let proc = svc.proc;
+    let logfile = proc.log.clone();
+    // `terminate` fails the test if the exit takes over 20 s.
+    let status = proc.terminate();
+    let took = started.elapsed();
+    assert!(status.success(), "{status:?}");
+    let l = strip_ansi(&std::fs::read_to_string(logfile).unwrap());
+    assert!(
+        l.contains("alert deliveries still in progress at shutdown were abandoned")
+            && l.contains("abandoned=1"),
+        "{l}"
+    );
+    assert!(!l.contains("giving up"), "the retries ran out first:\n{l}");
+    eprintln!("SIGTERM with an alert in its retries: exited after {took:?}");
 }
