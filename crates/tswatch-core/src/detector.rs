@@ -215,6 +215,13 @@ impl View {
         (self.origin + mean, var.sqrt())
     }
 
+    /// Mean and spread, with the floor scoring uses.
+    fn spread(&self) -> (f64, f64) {
+        let (mean, sd) = self.mean_sd();
+        let range = self.high - self.low;
+        (mean, sd.max(1e-3 * range).max(1e-4 * mean.abs()).max(1e-12))
+    }
+
     fn score(&self, v: f64, min_observations: usize) -> ViewScore {
         let mut out = ViewScore {
             z: None,
@@ -224,9 +231,8 @@ impl View {
             extreme: None,
         };
         if self.len() >= min_observations {
-            let (mean, sd) = self.mean_sd();
+            let (mean, sd) = self.spread();
             let range = self.high - self.low;
-            let sd = sd.max(1e-3 * range).max(1e-4 * mean.abs()).max(1e-12);
             let z = ((v - mean) / sd).clamp(-1e12, 1e12);
             out.z = Some(z);
             out.raw = 1.0 - two_sided_tail(z);
@@ -363,7 +369,60 @@ pub struct Detector {
     same_max: u64,
 }
 
+/// The detector's baseline now, for display: values within
+/// `mean ± z·sd` pass the tail test.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Band {
+    /// Mean of the reference window.
+    pub mean: f64,
+    /// Its spread (with the floor the tests use).
+    pub sd: f64,
+    /// The tail test's |z| threshold in force.
+    pub z: f64,
+    /// The time-of-day profile, once every bucket has learned: the level
+    /// of each of the [`DAY_BUCKETS`] buckets of the day (UTC), and the
+    /// spread of values around it.
+    pub daily: Option<DailyBand>,
+}
+
+/// A time-of-day baseline, for display.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DailyBand {
+    /// Level per bucket (bucket `i` covers `i·24/DAY_BUCKETS` hours UTC).
+    pub levels: Vec<f64>,
+    /// Spread of the departures from those levels.
+    pub sd: f64,
+}
+
 impl Detector {
+    /// The baseline the tests hold values against now (`None` until the
+    /// window has `min_observations` values).
+    pub fn band(&self, th: &Thresholds) -> Option<Band> {
+        if self.plain.len() < th.min_observations.max(1) {
+            return None;
+        }
+        let (mean, sd) = self.plain.spread();
+        let daily = (th.daily
+            && self.profile.len() == DAY_BUCKETS
+            && self.profile_n.iter().all(|&n| n >= DAY_MIN)
+            && self.daily.len() >= th.min_observations.max(1))
+        .then(|| {
+            let (m, sd) = self.daily.spread();
+            DailyBand {
+                levels: self.profile.iter().map(|l| l + m).collect(),
+                sd,
+            }
+        })
+        // Shown only where it explains the values better than one level.
+        .filter(|d| d.sd < sd);
+        Some(Band {
+            mean,
+            sd,
+            z: self.tail_threshold(th.tail_p).unwrap_or(TAIL_MIN_Z),
+            daily,
+        })
+    }
+
     /// Whether every stored number is usable.
     pub fn is_valid(&self) -> bool {
         self.plain.is_valid()
@@ -893,5 +952,53 @@ mod tests {
         let long = d.plain.score(5.5, th.min_observations).stretch;
         assert!(recent > 2.0 && recent > 3.0 * long, "{recent} vs {long}");
         assert!(v[9].score > 0.3, "{:?}", v[9]);
+    }
+
+    #[test]
+    fn the_band_is_what_the_tail_test_holds_values_against() {
+        let th = Thresholds::new(&crate::EngineConfig::default(), 1);
+        let mut d = Detector::default();
+        assert!(d.band(&th).is_none());
+        feed(
+            &mut d,
+            noise(3_000, 31).into_iter().map(|x| 10.0 + 2.0 * x),
+            &th,
+        );
+        let b = d.band(&th).unwrap_or_else(|| panic!("no band"));
+        assert!(
+            (b.mean - 10.0).abs() < 0.2 && (b.sd - 2.0).abs() < 0.2,
+            "{b:?}"
+        );
+        assert!(b.z >= TAIL_MIN_Z);
+        // Just outside the band is flagged, just inside is not.
+        let out = b.mean + 1.05 * b.z * b.sd;
+        assert!(d.score(out, None, &th).alarm);
+        assert!(!d.score(b.mean + 0.9 * b.z * b.sd, None, &th).alarm);
+        // No timestamps: no daily profile.
+        assert!(b.daily.is_none());
+    }
+
+    #[test]
+    fn a_daily_shape_gives_a_daily_band() {
+        let th = Thresholds::new(&crate::EngineConfig::default(), 1);
+        let mut d = Detector::default();
+        let n = noise(48 * 30, 32);
+        for (i, e) in n.iter().enumerate() {
+            let t = i as f64 * 1800.0;
+            let level = if (i % 48) < 24 { 0.0 } else { 50.0 };
+            let v = d.score(level + e, Some(t), &th);
+            d.learn(level + e, &v);
+        }
+        let b = d.band(&th).unwrap_or_else(|| panic!("no band"));
+        let daily = b
+            .daily
+            .clone()
+            .unwrap_or_else(|| panic!("no daily band: {b:?}"));
+        assert_eq!(daily.levels.len(), DAY_BUCKETS);
+        assert!(
+            daily.levels[5].abs() < 3.0 && (daily.levels[30] - 50.0).abs() < 3.0,
+            "{daily:?}"
+        );
+        assert!(daily.sd < b.sd / 5.0, "{} vs {}", daily.sd, b.sd);
     }
 }

@@ -31,7 +31,7 @@ pub mod stats;
 
 pub use channel::{ChannelState, Moment};
 pub use config::EngineConfig;
-pub use detector::{Detector, Finding, Thresholds, Verdict};
+pub use detector::{Band, DailyBand, Detector, Finding, Thresholds, Verdict};
 pub use engine::{Binding, Engine, ForestView, LoadError};
 pub use error::{ChannelLimit, ConfigError, StateError};
 pub use score::{ForestVerdict, JointFinding, RowScore};

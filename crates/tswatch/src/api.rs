@@ -64,6 +64,8 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/", get(crate::dashboard::page))
+        .route("/dashboard/data", get(crate::dashboard::data))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(TimeoutLayer::with_status_code(
@@ -123,11 +125,11 @@ async fn json_errors(res: Response) -> Response {
     out
 }
 
-fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": msg.into() }))).into_response()
 }
 
-fn ok(v: Value) -> Response {
+pub(crate) fn ok(v: Value) -> Response {
     axum::Json(v).into_response()
 }
 
@@ -135,7 +137,7 @@ fn ok(v: Value) -> Response {
 /// the last state it read: how many seconds ago that was.
 pub const STALE_HEADER: &str = "x-tswatch-stale-seconds";
 
-fn with_age(view: &View, mut r: Response) -> Response {
+pub(crate) fn with_age(view: &View, mut r: Response) -> Response {
     if let Some(age) = view.stale_for {
         r.headers_mut()
             .insert(STALE_HEADER, HeaderValue::from(age.as_secs()));
@@ -502,7 +504,7 @@ async fn health(State(st): State<AppState>) -> Response {
     }))
 }
 
-fn url_pairs(q: &str) -> impl Iterator<Item = (String, String)> + '_ {
+pub(crate) fn url_pairs(q: &str) -> impl Iterator<Item = (String, String)> + '_ {
     q.split('&').filter(|p| !p.is_empty()).map(|p| {
         let (k, v) = p.split_once('=').unwrap_or((p, ""));
         let dec = |s: &str| {

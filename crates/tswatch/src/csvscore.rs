@@ -188,6 +188,9 @@ pub struct FileReport {
     /// Rows each channel flagged (its `<channel>_zscore_flag`), in the
     /// order of `channels`.
     pub channel_flags: Vec<u64>,
+    /// The file's last rows (at most [`crate::recent::RECENT_ROWS`]), for
+    /// the dashboard.
+    pub tail: Vec<crate::recent::RecentRow>,
     /// CPU time of each stage, where the OS reports it per thread.
     pub stage_cpu_ms: Option<StageCpu>,
 }
@@ -214,7 +217,7 @@ fn cpu_ms_since(start: Option<u64>) -> Option<f64> {
     Some(thread_cpu_ns()?.checked_sub(start?)? as f64 / 1e6)
 }
 
-const TIMESTAMP_NAMES: [&str; 5] = ["timestamp", "time", "date", "datetime", "ts"];
+pub(crate) const TIMESTAMP_NAMES: [&str; 5] = ["timestamp", "time", "date", "datetime", "ts"];
 
 /// Scores every row of `input` with `engine` (score, then absorb) and writes
 /// the annotated copy to `output`, its generated cells spreadsheet-safe.
@@ -326,6 +329,8 @@ pub fn score_csv_with<R: Read, W: Write + Send>(
                 in_event: false,
                 safety,
                 kept_bytes: 0,
+                ts_col,
+                tail: crate::recent::TailRing::default(),
             };
             let mut written = FileReport::default();
             for (mut batch, view) in from_scorer {
@@ -334,6 +339,7 @@ pub fn score_csv_with<R: Read, W: Write + Send>(
                 let _ = to_scorer.send(batch);
             }
             ctx.write_out(&mut out)?;
+            written.tail = std::mem::take(&mut ctx.tail).into_rows();
             out.flush().map_err(ScoreError::Output)?;
             Ok((written, cpu_ms_since(cpu_start)))
         });
@@ -447,6 +453,7 @@ pub fn score_csv_with<R: Read, W: Write + Send>(
     report.event_count = written.event_count;
     report.anomalies = written.anomalies;
     report.channel_flags = written.channel_flags;
+    report.tail = written.tail;
     report.stage_cpu_ms = cpu_ms_since(cpu_start)
         .zip(write_cpu)
         .map(|(read_score, write)| StageCpu { read_score, write });
@@ -560,6 +567,10 @@ struct Writing<'a> {
     safety: CellSafety,
     /// JSON bytes of the anomalous rows kept so far.
     kept_bytes: usize,
+    /// The timestamp column, if any.
+    ts_col: Option<usize>,
+    /// The last rows written.
+    tail: crate::recent::TailRing,
 }
 
 impl Writing<'_> {
@@ -616,6 +627,12 @@ impl Writing<'_> {
         if batch.anomaly[r] && !self.in_event {
             report.event_count += 1;
         }
+        let t = self
+            .ts_col
+            .and_then(|c| batch.fields(r).nth(c))
+            .unwrap_or(b"");
+        self.tail
+            .push(t, batch.values(r), batch.anomaly[r], batch.anomaly_score[r]);
         self.in_event = batch.anomaly[r];
         let line = &mut self.line;
         let mut fields = batch.fields(r);

@@ -12,6 +12,7 @@ pub mod cli;
 #[cfg(test)]
 mod crashtest;
 pub mod csvscore;
+mod dashboard;
 pub mod eval;
 pub mod events;
 pub mod http;
@@ -21,6 +22,7 @@ pub mod nab;
 pub mod offline;
 pub mod pipeline;
 pub mod processor;
+pub mod recent;
 mod records;
 pub mod report;
 pub mod s3list;

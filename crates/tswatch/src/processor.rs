@@ -28,7 +28,7 @@ use crate::storage::{Storage, StoreError, Version};
 use crate::telemetry;
 use bytes::Bytes;
 use serde_json::{Value, json};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -103,6 +103,9 @@ pub struct Processor {
     unpublished: std::sync::Mutex<HashSet<String>>,
     /// Where alerts for files committed with anomalies go (`--alert-webhook`).
     alerts: Option<AlertSink>,
+    /// The last files this instance refused, newest last (for the
+    /// dashboard; bounded by [`RECENT_ERRORS`]).
+    recent_errors: std::sync::Mutex<VecDeque<Value>>,
 }
 
 /// How many streams' engines are kept between files. Each holds a trained
@@ -117,6 +120,8 @@ const KEPT_ENGINES: usize = 16;
 static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 const MAX_CONFLICTS: u32 = 50;
+/// Refused files the dashboard lists.
+pub const RECENT_ERRORS: usize = 50;
 /// How stale the read endpoints' view of the state may be.
 const CACHE_TTL: Duration = Duration::from_millis(500);
 /// How long a read endpoint waits for storage before answering from the
@@ -145,6 +150,7 @@ impl Processor {
             engines: std::sync::Mutex::new(HashMap::new()),
             unpublished: std::sync::Mutex::new(HashSet::new()),
             alerts: None,
+            recent_errors: std::sync::Mutex::new(VecDeque::new()),
         }
     }
 
@@ -162,6 +168,20 @@ impl Processor {
         if let Some(sink) = &self.alerts {
             sink.offer(entry);
         }
+    }
+
+    /// The engine settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The last files this instance refused (`source_key`, `stream`,
+    /// `error`, `line`, `failed_at`), newest first.
+    pub fn recent_errors(&self) -> Vec<Value> {
+        self.recent_errors
+            .lock()
+            .map(|e| e.iter().rev().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The same processor, making the cells of scored copies safe as
@@ -529,7 +549,7 @@ impl Processor {
                 self.safety,
             )
             .await;
-            let (engine, report, staged_bytes) = match result {
+            let (engine, mut report, staged_bytes) = match result {
                 Ok(r) => r,
                 Err(e) => {
                     self.storage.delete(&staged_key).await.ok();
@@ -542,6 +562,8 @@ impl Processor {
             };
             doc.seq += 1;
             doc.last_updated = now_iso();
+            doc.recent
+                .extend(&report.channels, std::mem::take(&mut report.tail));
             doc.engine = engine.to_state();
             let summary = Summary::of_report(
                 key.as_str().to_string(),
@@ -767,6 +789,14 @@ impl Processor {
             "line": err.line(),
             "failed_at": now_iso(),
         });
+        if let Ok(mut recent) = self.recent_errors.lock() {
+            let mut shown = body.clone();
+            shown["stream"] = Value::from(key.stream());
+            recent.push_back(shown);
+            while recent.len() > RECENT_ERRORS {
+                recent.pop_front();
+            }
+        }
         self.storage
             .put(
                 &key.error(),

@@ -56,6 +56,9 @@ pub struct StateDoc {
     pub totals: Totals,
     /// Recently applied files, oldest first.
     pub applied: VecDeque<Applied>,
+    /// The stream's last rows, for the dashboard.
+    #[serde(default)]
+    pub recent: crate::recent::RecentSeries,
 }
 
 /// Totals behind `/anomalies/summary`.
@@ -196,6 +199,7 @@ impl StateDoc {
             engine,
             totals: Totals::default(),
             applied: VecDeque::new(),
+            recent: Default::default(),
         }
     }
 

@@ -4,6 +4,7 @@
 
 mod alerts;
 mod credentials;
+mod dashboard;
 mod eval;
 mod faultkit;
 mod faults;

@@ -1,0 +1,158 @@
+//! The web dashboard: one self-contained page at `/` (no CDN, no build
+//! step) and the read endpoint it polls, `GET /dashboard/data?stream=NAME`.
+//!
+//! Everything the endpoint returns is bounded by the state document (the
+//! stream's last [`crate::recent::RECENT_ROWS`] rows, its ledger of recent
+//! files, the last refused files), so it costs the same after ten files or
+//! ten million.
+
+use crate::api::{AppState, error, ok, url_pairs, with_age};
+use crate::statedoc::{StateDoc, round4};
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use tswatch_core::Thresholds;
+
+/// The page: HTML, CSS and script in one file, compiled in.
+const PAGE: &str = include_str!("dashboard/index.html");
+/// Anomalous rows the page lists.
+const ANOMALY_ROWS: usize = 50;
+
+/// `GET /`: the dashboard.
+pub(crate) async fn page() -> Response {
+    (
+        [
+            (CONTENT_TYPE, "text/html; charset=utf-8"),
+            (CACHE_CONTROL, "no-cache"),
+        ],
+        PAGE,
+    )
+        .into_response()
+}
+
+/// `GET /dashboard/data?stream=NAME`: what the page draws for one stream
+/// (the default stream, `raw/<name>.csv`, is `default`).
+pub(crate) async fn data(State(st): State<AppState>, RawQuery(q): RawQuery) -> Response {
+    let wanted = url_pairs(q.as_deref().unwrap_or(""))
+        .find(|(k, _)| k == "stream")
+        .map(|(_, v)| v);
+    let views = match st.processor.views().await {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let label = |s: &str| {
+        if s.is_empty() {
+            "default".to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    let streams: Vec<String> = views.iter().map(|(s, _)| label(s)).collect();
+    // Without a choice: the stream that processed a file last.
+    let chosen = match &wanted {
+        Some(w) => views.iter().find(|(s, _)| &label(s) == w),
+        None => views
+            .iter()
+            .max_by(|a, b| a.1.doc.last_updated.cmp(&b.1.doc.last_updated)),
+    };
+    let Some((stream, view)) = chosen else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no stream {:?}; streams: {streams:?}",
+                wanted.unwrap_or_default()
+            ),
+        );
+    };
+    let doc = &view.doc;
+    let errors: Vec<Value> = st
+        .processor
+        .recent_errors()
+        .into_iter()
+        .filter(|e| e["stream"] == stream.as_str())
+        .collect();
+    let body = json!({
+        "stream": label(stream),
+        "streams": streams,
+        "last_updated": doc.last_updated,
+        "totals": doc.totals,
+        "channels": channels(doc, &st),
+        "recent": doc.recent,
+        "files": files(doc),
+        "anomalies": anomalies(doc),
+        "errors": errors,
+    });
+    with_age(view, ok(body))
+}
+
+/// Per channel: maturity and the band values are held against.
+fn channels(doc: &StateDoc, st: &AppState) -> Map<String, Value> {
+    let cfg = st.processor.config();
+    let th = Thresholds::new(cfg, doc.engine.channels.len());
+    doc.engine
+        .channels
+        .iter()
+        .map(|(name, c)| {
+            let band = c.detector.band(&th).map(|b| {
+                json!({
+                    "mean": b.mean,
+                    "sd": b.sd,
+                    "z": round4(b.z),
+                    "daily": b.daily,
+                })
+            });
+            (
+                name.clone(),
+                json!({
+                    "observations": c.stats.count,
+                    "mature": c.stats.count >= st.min_observations,
+                    "band": band,
+                }),
+            )
+        })
+        .collect()
+}
+
+/// The files in the ledger, oldest first.
+fn files(doc: &StateDoc) -> Vec<Value> {
+    doc.applied
+        .iter()
+        .map(|a| {
+            let s = &a.summary;
+            json!({
+                "source_key": s.source_key,
+                "processed_at": s.processed_at,
+                "total_rows": s.total_rows,
+                "anomaly_count": s.anomaly_count,
+                "event_count": s.event_count,
+            })
+        })
+        .collect()
+}
+
+/// The newest anomalous rows: file, time, score, reason.
+fn anomalies(doc: &StateDoc) -> Vec<Value> {
+    doc.applied
+        .iter()
+        .rev()
+        .flat_map(|a| {
+            a.anomalies.iter().rev().map(move |row| {
+                let time = row
+                    .iter()
+                    .find(|(k, _)| {
+                        crate::csvscore::TIMESTAMP_NAMES.contains(&k.to_ascii_lowercase().as_str())
+                    })
+                    .map_or(Value::Null, |(_, v)| v.clone());
+                json!({
+                    "file": a.summary.source_key,
+                    "time": time,
+                    "anomaly_score": row.get("anomaly_score").cloned().unwrap_or(Value::Null),
+                    "reason": row.get("reason").cloned().unwrap_or(Value::Null),
+                })
+            })
+        })
+        .take(ANOMALY_ROWS)
+        .collect()
+}

@@ -1,0 +1,169 @@
+//! The last rows of a stream, kept in its state for the dashboard: a
+//! bounded series, so what the page reads stays the same size however many
+//! files have been processed.
+
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+
+/// Rows a stream keeps (and the most one file contributes).
+pub const RECENT_ROWS: usize = 500;
+/// Channels kept per row: the first ones of the file, in its column order.
+pub const RECENT_CHANNELS: usize = 32;
+
+/// One scored row, as the dashboard draws it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecentRow {
+    /// The timestamp cell as written (empty without a timestamp column).
+    pub t: String,
+    /// The channels' values, in the order of [`RecentSeries::channels`]
+    /// (`None`: missing in this row).
+    pub v: Vec<Option<f64>>,
+    /// Whether the row was anomalous.
+    pub anomaly: bool,
+    /// Its `anomaly_score`.
+    pub score: f64,
+}
+
+/// The last [`RECENT_ROWS`] rows of a stream.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecentSeries {
+    /// The channels the rows' values belong to.
+    pub channels: Vec<String>,
+    /// Oldest first.
+    pub rows: VecDeque<RecentRow>,
+}
+
+impl RecentSeries {
+    /// Appends a file's last rows (`channels` are the file's, in the order
+    /// of each row's values), dropping the oldest beyond [`RECENT_ROWS`].
+    /// The series keeps every channel it has seen (up to
+    /// [`RECENT_CHANNELS`]); a file without one leaves it empty in its rows.
+    pub fn extend(&mut self, channels: &[String], rows: Vec<RecentRow>) {
+        if rows.is_empty() {
+            return;
+        }
+        for c in channels {
+            if self.channels.len() >= RECENT_CHANNELS {
+                break;
+            }
+            if !self.channels.contains(c) {
+                self.channels.push(c.clone());
+            }
+        }
+        let width = self.channels.len();
+        for row in &mut self.rows {
+            row.v.resize(width, None);
+        }
+        let place: Vec<Option<usize>> = channels
+            .iter()
+            .map(|c| self.channels.iter().position(|s| s == c))
+            .collect();
+        for row in rows {
+            let mut v = vec![None; width];
+            for (x, at) in row.v.iter().zip(&place) {
+                if let Some(at) = at {
+                    v[*at] = *x;
+                }
+            }
+            self.rows.push_back(RecentRow { v, ..row });
+        }
+        while self.rows.len() > RECENT_ROWS {
+            self.rows.pop_front();
+        }
+    }
+}
+
+/// The last rows of one file, captured while it is written, reusing each
+/// slot's buffers (no allocation per row once the ring is full).
+#[derive(Debug, Default)]
+pub struct TailRing {
+    slots: Vec<RecentRow>,
+    next: usize,
+}
+
+impl TailRing {
+    /// Records one row: its timestamp cell, values, flag and score.
+    pub fn push(&mut self, t: &[u8], values: &[Option<f64>], anomaly: bool, score: f64) {
+        if self.slots.len() < RECENT_ROWS {
+            self.slots.push(RecentRow::default());
+        }
+        let i = self.next % self.slots.len();
+        let slot = &mut self.slots[i];
+        slot.t.clear();
+        slot.t.push_str(&String::from_utf8_lossy(t));
+        slot.v.clear();
+        slot.v
+            .extend_from_slice(&values[..values.len().min(RECENT_CHANNELS)]);
+        slot.anomaly = anomaly;
+        slot.score = score;
+        self.next = (i + 1) % RECENT_ROWS;
+    }
+
+    /// The rows captured, oldest first.
+    pub fn into_rows(mut self) -> Vec<RecentRow> {
+        if self.slots.len() == RECENT_ROWS {
+            self.slots.rotate_left(self.next);
+        }
+        self.slots
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(i: usize) -> RecentRow {
+        RecentRow {
+            t: i.to_string(),
+            v: vec![Some(i as f64)],
+            anomaly: false,
+            score: 0.0,
+        }
+    }
+
+    #[test]
+    fn the_ring_keeps_the_last_rows_in_order() {
+        let mut r = TailRing::default();
+        for i in 0..RECENT_ROWS + 7 {
+            r.push(i.to_string().as_bytes(), &[Some(i as f64)], i % 2 == 0, 0.1);
+        }
+        let rows = r.into_rows();
+        assert_eq!(rows.len(), RECENT_ROWS);
+        assert_eq!(rows[0].t, "7");
+        assert_eq!(rows[RECENT_ROWS - 1].t, (RECENT_ROWS + 6).to_string());
+        let mut short = TailRing::default();
+        short.push(b"a", &[None], true, 0.9);
+        short.push(b"b", &[Some(1.0)], false, 0.1);
+        let rows = short.into_rows();
+        assert_eq!((rows[0].t.as_str(), rows[1].t.as_str()), ("a", "b"));
+    }
+
+    #[test]
+    fn the_series_is_bounded_and_keeps_every_channel() {
+        let mut s = RecentSeries::default();
+        s.extend(&["a".into()], (0..400).map(row).collect());
+        s.extend(&["a".into()], (400..700).map(row).collect());
+        assert_eq!(s.rows.len(), RECENT_ROWS);
+        assert_eq!(s.rows[0].t, "200");
+        // A file with a new channel first and without "a"'s rows: "a" keeps
+        // its place and history; the new channel is added after it.
+        s.extend(
+            &["b".into()],
+            vec![RecentRow {
+                t: "x".into(),
+                v: vec![Some(1.0)],
+                ..Default::default()
+            }],
+        );
+        assert_eq!(s.channels, ["a", "b"]);
+        assert_eq!(s.rows[0].v, vec![Some(201.0), None]);
+        assert_eq!(
+            s.rows.back().map(|r| r.v.clone()),
+            Some(vec![None, Some(1.0)])
+        );
+        // A file with no rows changes nothing.
+        let before = s.clone();
+        s.extend(&["c".into()], Vec::new());
+        assert_eq!(s, before);
+    }
+}
