@@ -706,6 +706,7 @@ fn bench_settings(engine: EngineConfig, queue_capacity: usize) -> crate::server:
         spreadsheet_safe: Default::default(),
         queue_capacity,
         sqs: None,
+        alerts: Default::default(),
     }
 }
 

@@ -37,7 +37,8 @@ environment variable wins over the file:
   sns_cert_endpoint, spreadsheet_safe (generated | all | off),
   log_format (text | json),
   sqs_queue_url, sqs_wait_time_secs, sqs_max_messages,
-  sqs_visibility_timeout_secs, sqs_max_receives, sqs_reconcile_after_secs
+  sqs_visibility_timeout_secs, sqs_max_receives, sqs_reconcile_after_secs,
+  alert_webhook (a list), alert_max_per_minute, public_url
   [engine] (detection; unknown keys are refused):
     false_alarm_rate = 0.001    share of normal rows flagged
     min_observations = 30       values before a channel is scored
@@ -65,7 +66,7 @@ Environment only:
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service: watch for batches, score them, serve the API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Score one CSV file offline with the same engine.
     Score(ScoreArgs),
     /// Upload synthetic sensor batches, like the seed's test producer.
@@ -207,6 +208,24 @@ pub struct ServeArgs {
     /// seconds (a younger file's event may still be on the queue) [default: 900]
     #[arg(long, env = "TSWATCH_SQS_RECONCILE_AFTER", value_name = "SECS")]
     pub sqs_reconcile_after: Option<u32>,
+    /// POST a JSON alert (with a Slack-compatible `text`) to this http(s)
+    /// URL for every file processed with anomalies; repeat the flag (or
+    /// separate with commas) for several [default: none]
+    #[arg(
+        long,
+        env = "TSWATCH_ALERT_WEBHOOK",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub alert_webhook: Vec<String>,
+    /// Alerts per minute per webhook (bursts of this many, refilled at this
+    /// rate); beyond it alerts are dropped and counted [default: 30]
+    #[arg(long, env = "TSWATCH_ALERT_MAX_PER_MINUTE", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub alert_max_per_minute: Option<u32>,
+    /// The service's base URL as its users reach it, for links in alerts
+    /// [default: http://<bind address>]
+    #[arg(long, env = "TSWATCH_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
 }
 
 /// How logs are written (to stderr).
@@ -423,6 +442,12 @@ pub struct FileConfig {
     pub sqs_max_receives: Option<u32>,
     /// See `--sqs-reconcile-after`.
     pub sqs_reconcile_after_secs: Option<u32>,
+    /// See `--alert-webhook`.
+    pub alert_webhook: Option<Vec<String>>,
+    /// See `--alert-max-per-minute`.
+    pub alert_max_per_minute: Option<u32>,
+    /// See `--public-url`.
+    pub public_url: Option<String>,
     /// Detection settings.
     #[serde(default)]
     pub engine: EngineConfig,

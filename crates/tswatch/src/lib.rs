@@ -4,6 +4,7 @@
 //! ([`csvscore`] via [`pipeline`]) → write outputs → commit state
 //! ([`processor`], [`statedoc`]) through [`storage`].
 
+pub mod alerts;
 pub mod api;
 pub mod aws;
 pub mod bench;

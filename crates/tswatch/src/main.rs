@@ -151,6 +151,7 @@ async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
                     .unwrap_or_default(),
                 queue_capacity: 10_000,
                 sqs: sqs_settings(&a, &file)?,
+                alerts: alert_settings(&a, &file)?,
             };
             server::check_insecure_bind(settings.insecure_skip_sns_verify, bind)?;
             let listener = tokio::net::TcpListener::bind(bind)
@@ -196,6 +197,47 @@ fn print_stdout(text: &str) -> anyhow::Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// The alert webhooks' settings; URLs are checked here, so a bad one stops
+/// the start with a clear message.
+fn alert_settings(
+    a: &tswatch::cli::ServeArgs,
+    file: &FileConfig,
+) -> anyhow::Result<tswatch::alerts::AlertSettings> {
+    use tswatch::alerts::{self, Webhook};
+    let urls = if a.alert_webhook.is_empty() {
+        file.alert_webhook.clone().unwrap_or_default()
+    } else {
+        a.alert_webhook.clone()
+    };
+    let webhooks = urls
+        .iter()
+        .filter(|u| !u.trim().is_empty())
+        .map(|u| Webhook::parse(u))
+        .collect::<Result<Vec<_>, _>>()?;
+    let max_per_minute = a
+        .alert_max_per_minute
+        .or(file.alert_max_per_minute)
+        .unwrap_or(alerts::DEFAULT_MAX_PER_MINUTE);
+    anyhow::ensure!(
+        max_per_minute >= 1,
+        "alert_max_per_minute must be at least 1"
+    );
+    let public_url = match a.public_url.clone().or_else(|| file.public_url.clone()) {
+        Some(u) => Some(
+            alerts::check_url("--public-url", &u)?
+                .as_str()
+                .trim_end_matches('/')
+                .to_string(),
+        ),
+        None => None,
+    };
+    Ok(alerts::AlertSettings {
+        webhooks,
+        max_per_minute,
+        public_url,
+    })
 }
 
 /// The SQS consumer's settings, if a queue is configured.

@@ -16,6 +16,7 @@
 //! landed. So a failed commit never discards its staged output until the
 //! reloaded ledger shows the commit is not there.
 
+use crate::alerts::AlertSink;
 use crate::csvscore::{CellSafety, InputError};
 use crate::keys::{self, RawKey};
 use crate::pipeline::{PipelineError, score_object};
@@ -100,6 +101,8 @@ pub struct Processor {
     /// Raw keys committed by this process whose outputs could not be
     /// published yet (retried until they are).
     unpublished: std::sync::Mutex<HashSet<String>>,
+    /// Where alerts for files committed with anomalies go (`--alert-webhook`).
+    alerts: Option<AlertSink>,
     /// The last files this instance refused, newest last (for the
     /// dashboard; bounded by [`RECENT_ERRORS`]).
     recent_errors: std::sync::Mutex<VecDeque<Value>>,
@@ -146,7 +149,24 @@ impl Processor {
             storage_ok: AtomicBool::new(true),
             engines: std::sync::Mutex::new(HashMap::new()),
             unpublished: std::sync::Mutex::new(HashSet::new()),
+            alerts: None,
             recent_errors: std::sync::Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// The same processor, offering an alert to `sink` for every file it
+    /// commits with anomalies: only the caller whose commit won offers it,
+    /// so a file is alerted once however often it is notified and however
+    /// many instances race for it.
+    pub fn with_alerts(mut self, sink: AlertSink) -> Self {
+        self.alerts = Some(sink);
+        self
+    }
+
+    /// Offers the alert for a file this call committed (never waits).
+    fn alert(&self, entry: &Applied) {
+        if let Some(sink) = &self.alerts {
+            sink.offer(entry);
         }
     }
 
@@ -497,15 +517,18 @@ impl Processor {
         loop {
             let (mut doc, version) = self.load(stream).await?;
             if let Some(entry) = doc.find(key.as_str(), &etag).cloned() {
-                self.publish(&entry, &doc).await?;
                 let unsure = unsure.take();
                 // Our own commit landed although the write reported failure.
-                if let Some((s, flagged)) = &unsure
-                    && *s == entry.staged_key
+                if let Some((_, flagged)) = unsure.as_ref().filter(|(s, _)| *s == entry.staged_key)
                 {
+                    // Before publishing: a failed publish is retried by a
+                    // later call, which finds the entry as AlreadyApplied.
+                    self.alert(&entry);
                     telemetry::file_applied(stream, &entry.summary, flagged);
+                    self.publish(&entry, &doc).await?;
                     return Ok(Outcome::Applied(entry.summary));
                 }
+                self.publish(&entry, &doc).await?;
                 if let Some((s, _)) = unsure {
                     self.storage.delete(&s).await.ok();
                 }
@@ -590,6 +613,9 @@ impl Processor {
                     self.remember(stream, doc.clone()).await;
                     self.storage_ok.store(true, Ordering::Relaxed);
                     telemetry::file_applied(stream, &summary, &flagged);
+                    // The exactly-once point: this call's commit won. Before
+                    // publishing, which a later call may finish instead.
+                    self.alert(&entry);
                     self.publish(&entry, &doc).await?;
                     return Ok(Outcome::Applied(summary));
                 }

@@ -1,6 +1,7 @@
 //! Wires the service together: `run` receives everything it needs, so tests
 //! can start it on any listener and storage.
 
+use crate::alerts::{AlertSettings, Alerts};
 use crate::api::{self, AppState};
 use crate::csvscore::CellSafety;
 use crate::processor::Processor;
@@ -44,12 +45,15 @@ pub struct Settings {
     pub queue_capacity: usize,
     /// Consume S3 events from this SQS queue as well (`--sqs-queue-url`).
     pub sqs: Option<SqsSettings>,
+    /// Alert webhooks (`--alert-webhook`; none: no alerts).
+    pub alerts: AlertSettings,
 }
 
-/// Runs until `shutdown` resolves: API, worker, reconciler and (locally)
-/// the folder watcher. On shutdown, stops taking requests, gives the worker
-/// `shutdown_grace` to finish the file in hand (then abandons it, which the
-/// commit protocol makes safe), and returns.
+/// Runs until `shutdown` resolves: API, worker, reconciler, (locally) the
+/// folder watcher and (with webhooks) the alert sender. On shutdown, stops
+/// taking requests, gives the worker `shutdown_grace` to finish the file in
+/// hand (then abandons it, which the commit protocol makes safe), gives
+/// alerts still being sent [`crate::alerts::SHUTDOWN_GRACE`], and returns.
 pub async fn run(
     listener: TcpListener,
     storage: Storage,
@@ -60,10 +64,21 @@ pub async fn run(
     check_insecure_bind(settings.insecure_skip_sns_verify, addr)?;
     // Before anything runs, so nothing it records is lost.
     let metrics = crate::telemetry::install()?;
-    let processor = Arc::new(
-        Processor::new(storage.clone(), settings.engine)
-            .with_cell_safety(settings.spreadsheet_safe),
-    );
+    let alerts = if settings.alerts.webhooks.is_empty() {
+        None
+    } else {
+        let base = match &settings.alerts.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("http://{addr}"),
+        };
+        Some(Alerts::start(&settings.alerts, format!("{base}/"))?)
+    };
+    let mut processor = Processor::new(storage.clone(), settings.engine)
+        .with_cell_safety(settings.spreadsheet_safe);
+    if let Some(a) = &alerts {
+        processor = processor.with_alerts(a.sink());
+    }
+    let processor = Arc::new(processor);
     // Fail fast on unusable state rather than serving errors.
     processor.refresh("").await?;
     // One worker per core; each stream always goes to the same worker, so
@@ -181,6 +196,10 @@ pub async fn run(
         let _ = sqs.await;
     }
     reconciler.abort();
+    if let Some(a) = alerts {
+        // The workers are done: no alert comes after this.
+        a.shutdown(crate::alerts::SHUTDOWN_GRACE).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

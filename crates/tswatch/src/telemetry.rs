@@ -47,6 +47,12 @@ pub mod name {
     pub const SQS_DEAD_LETTERS: &str = "tswatch_sqs_dead_letters_total";
     /// Files a reconciliation scan queued (unprocessed when it looked).
     pub const RECONCILED: &str = "tswatch_reconciliation_found_total";
+    /// Alerts a webhook accepted (one per alert and webhook).
+    pub const ALERTS_SENT: &str = "tswatch_alerts_sent_total";
+    /// Alerts given up on after their retries (one per alert and webhook).
+    pub const ALERTS_FAILED: &str = "tswatch_alerts_failed_total";
+    /// Alerts not sent, by reason.
+    pub const ALERTS_DROPPED: &str = "tswatch_alerts_dropped_total";
 }
 
 /// Installs the recorder and describes every metric, once per process
@@ -68,6 +74,8 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         name::SQS_RECEIVED,
         name::SQS_DEAD_LETTERS,
         name::RECONCILED,
+        name::ALERTS_SENT,
+        name::ALERTS_FAILED,
     ] {
         counter!(c).increment(0);
     }
@@ -116,6 +124,18 @@ fn describe() {
     describe_counter!(
         name::RECONCILED,
         "Files a scan of raw/ queued because it found them unprocessed: a lost notification, or a file still failing (queued again by each scan)."
+    );
+    describe_counter!(
+        name::ALERTS_SENT,
+        "Alerts a webhook accepted (2xx), one per alert and webhook."
+    );
+    describe_counter!(
+        name::ALERTS_FAILED,
+        "Alerts given up on (retries spent, or a 4xx answer), one per alert and webhook."
+    );
+    describe_counter!(
+        name::ALERTS_DROPPED,
+        "Alerts not sent, by reason: rate_limit (over --alert-max-per-minute), queue_full, shutdown."
     );
 }
 
@@ -198,6 +218,21 @@ fn cut(s: &str) -> String {
         end -= 1;
     }
     s[..end].to_string()
+}
+
+/// An alert a webhook accepted.
+pub fn alert_sent() {
+    counter!(name::ALERTS_SENT).increment(1);
+}
+
+/// An alert given up on.
+pub fn alert_failed() {
+    counter!(name::ALERTS_FAILED).increment(1);
+}
+
+/// An alert not sent, for `reason` (`rate_limit`, `queue_full`, `shutdown`).
+pub fn alert_dropped(reason: &'static str) {
+    counter!(name::ALERTS_DROPPED, "reason" => reason).increment(1);
 }
 
 /// The default stream (`raw/<name>.csv`) is labelled `default`.
