@@ -5,7 +5,9 @@
 //! the rate limit.
 
 use crate::faultkit::{Data, notify, serve_s3, strip_ansi, tmp};
-use crate::harness::{Moto, Service, drop_in, free_port, tswatch, wait_file, wait_for};
+use crate::harness::{
+    Moto, Service, drop_in, free_port, tswatch, wait_file, wait_for, with_a_spike,
+};
 use crate::metrics::{scrape, value};
 use serde_json::Value;
 use std::collections::{BTreeSet, VecDeque};
@@ -111,23 +113,6 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-/// 300 quiet rows of `temp` and `load`, then `temp` far above anything seen.
-fn with_a_spike() -> String {
-    let mut s = String::from("timestamp,temp,load\n");
-    for i in 0..300 {
-        let x = f64::from(i);
-        s.push_str(&format!(
-            "2026-01-01T{:02}:{:02}:00Z,{:.3},{:.3}\n",
-            i / 60,
-            i % 60,
-            20.0 + (x * 0.7).sin(),
-            5.0 + (x * 1.3).cos()
-        ));
-    }
-    s.push_str("2026-01-01T05:00:00Z,500.0,5.0\n");
-    s
 }
 
 /// Ten rows: too few for any channel to be scored, so no anomaly.
@@ -293,16 +278,15 @@ async fn duplicate_notifications_to_two_instances_alert_each_file_once() {
     eprintln!("six files, each notified six times to two instances: alerts sent {sent:?}");
 }
 
-#[tokio::test]
-async fn a_receiver_that_is_down_at_first_gets_the_alert_after_retries() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    // Nothing listens there yet.
+/// A service whose webhook (`path` on a port nothing listens on) has an
+/// alert for a processed file, failing and being retried.
+async fn an_alert_in_its_retries(tmp: &std::path::Path, path: &str) -> (Service, u16) {
+    let data = tmp.join("data");
     let port = free_port();
     let svc = serve(
         &data,
-        tmp.path(),
-        &["--alert-webhook", &format!("http://127.0.0.1:{port}/down")],
+        tmp,
+        &["--alert-webhook", &format!("http://127.0.0.1:{port}{path}")],
     )
     .await;
     drop_in(&data, "a.csv", with_a_spike().as_bytes());
@@ -311,6 +295,14 @@ async fn a_receiver_that_is_down_at_first_gets_the_alert_after_retries() {
         log(&svc).contains("will retry").then_some(())
     })
     .await;
+    (svc, port)
+}
+
+#[tokio::test]
+async fn a_receiver_that_is_down_at_first_gets_the_alert_after_retries() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Nothing listens there yet.
+    let (svc, port) = an_alert_in_its_retries(tmp.path(), "/down").await;
     assert_eq!(metric(&svc, "tswatch_alerts_sent_total", &[]).await, 0.0);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
@@ -521,21 +513,8 @@ fn bad_webhook_and_public_urls_are_refused_at_start() {
 #[tokio::test]
 async fn sigterm_gives_pending_alerts_a_short_grace_then_exits() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
     // Nothing ever listens there: the alert stays in its retries.
-    let port = free_port();
-    let svc = serve(
-        &data,
-        tmp.path(),
-        &["--alert-webhook", &format!("http://127.0.0.1:{port}/")],
-    )
-    .await;
-    drop_in(&data, "a.csv", with_a_spike().as_bytes());
-    summary(&data, "a").await;
-    wait_for("a failed attempt", Duration::from_secs(30), || async {
-        log(&svc).contains("will retry").then_some(())
-    })
-    .await;
+    let (svc, _) = an_alert_in_its_retries(tmp.path(), "/").await;
     let started = Instant::now();
     let proc = svc.proc;
     let logfile = proc.log.clone();

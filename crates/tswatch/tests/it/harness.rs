@@ -513,3 +513,20 @@ pub(crate) fn csv_rows(text: &[u8]) -> Vec<Vec<String>> {
         .map(|r| r.unwrap().iter().map(str::to_string).collect())
         .collect()
 }
+
+/// 300 quiet rows of `temp` and `load`, then `temp` far above anything seen.
+pub(crate) fn with_a_spike() -> String {
+    let mut s = String::from("timestamp,temp,load\n");
+    for i in 0..300 {
+        let x = f64::from(i);
+        s.push_str(&format!(
+            "2026-01-01T{:02}:{:02}:00Z,{:.3},{:.3}\n",
+            i / 60,
+            i % 60,
+            20.0 + (x * 0.7).sin(),
+            5.0 + (x * 1.3).cos()
+        ));
+    }
+    s.push_str("2026-01-01T05:00:00Z,500.0,5.0\n");
+    s
+}

@@ -1,7 +1,7 @@
 //! `GET /metrics`, scraped and read with a Prometheus exposition-format
 //! parser, after real files, a rejected file and refused SNS messages.
 
-use crate::harness::{Service, drop_in, tswatch, wait_file, wait_for};
+use crate::harness::{Service, drop_in, tswatch, wait_file, wait_for, with_a_spike};
 use prometheus_parse::{Sample, Scrape, Value};
 use std::path::Path;
 use std::time::Duration;
@@ -39,23 +39,6 @@ fn has(x: &Sample, labels: &[(&str, &str)]) -> bool {
 
 fn stream(name: &str) -> [(&'static str, &str); 1] {
     [("stream", name)]
-}
-
-/// 300 quiet rows of `temp` and `load`, then `temp` far above anything seen.
-fn with_a_spike() -> String {
-    let mut s = String::from("timestamp,temp,load\n");
-    for i in 0..300 {
-        let x = f64::from(i);
-        s.push_str(&format!(
-            "2026-01-01T{:02}:{:02}:00Z,{:.3},{:.3}\n",
-            i / 60,
-            i % 60,
-            20.0 + (x * 0.7).sin(),
-            5.0 + (x * 1.3).cos()
-        ));
-    }
-    s.push_str("2026-01-01T05:00:00Z,500.0,5.0\n");
-    s
 }
 
 fn start(data: &Path, logs: &Path) -> impl std::future::Future<Output = Service> {
