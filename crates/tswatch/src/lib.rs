@@ -13,6 +13,7 @@ mod crashtest;
 pub mod csvscore;
 pub mod eval;
 pub mod events;
+pub mod exit;
 pub mod http;
 pub mod keys;
 pub mod lease;

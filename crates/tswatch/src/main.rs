@@ -7,25 +7,27 @@ use std::time::Duration;
 use tswatch::cli::{
     BaselineAction, Cli, Command, FileConfig, LogFormat, StorageArgs, StorageChoice,
 };
+use tswatch::exit::{self, ExitCode};
 use tswatch::processor::Processor;
 use tswatch::server::{self, Settings};
 use tswatch::storage::Storage;
 
 fn main() -> std::process::ExitCode {
     match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => ExitCode::Success.into(),
         Err(e) => {
             // A user error is a message, not a backtrace (even with
             // RUST_BACKTRACE set): the error, then each distinct cause.
             eprintln!("{}", tswatch::report::render(&e));
-            std::process::ExitCode::FAILURE
+            // The code says what kind of failure (`tswatch --help`).
+            ExitCode::of(&e).into()
         }
     }
 }
 
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let file = FileConfig::load(cli.config.as_deref())?;
+    let file = FileConfig::load(cli.config.as_deref()).map_err(exit::Classified::Usage)?;
     let log_json = match &cli.command {
         Command::Serve(a) => a.log_format.or(file.log_format),
         _ => file.log_format,

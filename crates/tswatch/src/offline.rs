@@ -2,7 +2,8 @@
 //! state between runs) and `produce` (the seed's test producer).
 
 use crate::cli::{ProduceArgs, ScoreArgs};
-use crate::csvscore::score_csv_with;
+use crate::csvscore::{ScoreError, score_csv_with};
+use crate::exit;
 use crate::scenario::Scenario;
 use crate::statedoc::{self, StateDoc, Summary, now_iso};
 use crate::storage::Storage;
@@ -38,7 +39,15 @@ pub fn score_file(args: &ScoreArgs, config: &EngineConfig) -> anyhow::Result<()>
         Err(e) => {
             drop(w);
             let _ = fs::remove_file(&tmp);
-            return Err(anyhow::anyhow!("{}: {e}", args.input.display()));
+            let input = args.input.display();
+            return Err(match e {
+                ScoreError::Input(e) => {
+                    exit::Classified::InputRejected(anyhow::anyhow!("{input}: {e}")).into()
+                }
+                ScoreError::Output(e) => {
+                    anyhow::anyhow!("{input}: writing the scored copy: {e}")
+                }
+            });
         }
     };
     w.flush()?;
@@ -112,11 +121,11 @@ pub async fn produce(storage: &Storage, args: &ProduceArgs) -> anyhow::Result<()
     };
     let mut warned = args.start.is_some();
     let mut sc = Scenario::new(&args.scenario, seed, start).ok_or_else(|| {
-        anyhow::anyhow!(
+        exit::usage(format!(
             "unknown scenario {:?}; known: {}",
             args.scenario,
             crate::scenario::ALL.join(", ")
-        )
+        ))
     })?;
     let prefix = if args.scenario == "seed" {
         "sensors"
@@ -158,7 +167,8 @@ pub async fn produce(storage: &Storage, args: &ProduceArgs) -> anyhow::Result<()
     }
 }
 
-/// `tswatch eval`: prints the quality table (or JSON).
+/// `tswatch eval`: prints the quality table (or JSON); with `--all`, fails
+/// ([`exit::ExitCode::GateFailed`]) when a target is missed.
 pub fn eval(args: &crate::cli::EvalArgs, engine: &EngineConfig) -> anyhow::Result<()> {
     if let Some(dir) = &args.nab {
         return eval_nab(dir, args, engine);
@@ -168,6 +178,15 @@ pub fn eval(args: &crate::cli::EvalArgs, engine: &EngineConfig) -> anyhow::Resul
     } else {
         args.scenarios.clone()
     };
+    if let Some(n) = names
+        .iter()
+        .find(|n| !crate::scenario::ALL.contains(&n.as_str()))
+    {
+        return Err(exit::usage(format!(
+            "unknown scenario {n:?}; known: {}",
+            crate::scenario::ALL.join(", ")
+        )));
+    }
     let opts = crate::eval::EvalOptions {
         rows: args.rows.max(1),
         file_rows: args.file_rows.max(1),
@@ -189,11 +208,25 @@ pub fn eval(args: &crate::cli::EvalArgs, engine: &EngineConfig) -> anyhow::Resul
     } else {
         print!("{}", crate::eval::render(&results, &targets));
     }
+    let missed: Vec<&str> = targets
+        .iter()
+        .filter(|t| !t.pass)
+        .map(|t| t.measure.as_str())
+        .collect();
+    if args.all && !missed.is_empty() {
+        return Err(exit::Classified::GateFailed(anyhow::anyhow!(
+            "{} of {} detection targets missed: {}",
+            missed.len(),
+            targets.len(),
+            missed.join("; ")
+        ))
+        .into());
+    }
     Ok(())
 }
 
 /// `tswatch eval --nab DIR`: the NAB table (or JSON), then the
-/// `--min-flag-score` guard.
+/// `--min-flag-score` guard ([`exit::ExitCode::GateFailed`]).
 fn eval_nab(dir: &Path, args: &crate::cli::EvalArgs, engine: &EngineConfig) -> anyhow::Result<()> {
     let report = crate::nab::run(&crate::nab::NabOptions {
         dir: dir.to_path_buf(),
@@ -214,7 +247,10 @@ fn eval_nab(dir: &Path, args: &crate::cli::EvalArgs, engine: &EngineConfig) -> a
             .get("standard")
             .map_or(f64::NEG_INFINITY, |r| r.score);
         if got.is_nan() || got < min {
-            anyhow::bail!("own-flag NAB standard score {got:.2} is below --min-flag-score {min}");
+            return Err(exit::Classified::GateFailed(anyhow::anyhow!(
+                "own-flag NAB standard score {got:.2} is below --min-flag-score {min}"
+            ))
+            .into());
         }
     }
     Ok(())
