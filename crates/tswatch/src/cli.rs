@@ -102,6 +102,11 @@ pub struct BaselineArgs {
     /// (`raw/<name>.csv`, state in `state/baseline.json`).
     #[arg(long, value_name = "NAME", default_value = "")]
     pub stream: String,
+    /// JSON on stdout: `show` always prints the baseline as JSON (accepted
+    /// for uniformity); `reset` prints `{"stream": ..., "reset": true}`
+    /// instead of a line on stderr.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where the data lives.
@@ -223,10 +228,12 @@ pub enum LogFormat {
 /// `score` options.
 #[derive(Debug, Args)]
 pub struct ScoreArgs {
-    /// CSV to score (header `timestamp,<channel>,...`).
+    /// CSV to score (header `timestamp,<channel>,...`); `-` reads standard
+    /// input (`./-` is a file named `-`).
     #[arg(long, value_name = "IN.csv")]
     pub input: PathBuf,
-    /// Where to write the scored copy.
+    /// Where to write the scored copy; `-` writes it to standard output
+    /// (the summary then goes to stderr).
     #[arg(long, value_name = "OUT.csv")]
     pub output: PathBuf,
     /// Directory that keeps the baseline between runs (engine.json and a
@@ -238,6 +245,10 @@ pub struct ScoreArgs {
     /// them: generated (tswatch's own columns), all, off
     #[arg(long, value_enum, default_value_t = CellSafety::Generated, value_name = "WHICH")]
     pub spreadsheet_safe: CellSafety,
+    /// Print the summary as JSON (the fields of `processed/<name>_summary.json`)
+    /// instead of text; not with `--output -`.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `produce` options.

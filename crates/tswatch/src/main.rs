@@ -173,30 +173,22 @@ async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
                 let storage = open(&a.storage, &file, Access::Read).await?;
                 let doc = Processor::new(storage, file.engine).peek(&a.stream).await?;
                 let text = serde_json::to_string_pretty(&doc.baseline_json())?;
-                print_stdout(&text)
+                tswatch::offline::print_stdout(&text)
             }
             BaselineAction::Reset(a) => {
                 let storage = open(&a.storage, &file, Access::ReadWrite).await?;
                 Arc::new(Processor::new(storage, file.engine))
                     .reset(&a.stream)
                     .await?;
-                eprintln!("baseline cleared");
-                Ok(())
+                if a.json {
+                    let v = serde_json::json!({ "stream": a.stream, "reset": true });
+                    tswatch::offline::print_stdout(&v.to_string())
+                } else {
+                    eprintln!("baseline cleared");
+                    Ok(())
+                }
             }
         },
-    }
-}
-
-/// Writes `text` and a newline to stdout; a reader that went away (`| head`)
-/// ends the output quietly instead of a panic.
-fn print_stdout(text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    match writeln!(out, "{text}").and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(anyhow::Error::new(e).context("writing to stdout"))
-        }
-        _ => Ok(()),
     }
 }
 

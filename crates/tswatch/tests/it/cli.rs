@@ -1,8 +1,35 @@
-//! The command line as scripts use it: the documented exit codes.
+//! The command line as scripts use it: `score` through standard input and
+//! output, `--json` documents, the documented exit codes.
 
 use crate::harness::*;
+use serde_json::Value;
+use std::io::Write;
 use std::path::Path;
-use std::process::Output;
+use std::process::{Output, Stdio};
+
+/// Runs `tswatch args` with `stdin` piped in.
+fn run_with_stdin(args: &[&std::ffi::OsStr], stdin: &[u8]) -> Output {
+    let mut child = tswatch()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let body = stdin.to_vec();
+    // Written from a thread: the child writes its output while it reads.
+    let feeder = std::thread::spawn(move || {
+        let _ = input.write_all(&body);
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    out
+}
+
+fn os(s: &str) -> &std::ffi::OsStr {
+    s.as_ref()
+}
 
 fn code(o: &Output) -> i32 {
     o.status.code().unwrap()
@@ -10,6 +37,195 @@ fn code(o: &Output) -> i32 {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A file of `rows` rows from `tswatch produce`, written to `path`.
+fn producer_file(path: &Path, rows: usize) {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = tswatch()
+        .args(["produce", "--count", "1", "--interval", "0", "--seed", "3"])
+        .args([
+            "--start",
+            "2026-01-01T00:00:00Z",
+            "--rows",
+            &rows.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let f = std::fs::read_dir(tmp.path().join("raw"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::copy(f, path).unwrap();
+}
+
+#[test]
+fn score_through_stdin_and_stdout_equals_score_of_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.csv");
+    producer_file(&input, 3000);
+    let body = std::fs::read(&input).unwrap();
+    for with_state in [false, true] {
+        let files_state = tmp.path().join(format!("state-files-{with_state}"));
+        let pipe_state = tmp.path().join(format!("state-pipe-{with_state}"));
+        // Twice: with --state, the second run continues the first's baseline.
+        for round in 0..2 {
+            let want = tmp.path().join(format!("want-{with_state}-{round}.csv"));
+            let mut cmd = tswatch();
+            cmd.arg("score")
+                .arg("--input")
+                .arg(&input)
+                .arg("--output")
+                .arg(&want);
+            if with_state {
+                cmd.arg("--state").arg(&files_state);
+            }
+            let o = cmd.output().unwrap();
+            assert_eq!(code(&o), 0, "{}", stderr(&o));
+            // The summary is the only thing on stdout.
+            assert!(String::from_utf8_lossy(&o.stdout).starts_with("scored 3000 rows"));
+
+            let mut args = vec![os("score"), os("--input"), os("-"), os("--output"), os("-")];
+            if with_state {
+                args.extend([os("--state"), pipe_state.as_os_str()]);
+            }
+            let o = run_with_stdin(&args, &body);
+            assert_eq!(code(&o), 0, "{}", stderr(&o));
+            let want = std::fs::read(&want).unwrap();
+            assert!(
+                o.stdout == want,
+                "stdout ({} bytes) differs from the scored file ({} bytes), state {with_state}, round {round}",
+                o.stdout.len(),
+                want.len()
+            );
+            // The summary went to stderr.
+            assert!(
+                stderr(&o).contains("scored 3000 rows of - into -"),
+                "{}",
+                stderr(&o)
+            );
+        }
+        if with_state {
+            for f in ["engine.json", "baseline.json"] {
+                let a: Value =
+                    serde_json::from_slice(&std::fs::read(files_state.join(f)).unwrap()).unwrap();
+                let b: Value =
+                    serde_json::from_slice(&std::fs::read(pipe_state.join(f)).unwrap()).unwrap();
+                let strip = |mut v: Value| {
+                    // The time of the save differs, nothing else.
+                    v.as_object_mut().unwrap().remove("last_updated");
+                    for (_, ch) in v.as_object_mut().unwrap().iter_mut() {
+                        if let Some(o) = ch.as_object_mut() {
+                            o.remove("last_updated");
+                        }
+                    }
+                    v
+                };
+                assert_eq!(strip(a), strip(b), "{f}");
+            }
+        }
+    }
+}
+
+#[test]
+fn score_summary_as_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = fixtures().join("sensors_20260224T001051.csv");
+    let output = tmp.path().join("out.csv");
+    let o = tswatch()
+        .arg("score")
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["total_rows"], 100, "{v}");
+    assert_eq!(v["source_key"], input.display().to_string());
+    assert_eq!(v["output_key"], output.display().to_string());
+    assert_eq!(
+        v["channels"],
+        serde_json::json!(["temperature", "humidity", "pressure", "wind_speed"])
+    );
+    for k in [
+        "anomaly_count",
+        "anomaly_rate",
+        "event_count",
+        "missing_cells",
+        "processed_at",
+        "baseline_observation_counts",
+        "duration_ms",
+    ] {
+        assert!(v.get(k).is_some(), "{k} missing: {v}");
+    }
+    // From standard input, the name is `-`.
+    let o = run_with_stdin(
+        &[
+            os("score"),
+            os("--input"),
+            os("-"),
+            os("--output"),
+            output.as_os_str(),
+            os("--json"),
+        ],
+        &std::fs::read(&input).unwrap(),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["source_key"], "-");
+    assert_eq!(v["total_rows"], 100);
+}
+
+#[test]
+fn eval_and_baseline_print_one_json_document() {
+    // eval: one document on stdout, even when the gate fails (exit 4).
+    let o = tswatch()
+        .args(["eval", "--all", "--rows", "300", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 4, "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["scenarios"].as_array().unwrap().len(), 9, "{v}");
+    assert!(
+        v["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["pass"] == false)
+    );
+    assert!(
+        stderr(&o).contains("detection targets missed"),
+        "{}",
+        stderr(&o)
+    );
+
+    // baseline show / reset.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let run = |args: &[&str]| {
+        let o = tswatch()
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()
+    };
+    assert!(run(&["baseline", "show", "--json"]).is_object());
+    assert_eq!(
+        run(&["baseline", "reset", "--json"]),
+        serde_json::json!({ "stream": "", "reset": true })
+    );
 }
 
 #[test]
@@ -77,13 +293,31 @@ fn each_documented_exit_code_is_produced() {
         .output()
         .unwrap();
     assert_eq!(code(&o), 2, "{}", stderr(&o));
-    // 3: input rejected.
+    let o = run_with_stdin(
+        &[
+            os("score"),
+            os("--input"),
+            os("-"),
+            os("--output"),
+            os("-"),
+            os("--json"),
+        ],
+        b"",
+    );
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(o.stdout.is_empty());
+    // 3: input rejected, from a file and from standard input.
     let bad = tmp.path().join("bad.csv");
     std::fs::write(&bad, "timestamp,v\n1,2\n2,3,4\n").unwrap();
     let o = score(&bad, &[]);
     assert_eq!(code(&o), 3, "{}", stderr(&o));
     assert!(stderr(&o).contains("line 3"), "{}", stderr(&o));
     assert!(!tmp.path().join("out.csv.partial").exists());
+    let o = run_with_stdin(
+        &[os("score"), os("--input"), os("-"), os("--output"), os("-")],
+        b"",
+    );
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
     // 4: a quality gate failed (`eval --all` on too few rows to meet the
     // targets); without --all the same misses are only reported.
     let o = tswatch()
