@@ -21,6 +21,7 @@ pub mod nab;
 pub mod offline;
 pub mod pipeline;
 pub mod processor;
+pub mod progress;
 mod records;
 pub mod report;
 pub mod s3list;

@@ -267,34 +267,54 @@ async fn bench(
     std::fs::create_dir_all(&scratch)?;
     let exe = std::env::current_exe()?;
     let repeat = a.repeat as usize;
+    // One step per child phase (prepare, floor, process) of each run, then
+    // one per read set, latency run and stream count.
+    let runs = a.rows.len() * repeat * 3;
+    let steps = runs * (1 + usize::from(a.moto))
+        + a.reads.len()
+        + usize::from(a.latency.is_some())
+        + 2 * usize::from(a.streams);
+    let progress = tswatch::progress::Progress::steps("bench", steps as u64);
     let results =
-        bench::measure_in_children(&exe, &a.rows, repeat, &scratch, None, !a.json).await?;
+        bench::measure_in_children(&exe, &a.rows, repeat, &scratch, None, !a.json, &progress)
+            .await?;
     let mut moto_results = Vec::new();
     if a.moto {
+        progress.set_message("starting moto_server");
         let moto = bench::MotoServer::start(&scratch.join("moto.log")).await?;
         if !a.json {
-            eprintln!("moto_server at {}", moto.endpoint());
+            progress.note(&format!("moto_server at {}", moto.endpoint()));
         }
-        moto_results =
-            bench::measure_in_children(&exe, &a.rows, repeat, &scratch, Some(&moto), !a.json)
-                .await?;
+        moto_results = bench::measure_in_children(
+            &exe,
+            &a.rows,
+            repeat,
+            &scratch,
+            Some(&moto),
+            !a.json,
+            &progress,
+        )
+        .await?;
     }
     let mut reads = Vec::new();
     for &files in &a.reads {
+        progress.set_message(format!("reads over {files} files"));
         let dir = scratch.join(format!("reads-{files}"));
         let _ = std::fs::remove_dir_all(&dir);
         let m = bench::measure_reads(files, a.read_streams, &dir, engine).await?;
         if !a.json {
-            eprintln!(
+            progress.note(&format!(
                 "measured reads over {files} files (prepared in {:.1} s); removing them",
                 m.prepare_s
-            );
+            ));
         }
         let _ = std::fs::remove_dir_all(&dir);
         reads.push(m);
+        progress.inc(1);
     }
     let mut latency = None;
     if let Some(files) = a.latency {
+        progress.set_message(format!("latency of {files} small files"));
         let dir = scratch.join("latency");
         let _ = std::fs::remove_dir_all(&dir);
         let idle_rss_kib = bench::measure_idle_rss(&exe, &dir).await?;
@@ -304,16 +324,20 @@ async fn bench(
             bench::measure_latency(files, &dir, engine).await?,
         ));
         let _ = std::fs::remove_dir_all(&dir);
+        progress.inc(1);
     }
     let mut streams = Vec::new();
     if a.streams {
         for n in [1, 2] {
+            progress.set_message(format!("{n} stream(s)"));
             let dir = scratch.join(format!("streams-{n}"));
             let _ = std::fs::remove_dir_all(&dir);
             streams.push(bench::measure_streams(n, 8, 100_000, &dir, engine).await?);
             let _ = std::fs::remove_dir_all(&dir);
+            progress.inc(1);
         }
     }
+    progress.finish();
     if a.dir.is_none() {
         let _ = std::fs::remove_dir_all(&scratch);
     }

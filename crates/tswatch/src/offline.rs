@@ -4,6 +4,7 @@
 use crate::cli::{ProduceArgs, ScoreArgs};
 use crate::csvscore::{ScoreError, score_csv_with};
 use crate::exit;
+use crate::progress::{Count, Progress, ProgressRead};
 use crate::scenario::Scenario;
 use crate::statedoc::{self, StateDoc, Summary, now_iso};
 use crate::storage::Storage;
@@ -34,7 +35,21 @@ pub fn score_file(args: &ScoreArgs, config: &EngineConfig) -> anyhow::Result<()>
     let mut engine = Engine::from_state(*config, doc.engine.clone())
         .context("the saved state cannot be used")?;
     let (input, input_name) = open_input(&args.input)?;
-    let reader = BufReader::with_capacity(crate::csvscore::READ_BUFFER, input);
+    // A regular file (given by name, or as stdin) shows its bytes, anything
+    // else (a pipe) its rows as they stream by.
+    let size = input
+        .metadata()
+        .ok()
+        .filter(std::fs::Metadata::is_file)
+        .map(|m| m.len());
+    let progress = match size {
+        Some(total) => (Progress::bytes("scoring", total), Count::Bytes),
+        None => (Progress::rows("scoring"), Count::Lines),
+    };
+    let reader = BufReader::with_capacity(
+        crate::csvscore::READ_BUFFER,
+        ProgressRead::new(input, progress.0.clone(), progress.1),
+    );
     let (out, tmp) = if to_stdout {
         (stdout_file()?, None)
     } else {
@@ -44,6 +59,7 @@ pub fn score_file(args: &ScoreArgs, config: &EngineConfig) -> anyhow::Result<()>
     };
     let mut w = BufWriter::with_capacity(crate::csvscore::READ_BUFFER, out);
     let scored = score_csv_with(reader, &mut w, &mut engine, args.spreadsheet_safe);
+    progress.0.finish();
     let written = scored.map_err(|e| -> anyhow::Error {
         match e {
             ScoreError::Input(e) => {
@@ -280,10 +296,14 @@ pub fn eval(args: &crate::cli::EvalArgs, engine: &EngineConfig) -> anyhow::Resul
         seed: args.seed,
         engine: *engine,
     };
+    let progress = Progress::steps("scenarios", names.len() as u64);
     let mut results = Vec::new();
     for n in &names {
+        progress.set_message(n.clone());
         results.push(crate::eval::run(n, &opts)?);
+        progress.inc(1);
     }
+    progress.finish();
     let targets = crate::eval::targets(&results);
     if args.json {
         print_stdout(&serde_json::to_string_pretty(
@@ -312,14 +332,18 @@ pub fn eval(args: &crate::cli::EvalArgs, engine: &EngineConfig) -> anyhow::Resul
 /// `tswatch eval --nab DIR`: the NAB table (or JSON), then the
 /// `--min-flag-score` guard ([`exit::ExitCode::GateFailed`]).
 fn eval_nab(dir: &Path, args: &crate::cli::EvalArgs, engine: &EngineConfig) -> anyhow::Result<()> {
+    let progress = Progress::steps("series", 0);
     let report = crate::nab::run(&crate::nab::NabOptions {
         dir: dir.to_path_buf(),
         file_rows: args.file_rows.max(1),
         only: args.only.clone(),
         out: args.out.clone(),
         engine: *engine,
+        progress: progress.clone(),
     })
-    .with_context(|| format!("NAB evaluation of {}", dir.display()))?;
+    .with_context(|| format!("NAB evaluation of {}", dir.display()));
+    progress.finish();
+    let report = report?;
     if args.json {
         print_stdout(&serde_json::to_string_pretty(&report)?)?;
     } else {

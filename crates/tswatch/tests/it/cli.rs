@@ -1,5 +1,6 @@
 //! The command line as scripts use it: `score` through standard input and
-//! output, `--json` documents, the documented exit codes.
+//! output, `--json` documents, the documented exit codes, and progress
+//! drawn only on a terminal.
 
 use crate::harness::*;
 use serde_json::Value;
@@ -62,6 +63,15 @@ fn producer_file(path: &Path, rows: usize) {
         .unwrap()
         .path();
     std::fs::copy(f, path).unwrap();
+}
+
+/// No carriage return, no escape sequence: nothing a progress bar draws.
+fn assert_no_progress(what: &str, stderr: &[u8]) {
+    assert!(
+        !stderr.iter().any(|&b| b == b'\r' || b == 0x1b),
+        "{what}: progress drawn without a terminal:\n{}",
+        String::from_utf8_lossy(stderr)
+    );
 }
 
 #[test]
@@ -343,4 +353,74 @@ fn each_documented_exit_code_is_produced() {
     ] {
         assert!(help.contains(c), "{c} missing from --help:\n{help}");
     }
+}
+
+#[test]
+fn no_progress_is_drawn_without_a_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.csv");
+    producer_file(&input, 20_000);
+    let o = tswatch()
+        .arg("score")
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(tmp.path().join("out.csv"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_no_progress("score", &o.stderr);
+    let o = run_with_stdin(
+        &[os("score"), os("--input"), os("-"), os("--output"), os("-")],
+        &std::fs::read(&input).unwrap(),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_no_progress("score -", &o.stderr);
+    let o = tswatch()
+        .args(["eval", "--all", "--rows", "300"])
+        .output()
+        .unwrap();
+    assert_no_progress("eval", &o.stderr);
+    let o = tswatch()
+        .args(["bench", "--rows", "50", "--repeat", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stderr(&o).contains("measured 50 rows"), "{}", stderr(&o));
+    assert_no_progress("bench", &o.stderr);
+}
+
+/// On a terminal (a pseudo-terminal from util-linux `script`), `score`
+/// draws its bar on stderr and clears it; stdout still holds the summary.
+#[test]
+fn progress_is_drawn_on_a_terminal() {
+    // No `script` (util-linux), or no pseudo-terminals here: nothing to test.
+    let can = std::process::Command::new("script")
+        .args(["-qec", "test -t 2", "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !can {
+        eprintln!("skipped: `script` cannot make a terminal here");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.csv");
+    producer_file(&input, 100_000);
+    let command = format!(
+        "{} score --input {} --output {}",
+        env!("CARGO_BIN_EXE_tswatch"),
+        input.display(),
+        tmp.path().join("out.csv").display()
+    );
+    let o = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let seen = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{seen}");
+    assert!(seen.contains("scoring ["), "no bar drawn:\n{seen:?}");
+    assert!(seen.contains("scored 100000 rows"), "{seen:?}");
 }
