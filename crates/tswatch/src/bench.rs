@@ -8,6 +8,7 @@ use crate::cli::BenchPhase;
 use crate::csvscore::CsvLine;
 use crate::pipeline::stream_object;
 use crate::processor::{Outcome, Processor};
+use crate::progress::Progress;
 use crate::scenario::Scenario;
 use crate::statedoc::Summary;
 use crate::storage::{Location, Storage};
@@ -720,21 +721,22 @@ pub async fn measure_in_children(
     repeat: usize,
     scratch: &Path,
     moto: Option<&MotoServer>,
-    progress: bool,
+    notes: bool,
+    progress: &Progress,
 ) -> anyhow::Result<Vec<Measure>> {
     let mut results = Vec::new();
     for &rows in sizes {
         let mut runs = Vec::new();
         for _ in 0..repeat.max(1) {
-            runs.push(measure_child(exe, rows, scratch, moto).await?);
+            runs.push(measure_child(exe, rows, scratch, moto, progress).await?);
         }
         results.push(Measure::median(runs));
-        if progress {
+        if notes {
             let label = if moto.is_some() { "moto" } else { "local" };
-            eprintln!(
+            progress.note(&format!(
                 "measured {rows} rows ({label}), median of {}",
                 repeat.max(1)
-            );
+            ));
         }
     }
     Ok(results)
@@ -763,6 +765,7 @@ async fn measure_child(
     rows: usize,
     scratch: &Path,
     moto: Option<&MotoServer>,
+    progress: &Progress,
 ) -> anyhow::Result<Measure> {
     let label = if moto.is_some() { "moto" } else { "local" };
     let dir = scratch.join(format!("{label}-rows-{rows}"));
@@ -775,6 +778,7 @@ async fn measure_child(
         let name = clap::ValueEnum::to_possible_value(&phase)
             .map(|v| v.get_name().to_owned())
             .unwrap_or_default();
+        progress.set_message(format!("{label}, {rows} rows: {name}"));
         let mut cmd = std::process::Command::new(exe);
         cmd.args([
             "bench",
@@ -797,6 +801,7 @@ async fn measure_child(
             "the {rows}-row {name} ({label}) failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        progress.inc(1);
         Ok(serde_json::from_slice(&out.stdout)?)
     };
     let out_of_turn =

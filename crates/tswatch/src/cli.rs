@@ -15,7 +15,7 @@ use tswatch_core::EngineConfig;
 /// 127.0.0.1:8000. Set BUCKET_NAME (or --bucket) to use S3; AWS_ENDPOINT_URL,
 /// AWS_REGION and the standard AWS credential chain are honoured.
 #[derive(Debug, Parser)]
-#[command(name = "tswatch", version, propagate_version = true, after_help = CONFIG_HELP)]
+#[command(name = "tswatch", version, propagate_version = true, after_help = format!("{CONFIG_HELP}\n\n{}", crate::exit::HELP))]
 pub struct Cli {
     /// TOML configuration file (its keys: `tswatch --help`).
     #[arg(long, global = true, env = "TSWATCH_CONFIG", value_name = "FILE")]
@@ -27,7 +27,8 @@ pub struct Cli {
 }
 
 /// What `tswatch --help` adds after the commands: the file's keys (once,
-/// not under every subcommand) and the settings that are not flags.
+/// not under every subcommand) and the settings that are not flags; then
+/// come the exit codes ([`crate::exit::HELP`]).
 const CONFIG_HELP: &str = "\
 Configuration file (--config FILE, TSWATCH_CONFIG), TOML; a flag or its
 environment variable wins over the file:
@@ -102,6 +103,11 @@ pub struct BaselineArgs {
     /// (`raw/<name>.csv`, state in `state/baseline.json`).
     #[arg(long, value_name = "NAME", default_value = "")]
     pub stream: String,
+    /// JSON on stdout: `show` always prints the baseline as JSON (accepted
+    /// for uniformity); `reset` prints `{"stream": ..., "reset": true}`
+    /// instead of a line on stderr.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where the data lives.
@@ -241,10 +247,12 @@ pub enum LogFormat {
 /// `score` options.
 #[derive(Debug, Args)]
 pub struct ScoreArgs {
-    /// CSV to score (header `timestamp,<channel>,...`).
+    /// CSV to score (header `timestamp,<channel>,...`); `-` reads standard
+    /// input (`./-` is a file named `-`).
     #[arg(long, value_name = "IN.csv")]
     pub input: PathBuf,
-    /// Where to write the scored copy.
+    /// Where to write the scored copy; `-` writes it to standard output
+    /// (the summary then goes to stderr).
     #[arg(long, value_name = "OUT.csv")]
     pub output: PathBuf,
     /// Directory that keeps the baseline between runs (engine.json and a
@@ -256,6 +264,10 @@ pub struct ScoreArgs {
     /// them: generated (tswatch's own columns), all, off
     #[arg(long, value_enum, default_value_t = CellSafety::Generated, value_name = "WHICH")]
     pub spreadsheet_safe: CellSafety,
+    /// Print the summary as JSON (the fields of `processed/<name>_summary.json`)
+    /// instead of text; not with `--output -`.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `produce` options.

@@ -7,25 +7,27 @@ use std::time::Duration;
 use tswatch::cli::{
     BaselineAction, Cli, Command, FileConfig, LogFormat, StorageArgs, StorageChoice,
 };
+use tswatch::exit::{self, ExitCode};
 use tswatch::processor::Processor;
 use tswatch::server::{self, Settings};
 use tswatch::storage::Storage;
 
 fn main() -> std::process::ExitCode {
     match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => ExitCode::Success.into(),
         Err(e) => {
             // A user error is a message, not a backtrace (even with
             // RUST_BACKTRACE set): the error, then each distinct cause.
             eprintln!("{}", tswatch::report::render(&e));
-            std::process::ExitCode::FAILURE
+            // The code says what kind of failure (`tswatch --help`).
+            ExitCode::of(&e).into()
         }
     }
 }
 
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let file = FileConfig::load(cli.config.as_deref())?;
+    let file = FileConfig::load(cli.config.as_deref()).map_err(exit::Classified::Usage)?;
     let log_json = match &cli.command {
         Command::Serve(a) => a.log_format.or(file.log_format),
         _ => file.log_format,
@@ -172,30 +174,22 @@ async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
                 let storage = open(&a.storage, &file, Access::Read).await?;
                 let doc = Processor::new(storage, file.engine).peek(&a.stream).await?;
                 let text = serde_json::to_string_pretty(&doc.baseline_json())?;
-                print_stdout(&text)
+                tswatch::offline::print_stdout(&text)
             }
             BaselineAction::Reset(a) => {
                 let storage = open(&a.storage, &file, Access::ReadWrite).await?;
                 Arc::new(Processor::new(storage, file.engine))
                     .reset(&a.stream)
                     .await?;
-                eprintln!("baseline cleared");
-                Ok(())
+                if a.json {
+                    let v = serde_json::json!({ "stream": a.stream, "reset": true });
+                    tswatch::offline::print_stdout(&v.to_string())
+                } else {
+                    eprintln!("baseline cleared");
+                    Ok(())
+                }
             }
         },
-    }
-}
-
-/// Writes `text` and a newline to stdout; a reader that went away (`| head`)
-/// ends the output quietly instead of a panic.
-fn print_stdout(text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    match writeln!(out, "{text}").and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(anyhow::Error::new(e).context("writing to stdout"))
-        }
-        _ => Ok(()),
     }
 }
 
@@ -315,34 +309,54 @@ async fn bench(
     std::fs::create_dir_all(&scratch)?;
     let exe = std::env::current_exe()?;
     let repeat = a.repeat as usize;
+    // One step per child phase (prepare, floor, process) of each run, then
+    // one per read set, latency run and stream count.
+    let runs = a.rows.len() * repeat * 3;
+    let steps = runs * (1 + usize::from(a.moto))
+        + a.reads.len()
+        + usize::from(a.latency.is_some())
+        + 2 * usize::from(a.streams);
+    let progress = tswatch::progress::Progress::steps("bench", steps as u64);
     let results =
-        bench::measure_in_children(&exe, &a.rows, repeat, &scratch, None, !a.json).await?;
+        bench::measure_in_children(&exe, &a.rows, repeat, &scratch, None, !a.json, &progress)
+            .await?;
     let mut moto_results = Vec::new();
     if a.moto {
+        progress.set_message("starting moto_server");
         let moto = bench::MotoServer::start(&scratch.join("moto.log")).await?;
         if !a.json {
-            eprintln!("moto_server at {}", moto.endpoint());
+            progress.note(&format!("moto_server at {}", moto.endpoint()));
         }
-        moto_results =
-            bench::measure_in_children(&exe, &a.rows, repeat, &scratch, Some(&moto), !a.json)
-                .await?;
+        moto_results = bench::measure_in_children(
+            &exe,
+            &a.rows,
+            repeat,
+            &scratch,
+            Some(&moto),
+            !a.json,
+            &progress,
+        )
+        .await?;
     }
     let mut reads = Vec::new();
     for &files in &a.reads {
+        progress.set_message(format!("reads over {files} files"));
         let dir = scratch.join(format!("reads-{files}"));
         let _ = std::fs::remove_dir_all(&dir);
         let m = bench::measure_reads(files, a.read_streams, &dir, engine).await?;
         if !a.json {
-            eprintln!(
+            progress.note(&format!(
                 "measured reads over {files} files (prepared in {:.1} s); removing them",
                 m.prepare_s
-            );
+            ));
         }
         let _ = std::fs::remove_dir_all(&dir);
         reads.push(m);
+        progress.inc(1);
     }
     let mut latency = None;
     if let Some(files) = a.latency {
+        progress.set_message(format!("latency of {files} small files"));
         let dir = scratch.join("latency");
         let _ = std::fs::remove_dir_all(&dir);
         let idle_rss_kib = bench::measure_idle_rss(&exe, &dir).await?;
@@ -352,16 +366,20 @@ async fn bench(
             bench::measure_latency(files, &dir, engine).await?,
         ));
         let _ = std::fs::remove_dir_all(&dir);
+        progress.inc(1);
     }
     let mut streams = Vec::new();
     if a.streams {
         for n in [1, 2] {
+            progress.set_message(format!("{n} stream(s)"));
             let dir = scratch.join(format!("streams-{n}"));
             let _ = std::fs::remove_dir_all(&dir);
             streams.push(bench::measure_streams(n, 8, 100_000, &dir, engine).await?);
             let _ = std::fs::remove_dir_all(&dir);
+            progress.inc(1);
         }
     }
+    progress.finish();
     if a.dir.is_none() {
         let _ = std::fs::remove_dir_all(&scratch);
     }

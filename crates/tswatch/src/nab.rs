@@ -473,6 +473,8 @@ pub struct NabOptions {
     pub out: Option<PathBuf>,
     /// Engine settings under test.
     pub engine: EngineConfig,
+    /// Ticks once per series scored.
+    pub progress: crate::progress::Progress,
 }
 
 /// Per-category figures for one measure and profile.
@@ -542,6 +544,7 @@ pub fn run(opts: &NabOptions) -> anyhow::Result<NabReport> {
         bail!("no series selected in {}", wpath.display());
     }
     let file_rows = opts.file_rows.max(1);
+    opts.progress.set_length(rels.len() as u64);
 
     // Series are independent: two workers pull them in order.
     let next = AtomicUsize::new(0);
@@ -554,6 +557,7 @@ pub fn run(opts: &NabOptions) -> anyhow::Result<NabReport> {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(rel) = rels.get(i) else { break };
                         let r = run_series(&data.join(rel.as_str()), file_rows, &opts.engine);
+                        opts.progress.inc(1);
                         let failed = r.is_err();
                         done.push((i, r));
                         if failed {
