@@ -163,6 +163,17 @@ fn sqs_args(url: &str) -> Vec<String> {
     .collect()
 }
 
+/// A moto server with the bucket, a queue named `name`, and the bucket's S3
+/// events sent to the queue (an s3:TestEvent arrives first). Returns the
+/// server and the queue's URL.
+async fn bucket_notifying_queue(name: &str) -> (Moto, String) {
+    let moto = Moto::start().await;
+    moto.create_bucket(BUCKET).await;
+    let (url, arn) = moto.create_queue(name).await;
+    moto.notify_bucket_to_queue(BUCKET, &arn).await;
+    (moto, url)
+}
+
 fn start_cmd(moto: &Moto) -> std::process::Command {
     let mut cmd = tswatch();
     s3_env(&mut cmd, moto, BUCKET);
@@ -172,11 +183,8 @@ fn start_cmd(moto: &Moto) -> std::process::Command {
 #[tokio::test]
 async fn sqs_s3_events_each_file_once_and_queue_drained() {
     let tmp = tempfile::tempdir().unwrap();
-    let moto = Moto::start().await;
-    moto.create_bucket(BUCKET).await;
-    let (url, arn) = moto.create_queue("tswatch-events").await;
     // Sends an s3:TestEvent first.
-    moto.notify_bucket_to_queue(BUCKET, &arn).await;
+    let (moto, url) = bucket_notifying_queue("tswatch-events").await;
 
     let args = sqs_args(&url);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -263,10 +271,7 @@ async fn sqs_sns_wrapped_events() {
 #[tokio::test]
 async fn sqs_two_instances_share_one_queue() {
     let tmp = tempfile::tempdir().unwrap();
-    let moto = Moto::start().await;
-    moto.create_bucket(BUCKET).await;
-    let (url, arn) = moto.create_queue("tswatch-shared").await;
-    moto.notify_bucket_to_queue(BUCKET, &arn).await;
+    let (moto, url) = bucket_notifying_queue("tswatch-shared").await;
 
     let mut args = sqs_args(&url);
     // Small batches so that both instances get work.
@@ -315,10 +320,7 @@ async fn sqs_two_instances_share_one_queue() {
 #[tokio::test]
 async fn sqs_poison_file_is_dead_lettered() {
     let tmp = tempfile::tempdir().unwrap();
-    let moto = Moto::start().await;
-    moto.create_bucket(BUCKET).await;
-    let (url, arn) = moto.create_queue("tswatch-poison").await;
-    moto.notify_bucket_to_queue(BUCKET, &arn).await;
+    let (moto, url) = bucket_notifying_queue("tswatch-poison").await;
 
     let mut args = sqs_args(&url);
     // Redelivered after 3 s, then 6 s.
@@ -459,10 +461,7 @@ fn receives_in(log: &str) -> Vec<u64> {
 #[tokio::test]
 async fn sqs_visibility_is_extended_while_a_long_file_is_processed() {
     let tmp = tempfile::tempdir().unwrap();
-    let moto = Moto::start().await;
-    moto.create_bucket(BUCKET).await;
-    let (url, arn) = moto.create_queue("tswatch-long").await;
-    moto.notify_bucket_to_queue(BUCKET, &arn).await;
+    let (moto, url) = bucket_notifying_queue("tswatch-long").await;
 
     let mut args = sqs_args(&url);
     args.extend(["--sqs-visibility-timeout".to_string(), "3".to_string()]);
@@ -529,10 +528,7 @@ async fn sqs_throughput() {
     };
     for instances in [1usize, 2] {
         let tmp = tempfile::tempdir().unwrap();
-        let moto = Moto::start().await;
-        moto.create_bucket(BUCKET).await;
-        let (url, arn) = moto.create_queue("tswatch-bench").await;
-        moto.notify_bucket_to_queue(BUCKET, &arn).await;
+        let (moto, url) = bucket_notifying_queue("tswatch-bench").await;
         // Consumers first (reconciliation at start finds nothing), then
         // the uploads, 16 at a time; timed from the first upload to the
         // last file committed.
@@ -588,10 +584,7 @@ async fn sqs_throughput() {
 #[tokio::test]
 async fn sqs_shutdown_finishes_the_file_in_hand() {
     let tmp = tempfile::tempdir().unwrap();
-    let moto = Moto::start().await;
-    moto.create_bucket(BUCKET).await;
-    let (url, arn) = moto.create_queue("tswatch-stop").await;
-    moto.notify_bucket_to_queue(BUCKET, &arn).await;
+    let (moto, url) = bucket_notifying_queue("tswatch-stop").await;
     let mut args = sqs_args(&url);
     args.extend(["--shutdown-grace", "120"].map(String::from));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -679,10 +672,7 @@ async fn sqs_two_instances_take_each_stream_in_turn_and_never_redo_work() {
     // instance at a time (its lease), so no commit is ever redone; the
     // start-up reconciliation leaves the files whose events are queued.
     let tmp = tempfile::tempdir().unwrap();
-    let moto = Moto::start().await;
-    moto.create_bucket(BUCKET).await;
-    let (url, arn) = moto.create_queue("tswatch-backlog").await;
-    moto.notify_bucket_to_queue(BUCKET, &arn).await;
+    let (moto, url) = bucket_notifying_queue("tswatch-backlog").await;
     let mut keys = Vec::new();
     for f in 0..5 {
         for s in ["north", "south", "east", "west"] {
@@ -786,10 +776,7 @@ async fn sqs_messages_left_when_the_grace_runs_out_are_put_back_at_once() {
     // grace: the second, never started, and the first, abandoned, are
     // visible again at once, not after the visibility timeout.
     let tmp = tempfile::tempdir().unwrap();
-    let moto = Moto::start().await;
-    moto.create_bucket(BUCKET).await;
-    let (url, arn) = moto.create_queue("tswatch-grace").await;
-    moto.notify_bucket_to_queue(BUCKET, &arn).await;
+    let (moto, url) = bucket_notifying_queue("tswatch-grace").await;
     let body = long_fixture(3000);
     for f in 0..2 {
         moto.put_object(BUCKET, &format!("raw/one/f{f}.csv"), body.clone())
