@@ -530,9 +530,7 @@ enum Attempt {
 
 /// Wait before retry `n` (from 1): 1 s doubling, at most 30 s.
 fn backoff(n: u32) -> Duration {
-    Duration::from_secs(1)
-        .saturating_mul(1 << n.saturating_sub(1).min(16))
-        .min(Duration::from_secs(30))
+    crate::worker::retry_wait(Duration::from_secs(1), n)
 }
 
 fn classify(status: reqwest::StatusCode) -> Attempt {

@@ -213,9 +213,8 @@ pub async fn run(
             Err(e) => {
                 failures = failures.saturating_add(1);
                 crate::telemetry::retry("sqs_receive");
-                let wait = Duration::from_millis(500)
-                    .saturating_mul(1 << failures.min(6))
-                    .min(Duration::from_secs(30));
+                // 1 s, doubling, at most 30 s.
+                let wait = crate::worker::retry_wait(Duration::from_secs(1), failures);
                 if e.is_auth() {
                     tracing::error!(error = %e, "SQS refused our credentials; retrying in {wait:?}");
                 } else {
