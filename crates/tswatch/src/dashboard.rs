@@ -49,7 +49,9 @@ pub(crate) async fn data(State(st): State<AppState>, RawQuery(q): RawQuery) -> R
         }
     };
     let streams: Vec<String> = known.iter().map(|s| label(s)).collect();
-    let stream = match &wanted {
+    // The default stream, read once: it is the answer without a choice
+    // unless it has no files and another stream does.
+    let chosen = match &wanted {
         Some(w) => match known.iter().find(|s| &label(s) == w) {
             Some(s) => s.clone(),
             None => {
@@ -59,18 +61,21 @@ pub(crate) async fn data(State(st): State<AppState>, RawQuery(q): RawQuery) -> R
                 );
             }
         },
-        // Without a choice: the default stream, unless it has no files and
-        // another stream does.
-        None => match st.processor.view("").await {
-            Ok(v) if v.doc.totals.files_processed == 0 && known.len() > 1 => known
-                .iter()
-                .find(|s| !s.is_empty())
-                .cloned()
-                .unwrap_or_default(),
-            _ => String::new(),
-        },
+        None => String::new(),
     };
-    let view = match st.processor.view(&stream).await {
+    let mut read = st.processor.view(&chosen).await;
+    let mut stream = chosen;
+    if wanted.is_none()
+        && known.len() > 1
+        && read
+            .as_ref()
+            .is_ok_and(|v| v.doc.totals.files_processed == 0)
+        && let Some(other) = known.iter().find(|s| !s.is_empty())
+    {
+        stream = other.clone();
+        read = st.processor.view(&stream).await;
+    }
+    let view = match read {
         Ok(v) => v,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };

@@ -163,8 +163,11 @@ impl Processor {
         self
     }
 
-    /// Offers the alert for a file this call committed (never waits).
-    fn alert(&self, entry: &Applied) {
+    /// What follows a commit this call won (the exactly-once point), before
+    /// publishing, which a later call may finish instead: the file's metrics
+    /// (`flagged`: rows per channel) and its alert (offered, never waited on).
+    fn committed(&self, stream: &str, entry: &Applied, flagged: &[(String, u64)]) {
+        telemetry::file_applied(stream, &entry.summary, flagged);
         if let Some(sink) = &self.alerts {
             sink.offer(entry);
         }
@@ -521,10 +524,7 @@ impl Processor {
                 // Our own commit landed although the write reported failure.
                 if let Some((_, flagged)) = unsure.as_ref().filter(|(s, _)| *s == entry.staged_key)
                 {
-                    // Before publishing: a failed publish is retried by a
-                    // later call, which finds the entry as AlreadyApplied.
-                    self.alert(&entry);
-                    telemetry::file_applied(stream, &entry.summary, flagged);
+                    self.committed(stream, &entry, flagged);
                     self.publish(&entry, &doc).await?;
                     return Ok(Outcome::Applied(entry.summary));
                 }
@@ -612,10 +612,7 @@ impl Processor {
                     let doc = Arc::new(doc);
                     self.remember(stream, doc.clone()).await;
                     self.storage_ok.store(true, Ordering::Relaxed);
-                    telemetry::file_applied(stream, &summary, &flagged);
-                    // The exactly-once point: this call's commit won. Before
-                    // publishing, which a later call may finish instead.
-                    self.alert(&entry);
+                    self.committed(stream, &entry, &flagged);
                     self.publish(&entry, &doc).await?;
                     return Ok(Outcome::Applied(summary));
                 }
