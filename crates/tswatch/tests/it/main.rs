@@ -19,5 +19,6 @@ mod metrics;
 mod oracle;
 mod s3;
 mod signer;
+mod snapshots;
 mod sns_verify;
 mod sqs;
