@@ -477,6 +477,51 @@ mod tests {
     }
 
     #[test]
+    fn a_change_of_side_restarts_the_run() {
+        let cfg = EngineConfig::default();
+        assert_eq!(cfg.level_shift_rows, 16);
+        let quiet = |c: &mut ChannelState| {
+            for i in 0..100 {
+                c.absorb(10.0 + (i % 5) as f64 * 0.1, None, &cfg);
+            }
+        };
+        let mut c = ChannelState::default();
+        quiet(&mut c);
+        let before = c.clone();
+        // Outliers at +-5 sigma that alternate in sign are not a level:
+        // every one is beyond 2 sigma, but no side holds for 16 rows.
+        for i in 0..64 {
+            let z = if i % 2 == 0 { 5.0 } else { -5.0 };
+            let x = 10.2 + z * c.ew.var.sqrt();
+            assert!(!c.completes_shift(z, &cfg), "row {i}");
+            assert!(
+                !c.track_shift(x, Some(z), None, &cfg),
+                "re-learned at row {i}"
+            );
+            assert!(c.run.values.len() <= 1, "row {i}: {:?}", c.run);
+        }
+        assert_eq!(
+            (c.ew.mean, c.stats.mean),
+            (before.ew.mean, before.stats.mean)
+        );
+        // One row above, then rows below: the run below counts from its
+        // own first row, and completes at its 16th, not before.
+        let mut c = before.clone();
+        assert!(!c.track_shift(20.0, Some(5.0), None, &cfg));
+        for i in 1..=cfg.level_shift_rows {
+            let last = i == cfg.level_shift_rows;
+            assert_eq!(c.completes_shift(-5.0, &cfg), last, "row {i} below");
+            assert_eq!(
+                c.track_shift(0.0, Some(-5.0), None, &cfg),
+                last,
+                "row {i} below"
+            );
+        }
+        // What was learned is the run below alone: the level is 0.
+        assert!(c.ew.mean.abs() < 1e-9, "{}", c.ew.mean);
+    }
+
+    #[test]
     fn an_interrupted_run_does_not_relearn() {
         let cfg = EngineConfig::default();
         let mut c = ChannelState::default();

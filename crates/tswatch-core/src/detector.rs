@@ -904,6 +904,75 @@ mod tests {
     }
 
     #[test]
+    fn a_change_of_side_restarts_the_run_beyond_the_tail() {
+        let th = Thresholds::new(&crate::EngineConfig::default(), 1);
+        assert_eq!(th.shift_rows, 16);
+        let mut d = Detector::default();
+        feed(&mut d, noise(3_000, 27), &th);
+        let b = d.band(&th).unwrap_or_else(|| panic!("no band"));
+        // Beyond the tail test on either side (about 7 sigma).
+        let (hi, lo) = (b.mean + 1.5 * b.z * b.sd, b.mean - 1.5 * b.z * b.sd);
+        let window: Vec<f64> = d.plain.window.iter().copied().collect();
+        let alternating = (0..64).map(|i| if i % 2 == 0 { hi } else { lo });
+        for (i, v) in feed(&mut d, alternating, &th).iter().enumerate() {
+            assert!(
+                v.tail_hit && v.alarm && !v.completes_shift,
+                "row {i}: {v:?}"
+            );
+        }
+        let now: Vec<f64> = d.plain.window.iter().copied().collect();
+        assert_eq!(now, window, "alternating outliers were learned");
+        // One row above, then rows below: the run below is one incident
+        // from its own first row, and becomes the level at its 16th.
+        assert!(feed(&mut d, [hi], &th)[0].alarm);
+        let below = feed(&mut d, std::iter::repeat_n(lo, 16), &th);
+        let alarms: Vec<usize> = (0..16).filter(|&i| below[i].alarm).collect();
+        let shifts: Vec<usize> = (0..16).filter(|&i| below[i].completes_shift).collect();
+        assert_eq!((alarms, shifts), (vec![0], vec![15]));
+        // Exactly the 16 values below were learned, not the one above.
+        let n = d.plain.window.len();
+        let learned: Vec<f64> = d.plain.window.iter().skip(n - 17).copied().collect();
+        assert_eq!(&learned[1..], &[lo; 16]);
+        assert_eq!(learned[0], window[window.len() - 1]);
+    }
+
+    /// A verdict's strength is worked out from the evidence it reports:
+    /// a stretch of surprise `S` against the threshold `T` scores
+    /// `S / (S + T)`, and a tail hit at |z| against threshold `t` scores
+    /// `0.5 + 0.5 (|z| - t) / |z|`; both are 0.5 exactly at the threshold.
+    #[test]
+    fn strengths_follow_from_the_evidence() {
+        let th = Thresholds::new(&crate::EngineConfig::default(), 1);
+        assert!((th.stretch - 5.0).abs() < 1e-12, "{}", th.stretch);
+        let mut d = Detector::default();
+        feed(&mut d, noise(3_000, 51), &th);
+        // A sustained move of 2.5 sigma: no single row passes the tail
+        // test, the stretch does; then spikes for the tail test.
+        let moved: Vec<f64> = noise(60, 52).into_iter().map(|x| 0.3 * x + 2.5).collect();
+        let mut v = feed(&mut d, moved, &th);
+        feed(&mut d, noise(300, 53), &th);
+        v.extend(feed(&mut d, [9.0, 0.0, -12.0, 0.0, 20.0], &th));
+        let (mut stretches, mut tails) = (0, 0);
+        for v in v.iter().filter(|v| v.alarm) {
+            match v.finding {
+                Some(Finding::Stretch { surprise, .. }) => {
+                    let want = surprise / (surprise + th.stretch);
+                    assert!((v.score - want).abs() < 1e-12, "{v:?}: want {want}");
+                    stretches += 1;
+                }
+                Some(Finding::Tail { threshold }) => {
+                    let a = v.z.map_or(0.0, f64::abs);
+                    let want = 0.5 + 0.5 * (a - threshold) / a;
+                    assert!((v.score - want).abs() < 1e-12, "{v:?}: want {want}");
+                    tails += 1;
+                }
+                _ => {}
+            }
+        }
+        assert!(stretches >= 1 && tails >= 2, "{stretches} {tails}: {v:?}");
+    }
+
+    #[test]
     fn values_inside_the_range_seen_get_no_extreme_score() {
         let th = Thresholds::new(&crate::EngineConfig::default(), 1);
         let mut d = Detector::default();

@@ -353,6 +353,67 @@ mod tests {
         assert_eq!(s.reason(&["t", "h"]), "joint: h×t (d²=40.0)");
     }
 
+    /// The joint model's evidence `S` (its surprise less the penalty)
+    /// against the alarm threshold `T` scores exactly `S / (S + T)`:
+    /// 0.5 at the threshold, worked out by hand here for known evidence.
+    #[test]
+    fn joint_evidence_scores_s_over_s_plus_t() {
+        let cfg = EngineConfig::default();
+        let t = cfg.alarm_surprise();
+        assert_eq!(t, 3.0, "false_alarm_rate 1e-3");
+        assert_eq!(JOINT_PENALTY, 1.0);
+        // (surprise, S / (S + T) with S = surprise - 1, T = 3)
+        for (surprise, want) in [
+            (4.0f64, 0.5f64),
+            (7.0, 6.0 / 9.0),
+            (2.5, 1.5 / 4.5),
+            (13.0, 12.0 / 15.0),
+            (1.0, 0.0),
+            (0.5, 0.0),
+        ] {
+            let mut s = RowScore {
+                z: vec![Some(0.0)],
+                verdicts: vec![verdict(0.0, 0.0, None)],
+                joint: Some(JointFinding {
+                    d2: 1.0,
+                    surprise,
+                    drivers: Vec::new(),
+                }),
+                ..Default::default()
+            };
+            s.finish(&cfg, t);
+            let want = if want >= 0.5 {
+                want
+            } else {
+                want.min(0.499_999_999)
+            };
+            assert!(
+                (s.anomaly_score - want).abs() < 1e-12,
+                "surprise {surprise}: {} != {want}",
+                s.anomaly_score
+            );
+            assert_eq!(s.anomaly, surprise - JOINT_PENALTY >= t, "{surprise}");
+        }
+        // Under another false-alarm rate the threshold moves with it:
+        // T = -log10(1e-4) = 4, so S = 4 is the half-way point.
+        let strict = EngineConfig {
+            false_alarm_rate: 1e-4,
+            ..Default::default()
+        };
+        let mut s = RowScore {
+            joint: Some(JointFinding {
+                d2: 1.0,
+                surprise: 5.0,
+                drivers: Vec::new(),
+            }),
+            ..Default::default()
+        };
+        s.finish(&strict, strict.alarm_surprise());
+        assert!((s.anomaly_score - 0.5).abs() < 1e-12 && s.anomaly);
+        assert_eq!(ratio_score(6.0, 3.0), 6.0 / 9.0);
+        assert_eq!(ratio_score(0.0, 3.0), 0.0);
+    }
+
     #[test]
     fn short_numbers() {
         assert_eq!(short(88.25), "88.25");

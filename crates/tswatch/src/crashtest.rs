@@ -64,6 +64,30 @@ struct Plan {
 struct Crashy {
     inner: Arc<InMemory>,
     plan: Arc<Mutex<Plan>>,
+    /// Holds conditional commits of `state/engine.json` until as many
+    /// writers as the barrier counts have reached theirs (for the first
+    /// `gated` commits): writers that loaded the same version then race
+    /// for it, whatever the scheduler does.
+    gate: Option<Arc<Gate>>,
+}
+
+/// A rendezvous for the first commits of racing writers.
+#[derive(Debug)]
+struct Gate {
+    barrier: tokio::sync::Barrier,
+    gated: std::sync::atomic::AtomicUsize,
+    /// Commits refused because another writer's landed first.
+    refused: std::sync::atomic::AtomicUsize,
+}
+
+impl Gate {
+    fn new(writers: usize) -> Arc<Self> {
+        Arc::new(Self {
+            barrier: tokio::sync::Barrier::new(writers),
+            gated: std::sync::atomic::AtomicUsize::new(writers),
+            refused: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
 }
 
 enum Step {
@@ -86,7 +110,13 @@ impl Crashy {
                 crash_at,
                 ..Default::default()
             })),
+            gate: None,
         }
+    }
+
+    fn gated(mut self, gate: Arc<Gate>) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     fn alive(&self) -> object_store::Result<()> {
@@ -195,11 +225,26 @@ impl ObjectStore for Crashy {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let commit = location.as_ref() == ENGINE_KEY
+            && matches!(opts.mode, object_store::PutMode::Update(_));
+        if let Some(g) = self.gate.as_ref().filter(|_| commit) {
+            let left = g.gated.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
+            if left.is_ok() {
+                g.barrier.wait().await;
+            }
+        }
         let what = format!("put {location}");
-        Self::mutate(&self.plan, what, || {
+        let r = Self::mutate(&self.plan, what, || {
             self.inner.put_opts(location, payload.clone(), opts.clone())
         })
-        .await
+        .await;
+        if let (Some(g), true, Err(object_store::Error::Precondition { .. })) =
+            (&self.gate, commit, &r)
+        {
+            g.refused.fetch_add(1, SeqCst);
+        }
+        r
     }
 
     async fn put_multipart_opts(
@@ -606,4 +651,107 @@ async fn files_given_up_during_an_outage_are_finished_by_reconciliation() {
     let (got, junk) = outcome(&mem).await;
     assert!(junk.is_empty(), "{junk:?}");
     assert_eq!(got.processed.len(), 4);
+}
+
+/// Two in-process writers on one in-memory store (conditional puts, as S3
+/// has) race for the same file: both load the same state and score it,
+/// both try to commit against that version, exactly one commit lands. The
+/// loser finds the winner's entry in the ledger: the file counts once,
+/// nothing of the loser's attempt is left, and the store is what one
+/// writer alone leaves.
+#[tokio::test]
+async fn two_writers_racing_for_one_file_commit_it_once() {
+    let files = batches(1, 100);
+    let (alone, _, _, _) = run(&files, None).await;
+    let (want, _) = outcome(&alone).await;
+
+    let mem = Arc::new(InMemory::new());
+    seed(&mem, &files).await;
+    let gate = Gate::new(2);
+    let writer = || {
+        let store = Crashy::new(mem.clone(), None).gated(gate.clone());
+        Processor::new(storage(Arc::new(store)), EngineConfig::default())
+    };
+    let (a, b) = (writer(), writer());
+    let key = RawKey::parse(&files[0].0).unwrap();
+    let (ra, rb) = tokio::join!(a.process(&key), b.process(&key));
+    let outcomes = [ra.unwrap(), rb.unwrap()];
+    // The precondition: both reached the commit with the same version, and
+    // one of them was refused.
+    use std::sync::atomic::Ordering::SeqCst;
+    assert_eq!(gate.gated.load(SeqCst), 0, "both writers reached a commit");
+    assert_eq!(gate.refused.load(SeqCst), 1, "exactly one commit refused");
+    let won = outcomes
+        .iter()
+        .filter(|o| matches!(o, crate::processor::Outcome::Applied(_)))
+        .count();
+    let lost = outcomes
+        .iter()
+        .filter(|o| matches!(o, crate::processor::Outcome::AlreadyApplied))
+        .count();
+    assert_eq!((won, lost), (1, 1), "{outcomes:?}");
+    let (got, junk) = outcome(&mem).await;
+    assert!(junk.is_empty(), "the loser left {junk:?}");
+    assert_eq!(differences(&got, &want), Vec::<String>::new());
+    assert_eq!((got.seq, got.totals.files_processed), (1, 1));
+    assert_eq!(got.totals.total_rows_scored, 100);
+}
+
+/// Two in-process writers race with two different files of one stream:
+/// both score against the same state, one commit lands, the other is
+/// refused and redone on top of it. Nothing is lost or doubled: the store
+/// is exactly what one writer leaves applying the two files in the
+/// winner's order.
+#[tokio::test]
+async fn two_writers_racing_with_two_files_lose_nothing() {
+    let files = batches(2, 100);
+    let mem = Arc::new(InMemory::new());
+    seed(&mem, &files).await;
+    let gate = Gate::new(2);
+    let writer = || {
+        let store = Crashy::new(mem.clone(), None).gated(gate.clone());
+        Processor::new(storage(Arc::new(store)), EngineConfig::default())
+    };
+    let (a, b) = (writer(), writer());
+    let (ka, kb) = (
+        RawKey::parse(&files[0].0).unwrap(),
+        RawKey::parse(&files[1].0).unwrap(),
+    );
+    let (ra, rb) = tokio::join!(a.process(&ka), b.process(&kb));
+    use std::sync::atomic::Ordering::SeqCst;
+    assert_eq!(gate.gated.load(SeqCst), 0, "both writers reached a commit");
+    assert_eq!(gate.refused.load(SeqCst), 1, "exactly one commit refused");
+    let seq = |o: crate::processor::Outcome| match o {
+        crate::processor::Outcome::Applied(s) => s.state_seq,
+        other => panic!("{other:?}"),
+    };
+    let (sa, sb) = (seq(ra.unwrap()), seq(rb.unwrap()));
+    assert_eq!(
+        BTreeMap::from([(sa, 0), (sb, 1)])
+            .into_keys()
+            .collect::<Vec<_>>(),
+        [1, 2],
+        "one commit each, in turn"
+    );
+    let order = if sa == 1 {
+        vec![files[0].clone(), files[1].clone()]
+    } else {
+        vec![files[1].clone(), files[0].clone()]
+    };
+    // The same two files, applied one after the other by one writer.
+    let alone = Arc::new(InMemory::new());
+    seed(&alone, &files).await;
+    let p = Processor::new(
+        storage(Arc::new(Crashy::new(alone.clone(), None))),
+        EngineConfig::default(),
+    );
+    for (k, _) in &order {
+        p.process(&RawKey::parse(k).unwrap()).await.unwrap();
+    }
+    let (want, _) = outcome(&alone).await;
+    let (got, junk) = outcome(&mem).await;
+    assert!(junk.is_empty(), "{junk:?}");
+    assert_eq!(differences(&got, &want), Vec::<String>::new());
+    assert_eq!((got.seq, got.totals.files_processed), (2, 2));
+    assert_eq!(got.totals.total_rows_scored, 200);
 }

@@ -52,11 +52,28 @@ fn detection_targets_hold_on_the_scenarios() {
 fn seed_scenario_is_precise_and_keeps_a_true_baseline() {
     let v = eval(&["--scenario", "seed", "--rows", "6000", "--seed", "7"]);
     let s = scenario(&v, "seed");
-    assert!(s["precision"].as_f64().unwrap() >= 0.95, "{s}");
-    // The seed's spikes recur on 1.25% of each channel's rows; the per-channel
-    // tail test learns recurring spikes as the channel's nature (as real
-    // series need), so the joint model finds most of them (issue 15's note).
-    assert!(s["recall"].as_f64().unwrap() >= 0.9, "{s}");
+    // The seed scenario's target is precision >= 0.97 and recall >= 0.98
+    // (README, `tswatch eval`). Precision meets it (measured 0.972 here;
+    // 0.995 on `eval --all`).
+    assert!(s["precision"].as_f64().unwrap() >= 0.97, "{s}");
+    // Recall does NOT meet its 0.98 target: measured 0.924 here (0.919 on
+    // `eval --all`), a known, documented shortfall. The seed's spikes
+    // recur on 1.25% of each channel's rows; the per-channel tail test
+    // learns recurring spikes as the channel's nature (as real series
+    // need), so only the joint model finds most of them (issue 15's note).
+    // This is a regression guard at the measured level, not the target.
+    assert!(s["recall"].as_f64().unwrap() >= 0.92, "{s}");
+    // The target itself is not weakened: eval still holds it, and says
+    // whether it is met.
+    let target = v["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["measure"] == "seed scenario, precision / recall")
+        .unwrap();
+    assert_eq!(target["target"], ">= 0.97 / >= 0.98", "{target}");
+    let met = s["precision"].as_f64().unwrap() >= 0.97 && s["recall"].as_f64().unwrap() >= 0.98;
+    assert_eq!(target["pass"], met, "{target}");
     assert!(s["std_error_at_5000"].as_f64().unwrap() <= 0.05, "{s}");
 }
 

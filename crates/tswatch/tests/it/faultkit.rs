@@ -102,6 +102,18 @@ impl Data<'_> {
         }
     }
 
+    /// Removes `key` (as an operator, or a lifecycle rule, might).
+    pub(crate) async fn delete(&self, key: &str) {
+        match self {
+            Data::S3(m, b) => {
+                let path = format!("/{b}/{}", encode_key(key));
+                let r = moto_send(m, reqwest::Method::DELETE, &path, None).await;
+                assert!(r.status().is_success(), "delete {key}: {}", r.status());
+            }
+            Data::Local(d) => std::fs::remove_file(d.join(key)).unwrap(),
+        }
+    }
+
     /// Every key, sorted.
     pub(crate) async fn keys(&self) -> Vec<String> {
         let mut out = match self {

@@ -65,6 +65,9 @@ async fn five_deliveries_of_every_notification_count_once() {
             Some(200)
         );
         wait_done(&svc, &last.0, 1).await;
+        if copies > 1 {
+            redeliver_committed_files(&svc, &data, &files).await;
+        }
         let (exp, leftovers) = assert_exactly_once(&data, &all).await;
         assert!(leftovers.is_empty(), "{leftovers:?}");
         assert_api_totals(&svc, exp).await;
@@ -76,6 +79,69 @@ async fn five_deliveries_of_every_notification_count_once() {
         runs[0], runs[1],
         "five deliveries per file end exactly where one delivery does"
     );
+}
+
+/// How many times `svc` has taken `key` from its queue and finished it
+/// (applied, skipped or rejected: it logs each).
+fn handled(svc: &Service, key: &str) -> usize {
+    let needle = format!("key={key}");
+    log_lines(svc)
+        .iter()
+        .filter(|l| {
+            l.contains(&needle) && (l.contains("processed") || l.contains("rejected input file"))
+        })
+        .count()
+}
+
+/// Delivers notifications for files already fully committed and
+/// published, one at a time, and checks each changes nothing: first with
+/// the summary in place (the "done" marker answers), then with the summary
+/// removed, so that only the ledger in `state/engine.json` knows the file
+/// was applied: the file must be published again from the ledger (the same
+/// summary, byte for byte), never applied a second time.
+async fn redeliver_committed_files(svc: &Service, data: &Data<'_>, files: &[(String, String)]) {
+    let engine = data.get("state/engine.json").await.unwrap();
+    let applied = applied_count(svc);
+    for (key, _) in files.iter().take(3) {
+        let summary_key = format!("processed/{}_summary.json", stem(key));
+        let summary = data.get(&summary_key).await.unwrap();
+        for marker in [true, false] {
+            if !marker {
+                data.delete(&summary_key).await;
+                assert!(data.get(&summary_key).await.is_none());
+            }
+            let n = handled(svc, key);
+            assert_eq!(
+                notify(&svc.http, &svc.base, data_bucket(data), key).await,
+                Some(200)
+            );
+            wait_for(
+                "the redelivery handled",
+                Duration::from_secs(60),
+                || async { (handled(svc, key) > n).then_some(()) },
+            )
+            .await;
+            let again = data.get(&summary_key).await.map(String::from_utf8);
+            assert_eq!(
+                again,
+                Some(String::from_utf8(summary.clone())),
+                "{key}: the summary (marker {marker}) is the committed one"
+            );
+        }
+    }
+    assert!(
+        data.get("state/engine.json").await.unwrap() == engine,
+        "a redelivery committed something"
+    );
+    assert_eq!(applied_count(svc), applied, "no redelivery was applied");
+}
+
+/// The bucket of an S3 data location.
+fn data_bucket<'a>(data: &Data<'a>) -> &'a str {
+    match data {
+        Data::S3(_, b) => b,
+        Data::Local(_) => panic!("an S3 location"),
+    }
 }
 
 #[tokio::test]
@@ -486,6 +552,16 @@ async fn sigterm_during_a_large_file_finishes_or_abandons_it_cleanly() {
         &format!("processing key={k1}"),
     )
     .await;
+    // The precondition: the file is still in flight as SIGTERM is sent
+    // (not finished, nothing of it out). The log checked after the exit
+    // confirms the shutdown began before the file was finished.
+    let finished = |svc: &Service, k: &str| {
+        log_lines(svc)
+            .iter()
+            .any(|l| l.contains(&format!("processed key={k}")))
+    };
+    assert!(!finished(&svc, k1), "{k1} was done before SIGTERM");
+    assert!(data.summaries().await.is_empty());
     sigterm(&svc);
     // It stops taking requests at once, while it finishes the file.
     wait_for(
@@ -528,6 +604,7 @@ async fn sigterm_during_a_large_file_finishes_or_abandons_it_cleanly() {
         &format!("processing key={k2}"),
     )
     .await;
+    assert!(!finished(&svc, k2), "{k2} was done before SIGTERM");
     let log = svc.proc.log.clone();
     let status = svc.proc.terminate();
     assert!(status.success(), "exit 0 on SIGTERM: {status:?}");

@@ -107,10 +107,24 @@ async fn adopts_a_seed_baseline() {
     assert!(t > 3700 && t <= 3800, "{counts}");
     // Mature from the first row: z-scores everywhere.
     let rows = csv_rows(&std::fs::read(data.join("processed/s.csv")).unwrap());
+    assert_eq!(rows[0][16], "anomaly");
     assert!(rows[1..].iter().all(|r| !r[5].is_empty()));
-    // The fixture's five injected anomalies are all caught.
-    let flagged = rows[1..].iter().filter(|r| r[16] == "True").count();
-    assert!(flagged >= 5, "{flagged} flagged");
+    // The fixture's producer injected five anomalies, at data rows 11
+    // (wind_speed -12.7), 22 (wind_speed -5.0), 40 (pressure 1036.1), 70
+    // (humidity 98.4) and 74 (humidity 25.8). Against the adopted baseline
+    // the first three stand out in the z column...
+    let z = |row: usize, col: usize| rows[row][col].parse::<f64>().unwrap();
+    assert!(z(11, 11) < -7.0 && z(22, 11) < -4.5 && z(40, 9) > 8.0);
+    // ...but what is flagged is exactly this: 70 and 74 (the joint model),
+    // and 38, 44 and 51, which are new extremes of the values seen since
+    // adoption. Rows 11, 22 and 40 are NOT flagged: the seed baseline gives
+    // the z-scores, but each channel's own tests (tail, extreme) learn only
+    // from rows seen here, so a seed-adopted stream misses isolated
+    // spikes in its first rows. A known detection gap, pinned here so any
+    // change to it is seen; it is not what this test promises to fix.
+    let flagged: Vec<usize> = (1..rows.len()).filter(|&i| rows[i][16] == "True").collect();
+    assert_eq!(flagged, [38, 44, 51, 70, 74]);
+    assert_eq!(summary["anomaly_count"], 5);
     let base: Value =
         serde_json::from_slice(&std::fs::read(data.join("state/baseline.json")).unwrap()).unwrap();
     assert_eq!(base["temperature"]["count"].as_u64().unwrap(), t);
@@ -335,15 +349,63 @@ fn configuration_errors_are_specific() {
             "show".as_ref(),
         ]
     }
-    // A real engine key with a value out of its range.
-    std::fs::write(&cfg, "[engine]\nfalse_alarm_rate = -1\n").unwrap();
+    // Real engine keys with values out of their range: one line, naming
+    // the file, the key and the allowed range.
+    for (setting, reason) in [
+        (
+            "false_alarm_rate = -1",
+            "must be strictly between 0 and 0.5",
+        ),
+        (
+            "false_alarm_rate = 0.5",
+            "must be strictly between 0 and 0.5",
+        ),
+        ("min_observations = 1", "must be at least 2"),
+        (
+            "level_shift_rows = 1",
+            "must be 0 (off) or between 2 and 10000",
+        ),
+        ("joint_max_channels = 17", "must be between 2 and 16"),
+        (
+            "forest_threshold = 1.0",
+            "must be strictly between 0.5 and 1",
+        ),
+    ] {
+        std::fs::write(&cfg, format!("[engine]\n{setting}\n")).unwrap();
+        let field = setting.split(' ').next().unwrap();
+        let want = format!(
+            "error: config file {}: invalid engine setting `{field}`: {reason}\n",
+            cfg.display()
+        );
+        assert_eq!(fails(&show(&cfg)), want);
+        // The same file refuses to score, before any input is read.
+        let o = tswatch()
+            .arg("--config")
+            .arg(&cfg)
+            .args(["score", "--input", "/nonexistent.csv", "--output", "-"])
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        assert_eq!(String::from_utf8_lossy(&o.stderr), want);
+    }
+    // A real key of the wrong type names the key.
+    std::fs::write(&cfg, "[engine]\nmin_observations = \"many\"\n").unwrap();
     let err = fails(&show(&cfg));
-    assert!(err.contains("false_alarm_rate"), "{err}");
-    // An unknown engine key, and an unknown top-level key.
+    assert!(err.contains("min_observations"), "{err}");
+    // An unknown engine key (the seed's `z_threshold`, which tswatch does
+    // not have), and an unknown top-level key: named, with the real ones.
     std::fs::write(&cfg, "[engine]\nz_threshold = 3\n").unwrap();
-    assert!(fails(&show(&cfg)).contains("z_threshold"));
+    let err = fails(&show(&cfg));
+    assert!(
+        err.contains("unknown field `z_threshold`, expected one of `false_alarm_rate`"),
+        "{err}"
+    );
     std::fs::write(&cfg, "bukket = \"x\"\n").unwrap();
-    assert!(fails(&show(&cfg)).contains("bukket"));
+    let err = fails(&show(&cfg));
+    assert!(
+        err.contains("unknown field `bukket`, expected one of `data_dir`, `bucket`"),
+        "{err}"
+    );
     let out = tmp.path().join("o.csv");
     let err = fails(&[
         "score".as_ref(),

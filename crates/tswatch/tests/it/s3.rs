@@ -204,14 +204,27 @@ async fn s3_sns_end_to_end() {
     assert_eq!(tc["std"].as_f64().unwrap(), (std * 1e4).round() / 1e4);
     assert!(bc["last_updated"].is_string());
 
-    // A duplicate notification (as SNS may deliver) changes nothing.
+    // A duplicate notification (as SNS may deliver) changes nothing. Each
+    // is sent once the one before was taken from the queue and skipped
+    // (the worker logs every skip), so none is merged into another.
     let dup_key = sums[0]["source_key"].as_str().unwrap().to_string();
-    for _ in 0..3 {
+    let skipped = |svc: &Service| {
+        let needle = format!("key={dup_key}");
+        crate::faultkit::strip_ansi(&svc.proc.log_text())
+            .lines()
+            .filter(|l| l.contains("already processed; skipped") && l.contains(&needle))
+            .count()
+    };
+    let before = skipped(&svc);
+    for n in 1..=3 {
         let (st, body) = svc.post("/notify", sns_s3_event(BUCKET, &[&dup_key])).await;
         assert_eq!(st, 200, "{body}");
         assert_eq!(body["queued"][0], dup_key.as_str());
+        wait_for("the duplicate skipped", Duration::from_secs(30), || async {
+            (skipped(&svc) == before + n).then_some(())
+        })
+        .await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, s2) = svc.get_json("/anomalies/summary").await;
     assert_eq!(s2["files_processed"], 5);
     let b2: Value = serde_json::from_slice(

@@ -111,10 +111,50 @@ pub(crate) const CERT_URL: &str = "https://sns.us-east-1.amazonaws.com/SimpleNot
 /// The topic test messages come from.
 pub(crate) const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:tswatch";
 
-/// Signs `msg` as SNS would with key `key`, as `version`.
+/// What SNS signs, written here from AWS's documentation ("Verifying the
+/// signature of an Amazon SNS message", docs.aws.amazon.com/sns/latest/dg/
+/// sns-verify-signature-of-message-verify-message-signature.html), never
+/// from the code under test: each field as `Name\nvalue\n`, in this
+/// order. A Notification signs Message, MessageId, Subject (only if
+/// present), Timestamp, TopicArn and Type; a SubscriptionConfirmation or
+/// UnsubscribeConfirmation signs Message, MessageId, SubscribeURL,
+/// Timestamp, Token, TopicArn and Type. `None` for any other Type, or a
+/// confirmation without its SubscribeURL or Token.
+pub(crate) fn aws_string_to_sign(m: &SnsMessage) -> Option<String> {
+    let fields: Vec<(&str, Option<&str>)> = match m.kind.as_str() {
+        "Notification" => vec![
+            ("Message", Some(&m.message)),
+            ("MessageId", Some(&m.message_id)),
+            ("Subject", m.subject.as_deref()),
+            ("Timestamp", Some(&m.timestamp)),
+            ("TopicArn", Some(&m.topic_arn)),
+            ("Type", Some(&m.kind)),
+        ],
+        "SubscriptionConfirmation" | "UnsubscribeConfirmation" => vec![
+            ("Message", Some(&m.message)),
+            ("MessageId", Some(&m.message_id)),
+            ("SubscribeURL", Some(m.subscribe_url.as_deref()?)),
+            ("Timestamp", Some(&m.timestamp)),
+            ("Token", Some(m.token.as_deref()?)),
+            ("TopicArn", Some(&m.topic_arn)),
+            ("Type", Some(&m.kind)),
+        ],
+        _ => return None,
+    };
+    let mut s = String::new();
+    for (name, value) in fields {
+        if let Some(v) = value {
+            s.push_str(&format!("{name}\n{v}\n"));
+        }
+    }
+    Some(s)
+}
+
+/// Signs `msg` as SNS would with key `key`, as `version`, over
+/// [`aws_string_to_sign`].
 pub(crate) fn sign(msg: &mut SnsMessage, key: u32, version: &str) {
     msg.signature_version = version.to_string();
-    let text = msg.string_to_sign().unwrap();
+    let text = aws_string_to_sign(msg).unwrap();
     msg.signature = sign_text(key, version, &text);
 }
 

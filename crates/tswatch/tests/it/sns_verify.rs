@@ -95,6 +95,29 @@ fn all_kinds() -> Vec<SnsMessage> {
     ]
 }
 
+/// The verifier builds the text AWS signs exactly as AWS documents it.
+#[test]
+fn the_string_to_sign_is_the_documented_one() {
+    for m in all_kinds() {
+        assert_eq!(
+            m.string_to_sign().ok(),
+            aws_string_to_sign(&m),
+            "{}",
+            m.kind
+        );
+    }
+    let mut n = notification("hello", Some("subj"));
+    n.message_id = "id-1".into();
+    n.timestamp = "2026-01-01T00:00:00.000Z".into();
+    assert_eq!(
+        aws_string_to_sign(&n).unwrap(),
+        format!(
+            "Message\nhello\nMessageId\nid-1\nSubject\nsubj\nTimestamp\n\
+             2026-01-01T00:00:00.000Z\nTopicArn\n{TOPIC}\nType\nNotification\n"
+        )
+    );
+}
+
 #[tokio::test]
 async fn valid_v1_and_v2_signatures_are_accepted() {
     let (certs, v) = verifier(&[], &[]);
@@ -799,14 +822,16 @@ proptest! {
     }
 }
 
-/// What the signature covers, as the verifier reads it.
+/// What the signature covers, as AWS documents it ([`aws_string_to_sign`],
+/// not the verifier's own reading), with the signature, its version and
+/// the certificate URL.
 fn signed_content(m: &SnsMessage) -> Option<(String, Vec<u8>, String, String)> {
     use base64::Engine as _;
     let sig = base64::engine::general_purpose::STANDARD
         .decode(m.signature.trim())
         .ok()?;
     Some((
-        m.string_to_sign().ok()?,
+        aws_string_to_sign(m)?,
         sig,
         m.signature_version.clone(),
         m.signing_cert_url.clone(),

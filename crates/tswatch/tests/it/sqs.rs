@@ -493,11 +493,21 @@ async fn sqs_visibility_is_extended_while_a_long_file_is_processed() {
     );
     let s = wait_processed(&a, 1).await;
     assert_eq!(s["total_rows_scored"], 250000);
+    // The precondition: the work on the file (from its receive to its
+    // commit, at least) outlasted the 3 s visibility timeout, so without
+    // the extension the message would have been handed out again.
+    let work_ms = s["most_recent"][0]["duration_ms"].as_f64().unwrap();
+    assert!(
+        work_ms > 3_000.0,
+        "the file took {work_ms} ms: not longer than the visibility timeout"
+    );
     wait_drained(&moto, &url).await;
     let took = started.elapsed();
     let mut receives = receives_in(&a.proc.log_text());
     receives.extend(receives_in(&b.proc.log_text()));
-    eprintln!("one 250,000-row file took {took:?}; receives handled: {receives:?}");
+    eprintln!(
+        "one 250,000-row file took {took:?} ({work_ms} ms of work); receives handled: {receives:?}"
+    );
     // The file handled once, at its first receive (the test event is not counted).
     assert_eq!(receives, vec![1; receives.len()]);
     assert_eq!(receives.len(), 1, "{receives:?}");
