@@ -206,6 +206,17 @@ pub(crate) fn with_age(view: &View, mut r: Response) -> Response {
         content_type = "text/plain",
         description = "The SNS message, a JSON document (SNS sends it as `text/plain`; any \
             content type is read)",
+        example = json!({
+            "Type": "Notification",
+            "MessageId": "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324",
+            "TopicArn": "arn:aws:sns:us-east-1:123456789012:tswatch",
+            "Subject": "Amazon S3 Notification",
+            "Message": "{\"Records\":[{\"eventName\":\"ObjectCreated:Put\",\"s3\":{\"bucket\":{\"name\":\"my-sensor-bucket\"},\"object\":{\"key\":\"raw/sensors_20260224T001051.csv\"}}}]}",
+            "Timestamp": "2026-02-24T00:10:52.000Z",
+            "SignatureVersion": "2",
+            "Signature": "EXAMPLEpH+...",
+            "SigningCertURL": "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0123456789abcdef0123456789abcdef.pem"
+        }),
     ),
     responses(
         (status = 200, description = "Done, or queued", body = NotifyAnswer),

@@ -295,6 +295,10 @@ pub enum NotifyAnswer {
 
 /// The records of an S3 event notification.
 #[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({
+    "queued": ["raw/sensors_20260224T001051.csv"],
+    "ignored": [{"key": "raw/notes.txt", "reason": "\"raw/notes.txt\" is not a CSV batch under raw/"}]
+}))]
 pub struct Queued {
     /// Present (`already received`) when the same signed message came
     /// before: nothing is done again.
