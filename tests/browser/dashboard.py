@@ -8,6 +8,9 @@ Checks: the page loads with no console errors; every channel's chart has
 points, its baseline band and the anomalous rows marked; a file processed
 while the page is open appears without a reload; the stream selector
 switches streams. Saves a screenshot (default target/dashboard.png).
+Then the API page, /docs: it lists every path and method of /openapi.json
+with an example for every JSON response, fits a phone screen, and logs no
+console errors.
 Binds 127.0.0.1 only; stops every process it started, also on failure.
 """
 
@@ -76,11 +79,51 @@ def wait(what, timeout, fn, interval=0.2):
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
+def check_docs(driver, base, screenshot):
+    """/docs lists every operation of /openapi.json, each with its responses
+    and an example of every JSON body, on a laptop and a phone screen."""
+    doc = json.load(urllib.request.urlopen(base + "/openapi.json"))
+    methods = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
+    wanted = sorted((p, m) for p, item in doc["paths"].items() for m in item if m in methods)
+    assert len(wanted) >= 11, wanted
+    driver.set_window_size(1280, 1800)
+    driver.get(base + "/docs")
+    wait("the API page rendered", 20,
+         lambda: driver.find_element(By.TAG_NAME, "body").get_attribute("data-operations"))
+    shown = sorted((s.get_attribute("data-path"), s.get_attribute("data-method"))
+                   for s in driver.find_elements(By.CSS_SELECTOR, "section.op"))
+    assert shown == wanted, f"/docs shows {shown}, the document has {wanted}"
+    for path, method in wanted:
+        sec = driver.find_element(By.CSS_SELECTOR, f'section.op[data-path="{path}"][data-method="{method}"]')
+        assert path in sec.text and sec.find_element(By.CSS_SELECTOR, ".method").text.lower() == method
+        statuses = sorted(r.get_attribute("data-status") for r in sec.find_elements(By.CSS_SELECTOR, ".resp"))
+        assert statuses == sorted(doc["paths"][path][method]["responses"]), (path, statuses)
+        for r in doc["paths"][path][method]["responses"].values():
+            if "application/json" in r.get("content", {}):
+                examples = sec.find_elements(By.CSS_SELECTOR, "pre.example")
+                assert examples and all(json.loads(e.get_attribute("textContent")) is not None
+                                        for e in examples), f"{method} {path}: no example"
+    nav = driver.find_element(By.ID, "nav").text
+    assert all(p in nav for p, _ in wanted), nav
+    limit = driver.find_element(By.CSS_SELECTOR, 'section.op[data-path="/anomalies/recent"]').text
+    assert "limit" in limit and "x-tswatch-limit-clamped" in limit, limit
+    driver.save_screenshot(screenshot)
+    driver.set_window_size(390, 844)
+    time.sleep(0.5)
+    overflow = driver.execute_script(
+        "return document.documentElement.scrollWidth - document.documentElement.clientWidth;")
+    assert overflow <= 1, f"/docs is {overflow}px wider than a phone screen"
+    errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+    assert not errors, f"console errors on /docs: {errors}"
+    print(f"docs: ok ({len(wanted)} operations, screenshot {screenshot})")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("binary")
     ap.add_argument("--screenshot", default="target/dashboard.png")
     ap.add_argument("--phone-screenshot")
+    ap.add_argument("--docs-screenshot", default="target/docs.png")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="tswatch-browser-"))
@@ -166,6 +209,8 @@ def main():
         errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
         assert not errors, f"console errors: {errors}"
         print(f"dashboard: ok (charts {names}, screenshot {args.screenshot})")
+
+        check_docs(driver, base, args.docs_screenshot)
     except BaseException:
         print(f"dashboard test failed; logs in {work}", file=sys.stderr)
         for f in ["tswatch.log", "chromedriver.log"]:

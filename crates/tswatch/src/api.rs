@@ -3,6 +3,12 @@
 //! Handlers only read the committed state (or queue work); nothing here
 //! blocks on processing, so `/notify` answers at once.
 
+use crate::apidoc::{
+    AckStatus, Acknowledged, AnomalyRow, AnomalySummary, BaselineCurrent, ChannelBaseline,
+    Confirming, ConfirmingStatus, ErrorBody, Health, HealthStatus, IgnoredRecord, NoFilesMessage,
+    NoFilesYet, NotifyAnswer, QueueDepth, Queued, Ready, ReadyStatus, RecentAnomalies,
+    RecentSummary, ReplayStatus, StateAge, StorageProbe, StreamBaseline, SummaryTotals,
+};
 use crate::events::{S3Event, parse_s3_event};
 use crate::processor::{Processor, View};
 use crate::sns::{SnsError, SnsMessage, Verifier, is_sns_url};
@@ -13,11 +19,13 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, RawQuery, State};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tower_http::timeout::TimeoutLayer;
@@ -51,21 +59,40 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
 }
 
-/// The router with every endpoint. Every refusal, whichever layer makes it
-/// (body limit, timeout, unknown method or path), is a 4xx with a JSON
-/// `{"error": ...}` body.
+/// Every endpoint: its path, its method (as the OpenAPI document names
+/// it) and its handler. [`router`] serves exactly these, and a test holds
+/// them equal to the document's paths and methods, so a route without
+/// documentation fails it.
+pub(crate) fn routes() -> Vec<(&'static str, Method, MethodRouter<AppState>)> {
+    vec![
+        ("/notify", Method::POST, post(notify)),
+        ("/anomalies/recent", Method::GET, get(recent)),
+        ("/anomalies/summary", Method::GET, get(summary)),
+        ("/baseline/current", Method::GET, get(baseline)),
+        ("/health", Method::GET, get(health)),
+        ("/ready", Method::GET, get(ready)),
+        ("/metrics", Method::GET, get(metrics)),
+        ("/", Method::GET, get(crate::dashboard::page)),
+        ("/dashboard/data", Method::GET, get(crate::dashboard::data)),
+        (
+            "/openapi.json",
+            Method::GET,
+            get(crate::apidoc::openapi_json),
+        ),
+        ("/docs", Method::GET, get(crate::apidoc::docs)),
+    ]
+}
+
+/// The router with every endpoint of [`routes`]. Every refusal, whichever
+/// layer makes it (body limit, timeout, unknown method or path), is a 4xx
+/// with a JSON `{"error": ...}` body.
 pub fn router(state: AppState) -> Router {
     let timeout = state.request_timeout;
-    Router::new()
-        .route("/notify", post(notify))
-        .route("/anomalies/recent", get(recent))
-        .route("/anomalies/summary", get(summary))
-        .route("/baseline/current", get(baseline))
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .route("/", get(crate::dashboard::page))
-        .route("/dashboard/data", get(crate::dashboard::data))
+    routes()
+        .into_iter()
+        .fold(Router::new(), |r, (path, _, handler)| {
+            r.route(path, handler)
+        })
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(TimeoutLayer::with_status_code(
@@ -77,7 +104,20 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// `GET /metrics`: Prometheus' text exposition format.
-async fn metrics(State(st): State<AppState>) -> Response {
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    description = "Counters and histograms in Prometheus' text exposition format 0.0.4: files \
+        processed and refused, rows, anomalies, processing time, SNS messages refused, \
+        queue depth.",
+    responses(
+        (status = 200, description = "The metrics", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
+        (status = 404, description = "Metrics are not enabled in this process", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn metrics(State(st): State<AppState>) -> Response {
     let Some(handle) = &st.metrics else {
         return error(StatusCode::NOT_FOUND, "metrics are not enabled");
     };
@@ -126,10 +166,11 @@ async fn json_errors(res: Response) -> Response {
 }
 
 pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, axum::Json(json!({ "error": msg.into() }))).into_response()
+    let body = ErrorBody { error: msg.into() };
+    (status, axum::Json(body)).into_response()
 }
 
-pub(crate) fn ok(v: Value) -> Response {
+pub(crate) fn ok(v: impl Serialize) -> Response {
     axum::Json(v).into_response()
 }
 
@@ -145,7 +186,57 @@ pub(crate) fn with_age(view: &View, mut r: Response) -> Response {
     r
 }
 
-async fn notify(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+/// `POST /notify`.
+#[utoipa::path(
+    post,
+    path = "/notify",
+    tag = "ingest",
+    summary = "SNS subscription endpoint: S3 event notifications queue batches",
+    description = "SNS posts here (HTTP/HTTPS subscription). A `SubscriptionConfirmation` is \
+        confirmed by fetching its `SubscribeURL` (only an AWS SNS host's); an \
+        `UnsubscribeConfirmation` is acknowledged; a `Notification`'s `Message` is an S3 event \
+        notification (JSON in a string): each record whose key, URL-decoded, is a `.csv` under \
+        `raw/` is queued, `s3:TestEvent` is acknowledged. Messages must carry a valid SNS \
+        signature (SignatureVersion 1 or 2) from a configured topic, unless the service runs \
+        with `--insecure-skip-sns-verify`; a signed message seen within the hour is not acted \
+        on again. The answer comes at once; processing is in the background. Bodies over \
+        300 KiB are refused.",
+    request_body(
+        content = SnsMessage,
+        content_type = "text/plain",
+        description = "The SNS message, a JSON document (SNS sends it as `text/plain`; any \
+            content type is read)",
+        example = json!({
+            "Type": "Notification",
+            "MessageId": "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324",
+            "TopicArn": "arn:aws:sns:us-east-1:123456789012:tswatch",
+            "Subject": "Amazon S3 Notification",
+            "Message": "{\"Records\":[{\"eventName\":\"ObjectCreated:Put\",\"s3\":{\"bucket\":{\"name\":\"my-sensor-bucket\"},\"object\":{\"key\":\"raw/sensors_20260224T001051.csv\"}}}]}",
+            "Timestamp": "2026-02-24T00:10:52.000Z",
+            "SignatureVersion": "2",
+            "Signature": "EXAMPLEpH+...",
+            "SigningCertURL": "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0123456789abcdef0123456789abcdef.pem"
+        }),
+    ),
+    responses(
+        (status = 200, description = "Done, or queued", body = NotifyAnswer),
+        (status = 400, description = "Not an SNS message, an unknown `Type`, a \
+            `x-amz-sns-message-type` header that disagrees with it, a confirmation without \
+            `SubscribeURL`, or a `Message` that is not an S3 event notification", body = ErrorBody),
+        (status = 403, description = "Refused: a bad signature, an untrusted or foreign \
+            certificate URL, a topic not configured, a stale timestamp, a `SubscribeURL` \
+            not on an AWS SNS host", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within the request timeout", body = ErrorBody),
+        (status = 413, description = "The body is larger than 300 KiB", body = ErrorBody),
+        (status = 503, description = "The signing certificate cannot be fetched just now, or \
+            the work queue is full: SNS delivers again later", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn notify(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let msg = match SnsMessage::parse(&body) {
         Ok(m) => m,
         Err(e) => {
@@ -188,7 +279,11 @@ async fn notify(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> 
     // replay (or SNS retrying one whose answer was lost), done already.
     if !st.skip_sns_verify && st.verifier.is_replay(&msg.message_id) {
         tracing::info!(message_id = ?msg.message_id, "SNS message seen before: not acted on again");
-        return ok(json!({ "status": "already received", "queued": [], "ignored": [] }));
+        return ok(NotifyAnswer::Queued(Queued {
+            status: Some(ReplayStatus::AlreadyReceived),
+            queued: Vec::new(),
+            ignored: Vec::new(),
+        }));
     }
     let res = act_on(&st, &msg);
     if res.status().is_success() {
@@ -225,9 +320,14 @@ fn act_on(st: &AppState, msg: &SnsMessage) -> Response {
                     }
                 }
             });
-            ok(json!({ "status": "confirming", "topic": msg.topic_arn }))
+            ok(NotifyAnswer::Confirming(Confirming {
+                status: ConfirmingStatus::Confirming,
+                topic: msg.topic_arn.clone(),
+            }))
         }
-        "UnsubscribeConfirmation" => ok(json!({ "status": "acknowledged" })),
+        "UnsubscribeConfirmation" => ok(NotifyAnswer::Acknowledged(Acknowledged {
+            status: AckStatus::Unsubscribed,
+        })),
         "Notification" => queue_event(st, &msg.message),
         other => error(
             StatusCode::BAD_REQUEST,
@@ -252,7 +352,11 @@ fn queue_event(st: &AppState, message: &str) -> Response {
         Location::Local(_) => None,
     };
     let (keys, skipped) = match parse_s3_event(&event, bucket.as_deref()) {
-        Ok(S3Event::Test) => return ok(json!({ "status": "test event acknowledged" })),
+        Ok(S3Event::Test) => {
+            return ok(NotifyAnswer::Acknowledged(Acknowledged {
+                status: AckStatus::TestEvent,
+            }));
+        }
         Ok(S3Event::Records { keys, ignored }) => (keys, ignored),
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("Message is {e}")),
     };
@@ -269,17 +373,45 @@ fn queue_event(st: &AppState, message: &str) -> Response {
             }
         }
     }
-    let ignored: Vec<Value> = skipped
+    let ignored = skipped
         .into_iter()
-        .map(|(key, reason)| {
-            let key = (!key.is_empty()).then_some(key);
-            json!({ "key": key, "reason": reason })
+        .map(|(key, reason)| IgnoredRecord {
+            key: (!key.is_empty()).then_some(key),
+            reason,
         })
         .collect();
-    ok(json!({ "queued": queued, "ignored": ignored }))
+    ok(NotifyAnswer::Queued(Queued {
+        status: None,
+        queued,
+        ignored,
+    }))
 }
 
-async fn recent(State(st): State<AppState>, RawQuery(q): RawQuery) -> Response {
+/// `GET /anomalies/recent`.
+#[utoipa::path(
+    get,
+    path = "/anomalies/recent",
+    tag = "results",
+    summary = "Anomalous rows of the most recent files, newest first",
+    description = "The anomalous rows of the 10 most recent processed files over every stream, \
+        newest first, at most `limit` of them and at most 4 MiB (past it the answer is cut and \
+        says `\"truncated\": true`).",
+    params(
+        ("limit" = Option<u64>, Query, description = "Most rows to return (default 50). \
+            Larger than 1000 is clamped to 1000, and the answer carries \
+            `x-tswatch-limit-clamped: 1000`.", minimum = 0, example = 50),
+    ),
+    responses(
+        (status = 200, description = "The rows", body = RecentAnomalies,
+            headers(
+                ("x-tswatch-limit-clamped" = u64, description = "Present when `limit` was larger than 1000: the limit applied"),
+                ("x-tswatch-stale-seconds" = u64, description = "Present when storage is unreachable: age in seconds of the state answered from"),
+            )),
+        (status = 400, description = "`limit` is not a whole number", body = ErrorBody),
+        (status = 503, description = "Storage is unreachable and no state was read yet", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn recent(State(st): State<AppState>, RawQuery(q): RawQuery) -> Response {
     let mut limit = 50usize;
     let mut clamped = false;
     for (k, v) in url_pairs(q.as_deref().unwrap_or("")) {
@@ -320,7 +452,7 @@ async fn recent(State(st): State<AppState>, RawQuery(q): RawQuery) -> Response {
     // At most MAX_RESPONSE_BYTES of rows, whatever the files kept.
     let mut bytes = 0usize;
     let mut cut = false;
-    let rows: Vec<&serde_json::Map<String, Value>> = files
+    let rows: Vec<AnomalyRow<'_>> = files
         .into_iter()
         .take(RECENT_FILES)
         .flat_map(|a| a.anomalies.iter().rev())
@@ -330,11 +462,14 @@ async fn recent(State(st): State<AppState>, RawQuery(q): RawQuery) -> Response {
             cut = bytes > MAX_RESPONSE_BYTES;
             !cut
         })
+        .map(AnomalyRow)
         .collect();
-    let mut body = json!({ "count": rows.len(), "limit": limit, "anomalies": rows });
-    if cut {
-        body["truncated"] = Value::from(true);
-    }
+    let body = RecentAnomalies {
+        count: rows.len(),
+        limit,
+        anomalies: rows,
+        truncated: cut.then_some(true),
+    };
     let mut resp = with_ages(&views, ok(body));
     if clamped {
         resp.headers_mut().insert(
@@ -345,7 +480,20 @@ async fn recent(State(st): State<AppState>, RawQuery(q): RawQuery) -> Response {
     resp
 }
 
-async fn summary(State(st): State<AppState>) -> Response {
+/// `GET /anomalies/summary`.
+#[utoipa::path(
+    get,
+    path = "/anomalies/summary",
+    tag = "results",
+    summary = "Totals over every file processed, and the 5 newest files",
+    responses(
+        (status = 200, description = "Totals, or `{\"message\": \"No processed files yet.\"}`",
+            body = AnomalySummary,
+            headers(("x-tswatch-stale-seconds" = u64, description = "Present when storage is unreachable: age in seconds of the state answered from"))),
+        (status = 503, description = "Storage is unreachable and no state was read yet", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn summary(State(st): State<AppState>) -> Response {
     let views = match st.processor.views().await {
         Ok(v) => v,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
@@ -357,12 +505,15 @@ async fn summary(State(st): State<AppState>) -> Response {
         t.total_anomalies += v.doc.totals.total_anomalies;
         t.total_events += v.doc.totals.total_events;
     }
-    let events_by_stream: serde_json::Map<String, Value> = views
+    let events_by_stream: BTreeMap<String, u64> = views
         .iter()
-        .map(|(stream, v)| (stream.to_string(), Value::from(v.doc.totals.total_events)))
+        .map(|(stream, v)| (stream.to_string(), v.doc.totals.total_events))
         .collect();
     if t.files_processed == 0 {
-        return with_ages(&views, ok(json!({ "message": "No processed files yet." })));
+        let empty = AnomalySummary::Empty(NoFilesYet {
+            message: NoFilesMessage::NoFilesYet,
+        });
+        return with_ages(&views, ok(empty));
     }
     let mut recent: Vec<&Summary> = views
         .iter()
@@ -372,45 +523,42 @@ async fn summary(State(st): State<AppState>) -> Response {
     recent.truncate(5);
     // A file committed here whose outputs are still being published says
     // so: its `output_key` does not exist yet.
-    let recent: Vec<Value> = recent
+    let most_recent = recent
         .into_iter()
-        .map(|s| {
-            let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
-            if st.processor.is_unpublished(&s.source_key)
-                && let Some(m) = v.as_object_mut()
-            {
-                m.insert("published".into(), Value::from(false));
-            }
-            v
+        .map(|s| RecentSummary {
+            summary: s.clone(),
+            published: st.processor.is_unpublished(&s.source_key).then_some(false),
         })
         .collect();
-    let body = ok(json!({
-        "files_processed": t.files_processed,
-        "total_rows_scored": t.total_rows_scored,
-        "total_anomalies": t.total_anomalies,
-        "total_events": t.total_events,
-        "events_by_stream": events_by_stream,
-        "overall_anomaly_rate": if t.total_rows_scored == 0 { 0.0 } else {
+    let body = AnomalySummary::Totals(SummaryTotals {
+        files_processed: t.files_processed,
+        total_rows_scored: t.total_rows_scored,
+        total_anomalies: t.total_anomalies,
+        total_events: t.total_events,
+        events_by_stream,
+        overall_anomaly_rate: if t.total_rows_scored == 0 {
+            0.0
+        } else {
             round4(t.total_anomalies as f64 / t.total_rows_scored as f64)
         },
-        "most_recent": recent,
-    }));
-    with_ages(&views, body)
+        most_recent,
+    });
+    with_ages(&views, ok(body))
 }
 
-fn channels_json(doc: &StateDoc, min_observations: u64) -> serde_json::Map<String, Value> {
+fn channels_of(doc: &StateDoc, min_observations: u64) -> BTreeMap<String, ChannelBaseline> {
     doc.engine
         .channels
         .iter()
         .map(|(name, w)| {
             (
                 name.clone(),
-                json!({
-                    "observations": w.stats.count,
-                    "mean": round4(w.stats.mean),
-                    "std": round4(w.stats.std()),
-                    "baseline_mature": w.stats.count >= min_observations,
-                }),
+                ChannelBaseline {
+                    observations: w.stats.count,
+                    mean: round4(w.stats.mean),
+                    std: round4(w.stats.std()),
+                    baseline_mature: w.stats.count >= min_observations,
+                },
             )
         })
         .collect()
@@ -418,32 +566,53 @@ fn channels_json(doc: &StateDoc, min_observations: u64) -> serde_json::Map<Strin
 
 /// The default stream's baseline in the seed's shape; other streams, if
 /// any, under an extra `streams` field.
-async fn baseline(State(st): State<AppState>) -> Response {
+#[utoipa::path(
+    get,
+    path = "/baseline/current",
+    tag = "results",
+    summary = "The running per-channel baseline",
+    description = "The default stream's (`raw/<name>.csv`) baseline in the seed's shape; other \
+        streams' (`raw/<stream>/<name>.csv`) under `streams`.",
+    responses(
+        (status = 200, description = "The baseline", body = BaselineCurrent,
+            headers(("x-tswatch-stale-seconds" = u64, description = "Present when storage is unreachable: age in seconds of the state answered from"))),
+        (status = 503, description = "Storage is unreachable and no state was read yet", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn baseline(State(st): State<AppState>) -> Response {
     let views = match st.processor.views().await {
         Ok(v) => v,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
-    let mut body = serde_json::Map::new();
-    let mut streams = serde_json::Map::new();
-    for (name, v) in &views {
-        let channels = channels_json(&v.doc, st.min_observations);
-        if name.is_empty() {
-            body.insert(
-                "last_updated".into(),
-                Value::from(v.doc.last_updated.clone()),
-            );
-            body.insert("channels".into(), Value::Object(channels));
-        } else {
-            streams.insert(
+    // The default stream is always among the views (the processor's set of
+    // streams starts with it).
+    let Some((_, default)) = views.iter().find(|(name, _)| name.is_empty()) else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the default stream's state was not read",
+        );
+    };
+    let streams: BTreeMap<String, StreamBaseline> = views
+        .iter()
+        .filter(|(name, _)| !name.is_empty())
+        .map(|(name, v)| {
+            let channels = channels_of(&v.doc, st.min_observations);
+            let last_updated = v.doc.last_updated.clone();
+            (
                 name.clone(),
-                json!({ "last_updated": v.doc.last_updated, "channels": channels }),
-            );
-        }
-    }
-    if !streams.is_empty() {
-        body.insert("streams".into(), Value::Object(streams));
-    }
-    with_ages(&views, ok(Value::Object(body)))
+                StreamBaseline {
+                    last_updated,
+                    channels,
+                },
+            )
+        })
+        .collect();
+    let body = BaselineCurrent {
+        last_updated: default.doc.last_updated.clone(),
+        channels: channels_of(&default.doc, st.min_observations),
+        streams: (!streams.is_empty()).then_some(streams),
+    };
+    with_ages(&views, ok(body))
 }
 
 /// Marks a response built from several streams' views with the oldest age.
@@ -460,34 +629,59 @@ const READY_PROBE: Duration = Duration::from_secs(2);
 /// Readiness, beside `/health`'s liveness: 200 when storage answers now,
 /// 503 when it does not; with the work waiting and the age of the state
 /// the read endpoints serve.
-async fn ready(State(st): State<AppState>) -> Response {
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "operations",
+    summary = "Readiness: storage answers now",
+    description = "Probes storage (2 s at most), and says how much work waits and how old the \
+        state the read endpoints serve is. For a load balancer's readiness check; `/health` is \
+        the liveness check.",
+    responses(
+        (status = 200, description = "Ready: storage answered", body = Ready),
+        (status = 503, description = "Not ready: storage did not answer (the body says why)", body = Ready),
+    ),
+)]
+pub(crate) async fn ready(State(st): State<AppState>) -> Response {
     let started = std::time::Instant::now();
     let probe = tokio::time::timeout(READY_PROBE, st.processor.storage().probe()).await;
     let latency_ms = (started.elapsed().as_secs_f64() * 1e4).round() / 10.0;
-    let storage = match probe {
-        Ok(Ok(_)) => json!({ "reachable": true, "latency_ms": latency_ms }),
-        Ok(Err(e)) => json!({ "reachable": false, "error": e.to_string() }),
-        Err(_) => json!({
-            "reachable": false,
-            "error": format!("no answer within {} s", READY_PROBE.as_secs()),
-        }),
+    let refused = |error: String| StorageProbe {
+        reachable: false,
+        latency_ms: None,
+        error: Some(error),
     };
-    let reachable = storage["reachable"] == true;
-    let stale = match st.processor.views().await {
+    let storage = match probe {
+        Ok(Ok(_)) => StorageProbe {
+            reachable: true,
+            latency_ms: Some(latency_ms),
+            error: None,
+        },
+        Ok(Err(e)) => refused(e.to_string()),
+        Err(_) => refused(format!("no answer within {} s", READY_PROBE.as_secs())),
+    };
+    let reachable = storage.reachable;
+    let stale_seconds = match st.processor.views().await {
         Ok(views) => views
             .iter()
             .filter_map(|(_, v)| v.stale_for)
             .max()
-            .map_or(Value::Null, |d| Value::from(d.as_secs())),
-        Err(_) => Value::Null,
+            .map(|d| d.as_secs()),
+        Err(_) => None,
     };
-    let body = json!({
-        "status": if reachable { "ready" } else { "not ready" },
-        "storage": storage,
-        "queue": { "waiting": st.queue.len() },
-        "state": { "stale_seconds": stale },
-        "timestamp": now_iso(),
-    });
+    let body = Ready {
+        status: if reachable {
+            ReadyStatus::Ready
+        } else {
+            ReadyStatus::NotReady
+        },
+        storage,
+        queue: QueueDepth {
+            waiting: st.queue.len(),
+        },
+        state: StateAge { stale_seconds },
+        timestamp: now_iso(),
+    };
     let code = if reachable {
         StatusCode::OK
     } else {
@@ -496,12 +690,21 @@ async fn ready(State(st): State<AppState>) -> Response {
     (code, axum::Json(body)).into_response()
 }
 
-async fn health(State(st): State<AppState>) -> Response {
-    ok(json!({
-        "status": "ok",
-        "bucket": st.processor.storage().label(),
-        "timestamp": now_iso(),
-    }))
+/// `GET /health`: liveness.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    summary = "Liveness: the process answers",
+    description = "Always 200 while the process serves; it does not touch storage (see `/ready`).",
+    responses((status = 200, description = "Alive", body = Health)),
+)]
+pub(crate) async fn health(State(st): State<AppState>) -> Response {
+    ok(Health {
+        status: HealthStatus::Ok,
+        bucket: st.processor.storage().label(),
+        timestamp: now_iso(),
+    })
 }
 
 pub(crate) fn url_pairs(q: &str) -> impl Iterator<Item = (String, String)> + '_ {

@@ -7,12 +7,16 @@
 //! ten million.
 
 use crate::api::{AppState, error, ok, url_pairs, with_age};
+use crate::apidoc::{
+    Band, DailyBand, DashboardAnomaly, DashboardChannel, DashboardData, DashboardFile, ErrorBody,
+};
 use crate::statedoc::{StateDoc, round4};
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
+use std::collections::BTreeMap;
 use tswatch_core::Thresholds;
 
 /// The page: HTML, CSS and script in one file, compiled in.
@@ -21,6 +25,16 @@ const PAGE: &str = include_str!("dashboard/index.html");
 const ANOMALY_ROWS: usize = 50;
 
 /// `GET /`: the dashboard.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "dashboard",
+    summary = "The web dashboard",
+    description = "One self-contained page (no external assets) that polls `/dashboard/data`: \
+        totals, per-channel charts with their baseline band, recent anomalies and files, \
+        refused files.",
+    responses((status = 200, description = "The page", content_type = "text/html")),
+)]
 pub(crate) async fn page() -> Response {
     (
         [
@@ -34,6 +48,25 @@ pub(crate) async fn page() -> Response {
 
 /// `GET /dashboard/data?stream=NAME`: what the page draws for one stream
 /// (the default stream, `raw/<name>.csv`, is `default`).
+#[utoipa::path(
+    get,
+    path = "/dashboard/data",
+    tag = "dashboard",
+    summary = "What the dashboard draws for one stream",
+    description = "Bounded whatever the history: the stream's last 500 rows, its ledger of \
+        recent files, its 50 newest anomalous rows, the last files this instance refused.",
+    params(
+        ("stream" = Option<String>, Query, description = "The stream (`default` for \
+            `raw/<name>.csv`, else the folder under `raw/`). Without it: the default stream, \
+            or another one when the default has no files.", example = "default"),
+    ),
+    responses(
+        (status = 200, description = "The stream's data", body = DashboardData,
+            headers(("x-tswatch-stale-seconds" = u64, description = "Present when storage is unreachable: age in seconds of the state answered from"))),
+        (status = 404, description = "No such stream", body = ErrorBody),
+        (status = 503, description = "Storage is unreachable and the stream's state was not read yet", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn data(State(st): State<AppState>, RawQuery(q): RawQuery) -> Response {
     let wanted = url_pairs(q.as_deref().unwrap_or(""))
         .find(|(k, _)| k == "stream")
@@ -87,67 +120,68 @@ pub(crate) async fn data(State(st): State<AppState>, RawQuery(q): RawQuery) -> R
         .into_iter()
         .filter(|e| e["stream"] == stream.as_str())
         .collect();
-    let body = json!({
-        "stream": label(stream),
-        "streams": streams,
-        "last_updated": doc.last_updated,
-        "totals": doc.totals,
-        "channels": channels(doc, &st),
-        "recent": doc.recent,
-        "files": files(doc),
-        "anomalies": anomalies(doc),
-        "errors": errors,
-    });
+    let body = DashboardData {
+        stream: label(stream),
+        streams,
+        last_updated: &doc.last_updated,
+        totals: &doc.totals,
+        channels: channels(doc, &st),
+        recent: &doc.recent,
+        files: files(doc),
+        anomalies: anomalies(doc),
+        errors,
+    };
     with_age(&view, ok(body))
 }
 
 /// Per channel: maturity and the band values are held against.
-fn channels(doc: &StateDoc, st: &AppState) -> Map<String, Value> {
+fn channels(doc: &StateDoc, st: &AppState) -> BTreeMap<String, DashboardChannel> {
     let cfg = st.processor.config();
     let th = Thresholds::new(cfg, doc.engine.channels.len());
     doc.engine
         .channels
         .iter()
         .map(|(name, c)| {
-            let band = c.detector.band(&th).map(|b| {
-                json!({
-                    "mean": b.mean,
-                    "sd": b.sd,
-                    "z": round4(b.z),
-                    "daily": b.daily,
-                })
+            let band = c.detector.band(&th).map(|b| Band {
+                mean: b.mean,
+                sd: b.sd,
+                z: round4(b.z),
+                daily: b.daily.map(|d| DailyBand {
+                    levels: d.levels,
+                    sd: d.sd,
+                }),
             });
             (
                 name.clone(),
-                json!({
-                    "observations": c.stats.count,
-                    "mature": c.stats.count >= st.min_observations,
-                    "band": band,
-                }),
+                DashboardChannel {
+                    observations: c.stats.count,
+                    mature: c.stats.count >= st.min_observations,
+                    band,
+                },
             )
         })
         .collect()
 }
 
 /// The files in the ledger, oldest first.
-fn files(doc: &StateDoc) -> Vec<Value> {
+fn files(doc: &StateDoc) -> Vec<DashboardFile<'_>> {
     doc.applied
         .iter()
         .map(|a| {
             let s = &a.summary;
-            json!({
-                "source_key": s.source_key,
-                "processed_at": s.processed_at,
-                "total_rows": s.total_rows,
-                "anomaly_count": s.anomaly_count,
-                "event_count": s.event_count,
-            })
+            DashboardFile {
+                source_key: &s.source_key,
+                processed_at: &s.processed_at,
+                total_rows: s.total_rows,
+                anomaly_count: s.anomaly_count,
+                event_count: s.event_count,
+            }
         })
         .collect()
 }
 
 /// The newest anomalous rows: file, time, score, reason.
-fn anomalies(doc: &StateDoc) -> Vec<Value> {
+fn anomalies(doc: &StateDoc) -> Vec<DashboardAnomaly<'_>> {
     doc.applied
         .iter()
         .rev()
@@ -159,12 +193,12 @@ fn anomalies(doc: &StateDoc) -> Vec<Value> {
                         crate::csvscore::TIMESTAMP_NAMES.contains(&k.to_ascii_lowercase().as_str())
                     })
                     .map_or(Value::Null, |(_, v)| v.clone());
-                json!({
-                    "file": a.summary.source_key,
-                    "time": time,
-                    "anomaly_score": row.get("anomaly_score").cloned().unwrap_or(Value::Null),
-                    "reason": row.get("reason").cloned().unwrap_or(Value::Null),
-                })
+                DashboardAnomaly {
+                    file: &a.summary.source_key,
+                    time,
+                    anomaly_score: row.get("anomaly_score").cloned().unwrap_or(Value::Null),
+                    reason: row.get("reason").cloned().unwrap_or(Value::Null),
+                }
             })
         })
         .take(ANOMALY_ROWS)

@@ -6,6 +6,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod apidoc;
 pub mod aws;
 pub mod bench;
 pub mod cli;

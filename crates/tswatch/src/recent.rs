@@ -15,7 +15,7 @@ pub const RECENT_CHANNELS: usize = 32;
 pub const MAX_TIME_BYTES: usize = 64;
 
 /// One scored row, as the dashboard draws it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RecentRow {
     /// The timestamp cell as written (empty without a timestamp column).
     pub t: String,
@@ -30,11 +30,12 @@ pub struct RecentRow {
 }
 
 /// The last [`RECENT_ROWS`] rows of a stream.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RecentSeries {
     /// The channels the rows' values belong to.
     pub channels: Vec<String>,
     /// Oldest first.
+    #[schema(value_type = Vec<RecentRow>)]
     pub rows: VecDeque<RecentRow>,
 }
 

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A message as SNS posts it (the fields tswatch uses).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "PascalCase")]
 pub struct SnsMessage {
     /// `Notification`, `SubscriptionConfirmation` or `UnsubscribeConfirmation`.

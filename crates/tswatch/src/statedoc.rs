@@ -62,7 +62,7 @@ pub struct StateDoc {
 }
 
 /// Totals behind `/anomalies/summary`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Totals {
     /// Files processed.
     pub files_processed: u64,
@@ -96,7 +96,7 @@ pub struct Applied {
 }
 
 /// `processed/<name>_summary.json`: the seed's fields, then tswatch's.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Summary {
     /// Raw key.
     pub source_key: String,

@@ -16,6 +16,7 @@ mod hygiene;
 mod load;
 mod local;
 mod metrics;
+mod openapi;
 mod oracle;
 mod s3;
 mod signer;
