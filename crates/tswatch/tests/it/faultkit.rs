@@ -352,15 +352,26 @@ pub(crate) fn strip_ansi(s: &str) -> String {
 }
 
 /// A TCP proxy between tswatch and the object store that can refuse all
-/// connections ("down") or let a chosen request through and lose its
-/// response, as a network failure after the server acted would.
+/// connections ("down"), let a chosen request through and lose its
+/// response, as a network failure after the server acted would, or cut
+/// every connection that carries a chosen request before it reaches the
+/// store (one kind of request dying while the rest go through).
 pub(crate) struct Proxy {
     pub(crate) endpoint: String,
     down: Arc<AtomicBool>,
     generation: watch::Sender<u64>,
     lose: Arc<Mutex<(Vec<u8>, usize)>>,
     lost: Arc<AtomicUsize>,
+    cut: Cut,
     accept: tokio::task::JoinHandle<()>,
+}
+
+/// Requests whose bytes contain the pattern (when there is one) have their
+/// connection closed before the match reaches the store; `count` counts them.
+#[derive(Clone, Default)]
+struct Cut {
+    pattern: Arc<Mutex<Option<Vec<u8>>>>,
+    count: Arc<AtomicUsize>,
 }
 
 impl Drop for Proxy {
@@ -380,7 +391,14 @@ impl Proxy {
         let (generation, _) = watch::channel(0u64);
         let lose = Arc::new(Mutex::new((Vec::new(), 0)));
         let lost = Arc::new(AtomicUsize::new(0));
-        let (d, g, l, n) = (down.clone(), generation.clone(), lose.clone(), lost.clone());
+        let cut = Cut::default();
+        let (d, g, l, n, c) = (
+            down.clone(),
+            generation.clone(),
+            lose.clone(),
+            lost.clone(),
+            cut.clone(),
+        );
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -391,8 +409,8 @@ impl Proxy {
                     continue;
                 }
                 let up = upstream.clone();
-                let (gen_rx, l, n) = (g.subscribe(), l.clone(), n.clone());
-                tokio::spawn(relay(client, up, gen_rx, l, n));
+                let (gen_rx, l, n, c) = (g.subscribe(), l.clone(), n.clone(), c.clone());
+                tokio::spawn(relay(client, up, gen_rx, l, n, c));
             }
         });
         Proxy {
@@ -401,8 +419,26 @@ impl Proxy {
             generation,
             lose,
             lost,
+            cut,
             accept,
         }
+    }
+
+    /// From now on (until [`Proxy::stop_cutting`]), closes every
+    /// connection on which a request containing `pattern` is sent, before
+    /// the match reaches the store, as a network that drops it would.
+    pub(crate) fn cut_requests(&self, pattern: &str) {
+        *self.cut.pattern.lock().unwrap() = Some(pattern.as_bytes().to_vec());
+    }
+
+    /// Lets every request through again.
+    pub(crate) fn stop_cutting(&self) {
+        *self.cut.pattern.lock().unwrap() = None;
+    }
+
+    /// Connections cut by [`Proxy::cut_requests`] so far.
+    pub(crate) fn cuts(&self) -> usize {
+        self.cut.count.load(Ordering::SeqCst)
     }
 
     /// Takes the store away (closing every open connection) or brings it back.
@@ -431,6 +467,7 @@ async fn relay(
     mut generation: watch::Receiver<u64>,
     lose: Arc<Mutex<(Vec<u8>, usize)>>,
     lost: Arc<AtomicUsize>,
+    cut: Cut,
 ) {
     let Ok(up) = TcpStream::connect(&upstream).await else {
         return;
@@ -441,11 +478,23 @@ async fn relay(
     let to_store = async {
         let mut buf = vec![0u8; 64 * 1024];
         let mut tail: Vec<u8> = Vec::new();
+        let mut cut_tail: Vec<u8> = Vec::new();
         loop {
             let n = match cr.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
+            let pattern = cut.pattern.lock().unwrap().clone();
+            if let Some(p) = pattern {
+                // Match across reads, as for lost responses below.
+                cut_tail.extend_from_slice(&buf[..n]);
+                if cut_tail.windows(p.len()).any(|w| w == p.as_slice()) {
+                    cut.count.fetch_add(1, Ordering::SeqCst);
+                    return; // both halves close: the request dies here
+                }
+                let keep = cut_tail.len().saturating_sub(p.len());
+                cut_tail.drain(..keep);
+            }
             {
                 let mut l = lose.lock().unwrap();
                 if l.1 > 0 {

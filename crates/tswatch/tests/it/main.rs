@@ -20,3 +20,4 @@ mod s3;
 mod signer;
 mod sns_verify;
 mod sqs;
+mod storefail;
