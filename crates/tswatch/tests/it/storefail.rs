@@ -267,12 +267,31 @@ async fn an_upload_dying_on_a_later_part_delays_a_file_and_never_rejects_it() {
     proxy.cut_requests("?partNumber=2&");
     data.put(&big, &files[1].1).await;
     assert_eq!(notify(&svc.http, &svc.base, bucket, &big).await, Some(200));
-    wait_retries(&svc, &big, "state/staging/", 2).await;
+    wait_retries(&svc, &big, "partNumber=2", 2).await;
     assert!(proxy.cuts() >= 2, "the upload died on part 2");
     assert_retried_not_rejected(&svc, &data, &big).await;
+    // Logged as the S3 failure it is.
+    let retried = lines_about(&svc, &big);
+    assert!(
+        retried
+            .iter()
+            .filter(|l| l.contains("will retry"))
+            .all(|l| l.contains("storage error: ") && !l.contains("local storage error")),
+        "{retried:#?}"
+    );
 
     // The network recovers; the service is not restarted.
     proxy.stop_cutting();
     data.wait_summaries(2, Duration::from_secs(180)).await;
     assert_applied_once_alike(&svc, &data, &files, &undisturbed).await;
+    // The uploads that died were aborted, not left to the lifecycle rule.
+    let uploads = moto
+        .req("s3", reqwest::Method::GET, &format!("/{bucket}?uploads"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!uploads.contains("<Upload>"), "{uploads}");
 }
