@@ -367,11 +367,21 @@ pub(crate) struct Proxy {
 }
 
 /// Requests whose bytes contain the pattern (when there is one) have their
-/// connection closed before the match reaches the store; `count` counts them.
+/// connection closed before the match reaches the store, or with
+/// `response_bytes`, after that many bytes of the store's response;
+/// `count` counts them.
 #[derive(Clone, Default)]
 struct Cut {
-    pattern: Arc<Mutex<Option<Vec<u8>>>>,
+    armed: Arc<Mutex<Option<CutRule>>>,
     count: Arc<AtomicUsize>,
+}
+
+/// What [`Cut`] cuts: requests containing `pattern`, at once or after
+/// `response_bytes` of the response.
+#[derive(Clone)]
+struct CutRule {
+    pattern: Vec<u8>,
+    response_bytes: Option<usize>,
 }
 
 impl Drop for Proxy {
@@ -428,12 +438,25 @@ impl Proxy {
     /// connection on which a request containing `pattern` is sent, before
     /// the match reaches the store, as a network that drops it would.
     pub(crate) fn cut_requests(&self, pattern: &str) {
-        *self.cut.pattern.lock().unwrap() = Some(pattern.as_bytes().to_vec());
+        *self.cut.armed.lock().unwrap() = Some(CutRule {
+            pattern: pattern.as_bytes().to_vec(),
+            response_bytes: None,
+        });
+    }
+
+    /// From now on (until [`Proxy::stop_cutting`]), lets requests
+    /// containing `pattern` reach the store but closes their connection
+    /// after `bytes` bytes of the response: a download cut mid-body.
+    pub(crate) fn cut_responses(&self, pattern: &str, bytes: usize) {
+        *self.cut.armed.lock().unwrap() = Some(CutRule {
+            pattern: pattern.as_bytes().to_vec(),
+            response_bytes: Some(bytes),
+        });
     }
 
     /// Lets every request through again.
     pub(crate) fn stop_cutting(&self) {
-        *self.cut.pattern.lock().unwrap() = None;
+        *self.cut.armed.lock().unwrap() = None;
     }
 
     /// Connections cut by [`Proxy::cut_requests`] so far.
@@ -475,6 +498,8 @@ async fn relay(
     let (mut cr, mut cw) = client.into_split();
     let (mut ur, mut uw) = up.into_split();
     let drop_next = AtomicBool::new(false);
+    // Bytes of the next response to pass before the connection is cut.
+    let cut_after = Mutex::new(None::<usize>);
     let to_store = async {
         let mut buf = vec![0u8; 64 * 1024];
         let mut tail: Vec<u8> = Vec::new();
@@ -484,16 +509,26 @@ async fn relay(
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            let pattern = cut.pattern.lock().unwrap().clone();
-            if let Some(p) = pattern {
+            let rule = cut.armed.lock().unwrap().clone();
+            if let Some(CutRule {
+                pattern: p,
+                response_bytes,
+            }) = rule
+            {
                 // Match across reads, as for lost responses below.
                 cut_tail.extend_from_slice(&buf[..n]);
                 if cut_tail.windows(p.len()).any(|w| w == p.as_slice()) {
                     cut.count.fetch_add(1, Ordering::SeqCst);
-                    return; // both halves close: the request dies here
+                    cut_tail.clear();
+                    match response_bytes {
+                        // Both halves close: the request dies here.
+                        None => return,
+                        Some(b) => *cut_after.lock().unwrap() = Some(b),
+                    }
+                } else {
+                    let keep = cut_tail.len().saturating_sub(p.len());
+                    cut_tail.drain(..keep);
                 }
-                let keep = cut_tail.len().saturating_sub(p.len());
-                cut_tail.drain(..keep);
             }
             {
                 let mut l = lose.lock().unwrap();
@@ -527,6 +562,20 @@ async fn relay(
             if drop_next.swap(false, Ordering::SeqCst) {
                 lost.fetch_add(1, Ordering::SeqCst);
                 return;
+            }
+            let left = *cut_after.lock().unwrap();
+            if let Some(left) = left {
+                // The response to a request being cut: pass `left` more
+                // bytes of it, then close.
+                let pass = n.min(left);
+                if pass > 0 && cw.write_all(&buf[..pass]).await.is_err() {
+                    return;
+                }
+                if pass == left {
+                    return;
+                }
+                *cut_after.lock().unwrap() = Some(left - pass);
+                continue;
             }
             if cw.write_all(&buf[..n]).await.is_err() {
                 return;

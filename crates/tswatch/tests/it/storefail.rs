@@ -1,7 +1,8 @@
 //! A storage failure never rejects a file: a disk that fills while the
-//! scored copy is written, or an S3 multipart upload whose connection dies
-//! on a later part, makes the attempt fail and be retried (logged and
-//! counted as a retry), never an `_error.json`; once storage recovers the
+//! scored copy is written, an S3 multipart upload whose connection dies on
+//! a later part, or a download of the input cut mid-body, makes the attempt
+//! fail and be retried (logged and counted as a retry), never an
+//! `_error.json`; once storage recovers the
 //! same running service applies the file, once, with exactly the bytes an
 //! undisturbed run writes. Real binary, real data directory or moto.
 
@@ -294,4 +295,44 @@ async fn an_upload_dying_on_a_later_part_delays_a_file_and_never_rejects_it() {
         .await
         .unwrap();
     assert!(!uploads.contains("<Upload>"), "{uploads}");
+}
+
+/// A download of the input cut mid-body (and each range request the
+/// object store client resumes it with, cut too) is storage's failure:
+/// retried, never a rejection, though the scorer was fed a file that
+/// stopped part-way; once the network recovers the file is applied once,
+/// as an undisturbed run applies it.
+#[tokio::test]
+async fn a_download_cut_mid_file_delays_a_file_and_never_rejects_it() {
+    let (_t, dir) = tmp();
+    let moto = Moto::start().await;
+    let files = batches(83, &[100, 20_000]);
+    let big = files[1].0.clone();
+
+    moto.create_bucket("undisturbed").await;
+    let svc = serve_s3(&moto, &moto.endpoint, "undisturbed", &[], &dir).await;
+    let data = Data::S3(&moto, "undisturbed");
+    process_in_turn(&data, &files, Some(&svc)).await;
+    let undisturbed = outputs(&data, &big).await;
+    drop(svc);
+
+    let bucket = "cutdown";
+    moto.create_bucket(bucket).await;
+    let proxy = Proxy::start(&moto.endpoint).await;
+    let svc = serve_s3(&moto, &proxy.endpoint, bucket, &[], &dir).await;
+    let data = Data::S3(&moto, bucket);
+    process_in_turn(&data, &files[..1], Some(&svc)).await;
+
+    // 16 KiB of each response: eleven tries fetch far less than the
+    // ~0.9 MB file.
+    proxy.cut_responses(&format!("GET /{bucket}/{big} "), 16 << 10);
+    data.put(&big, &files[1].1).await;
+    assert_eq!(notify(&svc.http, &svc.base, bucket, &big).await, Some(200));
+    wait_retries(&svc, &big, "storage error: ", 2).await;
+    assert!(proxy.cuts() >= 2, "the download was cut");
+    assert_retried_not_rejected(&svc, &data, &big).await;
+
+    proxy.stop_cutting();
+    data.wait_summaries(2, Duration::from_secs(180)).await;
+    assert_applied_once_alike(&svc, &data, &files, &undisturbed).await;
 }
