@@ -113,7 +113,8 @@ pub enum InputError {
         /// What is wrong.
         message: String,
     },
-    /// The CSV could not be read (I/O or malformed quoting).
+    /// The CSV is unusable as a whole (a failure scoring it that this
+    /// content would trigger again).
     #[error("{0}")]
     Csv(String),
     /// The object is not a file tswatch reads (a symbolic link, a FIFO).
@@ -134,13 +135,17 @@ impl InputError {
     }
 }
 
-/// Why [`score_csv`] stopped: the input's own content, or a failure to
-/// write the scored copy (storage: never the input's fault).
+/// Why [`score_csv`] stopped, by where the failure came from: the input's
+/// own content, or the I/O on either side of it (storage: never the
+/// input's fault).
 #[derive(Debug, thiserror::Error)]
 pub enum ScoreError {
     /// The input is unusable.
     #[error(transparent)]
     Input(#[from] InputError),
+    /// Reading the input failed (a disk error, a download cut short, ...).
+    #[error("reading the input: {0}")]
+    Read(#[source] std::io::Error),
     /// Writing the scored copy failed (disk full, upload cut, ...).
     #[error("writing the scored copy: {0}")]
     Output(#[source] std::io::Error),
@@ -151,7 +156,7 @@ impl ScoreError {
     pub fn line(&self) -> Option<u64> {
         match self {
             ScoreError::Input(e) => e.line(),
-            ScoreError::Output(_) => None,
+            ScoreError::Read(_) | ScoreError::Output(_) => None,
         }
     }
 }
@@ -421,7 +426,7 @@ pub fn score_csv_with<R: Read, W: Write + Send>(
                 )
             };
 
-        let mut scored = || -> Result<(), InputError> {
+        let mut scored = || -> Result<(), ScoreError> {
             for (r, line) in sniffed_lines.iter().enumerate() {
                 batch.rows.push_row(sniffed.row(r));
                 if !process(&mut batch, *line, &mut report)? {
@@ -445,8 +450,9 @@ pub fn score_csv_with<R: Read, W: Write + Send>(
         let written = writer
             .join()
             .unwrap_or_else(|_| Err(InputError::Csv("the output writer failed".into()).into()));
-        // The input's own fault explains a writer that stopped early.
-        scored.map_err(ScoreError::Input).and(written)
+        // The input's own fault (or a failure reading it) explains a
+        // writer that stopped early.
+        scored.and(written)
     })?;
     let (written, write_cpu) = written;
     report.anomaly_count = written.anomaly_count;
@@ -1454,6 +1460,46 @@ mod tests {
                     assert_eq!(io.kind(), std::io::ErrorKind::StorageFull, "{room}");
                 }
                 other => panic!("room {room}: {other:?}"),
+            }
+        }
+    }
+
+    /// A download or disk that fails after `good` bytes of the input.
+    struct BrokenRead<'a> {
+        data: &'a [u8],
+        good: usize,
+    }
+
+    impl Read for BrokenRead<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.good == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+            }
+            let n = buf.len().min(self.good).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            (self.data, self.good) = (&self.data[n..], self.good - n);
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_failed_read_is_a_read_failure_not_the_inputs_fault() {
+        let mut s = String::from("timestamp,a\n");
+        for i in 0..20_000 {
+            s.push_str(&format!("{i},{}\n", i % 7));
+        }
+        // Before the header, in the rows sniffed, and mid-file.
+        for good in [0, 5, 300, 100_000] {
+            let mut e = Engine::new(tswatch_core::EngineConfig::default()).unwrap();
+            let input = BrokenRead {
+                data: s.as_bytes(),
+                good,
+            };
+            match score_csv(input, std::io::sink(), &mut e) {
+                Err(ScoreError::Read(io)) => {
+                    assert_eq!(io.kind(), std::io::ErrorKind::ConnectionReset, "{good}");
+                }
+                other => panic!("{good} bytes read: {:?}", other.map(|r| r.total_rows)),
             }
         }
     }

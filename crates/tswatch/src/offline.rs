@@ -65,6 +65,8 @@ pub fn score_file(args: &ScoreArgs, config: &EngineConfig) -> anyhow::Result<()>
             ScoreError::Input(e) => {
                 exit::Classified::InputRejected(anyhow::anyhow!("{input_name}: {e}")).into()
             }
+            // I/O failures are the run's, not the input's (exit 1, not 3).
+            ScoreError::Read(e) => anyhow::anyhow!("{input_name}: reading the input: {e}"),
             ScoreError::Output(e) => anyhow::anyhow!("{input_name}: writing the scored copy: {e}"),
         }
     });

@@ -7,7 +7,7 @@
 //! `csv_core`. Lines are physical lines (counted `\n`s), and a record longer
 //! than [`MAX_RECORD_BYTES`] is refused as soon as it is seen to be.
 
-use crate::csvscore::{InputError, MAX_RECORD_BYTES, READ_BUFFER};
+use crate::csvscore::{InputError, MAX_RECORD_BYTES, READ_BUFFER, ScoreError};
 use std::io::{ErrorKind, Read};
 
 /// Rows of fields, back to back in one buffer: each field is followed by
@@ -184,7 +184,7 @@ impl<R: Read> Records<R> {
 
     /// Appends the next record to `rows` and returns its 1-based line, or
     /// `None` at the end of the input.
-    pub(crate) fn read(&mut self, rows: &mut Rows) -> Result<Option<u64>, InputError> {
+    pub(crate) fn read(&mut self, rows: &mut Rows) -> Result<Option<u64>, ScoreError> {
         if !self.started {
             self.started = true;
             self.skip_bom()?;
@@ -213,7 +213,7 @@ impl<R: Read> Records<R> {
     /// Drops a UTF-8 BOM at the start of the input, as `csv_core` does
     /// (before blank lines are skipped), and tells `csv_core` it is past
     /// the start, so that it drops none later.
-    fn skip_bom(&mut self) -> Result<(), InputError> {
+    fn skip_bom(&mut self) -> Result<(), ScoreError> {
         while self.len - self.pos < 3 && self.fill()? {}
         if self.buf[self.pos..self.len].starts_with(b"\xEF\xBB\xBF") {
             self.pos += 3;
@@ -227,7 +227,7 @@ impl<R: Read> Records<R> {
 
     /// Takes the record at `pos` if it is one line without a quote, all in
     /// the buffer; false (nothing taken) otherwise.
-    fn quote_free_line(&mut self, rows: &mut Rows) -> Result<bool, InputError> {
+    fn quote_free_line(&mut self, rows: &mut Rows) -> Result<bool, ScoreError> {
         // Bytes after `pos` already searched (a line arriving in pieces is
         // not searched again from its start after every read).
         let mut searched = 0;
@@ -258,7 +258,7 @@ impl<R: Read> Records<R> {
 
     /// Parses the record at `pos` with `csv_core`; false if there was none
     /// (not reached: the record starts at a byte that is not a line end).
-    fn parse_record(&mut self, rows: &mut Rows, line: u64) -> Result<bool, InputError> {
+    fn parse_record(&mut self, rows: &mut Rows, line: u64) -> Result<bool, ScoreError> {
         use csv_core::ReadRecordResult as R;
         let (mut nout, mut nend, mut taken) = (0, 0, 0u64);
         loop {
@@ -283,7 +283,8 @@ impl<R: Read> Records<R> {
                         "a record longer than {} MiB (a missing line end or an unclosed quote?)",
                         MAX_RECORD_BYTES / (1024 * 1024)
                     ),
-                });
+                }
+                .into());
             }
             match res {
                 R::Record => {
@@ -299,8 +300,9 @@ impl<R: Read> Records<R> {
     }
 
     /// Moves the unparsed bytes to the front and reads more after them;
-    /// false at the end of the input.
-    fn fill(&mut self) -> Result<bool, InputError> {
+    /// false at the end of the input. A failed read is
+    /// [`ScoreError::Read`]: the storage's failure, not the content's.
+    fn fill(&mut self) -> Result<bool, ScoreError> {
         self.buf.copy_within(self.pos..self.len, 0);
         self.len -= self.pos;
         self.pos = 0;
@@ -318,7 +320,8 @@ impl<R: Read> Records<R> {
                     return Ok(true);
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(InputError::Csv(e.to_string())),
+                // The storage under the input failed, not its content.
+                Err(e) => return Err(ScoreError::Read(e)),
             }
         }
     }
@@ -461,7 +464,10 @@ mod tests {
         assert_eq!(r.read(&mut rows).unwrap(), Some(1));
         assert_eq!(r.read(&mut rows).unwrap(), Some(2));
         let e = r.read(&mut rows).unwrap_err();
-        assert!(matches!(e, InputError::Row { line: 3, .. }), "{e}");
+        assert!(
+            matches!(e, ScoreError::Input(InputError::Row { line: 3, .. })),
+            "{e}"
+        );
     }
 
     #[test]

@@ -641,7 +641,7 @@ pub(crate) fn upload_writer(
 
 /// Aborts a multipart upload that will not be completed. If that fails too,
 /// its parts stay until the bucket's lifecycle rule removes them.
-async fn abort(mut w: object_store::buffered::BufWriter, to: &Path) {
+pub(crate) async fn abort(mut w: object_store::buffered::BufWriter, to: &Path) {
     if let Err(e) = w.abort().await {
         tracing::warn!(key = %to, error = %e, "could not abort an unfinished multipart upload");
     }

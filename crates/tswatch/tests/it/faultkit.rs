@@ -364,15 +364,36 @@ pub(crate) fn strip_ansi(s: &str) -> String {
 }
 
 /// A TCP proxy between tswatch and the object store that can refuse all
-/// connections ("down") or let a chosen request through and lose its
-/// response, as a network failure after the server acted would.
+/// connections ("down"), let a chosen request through and lose its
+/// response, as a network failure after the server acted would, or cut
+/// every connection that carries a chosen request before it reaches the
+/// store (one kind of request dying while the rest go through).
 pub(crate) struct Proxy {
     pub(crate) endpoint: String,
     down: Arc<AtomicBool>,
     generation: watch::Sender<u64>,
     lose: Arc<Mutex<(Vec<u8>, usize)>>,
     lost: Arc<AtomicUsize>,
+    cut: Cut,
     accept: tokio::task::JoinHandle<()>,
+}
+
+/// Requests whose bytes contain the pattern (when there is one) have their
+/// connection closed before the match reaches the store, or with
+/// `response_bytes`, after that many bytes of the store's response;
+/// `count` counts them.
+#[derive(Clone, Default)]
+struct Cut {
+    armed: Arc<Mutex<Option<CutRule>>>,
+    count: Arc<AtomicUsize>,
+}
+
+/// What [`Cut`] cuts: requests containing `pattern`, at once or after
+/// `response_bytes` of the response.
+#[derive(Clone)]
+struct CutRule {
+    pattern: Vec<u8>,
+    response_bytes: Option<usize>,
 }
 
 impl Drop for Proxy {
@@ -392,7 +413,14 @@ impl Proxy {
         let (generation, _) = watch::channel(0u64);
         let lose = Arc::new(Mutex::new((Vec::new(), 0)));
         let lost = Arc::new(AtomicUsize::new(0));
-        let (d, g, l, n) = (down.clone(), generation.clone(), lose.clone(), lost.clone());
+        let cut = Cut::default();
+        let (d, g, l, n, c) = (
+            down.clone(),
+            generation.clone(),
+            lose.clone(),
+            lost.clone(),
+            cut.clone(),
+        );
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -403,8 +431,8 @@ impl Proxy {
                     continue;
                 }
                 let up = upstream.clone();
-                let (gen_rx, l, n) = (g.subscribe(), l.clone(), n.clone());
-                tokio::spawn(relay(client, up, gen_rx, l, n));
+                let (gen_rx, l, n, c) = (g.subscribe(), l.clone(), n.clone(), c.clone());
+                tokio::spawn(relay(client, up, gen_rx, l, n, c));
             }
         });
         Proxy {
@@ -413,8 +441,39 @@ impl Proxy {
             generation,
             lose,
             lost,
+            cut,
             accept,
         }
+    }
+
+    /// From now on (until [`Proxy::stop_cutting`]), closes every
+    /// connection on which a request containing `pattern` is sent, before
+    /// the match reaches the store, as a network that drops it would.
+    pub(crate) fn cut_requests(&self, pattern: &str) {
+        *self.cut.armed.lock().unwrap() = Some(CutRule {
+            pattern: pattern.as_bytes().to_vec(),
+            response_bytes: None,
+        });
+    }
+
+    /// From now on (until [`Proxy::stop_cutting`]), lets requests
+    /// containing `pattern` reach the store but closes their connection
+    /// after `bytes` bytes of the response: a download cut mid-body.
+    pub(crate) fn cut_responses(&self, pattern: &str, bytes: usize) {
+        *self.cut.armed.lock().unwrap() = Some(CutRule {
+            pattern: pattern.as_bytes().to_vec(),
+            response_bytes: Some(bytes),
+        });
+    }
+
+    /// Lets every request through again.
+    pub(crate) fn stop_cutting(&self) {
+        *self.cut.armed.lock().unwrap() = None;
+    }
+
+    /// Connections cut by [`Proxy::cut_requests`] so far.
+    pub(crate) fn cuts(&self) -> usize {
+        self.cut.count.load(Ordering::SeqCst)
     }
 
     /// Takes the store away (closing every open connection) or brings it back.
@@ -443,6 +502,7 @@ async fn relay(
     mut generation: watch::Receiver<u64>,
     lose: Arc<Mutex<(Vec<u8>, usize)>>,
     lost: Arc<AtomicUsize>,
+    cut: Cut,
 ) {
     let Ok(up) = TcpStream::connect(&upstream).await else {
         return;
@@ -450,14 +510,38 @@ async fn relay(
     let (mut cr, mut cw) = client.into_split();
     let (mut ur, mut uw) = up.into_split();
     let drop_next = AtomicBool::new(false);
+    // Bytes of the next response to pass before the connection is cut.
+    let cut_after = Mutex::new(None::<usize>);
     let to_store = async {
         let mut buf = vec![0u8; 64 * 1024];
         let mut tail: Vec<u8> = Vec::new();
+        let mut cut_tail: Vec<u8> = Vec::new();
         loop {
             let n = match cr.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
+            let rule = cut.armed.lock().unwrap().clone();
+            if let Some(CutRule {
+                pattern: p,
+                response_bytes,
+            }) = rule
+            {
+                // Match across reads, as for lost responses below.
+                cut_tail.extend_from_slice(&buf[..n]);
+                if cut_tail.windows(p.len()).any(|w| w == p.as_slice()) {
+                    cut.count.fetch_add(1, Ordering::SeqCst);
+                    cut_tail.clear();
+                    match response_bytes {
+                        // Both halves close: the request dies here.
+                        None => return,
+                        Some(b) => *cut_after.lock().unwrap() = Some(b),
+                    }
+                } else {
+                    let keep = cut_tail.len().saturating_sub(p.len());
+                    cut_tail.drain(..keep);
+                }
+            }
             {
                 let mut l = lose.lock().unwrap();
                 if l.1 > 0 {
@@ -490,6 +574,20 @@ async fn relay(
             if drop_next.swap(false, Ordering::SeqCst) {
                 lost.fetch_add(1, Ordering::SeqCst);
                 return;
+            }
+            let left = *cut_after.lock().unwrap();
+            if let Some(left) = left {
+                // The response to a request being cut: pass `left` more
+                // bytes of it, then close.
+                let pass = n.min(left);
+                if pass > 0 && cw.write_all(&buf[..pass]).await.is_err() {
+                    return;
+                }
+                if pass == left {
+                    return;
+                }
+                *cut_after.lock().unwrap() = Some(left - pass);
+                continue;
             }
             if cw.write_all(&buf[..n]).await.is_err() {
                 return;

@@ -23,3 +23,4 @@ mod signer;
 mod snapshots;
 mod sns_verify;
 mod sqs;
+mod storefail;
