@@ -612,7 +612,6 @@ mod tests {
                 missing_cells: 0,
                 state_seq: 4,
                 duration_ms: 1.0,
-                stage_cpu_ms: None,
             },
             anomalies,
         }

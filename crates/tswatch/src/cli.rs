@@ -72,8 +72,6 @@ pub enum Command {
     Score(ScoreArgs),
     /// Upload synthetic sensor batches, like the seed's test producer.
     Produce(ProduceArgs),
-    /// Measure throughput and memory end to end against the I/O floor.
-    Bench(BenchArgs),
     /// Measure detection quality on labelled synthetic scenarios.
     Eval(EvalArgs),
     /// Inspect or clear the learned baseline.
@@ -299,70 +297,6 @@ pub struct ProduceArgs {
     /// `raw/<name>.labels.json` (`{"anomalous_rows": [row indices]}`).
     #[arg(long)]
     pub labels: bool,
-}
-
-/// `bench` options.
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// File sizes in rows (comma-separated).
-    #[arg(long, value_delimiter = ',', default_values_t = [100usize, 10_000, 100_000, 1_000_000])]
-    pub rows: Vec<usize>,
-    /// Also measure every size on S3: start `moto_server` (pip install
-    /// "moto[server]") on a free loopback port, use a fresh bucket per
-    /// size, and stop it at the end. Moto keeps objects in its own memory
-    /// (about twice the input per size, freed after each).
-    #[arg(long)]
-    pub moto: bool,
-    /// Also time the read endpoints with this many processed files
-    /// (comma-separated, e.g. 10,1000,100000); each set is first processed
-    /// by the real processor, its streams concurrently.
-    #[arg(long, value_delimiter = ',', value_name = "FILES")]
-    pub reads: Vec<usize>,
-    /// Streams (`raw/s<k>/`) the files of --reads are spread over.
-    #[arg(long, default_value_t = 4, value_name = "N")]
-    pub read_streams: usize,
-    /// Also time the service on small files: start it on an empty
-    /// directory, note its idle memory, then drop this many 100-row files
-    /// into `raw/` one at a time and time each until its summary exists.
-    #[arg(long, value_name = "FILES")]
-    pub latency: Option<usize>,
-    /// Also compare one stream with two: eight 100,000-row files through
-    /// the real service, all in `raw/` and then split over `raw/s0/`, `raw/s1/`.
-    #[arg(long)]
-    pub streams: bool,
-    /// Measure each size this many times, each in a fresh process and
-    /// directory, and report the median run (shared machines are noisy).
-    #[arg(long, default_value_t = 3, value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..=99))]
-    pub repeat: u32,
-    /// Scratch directory [default: a temporary directory]
-    #[arg(long, value_name = "DIR")]
-    pub dir: Option<PathBuf>,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
-    /// Internal: measure one size in this process and print it as JSON.
-    #[arg(long, hide = true)]
-    pub child: Option<usize>,
-    /// Internal: which part of the measurement the child does.
-    #[arg(long, hide = true, value_enum, default_value_t = BenchPhase::Process)]
-    pub child_phase: BenchPhase,
-    /// Internal: the child measures in this S3 bucket (`AWS_*` environment).
-    #[arg(long, hide = true, value_name = "BUCKET")]
-    pub child_bucket: Option<String>,
-}
-
-/// One part of a `tswatch bench` measurement. Each runs in its own child
-/// process, so the peak memory of processing is that of processing alone:
-/// not of generating and uploading the input, nor of the floor run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BenchPhase {
-    /// Generate the input file (and upload it to the bucket).
-    Prepare,
-    /// Time the floor: parse the input and write an output of the scored shape.
-    Floor,
-    /// Time the real processing and note its peak memory.
-    Process,
 }
 
 /// `eval` options.

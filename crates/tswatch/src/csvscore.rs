@@ -14,7 +14,6 @@
 //! lines ([`crate::records`] reads the records and counts them).
 
 use crate::records::{Records, Row, Rows};
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -191,30 +190,6 @@ pub struct FileReport {
     /// The file's last rows (at most [`crate::recent::RECENT_ROWS`]), for
     /// the dashboard.
     pub tail: Vec<crate::recent::RecentRow>,
-    /// CPU time of each stage, where the OS reports it per thread.
-    pub stage_cpu_ms: Option<StageCpu>,
-}
-
-/// CPU milliseconds spent by the two threads that score a file: they run
-/// side by side, so the larger one bounds the file's wall time.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct StageCpu {
-    /// Reading, parsing, scoring and updating the baseline.
-    pub read_score: f64,
-    /// Forest verdicts, formatting and writing the scored rows.
-    pub write: f64,
-}
-
-/// CPU time used so far by the calling thread (Linux `schedstat`, in
-/// nanoseconds); `None` where it is not available.
-fn thread_cpu_ns() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    s.split_whitespace().next()?.parse().ok()
-}
-
-/// Milliseconds of CPU since `start` (from [`thread_cpu_ns`]).
-fn cpu_ms_since(start: Option<u64>) -> Option<f64> {
-    Some(thread_cpu_ns()?.checked_sub(start?)? as f64 / 1e6)
 }
 
 pub(crate) const TIMESTAMP_NAMES: [&str; 5] = ["timestamp", "time", "date", "datetime", "ts"];
@@ -236,7 +211,6 @@ pub fn score_csv_with<R: Read, W: Write + Send>(
     engine: &mut Engine,
     safety: CellSafety,
 ) -> Result<FileReport, ScoreError> {
-    let cpu_start = thread_cpu_ns();
     let mut records = Records::new(input);
     let mut header = Rows::default();
     if records.read(&mut header)?.is_none() {
@@ -318,8 +292,7 @@ pub fn score_csv_with<R: Read, W: Write + Send>(
     let (to_scorer, recycled) = mpsc::channel::<Batch>();
     let (columns_ref, channel_of_ref, channels_ref) = (&columns, &channel_of, &channels);
     let written = std::thread::scope(|scope| {
-        let writer = scope.spawn(move || -> Result<(FileReport, Option<f64>), ScoreError> {
-            let cpu_start = thread_cpu_ns();
+        let writer = scope.spawn(move || -> Result<FileReport, ScoreError> {
             let mut ctx = Writing {
                 columns: columns_ref,
                 channel_of: channel_of_ref,
@@ -341,7 +314,7 @@ pub fn score_csv_with<R: Read, W: Write + Send>(
             ctx.write_out(&mut out)?;
             written.tail = std::mem::take(&mut ctx.tail).into_rows();
             out.flush().map_err(ScoreError::Output)?;
-            Ok((written, cpu_ms_since(cpu_start)))
+            Ok(written)
         });
 
         let width = channel_cols.len();
@@ -448,15 +421,11 @@ pub fn score_csv_with<R: Read, W: Write + Send>(
         // The input's own fault explains a writer that stopped early.
         scored.map_err(ScoreError::Input).and(written)
     })?;
-    let (written, write_cpu) = written;
     report.anomaly_count = written.anomaly_count;
     report.event_count = written.event_count;
     report.anomalies = written.anomalies;
     report.channel_flags = written.channel_flags;
     report.tail = written.tail;
-    report.stage_cpu_ms = cpu_ms_since(cpu_start)
-        .zip(write_cpu)
-        .map(|(read_score, write)| StageCpu { read_score, write });
     Ok(report)
 }
 
@@ -465,7 +434,7 @@ pub const READ_BUFFER: usize = 256 * 1024;
 
 /// Formatted output is written in pieces at least this large: as large as
 /// the pipeline's output buffer, which then hands them straight through.
-pub(crate) const WRITE_CHUNK: usize = 256 * 1024;
+pub const WRITE_CHUNK: usize = 256 * 1024;
 
 /// Rows scored per forest batch (and so held before writing): large enough
 /// that handing batches over (and waking the other thread) costs little.
@@ -712,8 +681,9 @@ impl Writing<'_> {
 /// with quotes doubled. Numbers and flags are written without a scan, and
 /// a row costs no per-field call into a CSV writer.
 #[derive(Default)]
-pub(crate) struct CsvLine {
-    pub(crate) buf: Vec<u8>,
+pub struct CsvLine {
+    /// The rows written so far; the caller drains it.
+    pub buf: Vec<u8>,
     /// Whether the row so far has a field (so the next needs a comma).
     open: bool,
 }
@@ -727,13 +697,13 @@ impl CsvLine {
     }
 
     /// A field known to need no quotes.
-    pub(crate) fn raw(&mut self, field: &[u8]) {
+    pub fn raw(&mut self, field: &[u8]) {
         self.sep();
         self.buf.extend_from_slice(field);
     }
 
     /// Any field: quoted if it must be.
-    pub(crate) fn text(&mut self, field: &[u8]) {
+    pub fn text(&mut self, field: &[u8]) {
         self.sep();
         if !field
             .iter()
@@ -818,7 +788,7 @@ impl CsvLine {
     }
 
     /// Ends the row.
-    pub(crate) fn end(&mut self) {
+    pub fn end(&mut self) {
         self.buf.push(b'\n');
         self.open = false;
     }
@@ -955,7 +925,7 @@ fn plain_decimal(cell: &[u8]) -> Option<f64> {
 }
 
 /// A usable channel value: a finite number.
-pub(crate) fn parse_cell(cell: &[u8]) -> Option<f64> {
+pub fn parse_cell(cell: &[u8]) -> Option<f64> {
     parse_number(cell.trim_ascii()).filter(|v| v.is_finite())
 }
 

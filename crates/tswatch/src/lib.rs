@@ -7,10 +7,7 @@
 pub mod alerts;
 pub mod api;
 pub mod aws;
-pub mod bench;
 pub mod cli;
-#[cfg(test)]
-mod crashtest;
 pub mod csvscore;
 mod dashboard;
 pub mod eval;
@@ -25,7 +22,7 @@ pub mod pipeline;
 pub mod processor;
 pub mod progress;
 pub mod recent;
-mod records;
+pub mod records;
 pub mod report;
 pub mod s3list;
 pub mod scenario;

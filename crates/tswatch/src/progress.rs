@@ -1,4 +1,4 @@
-//! Progress of the long commands (`score`, `eval`, `bench`), drawn on
+//! Progress of the long commands (`score`, `eval`; the lab's `bench`), drawn on
 //! stderr only when stderr is a terminal. Anywhere else (CI logs, pipes,
 //! files) nothing is drawn and the calls cost one branch.
 

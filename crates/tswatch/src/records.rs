@@ -13,7 +13,7 @@ use std::io::{ErrorKind, Read};
 /// Rows of fields, back to back in one buffer: each field is followed by
 /// one separator byte, so a field starts one byte after the previous ends.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Rows {
+pub struct Rows {
     bytes: Vec<u8>,
     /// End of each field in `bytes`.
     ends: Vec<usize>,
@@ -34,14 +34,14 @@ impl Rows {
     }
 
     /// Empties the rows, keeping the buffers.
-    pub(crate) fn clear(&mut self) {
+    pub fn clear(&mut self) {
         self.bytes.clear();
         self.ends.clear();
         self.starts.clear();
     }
 
     /// Row `r` (`r < len()`).
-    pub(crate) fn row(&self, r: usize) -> Row<'_> {
+    pub fn row(&self, r: usize) -> Row<'_> {
         Row {
             rows: self,
             first: self.starts[r],
@@ -115,7 +115,7 @@ impl Rows {
 
 /// One row of [`Rows`].
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Row<'a> {
+pub struct Row<'a> {
     rows: &'a Rows,
     /// Its fields are `rows.ends[first..end]`.
     first: usize,
@@ -129,7 +129,7 @@ impl<'a> Row<'a> {
     }
 
     /// Field `i`, if the row has it.
-    pub(crate) fn get(&self, i: usize) -> Option<&'a [u8]> {
+    pub fn get(&self, i: usize) -> Option<&'a [u8]> {
         let at = self.first + i;
         if at >= self.end {
             return None;
@@ -139,13 +139,13 @@ impl<'a> Row<'a> {
     }
 
     /// The fields in order.
-    pub(crate) fn fields(self) -> impl Iterator<Item = &'a [u8]> {
+    pub fn fields(self) -> impl Iterator<Item = &'a [u8]> {
         (0..self.len()).filter_map(move |i| self.get(i))
     }
 }
 
 /// Reads records from `inner` into [`Rows`].
-pub(crate) struct Records<R> {
+pub struct Records<R> {
     inner: R,
     /// Read buffer: `buf[pos..len]` is read but not yet parsed. Twice the
     /// read size, so that after keeping a partial line a full read still
@@ -167,7 +167,7 @@ pub(crate) struct Records<R> {
 
 impl<R: Read> Records<R> {
     /// A reader of `inner`.
-    pub(crate) fn new(inner: R) -> Self {
+    pub fn new(inner: R) -> Self {
         Self {
             inner,
             buf: vec![0; 2 * READ_BUFFER].into_boxed_slice(),
@@ -184,7 +184,7 @@ impl<R: Read> Records<R> {
 
     /// Appends the next record to `rows` and returns its 1-based line, or
     /// `None` at the end of the input.
-    pub(crate) fn read(&mut self, rows: &mut Rows) -> Result<Option<u64>, InputError> {
+    pub fn read(&mut self, rows: &mut Rows) -> Result<Option<u64>, InputError> {
         if !self.started {
             self.started = true;
             self.skip_bom()?;

@@ -130,11 +130,6 @@ pub struct Summary {
     /// Wall time spent, in milliseconds (to the microsecond).
     #[serde(default)]
     pub duration_ms: f64,
-    /// CPU milliseconds of the scoring and the writing thread, which run
-    /// side by side (where the OS tells): for `tswatch bench`, never
-    /// persisted.
-    #[serde(skip)]
-    pub stage_cpu_ms: Option<crate::csvscore::StageCpu>,
 }
 
 impl Summary {
@@ -169,7 +164,6 @@ impl Summary {
             missing_cells: report.missing_cells,
             state_seq,
             duration_ms: (duration_ms * 1e3).round() / 1e3,
-            stage_cpu_ms: report.stage_cpu_ms,
         }
     }
 }
@@ -330,7 +324,6 @@ mod tests {
         let v = serde_json::to_value(&s).unwrap_or_default();
         assert_eq!(v["channels"], serde_json::json!([]));
         assert_eq!(v["duration_ms"], 5.251);
-        assert!(v.get("stage_cpu_ms").is_none(), "{v}");
     }
 
     #[test]

@@ -190,9 +190,9 @@ impl Storage {
         self
     }
 
-    /// A storage over any object store (tests inject faults this way).
-    #[cfg(test)]
-    pub(crate) fn from_store(store: Arc<dyn ObjectStore>, location: Location) -> Self {
+    /// A storage over any object store: tests inject faults this way
+    /// (`location` only labels it; nothing is opened).
+    pub fn from_store(store: Arc<dyn ObjectStore>, location: Location) -> Self {
         Self {
             store,
             location,

@@ -156,7 +156,7 @@ pub(crate) fn retry_wait(first: Duration, attempt: u32) -> Duration {
 }
 
 /// Attempts per file before it is left to reconciliation.
-pub(crate) const ATTEMPTS: u32 = 10;
+pub const ATTEMPTS: u32 = 10;
 
 async fn process_with_retry(processor: &Processor, key: &RawKey, shutdown: watch::Receiver<bool>) {
     for attempt in 1..=ATTEMPTS {

@@ -4,14 +4,7 @@
 //! a fresh child process so its peak memory is its own; and read-endpoint
 //! latency over many processed files.
 
-use crate::cli::BenchPhase;
-use crate::csvscore::CsvLine;
-use crate::pipeline::stream_object;
-use crate::processor::{Outcome, Processor};
-use crate::progress::Progress;
-use crate::scenario::Scenario;
-use crate::statedoc::Summary;
-use crate::storage::{Location, Storage};
+use crate::BenchPhase;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::io::{BufWriter, Read, Write};
@@ -19,32 +12,39 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
+use tswatch::csvscore::CsvLine;
+use tswatch::pipeline::stream_object;
+use tswatch::processor::{Outcome, Processor};
+use tswatch::progress::Progress;
+use tswatch::scenario::Scenario;
+use tswatch::statedoc::Summary;
+use tswatch::storage::{Location, Storage};
 use tswatch_core::EngineConfig;
 
 /// Figures for one file size.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Measure {
+pub(crate) struct Measure {
     /// Data rows.
-    pub rows: usize,
+    pub(crate) rows: usize,
     /// Input size in bytes.
-    pub input_bytes: u64,
+    pub(crate) input_bytes: u64,
     /// Seconds to parse the input and write an output of the scored shape.
-    pub floor_s: f64,
+    pub(crate) floor_s: f64,
     /// Seconds from the start of processing to the committed summary (the
     /// state already exists: a warm-up file is processed first).
-    pub end_to_end_s: f64,
+    pub(crate) end_to_end_s: f64,
     /// Peak resident memory (KiB) of a fresh process that processes a
     /// 10-row warm-up file and then this one. Generating and uploading the
     /// input, and the floor, run in processes of their own.
-    pub peak_rss_kib: u64,
-    /// CPU milliseconds of the reading/scoring and the writing thread.
+    pub(crate) peak_rss_kib: u64,
+    /// CPU seconds (user and system, every thread) the processing took.
     #[serde(default)]
-    pub stage_cpu_ms: Option<crate::csvscore::StageCpu>,
+    pub(crate) cpu_s: Option<f64>,
 }
 
 /// Where the measured files live.
 #[derive(Debug, Clone)]
-pub enum Backend {
+pub(crate) enum Backend {
     /// A local data directory (the scratch directory itself).
     Local,
     /// An S3 bucket, reached through the `AWS_*` environment (endpoint,
@@ -106,7 +106,7 @@ async fn upload_file(storage: &Storage, path: &Path, key: &str) -> anyhow::Resul
     let mut file = tokio::fs::File::open(path).await?;
     let mut w = object_store::buffered::BufWriter::with_capacity(
         storage.store(),
-        crate::keys::validate(key)?,
+        tswatch::keys::validate(key)?,
         8 * 1024 * 1024,
     )
     .with_max_concurrency(2);
@@ -123,8 +123,8 @@ async fn upload_file(storage: &Storage, path: &Path, key: &str) -> anyhow::Resul
 /// cells: the cost of I/O and CSV alone.
 fn floor_csv(input: impl Read, mut output: impl Write) -> anyhow::Result<()> {
     // The scorer's own reader, so the floor reads exactly as the scorer does.
-    let mut records = crate::records::Records::new(input);
-    let mut rows = crate::records::Rows::default();
+    let mut records = tswatch::records::Records::new(input);
+    let mut rows = tswatch::records::Rows::default();
     // Rows are written as the scorer writes them (`CsvLine`), so the floor
     // is not slower than the scorer's own output path.
     let mut out = CsvLine::default();
@@ -134,10 +134,10 @@ fn floor_csv(input: impl Read, mut output: impl Write) -> anyhow::Result<()> {
         for f in rec.fields() {
             // Parse every cell with the scorer's own parser (and keep the
             // result, so the parse cannot be optimised away).
-            std::hint::black_box(crate::csvscore::parse_cell(f));
+            std::hint::black_box(tswatch::csvscore::parse_cell(f));
             out.text(f);
         }
-        for _ in 0..*channels.get_or_insert(rec.len().saturating_sub(1)) {
+        for _ in 0..*channels.get_or_insert_with(|| rec.fields().count().saturating_sub(1)) {
             out.raw(b"-1.2345");
             out.raw(b"False");
         }
@@ -153,7 +153,7 @@ fn floor_csv(input: impl Read, mut output: impl Write) -> anyhow::Result<()> {
         }
         out.end();
         rows.clear();
-        if out.buf.len() >= crate::csvscore::WRITE_CHUNK {
+        if out.buf.len() >= tswatch::csvscore::WRITE_CHUNK {
             output.write_all(&out.buf)?;
             out.buf.clear();
         }
@@ -172,9 +172,9 @@ async fn floor(storage: &Storage, key: &str) -> anyhow::Result<f64> {
     let t = Instant::now();
     let streamed = stream_object(
         storage,
-        &crate::keys::validate(key)?,
+        &tswatch::keys::validate(key)?,
         "",
-        &crate::keys::validate(out)?,
+        &tswatch::keys::validate(out)?,
         |input, output| floor_csv(input, output),
     )
     .await?;
@@ -183,6 +183,18 @@ async fn floor(storage: &Storage, key: &str) -> anyhow::Result<f64> {
     let seconds = t.elapsed().as_secs_f64();
     storage.delete(out).await?;
     Ok(seconds)
+}
+
+/// CPU seconds (user and system, of every thread, finished ones included)
+/// this process has used so far: fields 14 and 15 of `/proc/self/stat`, in
+/// the kernel's fixed 1/100 s; `None` where there is no such file.
+fn process_cpu_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces: count from its ')'.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
 }
 
 fn peak_rss_kib() -> u64 {
@@ -204,7 +216,7 @@ fn status_kib(status: &str, field: &str) -> u64 {
 
 /// Processes `key` and checks it was applied now.
 async fn process_applied(p: &Processor, key: &str) -> anyhow::Result<Summary> {
-    match p.process(&crate::keys::RawKey::parse(key)?).await? {
+    match p.process(&tswatch::keys::RawKey::parse(key)?).await? {
         Outcome::Applied(summary) => Ok(summary),
         other => anyhow::bail!("{key} not applied: {other:?}"),
     }
@@ -213,7 +225,7 @@ async fn process_applied(p: &Processor, key: &str) -> anyhow::Result<Summary> {
 /// What one child process reports: one part of a measurement (see
 /// [`BenchPhase`]).
 #[derive(Debug, Serialize, Deserialize)]
-pub enum Part {
+pub(crate) enum Part {
     /// The input is in place.
     Prepared {
         /// Its size in bytes.
@@ -230,14 +242,14 @@ pub enum Part {
         end_to_end_s: f64,
         /// The process's peak resident memory (KiB).
         peak_rss_kib: u64,
-        /// CPU milliseconds of the two threads.
-        stage_cpu_ms: Option<crate::csvscore::StageCpu>,
+        /// CPU seconds, as [`Measure::cpu_s`].
+        cpu_s: Option<f64>,
     },
 }
 
 /// One part of the measurement of `rows` rows, in this process, on
 /// `backend` with `dir` as the local data or scratch directory.
-pub async fn measure_part(
+pub(crate) async fn measure_part(
     rows: usize,
     dir: &Path,
     backend: &Backend,
@@ -259,35 +271,27 @@ pub async fn measure_part(
             let p = Processor::new(storage, engine);
             // Warm up: the first file of a fresh state also creates the state.
             process_applied(&p, "raw/warmup.csv").await?;
-            let t = Instant::now();
-            let summary = process_applied(&p, "raw/bench.csv").await?;
+            let (t, cpu) = (Instant::now(), process_cpu_s());
+            process_applied(&p, "raw/bench.csv").await?;
             Part::Processed {
                 end_to_end_s: t.elapsed().as_secs_f64(),
                 peak_rss_kib: peak_rss_kib(),
-                stage_cpu_ms: summary.stage_cpu_ms,
+                cpu_s: cpu.zip(process_cpu_s()).map(|(a, b)| b - a),
             }
         }
     })
 }
 
 /// The table, under a `backend` heading line.
-pub fn render(backend: &str, ms: &[Measure]) -> String {
+pub(crate) fn render(backend: &str, ms: &[Measure]) -> String {
     let mut s = format!(
-        "{backend}\n{:>10} {:>9} {:>9} {:>9} {:>11} {:>8} {:>8} {:>10} {:>19}\n",
-        "rows",
-        "input MB",
-        "floor s",
-        "e2e s",
-        "rows/s",
-        "MB/s",
-        "x floor",
-        "peak RSS",
-        "CPU s score/write"
+        "{backend}\n{:>10} {:>9} {:>9} {:>9} {:>11} {:>8} {:>8} {:>10} {:>8}\n",
+        "rows", "input MB", "floor s", "e2e s", "rows/s", "MB/s", "x floor", "peak RSS", "CPU s"
     );
     for m in ms {
         let mb = m.input_bytes as f64 / 1e6;
         s.push_str(&format!(
-            "{:>10} {:>9.1} {:>9.3} {:>9.3} {:>11.0} {:>8.1} {:>8.2} {:>6.1} MiB {:>19}\n",
+            "{:>10} {:>9.1} {:>9.3} {:>9.3} {:>11.0} {:>8.1} {:>8.2} {:>6.1} MiB {:>8}\n",
             m.rows,
             mb,
             m.floor_s,
@@ -296,11 +300,7 @@ pub fn render(backend: &str, ms: &[Measure]) -> String {
             mb / m.end_to_end_s.max(1e-9),
             m.end_to_end_s / m.floor_s.max(1e-9),
             m.peak_rss_kib as f64 / 1024.0,
-            m.stage_cpu_ms.map_or("-".into(), |c| format!(
-                "{:.3} / {:.3}",
-                c.read_score / 1e3,
-                c.write / 1e3
-            )),
+            m.cpu_s.map_or("-".into(), |c| format!("{c:.2}")),
         ));
     }
     s
@@ -308,24 +308,24 @@ pub fn render(backend: &str, ms: &[Measure]) -> String {
 
 /// Read-endpoint latency with `files` processed files.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReadMeasure {
+pub(crate) struct ReadMeasure {
     /// Processed files behind the endpoints.
-    pub files: usize,
+    pub(crate) files: usize,
     /// Streams they were spread over (`raw/s<k>/…`).
-    pub streams: usize,
+    pub(crate) streams: usize,
     /// Seconds to write and process them before the service started.
-    pub prepare_s: f64,
+    pub(crate) prepare_s: f64,
     /// `/anomalies/summary` latency, median and 99th percentile (ms).
-    pub summary_ms: (f64, f64),
+    pub(crate) summary_ms: (f64, f64),
     /// `/anomalies/recent?limit=50` latency, median and 99th percentile (ms).
-    pub recent_ms: (f64, f64),
+    pub(crate) recent_ms: (f64, f64),
 }
 
 /// Writes `files` 20-row files round-robin over `streams` streams
 /// (`raw/s<k>/f<i>.csv`) and has the real processor apply every one of
 /// them, the streams concurrently (they commit independently) and each
 /// stream's files in order. Returns the wall time.
-pub async fn prepare_processed(
+pub(crate) async fn prepare_processed(
     files: usize,
     streams: usize,
     dir: &Path,
@@ -363,7 +363,7 @@ pub async fn prepare_processed(
 /// the real service (local backend) on them and times the read endpoints
 /// over loopback HTTP, one request at a time, after a warm-up long enough
 /// for the service's start-up reconciliation to have listed everything.
-pub async fn measure_reads(
+pub(crate) async fn measure_reads(
     files: usize,
     streams: usize,
     dir: &Path,
@@ -409,7 +409,7 @@ fn percentiles(mut ms: Vec<f64>) -> (f64, f64) {
 }
 
 /// The read-latency table.
-pub fn render_reads(ms: &[ReadMeasure]) -> String {
+pub(crate) fn render_reads(ms: &[ReadMeasure]) -> String {
     let mut s = format!(
         "{:>10} {:>8} {:>10} {:>22} {:>22}\n",
         "files", "streams", "prepare s", "summary p50/p99 ms", "recent p50/p99 ms"
@@ -433,20 +433,20 @@ pub fn render_reads(ms: &[ReadMeasure]) -> String {
 /// in one stream or spread over `streams` streams (seconds from start to
 /// the last commit).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StreamMeasure {
+pub(crate) struct StreamMeasure {
     /// Streams the files were spread over.
-    pub streams: usize,
+    pub(crate) streams: usize,
     /// Files processed.
-    pub files: usize,
+    pub(crate) files: usize,
     /// Rows per file.
-    pub rows: usize,
+    pub(crate) rows: usize,
     /// Wall time for all of them.
-    pub seconds: f64,
+    pub(crate) seconds: f64,
 }
 
 /// Runs the service over `files` files spread round-robin over `streams`
 /// streams (`raw/s<k>/…`, or `raw/…` for one stream) and times it.
-pub async fn measure_streams(
+pub(crate) async fn measure_streams(
     streams: usize,
     files: usize,
     rows: usize,
@@ -480,20 +480,20 @@ pub async fn measure_streams(
 /// The service's latency for small files: from a 100-row file appearing in
 /// `raw/` (renamed into place, as an uploader would) to its summary existing.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LatencyMeasure {
+pub(crate) struct LatencyMeasure {
     /// Files dropped, one at a time.
-    pub files: usize,
+    pub(crate) files: usize,
     /// Median and 99th percentile, milliseconds.
-    pub ms: (f64, f64),
+    pub(crate) ms: (f64, f64),
     /// The slowest, milliseconds.
-    pub max_ms: f64,
+    pub(crate) max_ms: f64,
 }
 
 /// Starts the real service on an empty local directory, then drops
 /// `files` 100-row files into `raw/` one at a time (each found by the
 /// file watcher, as in `tswatch serve`) and times each until its summary
 /// exists, polling every 0.1 ms.
-pub async fn measure_latency(
+pub(crate) async fn measure_latency(
     files: usize,
     dir: &Path,
     engine: EngineConfig,
@@ -541,7 +541,7 @@ pub async fn measure_latency(
 
 /// Resident memory (KiB) of `tswatch serve` (the binary `exe`) on an empty
 /// data directory, once `/health` answers.
-pub async fn measure_idle_rss(exe: &Path, dir: &Path) -> anyhow::Result<u64> {
+pub(crate) async fn measure_idle_rss(exe: &Path, dir: &Path) -> anyhow::Result<u64> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -621,7 +621,7 @@ impl BenchService {
         let base = format!("http://{}", listener.local_addr()?);
         let settings = bench_settings(engine, files + 16);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(crate::server::run(listener, storage, settings, async {
+        let server = tokio::spawn(tswatch::server::run(listener, storage, settings, async {
             let _ = stopped.await;
         }));
         Ok(Self {
@@ -693,8 +693,8 @@ impl BenchService {
 
 /// Service settings for a benchmark run on the local backend: no SNS, no
 /// SQS, reconciliation only at start.
-fn bench_settings(engine: EngineConfig, queue_capacity: usize) -> crate::server::Settings {
-    crate::server::Settings {
+fn bench_settings(engine: EngineConfig, queue_capacity: usize) -> tswatch::server::Settings {
+    tswatch::server::Settings {
         engine,
         reconcile_every: Duration::from_secs(3600),
         shutdown_grace: Duration::from_secs(5),
@@ -703,7 +703,7 @@ fn bench_settings(engine: EngineConfig, queue_capacity: usize) -> crate::server:
         sns_cert_endpoint: None,
         request_timeout: Duration::from_secs(15),
         http_header_timeout: Duration::from_secs(10),
-        max_connections: crate::http::default_max_connections(),
+        max_connections: tswatch::http::default_max_connections(),
         spreadsheet_safe: Default::default(),
         queue_capacity,
         sqs: None,
@@ -715,7 +715,7 @@ fn bench_settings(engine: EngineConfig, queue_capacity: usize) -> crate::server:
 /// ROWS --dir DIR`), so that its peak memory is its own: on the local
 /// backend, or with `moto` in a fresh bucket of that server, which is
 /// reset after each size (moto keeps objects in its own memory).
-pub async fn measure_in_children(
+pub(crate) async fn measure_in_children(
     exe: &Path,
     sizes: &[usize],
     repeat: usize,
@@ -816,7 +816,7 @@ async fn measure_child(
         let Part::Processed {
             end_to_end_s,
             peak_rss_kib,
-            stage_cpu_ms,
+            cpu_s,
         } = run(BenchPhase::Process)?
         else {
             return Err(out_of_turn());
@@ -827,7 +827,7 @@ async fn measure_child(
             floor_s,
             end_to_end_s,
             peak_rss_kib,
-            stage_cpu_ms,
+            cpu_s,
         })
     })();
     let _ = std::fs::remove_dir_all(&dir);
@@ -841,7 +841,7 @@ async fn measure_child(
 /// loopback port, started by `tswatch bench --moto` and stopped (killed)
 /// when dropped.
 #[derive(Debug)]
-pub struct MotoServer {
+pub(crate) struct MotoServer {
     child: Reaped,
     endpoint: String,
     http: reqwest::Client,
@@ -850,7 +850,7 @@ pub struct MotoServer {
 impl MotoServer {
     /// Starts `moto_server -H 127.0.0.1 -p PORT` with its output in `log`,
     /// and waits (up to 30 s) until it answers.
-    pub async fn start(log: &Path) -> anyhow::Result<Self> {
+    pub(crate) async fn start(log: &Path) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -893,7 +893,7 @@ impl MotoServer {
     }
 
     /// Where it listens (`http://127.0.0.1:PORT`).
-    pub fn endpoint(&self) -> &str {
+    pub(crate) fn endpoint(&self) -> &str {
         &self.endpoint
     }
 
@@ -910,7 +910,7 @@ impl MotoServer {
     }
 
     /// Creates an empty bucket.
-    pub async fn create_bucket(&self, bucket: &str) -> anyhow::Result<()> {
+    pub(crate) async fn create_bucket(&self, bucket: &str) -> anyhow::Result<()> {
         let r = self
             .s3_request(reqwest::Method::PUT, &format!("/{bucket}"))
             .send()
@@ -925,7 +925,7 @@ impl MotoServer {
     }
 
     /// Forgets every bucket and object, freeing moto's memory.
-    pub async fn reset(&self) -> anyhow::Result<()> {
+    pub(crate) async fn reset(&self) -> anyhow::Result<()> {
         let r = self
             .http
             .post(format!("{}/moto-api/reset", self.endpoint))
@@ -937,7 +937,7 @@ impl MotoServer {
 
     /// Points a `tswatch` command at this server (the `AWS_*` environment
     /// that `Storage::s3` honours, with moto's dummy credentials).
-    pub fn configure(&self, cmd: &mut std::process::Command) {
+    pub(crate) fn configure(&self, cmd: &mut std::process::Command) {
         cmd.env("AWS_ENDPOINT_URL", &self.endpoint)
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
@@ -960,7 +960,7 @@ mod tests {
             floor_s,
             end_to_end_s,
             peak_rss_kib,
-            stage_cpu_ms: None,
+            cpu_s: None,
         };
         let m = Measure::median(vec![
             run(0.3, 2.0, 10),
@@ -981,7 +981,7 @@ mod tests {
         let input = sc.batch(300).0;
         let mut scored = Vec::new();
         let mut engine = tswatch_core::Engine::new(EngineConfig::default()).expect("engine");
-        crate::csvscore::score_csv(input.as_bytes(), &mut scored, &mut engine).expect("scores");
+        tswatch::csvscore::score_csv(input.as_bytes(), &mut scored, &mut engine).expect("scores");
         let mut floor = Vec::new();
         floor_csv(input.as_bytes(), &mut floor).expect("floor");
         let fields = |b: &[u8]| -> Vec<usize> {
