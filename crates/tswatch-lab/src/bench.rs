@@ -12,12 +12,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tswatch::csvscore::CsvLine;
-use tswatch::pipeline::stream_object;
-use tswatch::processor::{Outcome, Processor};
-use tswatch::progress::Progress;
-use tswatch::scenario::Scenario;
-use tswatch::statedoc::Summary;
+use tswatch::apply::pipeline::stream_object;
+use tswatch::apply::processor::{Outcome, Processor};
+use tswatch::cli::progress::Progress;
+use tswatch::csv::scorer::CsvLine;
+use tswatch::eval::scenario::Scenario;
+use tswatch::state::documents::Summary;
 use tswatch::storage::{Location, Storage};
 use tswatch_core::EngineConfig;
 
@@ -106,7 +106,7 @@ async fn upload_file(storage: &Storage, path: &Path, key: &str) -> anyhow::Resul
     let mut file = tokio::fs::File::open(path).await?;
     let mut w = object_store::buffered::BufWriter::with_capacity(
         storage.store(),
-        tswatch::keys::validate(key)?,
+        tswatch::state::keys::validate(key)?,
         8 * 1024 * 1024,
     )
     .with_max_concurrency(2);
@@ -123,8 +123,8 @@ async fn upload_file(storage: &Storage, path: &Path, key: &str) -> anyhow::Resul
 /// cells: the cost of I/O and CSV alone.
 fn floor_csv(input: impl Read, mut output: impl Write) -> anyhow::Result<()> {
     // The scorer's own reader, so the floor reads exactly as the scorer does.
-    let mut records = tswatch::records::Records::new(input);
-    let mut rows = tswatch::records::Rows::default();
+    let mut records = tswatch::csv::records::Records::new(input);
+    let mut rows = tswatch::csv::records::Rows::default();
     // Rows are written as the scorer writes them (`CsvLine`), so the floor
     // is not slower than the scorer's own output path.
     let mut out = CsvLine::default();
@@ -134,7 +134,7 @@ fn floor_csv(input: impl Read, mut output: impl Write) -> anyhow::Result<()> {
         for f in rec.fields() {
             // Parse every cell with the scorer's own parser (and keep the
             // result, so the parse cannot be optimised away).
-            std::hint::black_box(tswatch::csvscore::parse_cell(f));
+            std::hint::black_box(tswatch::csv::scorer::parse_cell(f));
             out.text(f);
         }
         for _ in 0..*channels.get_or_insert_with(|| rec.fields().count().saturating_sub(1)) {
@@ -153,7 +153,7 @@ fn floor_csv(input: impl Read, mut output: impl Write) -> anyhow::Result<()> {
         }
         out.end();
         rows.clear();
-        if out.buf.len() >= tswatch::csvscore::WRITE_CHUNK {
+        if out.buf.len() >= tswatch::csv::scorer::WRITE_CHUNK {
             output.write_all(&out.buf)?;
             out.buf.clear();
         }
@@ -172,9 +172,9 @@ async fn floor(storage: &Storage, key: &str) -> anyhow::Result<f64> {
     let t = Instant::now();
     let streamed = stream_object(
         storage,
-        &tswatch::keys::validate(key)?,
+        &tswatch::state::keys::validate(key)?,
         "",
-        &tswatch::keys::validate(out)?,
+        &tswatch::state::keys::validate(out)?,
         |input, output| floor_csv(input, output),
     )
     .await?;
@@ -216,7 +216,10 @@ fn status_kib(status: &str, field: &str) -> u64 {
 
 /// Processes `key` and checks it was applied now.
 async fn process_applied(p: &Processor, key: &str) -> anyhow::Result<Summary> {
-    match p.process(&tswatch::keys::RawKey::parse(key)?).await? {
+    match p
+        .process(&tswatch::state::keys::RawKey::parse(key)?)
+        .await?
+    {
         Outcome::Applied(summary) => Ok(summary),
         other => anyhow::bail!("{key} not applied: {other:?}"),
     }
@@ -621,7 +624,7 @@ impl BenchService {
         let base = format!("http://{}", listener.local_addr()?);
         let settings = bench_settings(engine, files + 16);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(tswatch::server::run(listener, storage, settings, async {
+        let server = tokio::spawn(tswatch::service::run(listener, storage, settings, async {
             let _ = stopped.await;
         }));
         Ok(Self {
@@ -693,8 +696,8 @@ impl BenchService {
 
 /// Service settings for a benchmark run on the local backend: no SNS, no
 /// SQS, reconciliation only at start.
-fn bench_settings(engine: EngineConfig, queue_capacity: usize) -> tswatch::server::Settings {
-    tswatch::server::Settings {
+fn bench_settings(engine: EngineConfig, queue_capacity: usize) -> tswatch::service::Settings {
+    tswatch::service::Settings {
         engine,
         reconcile_every: Duration::from_secs(3600),
         shutdown_grace: Duration::from_secs(5),
@@ -703,7 +706,7 @@ fn bench_settings(engine: EngineConfig, queue_capacity: usize) -> tswatch::serve
         sns_cert_endpoint: None,
         request_timeout: Duration::from_secs(15),
         http_header_timeout: Duration::from_secs(10),
-        max_connections: tswatch::http::default_max_connections(),
+        max_connections: tswatch::http::server::default_max_connections(),
         spreadsheet_safe: Default::default(),
         queue_capacity,
         sqs: None,
@@ -981,7 +984,8 @@ mod tests {
         let input = sc.batch(300).0;
         let mut scored = Vec::new();
         let mut engine = tswatch_core::Engine::new(EngineConfig::default()).expect("engine");
-        tswatch::csvscore::score_csv(input.as_bytes(), &mut scored, &mut engine).expect("scores");
+        tswatch::csv::scorer::score_csv(input.as_bytes(), &mut scored, &mut engine)
+            .expect("scores");
         let mut floor = Vec::new();
         floor_csv(input.as_bytes(), &mut floor).expect("floor");
         let fields = |b: &[u8]| -> Vec<usize> {

@@ -4,12 +4,12 @@ use anyhow::Context;
 use clap::Parser;
 use std::sync::Arc;
 use std::time::Duration;
+use tswatch::apply::processor::Processor;
+use tswatch::cli::exit::{self, ExitCode};
 use tswatch::cli::{
     BaselineAction, Cli, Command, FileConfig, LogFormat, StorageArgs, StorageChoice,
 };
-use tswatch::exit::{self, ExitCode};
-use tswatch::processor::Processor;
-use tswatch::server::{self, Settings};
+use tswatch::service::{self, Settings};
 use tswatch::storage::Storage;
 
 fn main() -> std::process::ExitCode {
@@ -145,7 +145,7 @@ async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
                 max_connections: a
                     .max_connections
                     .or(file.max_connections)
-                    .unwrap_or_else(tswatch::http::default_max_connections)
+                    .unwrap_or_else(tswatch::http::server::default_max_connections)
                     .max(1),
                 spreadsheet_safe: a
                     .spreadsheet_safe
@@ -155,17 +155,17 @@ async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
                 sqs: sqs_settings(&a, &file)?,
                 alerts: alert_settings(&a, &file)?,
             };
-            server::check_insecure_bind(settings.insecure_skip_sns_verify, bind)?;
+            service::check_insecure_bind(settings.insecure_skip_sns_verify, bind)?;
             let listener = tokio::net::TcpListener::bind(bind)
                 .await
                 .with_context(|| format!("cannot listen on {bind}"))?;
-            server::run(listener, storage, settings, server::shutdown_signal()).await
+            service::run(listener, storage, settings, service::shutdown_signal()).await
         }
-        Command::Score(a) => tswatch::offline::score_file(&a, &file.engine),
-        Command::Eval(a) => tswatch::offline::eval(&a, &file.engine),
+        Command::Score(a) => tswatch::cli::offline::score_file(&a, &file.engine),
+        Command::Eval(a) => tswatch::cli::offline::eval(&a, &file.engine),
         Command::Produce(a) => {
             let storage = open(&a.storage, &file, Access::ReadWrite).await?;
-            tswatch::offline::produce(&storage, &a).await
+            tswatch::cli::offline::produce(&storage, &a).await
         }
         Command::Baseline { action } => match action {
             BaselineAction::Show(a) => {
@@ -173,7 +173,7 @@ async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
                 let storage = open(&a.storage, &file, Access::Read).await?;
                 let doc = Processor::new(storage, file.engine).peek(&a.stream).await?;
                 let text = serde_json::to_string_pretty(&doc.baseline_json())?;
-                tswatch::offline::print_stdout(&text)
+                tswatch::cli::offline::print_stdout(&text)
             }
             BaselineAction::Reset(a) => {
                 let storage = open(&a.storage, &file, Access::ReadWrite).await?;
@@ -182,7 +182,7 @@ async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
                     .await?;
                 if a.json {
                     let v = serde_json::json!({ "stream": a.stream, "reset": true });
-                    tswatch::offline::print_stdout(&v.to_string())
+                    tswatch::cli::offline::print_stdout(&v.to_string())
                 } else {
                     eprintln!("baseline cleared");
                     Ok(())
@@ -197,8 +197,8 @@ async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
 fn alert_settings(
     a: &tswatch::cli::ServeArgs,
     file: &FileConfig,
-) -> anyhow::Result<tswatch::alerts::AlertSettings> {
-    use tswatch::alerts::{self, Webhook};
+) -> anyhow::Result<tswatch::apply::alerts::AlertSettings> {
+    use tswatch::apply::alerts::{self, Webhook};
     let urls = if a.alert_webhook.is_empty() {
         file.alert_webhook.clone().unwrap_or_default()
     } else {
@@ -237,7 +237,7 @@ fn alert_settings(
 fn sqs_settings(
     a: &tswatch::cli::ServeArgs,
     file: &FileConfig,
-) -> anyhow::Result<Option<tswatch::sqs_worker::SqsSettings>> {
+) -> anyhow::Result<Option<tswatch::ingest::sqs_worker::SqsSettings>> {
     let Some(url) = a
         .sqs_queue_url
         .clone()
@@ -246,8 +246,8 @@ fn sqs_settings(
     else {
         return Ok(None);
     };
-    let d = tswatch::sqs_worker::SqsSettings::default();
-    let s = tswatch::sqs_worker::SqsSettings {
+    let d = tswatch::ingest::sqs_worker::SqsSettings::default();
+    let s = tswatch::ingest::sqs_worker::SqsSettings {
         queue_url: url,
         wait_secs: a
             .sqs_wait_time

@@ -157,7 +157,11 @@ pub fn spawn_upkeep(handle: PrometheusHandle, mut stop: tokio::sync::watch::Rece
 const MAX_LABEL: usize = 128;
 
 /// A file committed: its counts, per-channel flags and latency.
-pub fn file_applied(stream: &str, summary: &crate::statedoc::Summary, flagged: &[(String, u64)]) {
+pub fn file_applied(
+    stream: &str,
+    summary: &crate::state::documents::Summary,
+    flagged: &[(String, u64)],
+) {
     let stream = stream_label(stream);
     counter!(name::FILES, "stream" => stream.clone()).increment(1);
     counter!(name::ROWS, "stream" => stream.clone()).increment(summary.total_rows);

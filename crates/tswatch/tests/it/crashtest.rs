@@ -1,5 +1,5 @@
 //! Crash at every write: an exhaustive, in-process check of the
-//! exactly-once protocol in [`tswatch::processor`], and of what the worker
+//! exactly-once protocol in [`tswatch::apply::processor`], and of what the worker
 //! does with a file during a long storage outage.
 //!
 //! An in-memory object store (S3 semantics: conditional puts, rename as copy
@@ -23,12 +23,12 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tswatch::keys::RawKey;
-use tswatch::processor::Processor;
-use tswatch::scenario::Scenario;
-use tswatch::statedoc::{BASELINE_KEY, ENGINE_KEY, LEDGER_LEN, StateDoc};
+use tswatch::apply::processor::Processor;
+use tswatch::eval::scenario::Scenario;
+use tswatch::ingest::queue::{self, Queue};
+use tswatch::state::documents::{BASELINE_KEY, ENGINE_KEY, LEDGER_LEN, StateDoc};
+use tswatch::state::keys::RawKey;
 use tswatch::storage::{Location, Storage};
-use tswatch::worker::{self, Queue};
 use tswatch_core::EngineConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -288,7 +288,7 @@ fn batches(n: usize, rows: usize) -> Vec<(String, String)> {
     (0..n)
         .map(|_| {
             let (csv, _, first) = sc.batch(rows);
-            (tswatch::scenario::batch_key("sensors", first), csv)
+            (tswatch::eval::scenario::batch_key("sensors", first), csv)
         })
         .collect()
 }
@@ -307,7 +307,7 @@ async fn seed(mem: &InMemory, files: &[(String, String)]) {
 struct Outcome {
     engine_state: Value,
     seq: u64,
-    totals: tswatch::statedoc::Totals,
+    totals: tswatch::state::documents::Totals,
     baseline: Value,
     /// `processed/` objects: CSVs as text, summaries without times.
     processed: BTreeMap<String, String>,
@@ -395,9 +395,9 @@ async fn outcome(mem: &InMemory) -> (Outcome, Vec<String>) {
 }
 
 /// Processes every file that reconciliation finds, the way the worker does.
-async fn reconcile_and_drain(p: &Processor) -> Result<(), tswatch::processor::ProcessError> {
+async fn reconcile_and_drain(p: &Processor) -> Result<(), tswatch::apply::processor::ProcessError> {
     let (queue, mut rx) = Queue::new(10_000);
-    worker::reconcile(p, &queue).await.unwrap();
+    queue::reconcile(p, &queue).await.unwrap();
     while let Ok(k) = rx.try_recv() {
         p.process(&k).await?;
     }
@@ -543,7 +543,7 @@ async fn an_upload_that_dies_mid_file_is_retried_not_rejected() {
     assert!(!exists(key.summary()).await);
     // Storage is back: the same processor, no restart.
     match p.process(&key).await.unwrap() {
-        tswatch::processor::Outcome::Applied(s) => assert_eq!(s.total_rows, 160_000),
+        tswatch::apply::processor::Outcome::Applied(s) => assert_eq!(s.total_rows, 160_000),
         other => panic!("{other:?}"),
     }
     assert!(exists(key.processed()).await && exists(key.summary()).await);
@@ -565,14 +565,14 @@ async fn files_given_up_during_an_outage_are_finished_by_reconciliation() {
     plan.lock().unwrap().down = true;
     let (queue, rx) = Queue::new(16);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(worker::run_worker(
+    let worker = tokio::spawn(queue::run_worker(
         p.clone(),
         queue.clone(),
         rx,
         stop_rx.clone(),
         Duration::ZERO,
     ));
-    let reconciler = tokio::spawn(worker::run_reconciler(
+    let reconciler = tokio::spawn(queue::run_reconciler(
         p.clone(),
         queue.clone(),
         Duration::from_secs(60),
@@ -586,7 +586,7 @@ async fn files_given_up_during_an_outage_are_finished_by_reconciliation() {
     tokio::time::sleep(Duration::from_secs(600)).await;
     assert_eq!(
         plan.lock().unwrap().refused_heads,
-        files.len() * worker::ATTEMPTS as usize
+        files.len() * queue::ATTEMPTS as usize
     );
     plan.lock().unwrap().down = false;
     // The next reconciliation pass (within a minute) queues them again.

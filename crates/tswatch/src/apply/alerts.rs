@@ -2,7 +2,7 @@
 //! every URL given with `--alert-webhook`.
 //!
 //! The processor offers an alert at the moment its compare-and-swap commit
-//! wins (see [`crate::processor`]): that happens once per file version,
+//! wins (see [`crate::apply::processor`]): that happens once per file version,
 //! whichever instance or delivery of a notification gets there, so a file
 //! is alerted at most once. The offer is a non-blocking `try_send` into a
 //! bounded channel ([`CHANNEL_CAPACITY`]); when it is full the alert is
@@ -29,8 +29,8 @@
 //! query and credentials (where Slack and others put the secret) are never
 //! logged.
 
-use crate::keys::RawKey;
-use crate::statedoc::Applied;
+use crate::state::documents::Applied;
+use crate::state::keys::RawKey;
 use crate::telemetry;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
@@ -530,7 +530,7 @@ enum Attempt {
 
 /// Wait before retry `n` (from 1): 1 s doubling, at most 30 s.
 fn backoff(n: u32) -> Duration {
-    crate::worker::retry_wait(Duration::from_secs(1), n)
+    crate::ingest::queue::retry_wait(Duration::from_secs(1), n)
 }
 
 fn classify(status: reqwest::StatusCode) -> Attempt {
@@ -590,7 +590,7 @@ async fn deliver(client: &reqwest::Client, hook: &Webhook, permits: &Semaphore, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::statedoc::Summary;
+    use crate::state::documents::Summary;
 
     fn entry(anomalies: Vec<Map<String, Value>>, count: u64) -> Applied {
         Applied {

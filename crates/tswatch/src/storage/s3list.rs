@@ -5,7 +5,7 @@
 //! lists with ListObjectsV2 itself (keys URL-encoded, as S3 offers for keys
 //! XML cannot carry), and skips the keys tswatch cannot use, saying so once.
 
-use crate::keys;
+use crate::state::keys;
 use crate::storage::StoreError;
 use object_store::aws::{AwsAuthorizer, AwsCredentialProvider};
 use object_store::client::HttpRequestBody;

@@ -7,8 +7,11 @@
 //! read-compare-write-rename, with a content hash as the version. Everything
 //! that writes state goes through that one API.
 
-use crate::keys;
-use crate::s3list::{Listed, Lister, Target};
+pub mod aws;
+pub mod s3list;
+
+use crate::state::keys;
+use crate::storage::s3list::{Listed, Lister, Target};
 use bytes::Bytes;
 use futures::StreamExt;
 use object_store::{
@@ -91,7 +94,7 @@ pub struct Storage {
     /// streaming them through this process.
     max_copy: u64,
     /// The AWS region and credentials an S3 storage was opened with.
-    aws: Option<crate::aws::Aws>,
+    aws: Option<crate::storage::aws::Aws>,
     /// Lists an S3 bucket past keys object_store cannot represent.
     lister: Option<Arc<Lister>>,
 }
@@ -141,10 +144,10 @@ impl Storage {
     }
 
     /// Opens an S3 bucket, honouring the `AWS_*` environment (endpoint,
-    /// region) and the AWS credential chain ([`crate::aws::Chain`]: shared
+    /// region) and the AWS credential chain ([`crate::storage::aws::Chain`]: shared
     /// files and profiles included). Nothing is requested yet.
     pub async fn s3(bucket: &str) -> Result<Self, StoreError> {
-        let aws = crate::aws::Aws::load().await;
+        let aws = crate::storage::aws::Aws::load().await;
         let mut b = object_store::aws::AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
             .with_region(&aws.region)
@@ -204,10 +207,10 @@ impl Storage {
 
     /// The AWS region and credentials of an S3 storage opened with
     /// [`Storage::s3`], else (locally, or a test's store) the environment's.
-    pub async fn aws(&self) -> crate::aws::Aws {
+    pub async fn aws(&self) -> crate::storage::aws::Aws {
         match &self.aws {
             Some(a) => a.clone(),
-            None => crate::aws::Aws::load().await,
+            None => crate::storage::aws::Aws::load().await,
         }
     }
 

@@ -474,7 +474,7 @@ pub struct NabOptions {
     /// Engine settings under test.
     pub engine: EngineConfig,
     /// Ticks once per series scored.
-    pub progress: crate::progress::Progress,
+    pub progress: crate::cli::progress::Progress,
 }
 
 /// Per-category figures for one measure and profile.

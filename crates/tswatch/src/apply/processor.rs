@@ -16,14 +16,14 @@
 //! landed. So a failed commit never discards its staged output until the
 //! reloaded ledger shows the commit is not there.
 
-use crate::alerts::AlertSink;
-use crate::csvscore::{CellSafety, InputError};
-use crate::keys::{self, RawKey};
-use crate::pipeline::{PipelineError, score_object};
-use crate::statedoc::{
+use crate::apply::alerts::AlertSink;
+use crate::apply::pipeline::{PipelineError, score_object};
+use crate::csv::scorer::{CellSafety, InputError};
+use crate::state::documents::{
     self, Applied, BASELINE_KEY, LEDGER_LEN, StateDoc, Summary, Totals, baseline_key, engine_key,
     now_iso,
 };
+use crate::state::keys::{self, RawKey};
 use crate::storage::{Storage, StoreError, Version};
 use crate::telemetry;
 use bytes::Bytes;
@@ -291,7 +291,7 @@ impl Processor {
             Some(b) => {
                 let v: Value = serde_json::from_slice(&b)
                     .map_err(|e| ProcessError::State(format!("state/baseline.json: {e}")))?;
-                let st = statedoc::adopt_seed_baseline(&v)
+                let st = documents::adopt_seed_baseline(&v)
                     .map_err(|e| ProcessError::State(e.to_string()))?;
                 tracing::info!(
                     channels = st.channels.len(),
@@ -327,7 +327,7 @@ impl Processor {
         }
         recent.sort_by(|a, b| a.processed_at.cmp(&b.processed_at));
         let totals = doc.totals.clone();
-        for s in recent.into_iter().rev().take(statedoc::RECENT_FILES).rev() {
+        for s in recent.into_iter().rev().take(documents::RECENT_FILES).rev() {
             doc.applied.push_back(Applied {
                 source_key: s.source_key.clone(),
                 source_etag: s.source_etag.clone().unwrap_or_default(),
@@ -753,7 +753,7 @@ impl Processor {
             let expected = match &current {
                 Some((b, v)) => {
                     let seen: Value = serde_json::from_slice(b).unwrap_or(Value::Null);
-                    let seen_seq = statedoc::projection_seq(&seen);
+                    let seen_seq = documents::projection_seq(&seen);
                     if seen_seq >= doc.seq && seen_seq > 0 {
                         return Ok(());
                     }
@@ -851,8 +851,8 @@ fn to_bytes(doc: &StateDoc) -> Bytes {
     Bytes::from(serde_json::to_vec(doc).unwrap_or_default())
 }
 
-impl From<crate::keys::KeyError> for ProcessError {
-    fn from(e: crate::keys::KeyError) -> Self {
+impl From<crate::state::keys::KeyError> for ProcessError {
+    fn from(e: crate::state::keys::KeyError) -> Self {
         ProcessError::Store(StoreError::Key(e))
     }
 }

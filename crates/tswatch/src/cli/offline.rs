@@ -1,12 +1,12 @@
 //! The one-shot commands: `score` (offline scoring, optionally carrying
 //! state between runs) and `produce` (the seed's test producer).
 
+use crate::cli::exit;
+use crate::cli::progress::{Count, Progress, ProgressRead};
 use crate::cli::{ProduceArgs, ScoreArgs};
-use crate::csvscore::{ScoreError, score_csv_with};
-use crate::exit;
-use crate::progress::{Count, Progress, ProgressRead};
-use crate::scenario::Scenario;
-use crate::statedoc::{self, StateDoc, Summary, now_iso};
+use crate::csv::scorer::{ScoreError, score_csv_with};
+use crate::eval::scenario::Scenario;
+use crate::state::documents::{self, StateDoc, Summary, now_iso};
 use crate::storage::Storage;
 use anyhow::Context;
 use std::fs::{self, File};
@@ -47,7 +47,7 @@ pub fn score_file(args: &ScoreArgs, config: &EngineConfig) -> anyhow::Result<()>
         None => (Progress::rows("scoring"), Count::Lines),
     };
     let reader = BufReader::with_capacity(
-        crate::csvscore::READ_BUFFER,
+        crate::csv::scorer::READ_BUFFER,
         ProgressRead::new(input, progress.0.clone(), progress.1),
     );
     let (out, tmp) = if to_stdout {
@@ -57,7 +57,7 @@ pub fn score_file(args: &ScoreArgs, config: &EngineConfig) -> anyhow::Result<()>
         let f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         (f, Some(tmp))
     };
-    let mut w = BufWriter::with_capacity(crate::csvscore::READ_BUFFER, out);
+    let mut w = BufWriter::with_capacity(crate::csv::scorer::READ_BUFFER, out);
     let scored = score_csv_with(reader, &mut w, &mut engine, args.spreadsheet_safe);
     progress.0.finish();
     let written = scored.map_err(|e| -> anyhow::Error {
@@ -186,7 +186,7 @@ fn load_state(dir: &Path) -> anyhow::Result<StateDoc> {
     if let Ok(b) = fs::read(&seed) {
         let v = serde_json::from_slice(&b)
             .with_context(|| format!("{} is not JSON", seed.display()))?;
-        return Ok(StateDoc::new(statedoc::adopt_seed_baseline(&v)?));
+        return Ok(StateDoc::new(documents::adopt_seed_baseline(&v)?));
     }
     Ok(StateDoc::new(Default::default()))
 }
@@ -217,7 +217,7 @@ pub async fn produce(storage: &Storage, args: &ProduceArgs) -> anyhow::Result<()
     // back-dated so that the last of `--count` ends now: no file name or
     // row is in the future.
     let now = chrono::Utc::now().timestamp() as f64;
-    let span = args.rows as f64 * crate::scenario::ROW_SECONDS;
+    let span = args.rows as f64 * crate::eval::scenario::ROW_SECONDS;
     let start = match args.start {
         Some(t) => t.timestamp() as f64,
         None => now - span * args.count.max(1) as f64,
@@ -227,7 +227,7 @@ pub async fn produce(storage: &Storage, args: &ProduceArgs) -> anyhow::Result<()
         exit::usage(format!(
             "unknown scenario {:?}; known: {}",
             args.scenario,
-            crate::scenario::ALL.join(", ")
+            crate::eval::scenario::ALL.join(", ")
         ))
     })?;
     let prefix = if args.scenario == "seed" {
@@ -238,7 +238,7 @@ pub async fn produce(storage: &Storage, args: &ProduceArgs) -> anyhow::Result<()
     let mut sent = 0u64;
     loop {
         let (csv, labels, first) = sc.batch(args.rows);
-        let key = crate::scenario::batch_key(prefix, first);
+        let key = crate::eval::scenario::batch_key(prefix, first);
         let anomalous: Vec<usize> = (0..labels.len()).filter(|&i| labels[i]).collect();
         if args.labels {
             // Written first, so the truth is there when the batch is scored.
@@ -277,17 +277,20 @@ pub fn eval(args: &crate::cli::EvalArgs, engine: &EngineConfig) -> anyhow::Resul
         return eval_nab(dir, args, engine);
     }
     let names: Vec<String> = if args.all || args.scenarios.is_empty() {
-        crate::scenario::ALL.iter().map(|s| s.to_string()).collect()
+        crate::eval::scenario::ALL
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     } else {
         args.scenarios.clone()
     };
     if let Some(n) = names
         .iter()
-        .find(|n| !crate::scenario::ALL.contains(&n.as_str()))
+        .find(|n| !crate::eval::scenario::ALL.contains(&n.as_str()))
     {
         return Err(exit::usage(format!(
             "unknown scenario {n:?}; known: {}",
-            crate::scenario::ALL.join(", ")
+            crate::eval::scenario::ALL.join(", ")
         )));
     }
     let opts = crate::eval::EvalOptions {
@@ -333,7 +336,7 @@ pub fn eval(args: &crate::cli::EvalArgs, engine: &EngineConfig) -> anyhow::Resul
 /// `--min-flag-score` guard ([`exit::ExitCode::GateFailed`]).
 fn eval_nab(dir: &Path, args: &crate::cli::EvalArgs, engine: &EngineConfig) -> anyhow::Result<()> {
     let progress = Progress::steps("series", 0);
-    let report = crate::nab::run(&crate::nab::NabOptions {
+    let report = crate::eval::nab::run(&crate::eval::nab::NabOptions {
         dir: dir.to_path_buf(),
         file_rows: args.file_rows.max(1),
         only: args.only.clone(),
@@ -347,7 +350,7 @@ fn eval_nab(dir: &Path, args: &crate::cli::EvalArgs, engine: &EngineConfig) -> a
     if args.json {
         print_stdout(&serde_json::to_string_pretty(&report)?)?;
     } else {
-        print_stdout(crate::nab::render(&report).trim_end())?;
+        print_stdout(crate::eval::nab::render(&report).trim_end())?;
     }
     if let Some(min) = args.min_flag_score {
         let got = report

@@ -2,12 +2,12 @@
 //! step) and the read endpoint it polls, `GET /dashboard/data?stream=NAME`.
 //!
 //! Everything the endpoint returns is bounded by the state document (the
-//! stream's last [`crate::recent::RECENT_ROWS`] rows, its ledger of recent
+//! stream's last [`crate::state::recent::RECENT_ROWS`] rows, its ledger of recent
 //! files, the last refused files), so it costs the same after ten files or
 //! ten million.
 
-use crate::api::{AppState, error, ok, url_pairs, with_age};
-use crate::statedoc::{StateDoc, round4};
+use crate::http::api::{AppState, error, ok, url_pairs, with_age};
+use crate::state::documents::{StateDoc, round4};
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
@@ -156,7 +156,8 @@ fn anomalies(doc: &StateDoc) -> Vec<Value> {
                 let time = row
                     .iter()
                     .find(|(k, _)| {
-                        crate::csvscore::TIMESTAMP_NAMES.contains(&k.to_ascii_lowercase().as_str())
+                        crate::csv::scorer::TIMESTAMP_NAMES
+                            .contains(&k.to_ascii_lowercase().as_str())
                     })
                     .map_or(Value::Null, |(_, v)| v.clone());
                 json!({

@@ -1,7 +1,11 @@
 //! Command line and configuration file. Precedence: flag, then environment
 //! variable, then the TOML file (`--config`), then the built-in default.
 
-use crate::csvscore::CellSafety;
+pub mod exit;
+pub mod offline;
+pub mod progress;
+
+use crate::csv::scorer::CellSafety;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -15,7 +19,7 @@ use tswatch_core::EngineConfig;
 /// 127.0.0.1:8000. Set BUCKET_NAME (or --bucket) to use S3; AWS_ENDPOINT_URL,
 /// AWS_REGION and the standard AWS credential chain are honoured.
 #[derive(Debug, Parser)]
-#[command(name = "tswatch", version, propagate_version = true, after_help = format!("{CONFIG_HELP}\n\n{}", crate::exit::HELP))]
+#[command(name = "tswatch", version, propagate_version = true, after_help = format!("{CONFIG_HELP}\n\n{}", crate::cli::exit::HELP))]
 pub struct Cli {
     /// TOML configuration file (its keys: `tswatch --help`).
     #[arg(long, global = true, env = "TSWATCH_CONFIG", value_name = "FILE")]
@@ -28,7 +32,7 @@ pub struct Cli {
 
 /// What `tswatch --help` adds after the commands: the file's keys (once,
 /// not under every subcommand) and the settings that are not flags; then
-/// come the exit codes ([`crate::exit::HELP`]).
+/// come the exit codes ([`crate::cli::exit::HELP`]).
 const CONFIG_HELP: &str = "\
 Configuration file (--config FILE, TSWATCH_CONFIG), TOML; a flag or its
 environment variable wins over the file:

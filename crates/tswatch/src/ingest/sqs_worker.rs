@@ -22,10 +22,10 @@
 //! On shutdown: stop receiving, finish the files in hand (within the grace
 //! period), and make the messages not yet started visible again at once.
 
-use crate::keys::RawKey;
-use crate::lease::{Claim, Leases};
-use crate::processor::{Outcome, ProcessError, Processor};
-use crate::sqs::{Message, SqsClient};
+use crate::apply::lease::{Claim, Leases};
+use crate::apply::processor::{Outcome, ProcessError, Processor};
+use crate::ingest::sqs::{Message, SqsClient};
+use crate::state::keys::RawKey;
 use crate::storage::Location;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
@@ -65,7 +65,7 @@ impl Default for SqsSettings {
     }
 }
 
-pub use crate::events::S3Event as Parsed;
+pub use crate::ingest::s3_event::S3Event as Parsed;
 
 /// Reads a message body: an S3 event, or an SNS `Notification` whose
 /// `Message` is one. `bucket` (when on S3) filters records of other buckets;
@@ -86,7 +86,7 @@ pub fn parse_body(body: &str, bucket: Option<&str>, topics: &[String]) -> Result
     } else {
         v
     };
-    crate::events::parse_s3_event(&event, bucket)
+    crate::ingest::s3_event::parse_s3_event(&event, bucket)
 }
 
 /// Delay before a failed message is seen again: the visibility timeout,
@@ -214,7 +214,7 @@ pub async fn run(
                 failures = failures.saturating_add(1);
                 crate::telemetry::retry("sqs_receive");
                 // 1 s, doubling, at most 30 s.
-                let wait = crate::worker::retry_wait(Duration::from_secs(1), failures);
+                let wait = crate::ingest::queue::retry_wait(Duration::from_secs(1), failures);
                 if e.is_auth() {
                     tracing::error!(error = %e, "SQS refused our credentials; retrying in {wait:?}");
                 } else {
@@ -523,7 +523,7 @@ async fn dead_letter(
         "last_error": err.to_string(),
         "receive_count": receives,
         "dead_letter": true,
-        "failed_at": crate::statedoc::now_iso(),
+        "failed_at": crate::state::documents::now_iso(),
     });
     processor
         .storage()

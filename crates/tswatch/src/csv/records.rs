@@ -7,7 +7,7 @@
 //! `csv_core`. Lines are physical lines (counted `\n`s), and a record longer
 //! than [`MAX_RECORD_BYTES`] is refused as soon as it is seen to be.
 
-use crate::csvscore::{InputError, MAX_RECORD_BYTES, READ_BUFFER};
+use crate::csv::scorer::{InputError, MAX_RECORD_BYTES, READ_BUFFER};
 use std::io::{ErrorKind, Read};
 
 /// Rows of fields, back to back in one buffer: each field is followed by

@@ -58,7 +58,7 @@ pub struct StateDoc {
     pub applied: VecDeque<Applied>,
     /// The stream's last rows, for the dashboard.
     #[serde(default)]
-    pub recent: crate::recent::RecentSeries,
+    pub recent: crate::state::recent::RecentSeries,
 }
 
 /// Totals behind `/anomalies/summary`.
@@ -140,7 +140,7 @@ impl Summary {
         source_key: String,
         output_key: String,
         processed_at: String,
-        report: &crate::csvscore::FileReport,
+        report: &crate::csv::scorer::FileReport,
         baseline_observation_counts: BTreeMap<String, u64>,
         source_etag: Option<String>,
         state_seq: u64,
@@ -315,7 +315,7 @@ mod tests {
             "raw/a.csv".into(),
             "processed/a.csv".into(),
             now_iso(),
-            &crate::csvscore::FileReport::default(),
+            &crate::csv::scorer::FileReport::default(),
             BTreeMap::new(),
             None,
             1,
@@ -337,7 +337,7 @@ mod tests {
 
     #[test]
     fn adopts_the_seed_fixture() {
-        let text = include_str!("../tests/fixtures/baseline.json");
+        let text = include_str!("../../tests/fixtures/baseline.json");
         let v: Value = serde_json::from_str(text).unwrap();
         let s = adopt_seed_baseline(&v).unwrap();
         assert_eq!(s.channels.len(), 4);
@@ -349,7 +349,7 @@ mod tests {
     #[test]
     fn baseline_projection_has_the_seed_shape() {
         let v: Value =
-            serde_json::from_str(include_str!("../tests/fixtures/baseline.json")).unwrap();
+            serde_json::from_str(include_str!("../../tests/fixtures/baseline.json")).unwrap();
         let mut doc = StateDoc::new(adopt_seed_baseline(&v).unwrap());
         doc.seq = 7;
         let out = doc.baseline_json();

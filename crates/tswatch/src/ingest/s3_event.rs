@@ -2,7 +2,7 @@
 //! an SQS queue, directly or wrapped by SNS): one reading, with its checks
 //! in one order, for every path.
 
-use crate::keys::{self, RawKey};
+use crate::state::keys::{self, RawKey};
 use serde_json::Value;
 
 /// What an S3 event notification asks for.

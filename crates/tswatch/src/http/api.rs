@@ -3,12 +3,12 @@
 //! Handlers only read the committed state (or queue work); nothing here
 //! blocks on processing, so `/notify` answers at once.
 
-use crate::events::{S3Event, parse_s3_event};
-use crate::processor::{Processor, View};
-use crate::sns::{SnsError, SnsMessage, Verifier, is_sns_url};
-use crate::statedoc::{Applied, RECENT_FILES, StateDoc, Summary, Totals, now_iso, round4};
+use crate::apply::processor::{Processor, View};
+use crate::ingest::queue::{Enqueue, Queue};
+use crate::ingest::s3_event::{S3Event, parse_s3_event};
+use crate::ingest::sns::{SnsError, SnsMessage, Verifier, is_sns_url};
+use crate::state::documents::{Applied, RECENT_FILES, StateDoc, Summary, Totals, now_iso, round4};
 use crate::storage::Location;
-use crate::worker::{Enqueue, Queue};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, RawQuery, State};
@@ -64,8 +64,8 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .route("/", get(crate::dashboard::page))
-        .route("/dashboard/data", get(crate::dashboard::data))
+        .route("/", get(crate::http::dashboard::page))
+        .route("/dashboard/data", get(crate::http::dashboard::data))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(TimeoutLayer::with_status_code(

@@ -2,8 +2,11 @@
 //! service sees data (CSV files of 100 rows, state saved and restored as
 //! JSON between files) and measures how trustworthy the alerts are.
 
-use crate::csvscore::score_csv;
-use crate::scenario::{self, Event, SEED_CHANNELS, Scenario};
+pub mod nab;
+pub mod scenario;
+
+use crate::csv::scorer::score_csv;
+use scenario::{Event, SEED_CHANNELS, Scenario};
 use serde::Serialize;
 use std::time::Instant;
 use tswatch_core::{Engine, EngineConfig, EngineState};

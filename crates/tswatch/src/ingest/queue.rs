@@ -6,8 +6,8 @@
 //! parallel. A key already waiting is not queued twice. Storage failures are retried with exponential backoff; a file that
 //! still fails is left for the next reconciliation pass, never dropped.
 
-use crate::keys::RawKey;
-use crate::processor::{Outcome, Processor, STAGING_MAX_AGE};
+use crate::apply::processor::{Outcome, Processor, STAGING_MAX_AGE};
+use crate::state::keys::RawKey;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -341,10 +341,10 @@ fn queue_path(root: &std::path::Path, path: &std::path::Path, queue: &Queue) {
 /// Logs, once per key and process, a batch under `raw/` that can never be
 /// processed (its outputs could not be stored, or its stream name is
 /// reserved); other keys (not `.csv`) are not batches and pass silently.
-fn report_unusable(key: &str, e: &crate::keys::KeyError) {
+fn report_unusable(key: &str, e: &crate::state::keys::KeyError) {
     static SEEN: std::sync::LazyLock<crate::report::OnceSet> =
         std::sync::LazyLock::new(crate::report::OnceSet::default);
-    if matches!(e, crate::keys::KeyError::Unusable { .. }) && SEEN.first(key) {
+    if matches!(e, crate::state::keys::KeyError::Unusable { .. }) && SEEN.first(key) {
         tracing::warn!(error = %e, "refused for good (reported once)");
     }
 }

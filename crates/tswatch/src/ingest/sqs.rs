@@ -1,6 +1,6 @@
 //! A small Amazon SQS client: the JSON protocol over `reqwest`, signed with
 //! SigV4 by `object_store`'s [`AwsAuthorizer`] with the AWS credential chain
-//! the S3 storage uses ([`crate::aws::Chain`]), without the SQS SDK.
+//! the S3 storage uses ([`crate::storage::aws::Chain`]), without the SQS SDK.
 //!
 //! Only what the consumer needs: receive, delete, change visibility, plus
 //! send and queue attributes (operations and tests).

@@ -11,9 +11,9 @@
 //! field spanning lines) longer than [`MAX_RECORD_BYTES`] and a header wider
 //! than [`MAX_COLUMNS`] are refused, and the rows held back to sniff column
 //! types are capped in count and bytes. Line numbers in errors are physical
-//! lines ([`crate::records`] reads the records and counts them).
+//! lines ([`crate::csv::records`] reads the records and counts them).
 
-use crate::records::{Records, Row, Rows};
+use crate::csv::records::{Records, Row, Rows};
 use serde_json::{Map, Value};
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -187,9 +187,9 @@ pub struct FileReport {
     /// Rows each channel flagged (its `<channel>_zscore_flag`), in the
     /// order of `channels`.
     pub channel_flags: Vec<u64>,
-    /// The file's last rows (at most [`crate::recent::RECENT_ROWS`]), for
+    /// The file's last rows (at most [`crate::state::recent::RECENT_ROWS`]), for
     /// the dashboard.
-    pub tail: Vec<crate::recent::RecentRow>,
+    pub tail: Vec<crate::state::recent::RecentRow>,
 }
 
 pub(crate) const TIMESTAMP_NAMES: [&str; 5] = ["timestamp", "time", "date", "datetime", "ts"];
@@ -303,7 +303,7 @@ pub fn score_csv_with<R: Read, W: Write + Send>(
                 safety,
                 kept_bytes: 0,
                 ts_col,
-                tail: crate::recent::TailRing::default(),
+                tail: crate::state::recent::TailRing::default(),
             };
             let mut written = FileReport::default();
             for (mut batch, view) in from_scorer {
@@ -374,7 +374,7 @@ pub fn score_csv_with<R: Read, W: Write + Send>(
                 }
                 let ts = ts_col
                     .and_then(|c| rec.get(c))
-                    .and_then(crate::timestamp::parse);
+                    .and_then(crate::csv::timestamp::parse);
                 engine.score_into(&binding, ts, &values, &mut score);
                 engine.update(&binding, ts, &values, &score);
                 batch.push(&values, &score, inline);
@@ -539,7 +539,7 @@ struct Writing<'a> {
     /// The timestamp column, if any.
     ts_col: Option<usize>,
     /// The last rows written.
-    tail: crate::recent::TailRing,
+    tail: crate::state::recent::TailRing,
 }
 
 impl Writing<'_> {

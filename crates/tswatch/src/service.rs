@@ -1,15 +1,15 @@
 //! Wires the service together: `run` receives everything it needs, so tests
 //! can start it on any listener and storage.
 
-use crate::alerts::{AlertSettings, Alerts};
-use crate::api::{self, AppState};
-use crate::csvscore::CellSafety;
-use crate::processor::Processor;
-use crate::sns::{HttpsCertSource, Verifier};
-use crate::sqs::SqsClient;
-use crate::sqs_worker::{self, SqsSettings};
+use crate::apply::alerts::{AlertSettings, Alerts};
+use crate::apply::processor::Processor;
+use crate::csv::scorer::CellSafety;
+use crate::http::api::{self, AppState};
+use crate::ingest::queue::{self, Queue};
+use crate::ingest::sns::{HttpsCertSource, Verifier};
+use crate::ingest::sqs::SqsClient;
+use crate::ingest::sqs_worker::{self, SqsSettings};
 use crate::storage::{Location, Storage};
-use crate::worker::{self, Queue};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -53,7 +53,7 @@ pub struct Settings {
 /// folder watcher and (with webhooks) the alert sender. On shutdown, stops
 /// taking requests, gives the worker `shutdown_grace` to finish the file in
 /// hand (then abandons it, which the commit protocol makes safe), gives
-/// alerts still being sent [`crate::alerts::SHUTDOWN_GRACE`], and returns.
+/// alerts still being sent [`crate::apply::alerts::SHUTDOWN_GRACE`], and returns.
 pub async fn run(
     listener: TcpListener,
     storage: Storage,
@@ -91,13 +91,13 @@ pub async fn run(
     crate::telemetry::spawn_upkeep(metrics.clone(), stop_rx.clone());
 
     let _watcher = match storage.location() {
-        Location::Local(root) => Some(worker::watch_local(root, queue.clone())?),
+        Location::Local(root) => Some(queue::watch_local(root, queue.clone())?),
         Location::S3 { .. } => None,
     };
     let workers: Vec<_> = receivers
         .into_iter()
         .map(|rx| {
-            tokio::spawn(worker::run_worker(
+            tokio::spawn(queue::run_worker(
                 processor.clone(),
                 queue.clone(),
                 rx,
@@ -132,7 +132,7 @@ pub async fn run(
     let min_age = settings.sqs.as_ref().map_or(Duration::ZERO, |q| {
         Duration::from_secs(u64::from(q.reconcile_after_secs))
     });
-    let reconciler = tokio::spawn(worker::run_reconciler(
+    let reconciler = tokio::spawn(queue::run_reconciler(
         processor.clone(),
         queue.clone(),
         settings.reconcile_every,
@@ -178,12 +178,12 @@ pub async fn run(
             "no --sns-topic-arn: POST /notify refuses every SNS message (any AWS account can make SNS sign one). Set it to the topic your bucket notifies."
         );
     }
-    let limits = crate::http::Limits {
+    let limits = crate::http::server::Limits {
         header_timeout: settings.http_header_timeout,
         max_connections: settings.max_connections,
     };
     tracing::info!(%addr, storage = %storage.label(), lanes, max_connections = limits.max_connections, "tswatch listening");
-    crate::http::serve(listener, api::router(state), limits, async move {
+    crate::http::server::serve(listener, api::router(state), limits, async move {
         shutdown.await;
         tracing::info!("shutting down: finishing work in hand");
     })
@@ -198,7 +198,7 @@ pub async fn run(
     reconciler.abort();
     if let Some(a) = alerts {
         // The workers are done: no alert comes after this.
-        a.shutdown(crate::alerts::SHUTDOWN_GRACE).await;
+        a.shutdown(crate::apply::alerts::SHUTDOWN_GRACE).await;
     }
     tracing::info!("stopped");
     Ok(())

@@ -1,4 +1,4 @@
-//! Streams one object through [`crate::csvscore::score_csv`] (or, for the
+//! Streams one object through [`crate::csv::scorer::score_csv`] (or, for the
 //! benchmark's floor, any other transform: [`stream_object`]). On S3 the
 //! object's byte stream feeds a blocking scoring thread through a small
 //! bounded channel, and the scored bytes flow back out to a multipart
@@ -6,7 +6,7 @@
 //! writes the staged file itself. At no point is the file held in memory: a
 //! few 256 KiB buffers are in flight.
 
-use crate::csvscore::{CellSafety, FileReport, InputError, ScoreError, score_csv_with};
+use crate::csv::scorer::{CellSafety, FileReport, InputError, ScoreError, score_csv_with};
 use crate::storage::{Storage, StoreError};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -108,7 +108,7 @@ where
     let (input, pump): (Box<dyn Read + Send>, _) = match got.payload {
         GetResultPayload::File(file, _) => (
             Box::new(std::io::BufReader::with_capacity(
-                crate::csvscore::READ_BUFFER,
+                crate::csv::scorer::READ_BUFFER,
                 file,
             )),
             None,
@@ -187,7 +187,7 @@ where
 
 /// The scorer writes pieces of this size, so the local sink's buffer of the
 /// same size passes them straight through, and uploads ship them as they are.
-const CHUNK: usize = crate::csvscore::WRITE_CHUNK;
+const CHUNK: usize = crate::csv::scorer::WRITE_CHUNK;
 
 /// A buffered local file that the scoring thread writes directly.
 fn local_sink(path: std::path::PathBuf) -> Result<std::io::BufWriter<std::fs::File>, StoreError> {
