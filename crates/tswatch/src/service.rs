@@ -183,10 +183,15 @@ pub async fn run(
         max_connections: settings.max_connections,
     };
     tracing::info!(%addr, storage = %storage.label(), lanes, max_connections = limits.max_connections, "tswatch listening");
-    crate::http::server::serve(listener, api::router(state), limits, async move {
-        shutdown.await;
-        tracing::info!("shutting down: finishing work in hand");
-    })
+    crate::http::server::serve(
+        listener,
+        api::router(state, crate::http::dashboard::routes()),
+        limits,
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing work in hand");
+        },
+    )
     .await?;
     let _ = stop_tx.send(true);
     for w in workers {

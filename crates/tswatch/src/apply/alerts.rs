@@ -530,7 +530,7 @@ enum Attempt {
 
 /// Wait before retry `n` (from 1): 1 s doubling, at most 30 s.
 fn backoff(n: u32) -> Duration {
-    crate::ingest::queue::retry_wait(Duration::from_secs(1), n)
+    crate::apply::retry_wait(Duration::from_secs(1), n)
 }
 
 fn classify(status: reqwest::StatusCode) -> Attempt {

@@ -6,7 +6,8 @@
 //! writes the staged file itself. At no point is the file held in memory: a
 //! few 256 KiB buffers are in flight.
 
-use crate::csv::scorer::{CellSafety, FileReport, InputError, ScoreError, score_csv_with};
+use crate::csv::records::{InputError, READ_BUFFER};
+use crate::csv::scorer::{CellSafety, FileReport, ScoreError, score_csv_with};
 use crate::storage::{Storage, StoreError};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -107,10 +108,7 @@ where
     let read_error = Arc::new(Mutex::new(None));
     let (input, pump): (Box<dyn Read + Send>, _) = match got.payload {
         GetResultPayload::File(file, _) => (
-            Box::new(std::io::BufReader::with_capacity(
-                crate::csv::scorer::READ_BUFFER,
-                file,
-            )),
+            Box::new(std::io::BufReader::with_capacity(READ_BUFFER, file)),
             None,
         ),
         GetResultPayload::Stream(mut stream) => {

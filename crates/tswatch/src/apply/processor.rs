@@ -18,7 +18,8 @@
 
 use crate::apply::alerts::AlertSink;
 use crate::apply::pipeline::{PipelineError, score_object};
-use crate::csv::scorer::{CellSafety, InputError};
+use crate::csv::records::InputError;
+use crate::csv::scorer::CellSafety;
 use crate::state::documents::{
     self, Applied, BASELINE_KEY, LEDGER_LEN, StateDoc, Summary, Totals, baseline_key, engine_key,
     now_iso,

@@ -47,7 +47,7 @@ pub fn score_file(args: &ScoreArgs, config: &EngineConfig) -> anyhow::Result<()>
         None => (Progress::rows("scoring"), Count::Lines),
     };
     let reader = BufReader::with_capacity(
-        crate::csv::scorer::READ_BUFFER,
+        crate::csv::records::READ_BUFFER,
         ProgressRead::new(input, progress.0.clone(), progress.1),
     );
     let (out, tmp) = if to_stdout {
@@ -57,7 +57,7 @@ pub fn score_file(args: &ScoreArgs, config: &EngineConfig) -> anyhow::Result<()>
         let f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         (f, Some(tmp))
     };
-    let mut w = BufWriter::with_capacity(crate::csv::scorer::READ_BUFFER, out);
+    let mut w = BufWriter::with_capacity(crate::csv::records::READ_BUFFER, out);
     let scored = score_csv_with(reader, &mut w, &mut engine, args.spreadsheet_safe);
     progress.0.finish();
     let written = scored.map_err(|e| -> anyhow::Error {

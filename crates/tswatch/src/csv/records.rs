@@ -7,8 +7,50 @@
 //! `csv_core`. Lines are physical lines (counted `\n`s), and a record longer
 //! than [`MAX_RECORD_BYTES`] is refused as soon as it is seen to be.
 
-use crate::csv::scorer::{InputError, MAX_RECORD_BYTES, READ_BUFFER};
 use std::io::{ErrorKind, Read};
+
+/// Longest record accepted, in bytes.
+pub const MAX_RECORD_BYTES: u64 = 1024 * 1024;
+/// Bytes the CSV parser reads at a time.
+pub const READ_BUFFER: usize = 256 * 1024;
+
+/// Why a file cannot be scored. Carries the 1-based line where known.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// The file has no header line.
+    #[error("the file is empty: a header line `timestamp,<channel>,...` is required")]
+    Empty,
+    /// A header problem.
+    #[error("line 1: {0}")]
+    Header(String),
+    /// A row problem.
+    #[error("line {line}: {message}")]
+    Row {
+        /// Line number.
+        line: u64,
+        /// What is wrong.
+        message: String,
+    },
+    /// The CSV could not be read (I/O or malformed quoting).
+    #[error("{0}")]
+    Csv(String),
+    /// The object is not a file tswatch reads (a symbolic link, a FIFO).
+    #[error("{0}")]
+    Unreadable(String),
+}
+
+impl InputError {
+    /// A short, fixed name for the kind of problem (a metrics label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Empty => "empty",
+            Self::Header(_) => "header",
+            Self::Row { .. } => "row",
+            Self::Csv(_) => "csv",
+            Self::Unreadable(_) => "unreadable",
+        }
+    }
+}
 
 /// Rows of fields, back to back in one buffer: each field is followed by
 /// one separator byte, so a field starts one byte after the previous ends.

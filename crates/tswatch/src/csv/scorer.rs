@@ -13,7 +13,7 @@
 //! types are capped in count and bytes. Line numbers in errors are physical
 //! lines ([`crate::csv::records`] reads the records and counts them).
 
-use crate::csv::records::{Records, Row, Rows};
+use crate::csv::records::{InputError, Records, Row, Rows};
 use serde_json::{Map, Value};
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -24,8 +24,6 @@ use tswatch_core::{Engine, ForestVerdict, ForestView, RowScore};
 const SNIFF_ROWS: usize = 256;
 /// At most this many bytes of rows are held back for sniffing.
 const SNIFF_BYTES: usize = 4 * 1024 * 1024;
-/// Longest record accepted, in bytes.
-pub const MAX_RECORD_BYTES: u64 = 1024 * 1024;
 /// Most columns accepted in a header.
 pub const MAX_COLUMNS: usize = 1024;
 /// Names of the columns tswatch appends (besides `<ch>_zscore[_flag]`).
@@ -92,44 +90,6 @@ impl CellSafety {
     /// As [`CellSafety::guard`], for a name.
     fn guard_str(self, name: &str, generated: bool) -> String {
         String::from_utf8_lossy(&self.guard(name.as_bytes(), generated)).into_owned()
-    }
-}
-
-/// Why a file cannot be scored. Carries the 1-based line where known.
-#[derive(Debug, thiserror::Error)]
-pub enum InputError {
-    /// The file has no header line.
-    #[error("the file is empty: a header line `timestamp,<channel>,...` is required")]
-    Empty,
-    /// A header problem.
-    #[error("line 1: {0}")]
-    Header(String),
-    /// A row problem.
-    #[error("line {line}: {message}")]
-    Row {
-        /// Line number.
-        line: u64,
-        /// What is wrong.
-        message: String,
-    },
-    /// The CSV could not be read (I/O or malformed quoting).
-    #[error("{0}")]
-    Csv(String),
-    /// The object is not a file tswatch reads (a symbolic link, a FIFO).
-    #[error("{0}")]
-    Unreadable(String),
-}
-
-impl InputError {
-    /// A short, fixed name for the kind of problem (a metrics label).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Empty => "empty",
-            Self::Header(_) => "header",
-            Self::Row { .. } => "row",
-            Self::Csv(_) => "csv",
-            Self::Unreadable(_) => "unreadable",
-        }
     }
 }
 
@@ -428,9 +388,6 @@ pub fn score_csv_with<R: Read, W: Write + Send>(
     report.tail = written.tail;
     Ok(report)
 }
-
-/// Bytes the CSV parser reads at a time.
-pub const READ_BUFFER: usize = 256 * 1024;
 
 /// Formatted output is written in pieces at least this large: as large as
 /// the pipeline's output buffer, which then hands them straight through.
@@ -1300,7 +1257,7 @@ mod tests {
             assert_eq!(err.line(), Some(3), "{err}");
             assert!(err.to_string().contains("longer than 1 MiB"), "{err}");
             assert!(
-                n.get() < MAX_RECORD_BYTES + (1 << 20),
+                n.get() < crate::csv::records::MAX_RECORD_BYTES + (1 << 20),
                 "read {} bytes",
                 n.get()
             );

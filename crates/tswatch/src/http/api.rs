@@ -51,10 +51,10 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
 }
 
-/// The router with every endpoint. Every refusal, whichever layer makes it
-/// (body limit, timeout, unknown method or path), is a 4xx with a JSON
-/// `{"error": ...}` body.
-pub fn router(state: AppState) -> Router {
+/// The router with every endpoint, and the `pages` (the dashboard's) beside
+/// them. Every refusal, whichever layer makes it (body limit, timeout,
+/// unknown method or path), is a 4xx with a JSON `{"error": ...}` body.
+pub fn router(state: AppState, pages: Router<AppState>) -> Router {
     let timeout = state.request_timeout;
     Router::new()
         .route("/notify", post(notify))
@@ -64,8 +64,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .route("/", get(crate::http::dashboard::page))
-        .route("/dashboard/data", get(crate::http::dashboard::data))
+        .merge(pages)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(TimeoutLayer::with_status_code(

@@ -20,6 +20,13 @@ const PAGE: &str = include_str!("dashboard/index.html");
 /// Anomalous rows the page lists.
 const ANOMALY_ROWS: usize = 50;
 
+/// The dashboard's routes: the page at `/` and the data it polls.
+pub fn routes() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/", axum::routing::get(page))
+        .route("/dashboard/data", axum::routing::get(data))
+}
+
 /// `GET /`: the dashboard.
 pub(crate) async fn page() -> Response {
     (

@@ -144,15 +144,7 @@ async fn stopped(mut shutdown: watch::Receiver<bool>) {
 /// outage of a minute costs no file a trip through reconciliation (which
 /// still catches anything longer).
 fn backoff(attempt: u32) -> Duration {
-    retry_wait(Duration::from_millis(200), attempt)
-}
-
-/// The wait before the `attempt`-th retry (from 1) of anything that fails
-/// on storage or the network: `first`, doubling, at most 30 s.
-pub(crate) fn retry_wait(first: Duration, attempt: u32) -> Duration {
-    first
-        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
-        .min(Duration::from_secs(30))
+    crate::apply::retry_wait(Duration::from_millis(200), attempt)
 }
 
 /// Attempts per file before it is left to reconciliation.

@@ -214,7 +214,7 @@ pub async fn run(
                 failures = failures.saturating_add(1);
                 crate::telemetry::retry("sqs_receive");
                 // 1 s, doubling, at most 30 s.
-                let wait = crate::ingest::queue::retry_wait(Duration::from_secs(1), failures);
+                let wait = crate::apply::retry_wait(Duration::from_secs(1), failures);
                 if e.is_auth() {
                     tracing::error!(error = %e, "SQS refused our credentials; retrying in {wait:?}");
                 } else {
