@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 /// Most channels in a joint model (the per-row work is on the stack): the
 /// highest `joint_max_channels`. Defined here, not in `joint`, so that the
 /// settings depend on no model.
-pub const MAX_JOINT_CHANNELS: usize = 16;
+pub(crate) const MAX_JOINT_CHANNELS: usize = 16;
 
 /// Tuning of the detection engine. The defaults are meant to hold on any
 /// series without per-dataset tuning; see the README for what each does.

@@ -4,7 +4,7 @@
 //! probability is calibrated like the per-channel ones.
 
 use crate::channel::Basis;
-pub use crate::config::MAX_JOINT_CHANNELS as MAX_CHANNELS;
+pub(crate) use crate::config::MAX_JOINT_CHANNELS as MAX_CHANNELS;
 use crate::stats::chi2_surprise;
 use serde::{Deserialize, Serialize};
 

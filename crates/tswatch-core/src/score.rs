@@ -14,7 +14,7 @@ use crate::detector::{Finding, Verdict};
 /// The joint test is held to a ten times stricter standard than the
 /// configured false-alarm rate (`-log10(10)`): its Gaussian assumption is
 /// the weakest, and it spends little of the false-alarm budget that way.
-pub const JOINT_PENALTY: f64 = 1.0;
+pub(crate) const JOINT_PENALTY: f64 = 1.0;
 
 /// The isolation forest's view of a row (the seed's `if_*` columns).
 #[derive(Debug, Clone, PartialEq)]

@@ -4,7 +4,7 @@
 //! out of the baseline, order independence, and edge cases.
 
 use proptest::prelude::*;
-use tswatch_core::forest::SplitMix64;
+use tswatch_core::SplitMix64;
 use tswatch_core::{Engine, EngineConfig, EngineState, RowScore};
 
 const NAMES: [&str; 4] = ["temperature", "humidity", "pressure", "wind_speed"];

@@ -212,7 +212,10 @@ pub async fn run(
 /// Refuses `--insecure-skip-sns-verify` off loopback: without signature
 /// checks, anyone who reaches `/notify` can queue work and make the service
 /// fetch any URL.
-pub fn check_insecure_bind(insecure: bool, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+pub(crate) fn check_insecure_bind(
+    insecure: bool,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<()> {
     anyhow::ensure!(
         !insecure || addr.ip().is_loopback(),
         "--insecure-skip-sns-verify is refused on {addr}: it is for local emulators, on a loopback address only (e.g. --bind 127.0.0.1:8000)"
@@ -221,7 +224,7 @@ pub fn check_insecure_bind(insecure: bool, addr: std::net::SocketAddr) -> anyhow
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -41,28 +41,28 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 /// Alerts waiting for the sender; beyond this an offer is dropped.
-pub const CHANNEL_CAPACITY: usize = 1024;
+pub(crate) const CHANNEL_CAPACITY: usize = 1024;
 /// Default of `--alert-max-per-minute`.
-pub const DEFAULT_MAX_PER_MINUTE: u32 = 30;
+pub(crate) const DEFAULT_MAX_PER_MINUTE: u32 = 30;
 /// Longest a request to a webhook may take, connection included.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts per alert and webhook.
-pub const ATTEMPTS: u32 = 5;
+pub(crate) const ATTEMPTS: u32 = 5;
 /// Requests in flight at once per webhook (a slow receiver delays no more
 /// than this many of its own alerts behind each other, and no other's).
-pub const CONCURRENCY: usize = 4;
+pub(crate) const CONCURRENCY: usize = 4;
 /// Deliveries (sending or waiting to retry) held per webhook; beyond this
 /// an alert is dropped as `queue_full`.
-pub const MAX_PENDING: usize = 256;
+pub(crate) const MAX_PENDING: usize = 256;
 /// On shutdown, how long deliveries in progress may take before they are
 /// abandoned.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Rows of the file listed in an alert, highest score first.
-pub const TOP_ROWS: usize = 5;
+pub(crate) const TOP_ROWS: usize = 5;
 
 /// A configuration the alerts cannot run with.
 #[derive(Debug, thiserror::Error)]
-pub enum AlertError {
+pub(crate) enum AlertError {
     /// A URL that does not parse. (The URL itself is not repeated: it may
     /// hold a secret.)
     #[error("{setting}: not a valid URL ({reason})")]
@@ -90,7 +90,7 @@ pub enum AlertError {
 
 /// A webhook URL, checked.
 #[derive(Clone)]
-pub struct Webhook {
+pub(crate) struct Webhook {
     url: reqwest::Url,
     label: String,
 }
@@ -104,7 +104,7 @@ impl std::fmt::Debug for Webhook {
 
 impl Webhook {
     /// Parses an `--alert-webhook` URL: `http` or `https`, with a host.
-    pub fn parse(url: &str) -> Result<Self, AlertError> {
+    pub(crate) fn parse(url: &str) -> Result<Self, AlertError> {
         let url = check_url("--alert-webhook", url)?;
         Ok(Self {
             label: origin(&url),
@@ -113,13 +113,13 @@ impl Webhook {
     }
 
     /// What logs call it: scheme, host and port only.
-    pub fn label(&self) -> &str {
+    pub(crate) fn label(&self) -> &str {
         &self.label
     }
 }
 
 /// Parses an http(s) URL with a host, for the flag named `setting`.
-pub fn check_url(setting: &'static str, url: &str) -> Result<reqwest::Url, AlertError> {
+pub(crate) fn check_url(setting: &'static str, url: &str) -> Result<reqwest::Url, AlertError> {
     let parsed = reqwest::Url::parse(url.trim()).map_err(|e| AlertError::Invalid {
         setting,
         reason: e.to_string(),
@@ -152,7 +152,7 @@ fn origin(url: &reqwest::Url) -> String {
 #[derive(Debug, Clone)]
 pub struct AlertSettings {
     /// Where alerts go (none: alerts are off).
-    pub webhooks: Vec<Webhook>,
+    pub(crate) webhooks: Vec<Webhook>,
     /// Alerts per minute per webhook (the token bucket's size and rate).
     pub max_per_minute: u32,
     /// The service's base URL for the alerts' dashboard link (no trailing
@@ -179,7 +179,7 @@ struct Alert {
 
 /// The processing side: offers alerts without ever waiting.
 #[derive(Debug, Clone)]
-pub struct AlertSink {
+pub(crate) struct AlertSink {
     tx: mpsc::Sender<Arc<Alert>>,
     dashboard: Arc<str>,
 }
@@ -188,7 +188,7 @@ impl AlertSink {
     /// Offers the alert for a file just committed, if it has anomalies.
     /// Never blocks: when the sender is behind by [`CHANNEL_CAPACITY`]
     /// alerts (or stopped) the alert is dropped and counted.
-    pub fn offer(&self, entry: &Applied) {
+    pub(crate) fn offer(&self, entry: &Applied) {
         if entry.summary.anomaly_count == 0 {
             return;
         }
@@ -219,7 +219,7 @@ impl AlertSink {
 
 /// The alert JSON for a committed file: the summary's counts, the top rows
 /// with their reasons, a dashboard link and a Slack-compatible `text`.
-pub fn payload(entry: &Applied, dashboard: &str) -> Value {
+pub(crate) fn payload(entry: &Applied, dashboard: &str) -> Value {
     let s = &entry.summary;
     let stream = RawKey::parse(&s.source_key)
         .map(|k| k.stream().to_string())
@@ -376,7 +376,7 @@ impl Target {
 
 /// The running alert sender.
 #[derive(Debug)]
-pub struct Alerts {
+pub(crate) struct Alerts {
     sink: AlertSink,
     stop: oneshot::Sender<Duration>,
     task: tokio::task::JoinHandle<()>,
@@ -385,7 +385,7 @@ pub struct Alerts {
 impl Alerts {
     /// Starts the sender for `settings.webhooks`; `dashboard` is the link
     /// alerts carry.
-    pub fn start(settings: &AlertSettings, dashboard: String) -> Result<Self, AlertError> {
+    pub(crate) fn start(settings: &AlertSettings, dashboard: String) -> Result<Self, AlertError> {
         if settings.max_per_minute == 0 {
             return Err(AlertError::ZeroRate);
         }
@@ -431,14 +431,14 @@ impl Alerts {
     }
 
     /// The handle the processor offers alerts to.
-    pub fn sink(&self) -> AlertSink {
+    pub(crate) fn sink(&self) -> AlertSink {
         self.sink.clone()
     }
 
     /// Stops taking alerts, sends those already offered, and waits up to
     /// `grace` for deliveries in progress; the rest are abandoned (counted
     /// as dropped, reason `shutdown`).
-    pub async fn shutdown(self, grace: Duration) {
+    pub(crate) async fn shutdown(self, grace: Duration) {
         let _ = self.stop.send(grace);
         let _ = self.task.await;
     }

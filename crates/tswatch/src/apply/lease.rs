@@ -30,7 +30,7 @@ struct LeaseDoc {
 }
 
 /// Where a stream's lease lives.
-pub fn lease_key(stream: &str) -> String {
+pub(crate) fn lease_key(stream: &str) -> String {
     if stream.is_empty() {
         "state/lease.json".to_string()
     } else {
@@ -40,7 +40,7 @@ pub fn lease_key(stream: &str) -> String {
 
 /// Whether this instance may work on a stream now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
+pub(crate) enum Claim {
     /// It holds the stream's lease.
     Held,
     /// Another instance does, until about this long from now.
@@ -54,7 +54,7 @@ pub enum Claim {
 
 /// This instance's leases.
 #[derive(Debug)]
-pub struct Leases {
+pub(crate) struct Leases {
     storage: Storage,
     owner: String,
     ttl: Duration,
@@ -81,7 +81,7 @@ fn instance_id() -> String {
 
 impl Leases {
     /// Leases of `ttl` over `storage`, under a fresh instance id.
-    pub fn new(storage: Storage, ttl: Duration) -> Self {
+    pub(crate) fn new(storage: Storage, ttl: Duration) -> Self {
         Self {
             storage,
             owner: instance_id(),
@@ -91,13 +91,13 @@ impl Leases {
     }
 
     /// This instance's id, as its leases name it.
-    pub fn owner(&self) -> &str {
+    pub(crate) fn owner(&self) -> &str {
         &self.owner
     }
 
     /// Takes, renews or confirms the lease of `stream`: `Held` if this
     /// instance may work on it for at least half the lease time from now.
-    pub async fn claim(&self, stream: &str) -> Result<Claim, StoreError> {
+    pub(crate) async fn claim(&self, stream: &str) -> Result<Claim, StoreError> {
         if let Some((_, until)) = self.held_lease(stream)
             && until.saturating_duration_since(Instant::now()) > self.ttl / 2
         {
@@ -150,7 +150,7 @@ impl Leases {
 
     /// Gives `stream`'s lease up (it has no more work here), so another
     /// instance may take the stream at once.
-    pub async fn release(&self, stream: &str) {
+    pub(crate) async fn release(&self, stream: &str) {
         let Some((version, _)) = self.held_lease(stream) else {
             return;
         };

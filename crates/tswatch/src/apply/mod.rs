@@ -4,8 +4,8 @@
 //! scorer ([`pipeline`]), per-stream leases for instances sharing a queue
 //! ([`lease`]) and the alert webhooks offered after a commit ([`alerts`]).
 
-pub mod alerts;
-pub mod lease;
+pub(crate) mod alerts;
+pub(crate) mod lease;
 pub mod pipeline;
 pub mod processor;
 

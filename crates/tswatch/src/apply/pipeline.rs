@@ -35,7 +35,7 @@ pub enum PipelineError {
 /// Scores `raw` (at exactly version `etag`) into `staged`, returning the
 /// advanced engine, the report and the staged object's size in bytes. On
 /// error the staged object may be partial.
-pub async fn score_object(
+pub(crate) async fn score_object(
     storage: &Storage,
     raw: &Path,
     etag: &str,

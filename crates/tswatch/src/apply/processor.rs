@@ -68,12 +68,12 @@ pub enum ProcessError {
 
 /// The committed state as the read endpoints see it.
 #[derive(Debug, Clone)]
-pub struct View {
+pub(crate) struct View {
     /// The state document.
-    pub doc: Arc<StateDoc>,
+    pub(crate) doc: Arc<StateDoc>,
     /// Set when storage could not be read just now: the document is the
     /// last one read, this long ago.
-    pub stale_for: Option<Duration>,
+    pub(crate) stale_for: Option<Duration>,
 }
 
 /// Shared processing service.
@@ -122,7 +122,7 @@ static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 const MAX_CONFLICTS: u32 = 50;
 /// Refused files the dashboard lists.
-pub const RECENT_ERRORS: usize = 50;
+pub(crate) const RECENT_ERRORS: usize = 50;
 /// How stale the read endpoints' view of the state may be.
 const CACHE_TTL: Duration = Duration::from_millis(500);
 /// How long a read endpoint waits for storage before answering from the
@@ -135,7 +135,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Staged outputs older than this and not named by the ledger are debris of
 /// crashed attempts. Generous: a huge file's multipart upload is dated from
 /// its start, and must survive until its commit.
-pub const STAGING_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const STAGING_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
 impl Processor {
     /// A processor over `storage` with the given engine settings.
@@ -159,7 +159,7 @@ impl Processor {
     /// commits with anomalies: only the caller whose commit won offers it,
     /// so a file is alerted once however often it is notified and however
     /// many instances race for it.
-    pub fn with_alerts(mut self, sink: AlertSink) -> Self {
+    pub(crate) fn with_alerts(mut self, sink: AlertSink) -> Self {
         self.alerts = Some(sink);
         self
     }
@@ -175,13 +175,13 @@ impl Processor {
     }
 
     /// The engine settings.
-    pub fn config(&self) -> &EngineConfig {
+    pub(crate) fn config(&self) -> &EngineConfig {
         &self.config
     }
 
     /// The last files this instance refused (`source_key`, `stream`,
     /// `error`, `line`, `failed_at`), newest first.
-    pub fn recent_errors(&self) -> Vec<Value> {
+    pub(crate) fn recent_errors(&self) -> Vec<Value> {
         self.recent_errors
             .lock()
             .map(|e| e.iter().rev().cloned().collect())
@@ -190,14 +190,14 @@ impl Processor {
 
     /// The same processor, making the cells of scored copies safe as
     /// `safety` says.
-    pub fn with_cell_safety(mut self, safety: CellSafety) -> Self {
+    pub(crate) fn with_cell_safety(mut self, safety: CellSafety) -> Self {
         self.safety = safety;
         self
     }
 
     /// Whether `source_key` was committed here but its outputs are not out
     /// yet (its `output_key` does not exist; a retry is on its way).
-    pub fn is_unpublished(&self, source_key: &str) -> bool {
+    pub(crate) fn is_unpublished(&self, source_key: &str) -> bool {
         self.unpublished
             .lock()
             .is_ok_and(|s| s.contains(source_key))
@@ -250,7 +250,7 @@ impl Processor {
     }
 
     /// The storage in use.
-    pub fn storage(&self) -> &Storage {
+    pub(crate) fn storage(&self) -> &Storage {
         &self.storage
     }
 
@@ -273,7 +273,7 @@ impl Processor {
 
     /// The state of `stream` as it is, writing nothing: what a first
     /// [`Processor::load`] would store, if nothing is stored yet.
-    pub async fn peek(&self, stream: &str) -> Result<StateDoc, ProcessError> {
+    pub(crate) async fn peek(&self, stream: &str) -> Result<StateDoc, ProcessError> {
         match self.storage.get_versioned(&engine_key(stream)).await? {
             Some((bytes, _)) => parse_doc(&bytes),
             None => self.bootstrap(stream).await,
@@ -353,7 +353,7 @@ impl Processor {
     /// than [`READ_TIMEOUT`] for storage: when storage is unreachable the last
     /// state read is returned at once (the view says how old it is) while a
     /// background probe looks for storage to come back.
-    pub async fn view(self: &Arc<Self>, stream: &str) -> Result<View, ProcessError> {
+    pub(crate) async fn view(self: &Arc<Self>, stream: &str) -> Result<View, ProcessError> {
         let cached = self.cache.read().await.get(stream).cloned();
         let Some((doc, at)) = cached else {
             let _guard = self.refresh.lock().await;
@@ -420,7 +420,7 @@ impl Processor {
     /// The views of every stream (the default one first), for endpoints
     /// that report over all of them. Streams are found by listing `state/`
     /// at most every few seconds.
-    pub async fn views(self: &Arc<Self>) -> Result<Vec<(String, View)>, ProcessError> {
+    pub(crate) async fn views(self: &Arc<Self>) -> Result<Vec<(String, View)>, ProcessError> {
         let mut out = Vec::new();
         for s in self.known_streams().await {
             out.push((s.clone(), self.view(&s).await?));
@@ -430,7 +430,7 @@ impl Processor {
 
     /// Every stream with state, from a listing of `state/` no older than
     /// [`STREAMS_TTL`] (or the last known set if storage does not answer).
-    pub async fn known_streams(&self) -> Vec<String> {
+    pub(crate) async fn known_streams(&self) -> Vec<String> {
         let fresh = self
             .streams
             .read()
@@ -469,7 +469,7 @@ impl Processor {
 
     /// Reads a stream's state (retrying as long as the storage client does)
     /// and caches it for the read endpoints.
-    pub async fn refresh(&self, stream: &str) -> Result<Arc<StateDoc>, ProcessError> {
+    pub(crate) async fn refresh(&self, stream: &str) -> Result<Arc<StateDoc>, ProcessError> {
         let (doc, _) = self.load(stream).await?;
         let doc = Arc::new(doc);
         self.remember(stream, doc.clone()).await;
@@ -478,7 +478,7 @@ impl Processor {
 
     /// Whether `key` still needs work: it has neither a summary nor an error
     /// record for its current version.
-    pub async fn is_done(&self, key: &RawKey, etag: &str) -> Result<bool, ProcessError> {
+    pub(crate) async fn is_done(&self, key: &RawKey, etag: &str) -> Result<bool, ProcessError> {
         for marker in [key.summary(), key.error()] {
             if let Some(b) = self.storage.get(&marker).await? {
                 let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
@@ -808,7 +808,7 @@ impl Processor {
 
     /// Forgets the learned baseline and model (totals and ledger are kept, so
     /// already-processed files still count once). Compare-and-swap too.
-    pub async fn reset(&self, stream: &str) -> Result<(), ProcessError> {
+    pub(crate) async fn reset(&self, stream: &str) -> Result<(), ProcessError> {
         let key = engine_key(stream);
         for _ in 0..MAX_CONFLICTS {
             let (mut doc, v) = self.load(stream).await?;

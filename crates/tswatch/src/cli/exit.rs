@@ -3,7 +3,7 @@
 
 /// How a command ended, as its process exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitCode {
+pub(crate) enum ExitCode {
     /// The command did what was asked.
     Success = 0,
     /// A runtime or storage failure: a file or bucket that cannot be read
@@ -21,7 +21,7 @@ pub enum ExitCode {
 }
 
 /// The table `tswatch --help` ends with (README.md has the same table).
-pub const HELP: &str = "\
+pub(crate) const HELP: &str = "\
 Exit codes:
   0  success
   1  runtime or storage failure (a file, bucket or state that cannot be used)
@@ -32,7 +32,7 @@ Exit codes:
 /// A failure that is not a plain runtime failure: wraps the error (shown as
 /// it is) and says which exit code it ends the process with.
 #[derive(Debug, thiserror::Error)]
-pub enum Classified {
+pub(crate) enum Classified {
     /// See [`ExitCode::Usage`].
     #[error(transparent)]
     Usage(anyhow::Error),
@@ -46,7 +46,7 @@ pub enum Classified {
 
 impl Classified {
     /// The exit code this failure ends the process with.
-    pub fn code(&self) -> ExitCode {
+    pub(crate) fn code(&self) -> ExitCode {
         match self {
             Classified::Usage(_) => ExitCode::Usage,
             Classified::InputRejected(_) => ExitCode::InputRejected,
@@ -56,14 +56,14 @@ impl Classified {
 }
 
 /// A usage error with this message.
-pub fn usage(message: impl std::fmt::Display) -> anyhow::Error {
+pub(crate) fn usage(message: impl std::fmt::Display) -> anyhow::Error {
     Classified::Usage(anyhow::anyhow!("{message}")).into()
 }
 
 impl ExitCode {
     /// The code a command's error ends the process with: the first
     /// [`Classified`] in its chain of causes, else [`ExitCode::Failure`].
-    pub fn of(e: &anyhow::Error) -> ExitCode {
+    pub(crate) fn of(e: &anyhow::Error) -> ExitCode {
         e.chain()
             .find_map(|c| c.downcast_ref::<Classified>())
             .map_or(ExitCode::Failure, Classified::code)

@@ -20,7 +20,7 @@ use tswatch_core::{Engine, EngineConfig};
 /// standard output); with `--state DIR` the baseline continues from (and is
 /// saved to) `DIR`. The summary goes to stdout (JSON with `--json`), or to
 /// stderr when stdout carries the scored copy.
-pub fn score_file(args: &ScoreArgs, config: &EngineConfig) -> anyhow::Result<()> {
+pub(crate) fn score_file(args: &ScoreArgs, config: &EngineConfig) -> anyhow::Result<()> {
     let started = Instant::now();
     let to_stdout = args.output.as_os_str() == "-";
     if to_stdout && args.json {
@@ -166,7 +166,7 @@ fn stdout_file() -> anyhow::Result<File> {
 
 /// Writes `text` and a newline to stdout; a reader that went away (`| head`)
 /// ends the output quietly instead of a panic.
-pub fn print_stdout(text: &str) -> anyhow::Result<()> {
+pub(crate) fn print_stdout(text: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match writeln!(out, "{text}").and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
@@ -209,7 +209,7 @@ fn save_state(dir: &Path, doc: &StateDoc) -> anyhow::Result<()> {
 }
 
 /// `tswatch produce`: uploads batches to the configured storage.
-pub async fn produce(storage: &Storage, args: &ProduceArgs) -> anyhow::Result<()> {
+pub(crate) async fn produce(storage: &Storage, args: &ProduceArgs) -> anyhow::Result<()> {
     let seed = args
         .seed
         .unwrap_or_else(|| chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0) as u64);
@@ -272,7 +272,7 @@ pub async fn produce(storage: &Storage, args: &ProduceArgs) -> anyhow::Result<()
 
 /// `tswatch eval`: prints the quality table (or JSON); with `--all`, fails
 /// ([`exit::ExitCode::GateFailed`]) when a target is missed.
-pub fn eval(args: &crate::cli::EvalArgs, engine: &EngineConfig) -> anyhow::Result<()> {
+pub(crate) fn eval(args: &crate::cli::EvalArgs, engine: &EngineConfig) -> anyhow::Result<()> {
     if let Some(dir) = &args.nab {
         return eval_nab(dir, args, engine);
     }

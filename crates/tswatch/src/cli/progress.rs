@@ -19,12 +19,12 @@ pub struct Progress {
 
 impl Progress {
     /// Nothing is drawn.
-    pub fn hidden() -> Self {
+    pub(crate) fn hidden() -> Self {
         Self { bar: None }
     }
 
     /// Whether progress is drawn here: stderr is a terminal.
-    pub fn wanted() -> bool {
+    pub(crate) fn wanted() -> bool {
         std::io::stderr().is_terminal()
     }
 
@@ -49,7 +49,7 @@ impl Progress {
 
     /// Bytes of an input of `total` bytes read so far, with the rate and
     /// the time left.
-    pub fn bytes(what: &str, total: u64) -> Self {
+    pub(crate) fn bytes(what: &str, total: u64) -> Self {
         Self::draw(
             ProgressBar::new(total),
             &format!(
@@ -59,7 +59,7 @@ impl Progress {
     }
 
     /// A count of rows of an input of unknown length, with the rate.
-    pub fn rows(what: &str) -> Self {
+    pub(crate) fn rows(what: &str) -> Self {
         Self::draw(
             ProgressBar::no_length(),
             &format!("{{spinner}} {what} {{human_pos}} rows, {{rows_per_sec}}, {{elapsed}}"),
@@ -76,12 +76,12 @@ impl Progress {
     }
 
     /// Whether anything is drawn.
-    pub fn is_visible(&self) -> bool {
+    pub(crate) fn is_visible(&self) -> bool {
         self.bar.is_some()
     }
 
     /// Sets the number of steps.
-    pub fn set_length(&self, n: u64) {
+    pub(crate) fn set_length(&self, n: u64) {
         if let Some(b) = &self.bar {
             b.set_length(n);
         }
@@ -119,7 +119,7 @@ impl Progress {
 
 /// What a [`ProgressRead`] counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Count {
+pub(crate) enum Count {
     /// Bytes read.
     Bytes,
     /// Lines read (rows, but for line breaks inside quoted cells).
@@ -129,7 +129,7 @@ pub enum Count {
 /// A reader that reports what passes through it to a [`Progress`], at most
 /// every [`UPDATE_EVERY`]; when nothing is drawn it only passes reads on.
 #[derive(Debug)]
-pub struct ProgressRead<R> {
+pub(crate) struct ProgressRead<R> {
     inner: R,
     progress: Progress,
     count: Count,
@@ -139,7 +139,7 @@ pub struct ProgressRead<R> {
 
 impl<R: Read> ProgressRead<R> {
     /// Reads `inner`, counting into `progress`.
-    pub fn new(inner: R, progress: Progress, count: Count) -> Self {
+    pub(crate) fn new(inner: R, progress: Progress, count: Count) -> Self {
         Self {
             inner,
             progress,

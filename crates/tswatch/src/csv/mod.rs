@@ -5,4 +5,4 @@
 
 pub mod records;
 pub mod scorer;
-pub mod timestamp;
+pub(crate) mod timestamp;

@@ -10,9 +10,9 @@
 use std::io::{ErrorKind, Read};
 
 /// Longest record accepted, in bytes.
-pub const MAX_RECORD_BYTES: u64 = 1024 * 1024;
+pub(crate) const MAX_RECORD_BYTES: u64 = 1024 * 1024;
 /// Bytes the CSV parser reads at a time.
-pub const READ_BUFFER: usize = 256 * 1024;
+pub(crate) const READ_BUFFER: usize = 256 * 1024;
 
 /// Why a file cannot be scored. Carries the 1-based line where known.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +41,7 @@ pub enum InputError {
 
 impl InputError {
     /// A short, fixed name for the kind of problem (a metrics label).
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Self::Empty => "empty",
             Self::Header(_) => "header",
@@ -171,7 +171,7 @@ impl<'a> Row<'a> {
     }
 
     /// Field `i`, if the row has it.
-    pub fn get(&self, i: usize) -> Option<&'a [u8]> {
+    pub(crate) fn get(&self, i: usize) -> Option<&'a [u8]> {
         let at = self.first + i;
         if at >= self.end {
             return None;

@@ -25,7 +25,7 @@ const SNIFF_ROWS: usize = 256;
 /// At most this many bytes of rows are held back for sniffing.
 const SNIFF_BYTES: usize = 4 * 1024 * 1024;
 /// Most columns accepted in a header.
-pub const MAX_COLUMNS: usize = 1024;
+pub(crate) const MAX_COLUMNS: usize = 1024;
 /// Names of the columns tswatch appends (besides `<ch>_zscore[_flag]`).
 const SCORE_COLUMNS: [&str; 6] = [
     "if_label",
@@ -36,15 +36,15 @@ const SCORE_COLUMNS: [&str; 6] = [
     "reason",
 ];
 /// Longest column name, in bytes.
-pub const MAX_COLUMN_NAME: usize = 256;
+pub(crate) const MAX_COLUMN_NAME: usize = 256;
 /// Anomalous rows kept per file for `/anomalies/recent`.
-pub const MAX_KEPT_ANOMALIES: usize = 1000;
+pub(crate) const MAX_KEPT_ANOMALIES: usize = 1000;
 /// Longest text cell (in bytes) of a kept anomalous row; longer ones are
 /// cut and marked, so an input cannot fill the state with its cells.
-pub const MAX_KEPT_CELL: usize = 256;
+pub(crate) const MAX_KEPT_CELL: usize = 256;
 /// Bytes of JSON the kept anomalous rows of one file may take; the rows
 /// past it are counted but not kept.
-pub const MAX_KEPT_BYTES: usize = 512 * 1024;
+pub(crate) const MAX_KEPT_BYTES: usize = 512 * 1024;
 
 /// Which cells of the scored copy are made safe to open in a spreadsheet:
 /// a text cell starting with `=`, `+`, `-`, `@`, a tab or a carriage return
@@ -65,7 +65,7 @@ pub enum CellSafety {
 impl CellSafety {
     /// `cell` as it may be written under this setting; `generated` says
     /// whether tswatch wrote it (else it is copied from the input).
-    pub fn guard<'a>(self, cell: &'a [u8], generated: bool) -> std::borrow::Cow<'a, [u8]> {
+    pub(crate) fn guard<'a>(self, cell: &'a [u8], generated: bool) -> std::borrow::Cow<'a, [u8]> {
         let applies = match self {
             CellSafety::Off => false,
             CellSafety::Generated => generated,
@@ -107,7 +107,8 @@ pub enum ScoreError {
 
 impl ScoreError {
     /// Line number of the input's problem, if there is one.
-    pub fn line(&self) -> Option<u64> {
+    #[cfg(test)]
+    fn line(&self) -> Option<u64> {
         match self {
             ScoreError::Input(e) => e.line(),
             ScoreError::Output(_) => None,
@@ -117,7 +118,7 @@ impl ScoreError {
 
 impl InputError {
     /// Line number of the problem, if known.
-    pub fn line(&self) -> Option<u64> {
+    pub(crate) fn line(&self) -> Option<u64> {
         match self {
             InputError::Header(_) => Some(1),
             InputError::Row { line, .. } => Some(*line),
@@ -130,26 +131,24 @@ impl InputError {
 #[derive(Debug, Clone, Default)]
 pub struct FileReport {
     /// Data rows scored.
-    pub total_rows: u64,
+    pub(crate) total_rows: u64,
     /// Rows judged anomalous.
-    pub anomaly_count: u64,
+    pub(crate) anomaly_count: u64,
     /// Events: runs of consecutive anomalous rows (one incident is one
     /// event, however many rows it flags).
-    pub event_count: u64,
+    pub(crate) event_count: u64,
     /// Channel cells that were empty, non-numeric or non-finite.
-    pub missing_cells: u64,
+    pub(crate) missing_cells: u64,
     /// Names of the scored channels.
-    pub channels: Vec<String>,
-    /// Columns passed through without scoring.
-    pub passthrough: Vec<String>,
+    pub(crate) channels: Vec<String>,
     /// Anomalous rows as JSON objects (the first [`MAX_KEPT_ANOMALIES`]).
-    pub anomalies: Vec<Map<String, Value>>,
+    pub(crate) anomalies: Vec<Map<String, Value>>,
     /// Rows each channel flagged (its `<channel>_zscore_flag`), in the
     /// order of `channels`.
-    pub channel_flags: Vec<u64>,
+    pub(crate) channel_flags: Vec<u64>,
     /// The file's last rows (at most [`crate::state::recent::RECENT_ROWS`]), for
     /// the dashboard.
-    pub tail: Vec<crate::state::recent::RecentRow>,
+    pub(crate) tail: Vec<crate::state::recent::RecentRow>,
 }
 
 pub(crate) const TIMESTAMP_NAMES: [&str; 5] = ["timestamp", "time", "date", "datetime", "ts"];
@@ -165,7 +164,7 @@ pub fn score_csv<R: Read, W: Write + Send>(
 }
 
 /// As [`score_csv`], with the cells made safe as `safety` says.
-pub fn score_csv_with<R: Read, W: Write + Send>(
+pub(crate) fn score_csv_with<R: Read, W: Write + Send>(
     input: R,
     output: W,
     engine: &mut Engine,
@@ -238,10 +237,6 @@ pub fn score_csv_with<R: Read, W: Write + Send>(
     }
     let mut report = FileReport {
         channels: channels.clone(),
-        passthrough: (0..columns.len())
-            .filter(|&c| channel_of[c].is_none())
-            .map(|c| columns[c].clone())
-            .collect(),
         ..Default::default()
     };
     // Scoring (this thread) and writing (a second thread) overlap: batches
@@ -1082,7 +1077,7 @@ mod tests {
     fn forest_columns_are_the_same_scored_in_batches_or_row_by_row() {
         // 3,000 rows: the forest is trained and retrained mid-file.
         let mut text = String::from("timestamp,a,b\n");
-        let mut rng = tswatch_core::forest::SplitMix64::new(3);
+        let mut rng = tswatch_core::SplitMix64::new(3);
         for i in 0..3000 {
             text.push_str(&format!(
                 "{i},{},{}\n",
@@ -1185,7 +1180,6 @@ mod tests {
         s.push_str("t40,north,abc\nt41,north,inf\nt42,north,\nt43,north,NaN\n");
         let (out, r) = run(&s).unwrap();
         assert_eq!(r.channels, ["value"]);
-        assert_eq!(r.passthrough, ["timestamp", "site"]);
         assert_eq!(r.missing_cells, 4);
         assert_eq!(r.total_rows, 44);
         assert!(out.contains("t40,north,abc,,,"));

@@ -4,7 +4,7 @@
 //! `None`: the row is still scored, just without time-of-day context.
 
 /// Parses a timestamp cell.
-pub fn parse(cell: &[u8]) -> Option<f64> {
+pub(crate) fn parse(cell: &[u8]) -> Option<f64> {
     // The usual cell, without UTF-8 checks: `parse_iso` takes only ASCII,
     // so where it succeeds here it would on the `str`-trimmed text too.
     let ascii = cell.trim_ascii();

@@ -2,7 +2,7 @@
 //! service sees data (CSV files of 100 rows, state saved and restored as
 //! JSON between files) and measures how trustworthy the alerts are.
 
-pub mod nab;
+pub(crate) mod nab;
 pub mod scenario;
 
 use crate::csv::scorer::score_csv;
@@ -13,52 +13,52 @@ use tswatch_core::{Engine, EngineConfig, EngineState};
 
 /// How to run an evaluation.
 #[derive(Debug, Clone)]
-pub struct EvalOptions {
+pub(crate) struct EvalOptions {
     /// Rows per scenario.
-    pub rows: usize,
+    pub(crate) rows: usize,
     /// Rows per file.
-    pub file_rows: usize,
+    pub(crate) file_rows: usize,
     /// Generator seed.
-    pub seed: u64,
+    pub(crate) seed: u64,
     /// Engine settings under test.
-    pub engine: EngineConfig,
+    pub(crate) engine: EngineConfig,
 }
 
 /// Figures for one scenario.
 #[derive(Debug, Clone, Serialize)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// Scenario name.
-    pub scenario: String,
+    pub(crate) scenario: String,
     /// Rows scored.
-    pub rows: usize,
+    pub(crate) rows: usize,
     /// Rows with an injected anomaly.
-    pub labelled: usize,
+    pub(crate) labelled: usize,
     /// Rows flagged.
-    pub flagged: usize,
+    pub(crate) flagged: usize,
     /// Flagged and labelled.
-    pub true_positives: usize,
+    pub(crate) true_positives: usize,
     /// Flagged, not labelled.
-    pub false_positives: usize,
+    pub(crate) false_positives: usize,
     /// `tp / flagged` (1 when nothing was flagged).
-    pub precision: f64,
+    pub(crate) precision: f64,
     /// `tp / labelled` (1 when nothing was labelled).
-    pub recall: f64,
+    pub(crate) recall: f64,
     /// Harmonic mean of the two.
-    pub f1: f64,
+    pub(crate) f1: f64,
     /// Share of unlabelled rows flagged.
-    pub false_positive_rate: f64,
+    pub(crate) false_positive_rate: f64,
     /// Rows from the start of a lasting change to its first flag.
-    pub detection_delay: Option<usize>,
+    pub(crate) detection_delay: Option<usize>,
     /// Share of rows flagged from 200 rows after a lasting change on.
-    pub flagged_after_relearn: Option<f64>,
+    pub(crate) flagged_after_relearn: Option<f64>,
     /// Largest `|baseline std / true sd - 1|` over the seed channels after 5,000 rows.
-    pub std_error_at_5000: Option<f64>,
+    pub(crate) std_error_at_5000: Option<f64>,
     /// Throughput of parse, score and write.
-    pub rows_per_s: f64,
+    pub(crate) rows_per_s: f64,
 }
 
 /// Runs one scenario.
-pub fn run(name: &str, opts: &EvalOptions) -> anyhow::Result<Metrics> {
+pub(crate) fn run(name: &str, opts: &EvalOptions) -> anyhow::Result<Metrics> {
     let mut sc = Scenario::new(name, opts.seed, 1_769_904_000.0).ok_or_else(|| {
         anyhow::anyhow!(
             "unknown scenario {name:?}; known: {}",
@@ -176,21 +176,21 @@ fn anomaly_column(out: &[u8]) -> anyhow::Result<Vec<bool>> {
 
 /// One line of the targets table.
 #[derive(Debug, Clone, Serialize)]
-pub struct Target {
+pub(crate) struct Target {
     /// What is measured.
-    pub measure: String,
+    pub(crate) measure: String,
     /// The seed design's figure.
-    pub seed_design: String,
+    pub(crate) seed_design: String,
     /// The target.
-    pub target: String,
+    pub(crate) target: String,
     /// What this run measured.
-    pub measured: String,
+    pub(crate) measured: String,
     /// Whether the target holds.
-    pub pass: bool,
+    pub(crate) pass: bool,
 }
 
 /// Checks the targets against the scenarios that were run.
-pub fn targets(results: &[Metrics]) -> Vec<Target> {
+pub(crate) fn targets(results: &[Metrics]) -> Vec<Target> {
     let get = |n: &str| results.iter().find(|m| m.scenario == n);
     let mut t = Vec::new();
     let mut add = |measure: &str, seed: &str, target: &str, measured: String, pass: bool| {
@@ -267,7 +267,7 @@ pub fn targets(results: &[Metrics]) -> Vec<Target> {
 }
 
 /// The human-readable report.
-pub fn render(results: &[Metrics], targets: &[Target]) -> String {
+pub(crate) fn render(results: &[Metrics], targets: &[Target]) -> String {
     let mut s = String::new();
     s.push_str(&format!(
         "{:<12} {:>7} {:>8} {:>8} {:>9} {:>7} {:>7} {:>9} {:>7} {:>10} {:>10}\n",

@@ -15,19 +15,19 @@ use tswatch_core::{EngineConfig, EngineState};
 
 /// One NAB cost profile.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Profile {
+pub(crate) struct Profile {
     /// NAB's name for it.
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     /// Reward weight of a true positive (`A_TP`).
-    pub tp: f64,
+    pub(crate) tp: f64,
     /// Cost of a missed window (`A_FN`).
-    pub fn_: f64,
+    pub(crate) fn_: f64,
     /// Cost weight of a false positive (`A_FP`).
-    pub fp: f64,
+    pub(crate) fp: f64,
 }
 
 /// The three NAB profiles, in NAB's order.
-pub const PROFILES: [Profile; 3] = [
+pub(crate) const PROFILES: [Profile; 3] = [
     Profile {
         name: "standard",
         tp: 1.0,
@@ -52,7 +52,7 @@ pub const PROFILES: [Profile; 3] = [
 const NO_DETECTION_THRESHOLD: f64 = 1.1;
 
 /// `2 / (1 + exp(5x)) - 1`, forced to -1 for `x > 3`.
-pub fn scaled_sigmoid(x: f64) -> f64 {
+pub(crate) fn scaled_sigmoid(x: f64) -> f64 {
     if x > 3.0 {
         -1.0
     } else {
@@ -62,13 +62,13 @@ pub fn scaled_sigmoid(x: f64) -> f64 {
 
 /// Rows at the start of an `n`-row file that are not scored:
 /// `min(floor(0.15 n), 750)`.
-pub fn probation_rows(n: usize) -> usize {
+pub(crate) fn probation_rows(n: usize) -> usize {
     ((0.15 * n as f64).floor()).min(750.0) as usize
 }
 
 /// Parses a NAB timestamp (`2014-04-01 00:00:00`, optionally with a
 /// fraction, or with `T`) to nanoseconds since the epoch.
-pub fn parse_timestamp(s: &str) -> anyhow::Result<i64> {
+pub(crate) fn parse_timestamp(s: &str) -> anyhow::Result<i64> {
     let s = s.trim();
     let t = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f")
         .or_else(|_| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f"))
@@ -81,27 +81,27 @@ pub fn parse_timestamp(s: &str) -> anyhow::Result<i64> {
 /// Detector-independent per-row facts for one data file (`FileGeometry` in
 /// `nab_score.py`).
 #[derive(Debug, Clone)]
-pub struct FileGeometry {
+pub(crate) struct FileGeometry {
     /// Relative path (`category/series.csv`).
-    pub rel: String,
+    pub(crate) rel: String,
     /// Rows in the file.
-    pub n: usize,
+    pub(crate) n: usize,
     /// Window id (unique in the corpus) of each row, or -1.
-    pub win: Vec<i64>,
+    pub(crate) win: Vec<i64>,
     /// In-window value of each row (before `A_TP`).
-    pub tpv: Vec<f64>,
+    pub(crate) tpv: Vec<f64>,
     /// Out-of-window value of each row (before `A_FP`).
-    pub fpv: Vec<f64>,
+    pub(crate) fpv: Vec<f64>,
     /// First scored row.
-    pub first_scorable: usize,
+    pub(crate) first_scorable: usize,
     /// Windows with at least one scored row.
-    pub n_scorable_windows: usize,
+    pub(crate) n_scorable_windows: usize,
 }
 
 impl FileGeometry {
     /// Builds the geometry; `windows` are (start, end) in the same units as
     /// `timestamps`, and must be data timestamps.
-    pub fn new(
+    pub(crate) fn new(
         rel: &str,
         timestamps: &[i64],
         windows: &[(i64, i64)],
@@ -161,7 +161,7 @@ impl FileGeometry {
     }
 
     /// The reward of row `i` if it were a detection, for one profile.
-    pub fn weighted(&self, i: usize, p: &Profile) -> f64 {
+    pub(crate) fn weighted(&self, i: usize, p: &Profile) -> f64 {
         if self.win[i] >= 0 {
             self.tpv[i] * p.tp
         } else {
@@ -172,11 +172,11 @@ impl FileGeometry {
 
 /// The labelled files of a NAB corpus.
 #[derive(Debug, Clone)]
-pub struct Corpus {
+pub(crate) struct Corpus {
     /// Files, sorted by relative path.
-    pub files: Vec<FileGeometry>,
+    pub(crate) files: Vec<FileGeometry>,
     /// Windows in the label file (of the files in the corpus).
-    pub total_windows: usize,
+    pub(crate) total_windows: usize,
     /// The null detector's raw score per profile (in [`PROFILES`] order):
     /// it depends on the corpus only, so it is worked out once.
     null: [f64; 3],
@@ -184,7 +184,7 @@ pub struct Corpus {
 
 impl Corpus {
     /// A corpus from its files (in order) and the total number of windows.
-    pub fn new(files: Vec<FileGeometry>, total_windows: usize) -> Corpus {
+    pub(crate) fn new(files: Vec<FileGeometry>, total_windows: usize) -> Corpus {
         let mut c = Corpus {
             files,
             total_windows,
@@ -197,17 +197,17 @@ impl Corpus {
 
 /// Result of a threshold sweep.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sweep {
+pub(crate) struct Sweep {
     /// Best threshold (ties go to the highest).
-    pub threshold: f64,
+    pub(crate) threshold: f64,
     /// Raw score at that threshold.
-    pub raw: f64,
+    pub(crate) raw: f64,
 }
 
 /// Optimises one threshold over the whole corpus for one profile: among all
 /// distinct scores plus "detect nothing", the one maximising the raw score.
 /// `scores[f]` has one value per row of `corpus.files[f]`.
-pub fn sweep(corpus: &Corpus, scores: &[Vec<f64>], p: &Profile) -> Sweep {
+pub(crate) fn sweep(corpus: &Corpus, scores: &[Vec<f64>], p: &Profile) -> Sweep {
     let mut s = Vec::new();
     let mut w = Vec::new();
     let mut v = Vec::new();
@@ -256,19 +256,19 @@ pub fn sweep(corpus: &Corpus, scores: &[Vec<f64>], p: &Profile) -> Sweep {
 
 /// Figures for one file at one threshold.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct FileScore {
+pub(crate) struct FileScore {
     /// Raw NAB score.
-    pub raw: f64,
+    pub(crate) raw: f64,
     /// Windows with a detection.
-    pub windows_hit: usize,
+    pub(crate) windows_hit: usize,
     /// Scorable windows.
-    pub windows: usize,
+    pub(crate) windows: usize,
     /// Detections outside every window.
-    pub fp_rows: usize,
+    pub(crate) fp_rows: usize,
 }
 
 /// Raw score of every file when detections are `score >= threshold`.
-pub fn score_at(
+pub(crate) fn score_at(
     corpus: &Corpus,
     scores: &[Vec<f64>],
     p: &Profile,
@@ -317,38 +317,38 @@ pub fn score_at(
 }
 
 /// Raw score of the null detector (constant 0.5, threshold swept).
-pub fn null_raw(corpus: &Corpus, p: &Profile) -> f64 {
+pub(crate) fn null_raw(corpus: &Corpus, p: &Profile) -> f64 {
     let constant: Vec<Vec<f64>> = corpus.files.iter().map(|g| vec![0.5; g.n]).collect();
     sweep(corpus, &constant, p).raw
 }
 
 /// Figures for one profile.
 #[derive(Debug, Clone, Serialize)]
-pub struct ProfileResult {
+pub(crate) struct ProfileResult {
     /// Normalised score: 100 perfect, 0 the null detector.
-    pub score: f64,
+    pub(crate) score: f64,
     /// Raw score.
-    pub raw: f64,
+    pub(crate) raw: f64,
     /// Threshold used.
-    pub threshold: f64,
+    pub(crate) threshold: f64,
     /// Windows with a detection.
-    pub windows_detected: usize,
+    pub(crate) windows_detected: usize,
     /// Windows in the label file.
-    pub windows_total: usize,
+    pub(crate) windows_total: usize,
     /// Detections outside every window.
-    pub fp_rows: usize,
+    pub(crate) fp_rows: usize,
     /// The null detector's raw score.
-    pub null_raw: f64,
+    pub(crate) null_raw: f64,
     /// The perfect detector's raw score.
-    pub perfect_raw: f64,
+    pub(crate) perfect_raw: f64,
     /// Per file, in corpus order.
     #[serde(skip)]
-    pub files: Vec<FileScore>,
+    pub(crate) files: Vec<FileScore>,
 }
 
 /// Scores a detector on every profile: with `threshold: None` the threshold
 /// is swept per profile (ranking quality), else fixed.
-pub fn evaluate(
+pub(crate) fn evaluate(
     corpus: &Corpus,
     scores: &[Vec<f64>],
     threshold: Option<f64>,
@@ -462,68 +462,68 @@ fn run_series(path: &Path, file_rows: usize, config: &EngineConfig) -> anyhow::R
 
 /// How to run `eval --nab`.
 #[derive(Debug, Clone)]
-pub struct NabOptions {
+pub(crate) struct NabOptions {
     /// The NAB-layout directory.
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// Rows per file.
-    pub file_rows: usize,
+    pub(crate) file_rows: usize,
     /// Only series whose relative path contains one of these (all if empty).
-    pub only: Vec<String>,
+    pub(crate) only: Vec<String>,
     /// Where to write one result CSV per series, if anywhere.
-    pub out: Option<PathBuf>,
+    pub(crate) out: Option<PathBuf>,
     /// Engine settings under test.
-    pub engine: EngineConfig,
+    pub(crate) engine: EngineConfig,
     /// Ticks once per series scored.
-    pub progress: crate::cli::progress::Progress,
+    pub(crate) progress: crate::cli::progress::Progress,
 }
 
 /// Per-category figures for one measure and profile.
 #[derive(Debug, Clone, Serialize)]
-pub struct CategoryFigures {
+pub(crate) struct CategoryFigures {
     /// Sum of the files' raw scores.
-    pub raw: f64,
+    pub(crate) raw: f64,
     /// Windows with a detection.
-    pub windows_hit: usize,
+    pub(crate) windows_hit: usize,
     /// Detections outside every window.
-    pub fp_rows: usize,
+    pub(crate) fp_rows: usize,
 }
 
 /// One category (first path component).
 #[derive(Debug, Clone, Serialize)]
-pub struct Category {
+pub(crate) struct Category {
     /// Category name.
-    pub category: String,
+    pub(crate) category: String,
     /// Series in it.
-    pub files: usize,
+    pub(crate) files: usize,
     /// Scorable windows in it.
-    pub windows: usize,
+    pub(crate) windows: usize,
     /// Ranking (swept threshold over `anomaly_score`), per profile.
-    pub ranking: BTreeMap<&'static str, CategoryFigures>,
+    pub(crate) ranking: BTreeMap<&'static str, CategoryFigures>,
     /// Own `anomaly` flag, per profile.
-    pub own_flag: BTreeMap<&'static str, CategoryFigures>,
+    pub(crate) own_flag: BTreeMap<&'static str, CategoryFigures>,
 }
 
 /// The full `eval --nab` result.
 #[derive(Debug, Clone, Serialize)]
-pub struct NabReport {
+pub(crate) struct NabReport {
     /// Series scored.
-    pub series: usize,
+    pub(crate) series: usize,
     /// Rows scored.
-    pub rows: usize,
+    pub(crate) rows: usize,
     /// Rows per file.
-    pub file_rows: usize,
+    pub(crate) file_rows: usize,
     /// Ranking quality: one best threshold over `anomaly_score` per profile.
-    pub ranking: BTreeMap<&'static str, ProfileResult>,
+    pub(crate) ranking: BTreeMap<&'static str, ProfileResult>,
     /// The service's own `anomaly` flag (1.0/0.0, threshold 1).
-    pub own_flag: BTreeMap<&'static str, ProfileResult>,
+    pub(crate) own_flag: BTreeMap<&'static str, ProfileResult>,
     /// Per category, raw (not normalised).
-    pub categories: Vec<Category>,
+    pub(crate) categories: Vec<Category>,
     /// Wall-clock seconds for run and scoring.
-    pub seconds: f64,
+    pub(crate) seconds: f64,
 }
 
 /// Runs the engine over a NAB directory and scores it.
-pub fn run(opts: &NabOptions) -> anyhow::Result<NabReport> {
+pub(crate) fn run(opts: &NabOptions) -> anyhow::Result<NabReport> {
     let started = Instant::now();
     let data = opts.dir.join("data");
     if !data.is_dir() {
@@ -685,7 +685,7 @@ fn write_result(path: &Path, s: &SeriesRun) -> anyhow::Result<()> {
 }
 
 /// The report as a table.
-pub fn render(r: &NabReport) -> String {
+pub(crate) fn render(r: &NabReport) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let _ = writeln!(

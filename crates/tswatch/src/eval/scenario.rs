@@ -4,10 +4,10 @@
 //! correlation breaks, gaps). Deterministic for a seed.
 
 use std::f64::consts::PI;
-use tswatch_core::forest::SplitMix64;
+use tswatch_core::SplitMix64;
 
 /// Every scenario, in the order `eval --all` runs them.
-pub const ALL: [&str; 9] = [
+pub(crate) const ALL: [&str; 9] = [
     "seed",
     "clean",
     "drift",
@@ -21,7 +21,7 @@ pub const ALL: [&str; 9] = [
 
 /// What a scenario tells the evaluation besides per-row labels.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Event {
+pub(crate) enum Event {
     /// Only point anomalies (labels say which rows).
     Points,
     /// A lasting change starts at this row; it should be flagged soon and
@@ -31,13 +31,13 @@ pub enum Event {
 
 /// A row: time (epoch seconds), cells as text, and the ground truth.
 #[derive(Debug, Clone)]
-pub struct Row {
+pub(crate) struct Row {
     /// Seconds since the Unix epoch.
-    pub ts: f64,
+    pub(crate) ts: f64,
     /// One cell per channel, as written to the CSV.
-    pub cells: Vec<String>,
+    pub(crate) cells: Vec<String>,
     /// Whether an anomaly was injected in this row.
-    pub anomalous: bool,
+    pub(crate) anomalous: bool,
 }
 
 /// A running scenario.
@@ -50,7 +50,7 @@ pub struct Scenario {
 }
 
 /// The seed producer's channels: `(name, mean, sd)`; wind speed is `|N(10, 2.5)|`.
-pub const SEED_CHANNELS: [(&str, f64, f64); 4] = [
+pub(crate) const SEED_CHANNELS: [(&str, f64, f64); 4] = [
     ("temperature", 22.0, 1.5),
     ("humidity", 55.0, 5.0),
     ("pressure", 1013.0, 3.0),
@@ -60,7 +60,7 @@ pub const SEED_CHANNELS: [(&str, f64, f64); 4] = [
 const ONSET: usize = 10_000;
 
 /// Seconds between rows (on average, for `gaps`).
-pub const ROW_SECONDS: f64 = 60.0;
+pub(crate) const ROW_SECONDS: f64 = 60.0;
 
 impl Scenario {
     /// Starts scenario `name` at time `start` (epoch seconds).
@@ -75,17 +75,17 @@ impl Scenario {
     }
 
     /// Time of the next row (epoch seconds).
-    pub fn clock(&self) -> f64 {
+    pub(crate) fn clock(&self) -> f64 {
         self.ts
     }
 
     /// The scenario's name.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         self.name
     }
 
     /// Channel names (the CSV header after `timestamp`).
-    pub fn channels(&self) -> Vec<&'static str> {
+    pub(crate) fn channels(&self) -> Vec<&'static str> {
         match self.name {
             "daily" => vec!["cpu", "memory", "requests"],
             "heavy_tail" => vec!["latency_ms", "queue_depth"],
@@ -94,7 +94,7 @@ impl Scenario {
     }
 
     /// The lasting change, if the scenario has one.
-    pub fn event(&self) -> Event {
+    pub(crate) fn event(&self) -> Event {
         match self.name {
             "level_shift" | "variance" => Event::ChangeAt(ONSET),
             _ => Event::Points,
@@ -135,7 +135,7 @@ impl Scenario {
     }
 
     /// The next row.
-    pub fn next_row(&mut self) -> Row {
+    pub(crate) fn next_row(&mut self) -> Row {
         let i = self.row;
         self.row += 1;
         let mut step = ROW_SECONDS;
@@ -298,7 +298,7 @@ pub fn batch_key(prefix: &str, first: f64) -> String {
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` for epoch seconds.
-pub fn iso(ts: f64) -> String {
+pub(crate) fn iso(ts: f64) -> String {
     chrono::DateTime::from_timestamp(ts.floor() as i64, 0)
         .map(|d| d.format("%Y-%m-%dT%H:%M:%S").to_string())
         .unwrap_or_default()

@@ -23,38 +23,38 @@ use std::time::Duration;
 use tower_http::timeout::TimeoutLayer;
 
 /// Largest `/notify` body accepted (SNS messages are at most 256 KiB).
-pub const MAX_BODY: usize = 300 * 1024;
+pub(crate) const MAX_BODY: usize = 300 * 1024;
 /// Largest `limit` of `/anomalies/recent`.
-pub const MAX_LIMIT: usize = 1000;
+pub(crate) const MAX_LIMIT: usize = 1000;
 /// Most bytes of rows one `/anomalies/recent` answer carries; past it the
 /// answer is cut and says `"truncated": true`.
-pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Everything the handlers need.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     /// Processing and state access.
-    pub processor: Arc<Processor>,
+    pub(crate) processor: Arc<Processor>,
     /// Where notifications put work.
-    pub queue: Queue,
+    pub(crate) queue: Queue,
     /// SNS authenticity checks.
-    pub verifier: Arc<Verifier>,
+    pub(crate) verifier: Arc<Verifier>,
     /// Skip signature checks (local emulators only).
-    pub skip_sns_verify: bool,
+    pub(crate) skip_sns_verify: bool,
     /// Client for confirming subscriptions.
-    pub http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
     /// Baseline maturity threshold, as `/baseline/current` reports it.
-    pub min_observations: u64,
+    pub(crate) min_observations: u64,
     /// Longest time a request may take, reading its body included.
-    pub request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     /// Renders `GET /metrics` (`None`: no recorder installed, 404).
-    pub metrics: Option<PrometheusHandle>,
+    pub(crate) metrics: Option<PrometheusHandle>,
 }
 
 /// The router with every endpoint, and the `pages` (the dashboard's) beside
 /// them. Every refusal, whichever layer makes it (body limit, timeout,
 /// unknown method or path), is a 4xx with a JSON `{"error": ...}` body.
-pub fn router(state: AppState, pages: Router<AppState>) -> Router {
+pub(crate) fn router(state: AppState, pages: Router<AppState>) -> Router {
     let timeout = state.request_timeout;
     Router::new()
         .route("/notify", post(notify))
@@ -134,7 +134,7 @@ pub(crate) fn ok(v: Value) -> Response {
 
 /// Header set when storage is unreachable and a read endpoint answers from
 /// the last state it read: how many seconds ago that was.
-pub const STALE_HEADER: &str = "x-tswatch-stale-seconds";
+pub(crate) const STALE_HEADER: &str = "x-tswatch-stale-seconds";
 
 pub(crate) fn with_age(view: &View, mut r: Response) -> Response {
     if let Some(age) = view.stale_for {
@@ -516,7 +516,7 @@ pub(crate) fn url_pairs(q: &str) -> impl Iterator<Item = (String, String)> + '_ 
 }
 
 /// A client for subscription confirmations: no redirects, short timeout.
-pub fn confirm_client() -> reqwest::Result<reqwest::Client> {
+pub(crate) fn confirm_client() -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))

@@ -21,7 +21,7 @@ const PAGE: &str = include_str!("dashboard/index.html");
 const ANOMALY_ROWS: usize = 50;
 
 /// The dashboard's routes: the page at `/` and the data it polls.
-pub fn routes() -> axum::Router<AppState> {
+pub(crate) fn routes() -> axum::Router<AppState> {
     axum::Router::new()
         .route("/", axum::routing::get(page))
         .route("/dashboard/data", axum::routing::get(data))

@@ -2,6 +2,6 @@
 //! ([`dashboard`]) and the connection loop with its timeouts and cap
 //! ([`server`]).
 
-pub mod api;
-pub mod dashboard;
+pub(crate) mod api;
+pub(crate) mod dashboard;
 pub mod server;

@@ -32,18 +32,18 @@ use tokio::sync::{Notify, watch};
 
 /// Connection limits.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Longest wait for a complete request head.
-    pub header_timeout: Duration,
+    pub(crate) header_timeout: Duration,
     /// Most connections open at once.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
 }
 
 /// How long shutdown waits for open connections to finish their request.
 const DRAIN: Duration = Duration::from_secs(30);
 /// At the cap with every connection busy, a request older than this may be
 /// cut to make room.
-pub const BUSY_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const BUSY_GRACE: Duration = Duration::from_secs(2);
 /// How long an evicted connection may take to finish what it is writing.
 /// It no longer counts toward the cap meanwhile.
 const EVICT_GRACE: Duration = Duration::from_millis(250);
@@ -183,7 +183,7 @@ fn ms_since(start: std::time::Instant) -> u64 {
 /// Serves `router` on `listener` until `shutdown` resolves, then stops
 /// accepting, lets each open connection finish the request in hand (for
 /// at most 30 s) and returns.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,

@@ -8,7 +8,7 @@
 //!   periodic reconciliation of `raw/` against what was processed.
 
 pub mod queue;
-pub mod s3_event;
+pub(crate) mod s3_event;
 pub mod sns;
 pub mod sqs;
-pub mod sqs_worker;
+pub(crate) mod sqs_worker;

@@ -42,7 +42,7 @@ impl Queue {
 
     /// A queue of `lanes` lanes of at most `capacity` keys each, and their
     /// receiving ends.
-    pub fn with_lanes(capacity: usize, lanes: usize) -> (Self, Vec<mpsc::Receiver<RawKey>>) {
+    pub(crate) fn with_lanes(capacity: usize, lanes: usize) -> (Self, Vec<mpsc::Receiver<RawKey>>) {
         let (txs, rxs) = (0..lanes.max(1))
             .map(|_| mpsc::channel(capacity.max(1)))
             .unzip();
@@ -87,13 +87,8 @@ impl Queue {
     }
 
     /// Keys waiting now.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.pending.lock().map(|p| p.len()).unwrap_or(0)
-    }
-
-    /// Whether nothing is waiting.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -192,7 +187,7 @@ pub async fn reconcile(processor: &Processor, queue: &Queue) -> anyhow::Result<u
 /// ago. With a queue, a younger file's event may still be on its way: the
 /// queue's consumer will take it, and reconciliation racing it would only
 /// score it twice.
-pub async fn reconcile_older(
+pub(crate) async fn reconcile_older(
     processor: &Processor,
     queue: &Queue,
     min_age: Duration,
@@ -267,7 +262,7 @@ pub async fn run_reconciler(
 /// the watch on it is in place raise no event of their own. The watcher adds
 /// that watch only after handing out the event, so the directory is scanned
 /// again shortly after (reconciliation remains the backstop).
-pub fn watch_local(
+pub(crate) fn watch_local(
     root: &std::path::Path,
     queue: Queue,
 ) -> anyhow::Result<notify::RecommendedWatcher> {

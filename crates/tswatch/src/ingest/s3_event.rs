@@ -7,7 +7,7 @@ use serde_json::Value;
 
 /// What an S3 event notification asks for.
 #[derive(Debug, PartialEq)]
-pub enum S3Event {
+pub(crate) enum S3Event {
     /// `s3:TestEvent`, sent when a notification is configured.
     Test,
     /// Raw batches to process, and records left aside (key, why).
@@ -25,7 +25,7 @@ pub enum S3Event {
 /// Each record's checks, in order: it names a key; the key decodes (S3
 /// form-encodes it); the event is an object creation; the bucket is ours;
 /// the key is a raw batch that can be processed.
-pub fn parse_s3_event(event: &Value, bucket: Option<&str>) -> Result<S3Event, String> {
+pub(crate) fn parse_s3_event(event: &Value, bucket: Option<&str>) -> Result<S3Event, String> {
     if event.get("Event").and_then(Value::as_str) == Some("s3:TestEvent") {
         return Ok(S3Event::Test);
     }

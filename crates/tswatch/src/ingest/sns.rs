@@ -112,7 +112,7 @@ pub enum SnsError {
 
 impl SnsError {
     /// A short, fixed name for the reason (a metrics label).
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Self::Malformed(_) => "malformed",
             Self::UntrustedUrl { .. } => "untrusted_url",
@@ -181,7 +181,7 @@ impl SnsMessage {
 
 /// Whether `url` is `https://sns.<region>.amazonaws.com[.cn]/...` with no
 /// user info and no port (so it cannot be steered to another host).
-pub fn is_sns_url(url: &str) -> bool {
+pub(crate) fn is_sns_url(url: &str) -> bool {
     let Some(rest) = url.strip_prefix("https://") else {
         return false;
     };
@@ -213,7 +213,7 @@ pub trait CertSource: Send + Sync + std::fmt::Debug {
 
 /// Fetches certificates over https: no redirects, short timeout, size cap.
 #[derive(Debug)]
-pub struct HttpsCertSource {
+pub(crate) struct HttpsCertSource {
     client: reqwest::Client,
     endpoint: Option<String>,
     /// Signs the certificate request as an SNS call (emulators route on it).
@@ -223,7 +223,7 @@ pub struct HttpsCertSource {
 impl HttpsCertSource {
     /// A source with a fresh client, fetching from the SNS host named by
     /// each message (the only choice in production).
-    pub fn new() -> Result<Self, reqwest::Error> {
+    pub(crate) fn new() -> Result<Self, reqwest::Error> {
         Ok(Self {
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -241,7 +241,7 @@ impl HttpsCertSource {
     /// is SigV4-signed for SNS in the URL's region, as an SDK call to the
     /// emulator would be (a stock `moto_server` routes requests by that
     /// signature and answers an unsigned GET with 404).
-    pub fn with_endpoint(
+    pub(crate) fn with_endpoint(
         endpoint: &str,
         signer: Option<object_store::aws::AwsCredentialProvider>,
     ) -> Result<Self, reqwest::Error> {
@@ -324,7 +324,7 @@ impl CertSource for HttpsCertSource {
 
 /// Oldest message accepted: SNS retries an HTTP delivery for at most an
 /// hour (the longest delivery policy it allows).
-pub const MAX_MESSAGE_AGE: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_MESSAGE_AGE: Duration = Duration::from_secs(3600);
 /// How far in the future a timestamp may be (clock skew).
 const MAX_SKEW: Duration = Duration::from_secs(300);
 /// How long a failed certificate fetch is remembered.
@@ -377,7 +377,7 @@ impl Verifier {
 
     /// Only the topic check, used when signature checks are switched off
     /// (emulators): then no configured topic means any topic.
-    pub fn check_topic(&self, msg: &SnsMessage) -> Result<(), SnsError> {
+    pub(crate) fn check_topic(&self, msg: &SnsMessage) -> Result<(), SnsError> {
         if self.topics.is_empty() || self.topics.contains(&msg.topic_arn) {
             Ok(())
         } else {
@@ -573,7 +573,7 @@ fn check_timestamp(ts: &str, now: chrono::DateTime<chrono::Utc>) -> Result<(), S
 }
 
 /// The RSA public key (PKCS#1 DER) of a PEM certificate.
-pub fn public_key_from_pem(pem: &[u8]) -> Result<Vec<u8>, SnsError> {
+pub(crate) fn public_key_from_pem(pem: &[u8]) -> Result<Vec<u8>, SnsError> {
     use x509_cert::der::DecodePem;
     let cert = x509_cert::Certificate::from_pem(pem)
         .map_err(|e| SnsError::Certificate(format!("not a PEM certificate: {e}")))?;

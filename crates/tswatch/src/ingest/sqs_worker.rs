@@ -65,13 +65,17 @@ impl Default for SqsSettings {
     }
 }
 
-pub use crate::ingest::s3_event::S3Event as Parsed;
+pub(crate) use crate::ingest::s3_event::S3Event as Parsed;
 
 /// Reads a message body: an S3 event, or an SNS `Notification` whose
 /// `Message` is one. `bucket` (when on S3) filters records of other buckets;
 /// `topics` (when not empty) the SNS topics accepted. `Err` says why the
 /// body can never be acted upon.
-pub fn parse_body(body: &str, bucket: Option<&str>, topics: &[String]) -> Result<Parsed, String> {
+pub(crate) fn parse_body(
+    body: &str,
+    bucket: Option<&str>,
+    topics: &[String],
+) -> Result<Parsed, String> {
     let v: Value = serde_json::from_str(body).map_err(|_| "body is not JSON".to_string())?;
     let event = if v.get("Type").and_then(Value::as_str) == Some("Notification") {
         let topic = v.get("TopicArn").and_then(Value::as_str).unwrap_or("");
@@ -93,7 +97,7 @@ pub fn parse_body(body: &str, bucket: Option<&str>, topics: &[String]) -> Result
 /// doubling with each receive, at most 15 minutes. With the defaults (60 s,
 /// 5 receives) a file is dead-lettered only after about 15 minutes of
 /// failures, so an ordinary storage outage does not send files there.
-pub fn retry_delay(visibility_secs: u32, receive_count: u32) -> u32 {
+pub(crate) fn retry_delay(visibility_secs: u32, receive_count: u32) -> u32 {
     let factor = 1u32 << receive_count.saturating_sub(1).min(16);
     visibility_secs.saturating_mul(factor).min(900)
 }
@@ -142,7 +146,7 @@ struct Consumer {
 /// a time and their commits do not collide. A message whose stream another
 /// instance holds waits in hand (still invisible, so not received again)
 /// until that instance lets the stream go.
-pub async fn run(
+pub(crate) async fn run(
     client: SqsClient,
     processor: Arc<Processor>,
     settings: SqsSettings,

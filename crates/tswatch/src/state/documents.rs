@@ -19,7 +19,7 @@ pub const ENGINE_KEY: &str = "state/engine.json";
 pub const BASELINE_KEY: &str = "state/baseline.json";
 /// The source of truth of a stream (`""` is the default stream, whose
 /// state is where the seed keeps it).
-pub fn engine_key(stream: &str) -> String {
+pub(crate) fn engine_key(stream: &str) -> String {
     if stream.is_empty() {
         ENGINE_KEY.to_string()
     } else {
@@ -28,7 +28,7 @@ pub fn engine_key(stream: &str) -> String {
 }
 
 /// The seed-shaped projection of a stream's baseline.
-pub fn baseline_key(stream: &str) -> String {
+pub(crate) fn baseline_key(stream: &str) -> String {
     if stream.is_empty() {
         BASELINE_KEY.to_string()
     } else {
@@ -39,7 +39,7 @@ pub fn baseline_key(stream: &str) -> String {
 /// Applied files remembered in the ledger.
 pub const LEDGER_LEN: usize = 256;
 /// Ledger entries that keep their anomalous rows (the seed's "10 most recent files").
-pub const RECENT_FILES: usize = 10;
+pub(crate) const RECENT_FILES: usize = 10;
 
 /// `state/engine.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,10 +55,10 @@ pub struct StateDoc {
     /// Running totals over every file ever processed.
     pub totals: Totals,
     /// Recently applied files, oldest first.
-    pub applied: VecDeque<Applied>,
+    pub(crate) applied: VecDeque<Applied>,
     /// The stream's last rows, for the dashboard.
     #[serde(default)]
-    pub recent: crate::state::recent::RecentSeries,
+    pub(crate) recent: crate::state::recent::RecentSeries,
 }
 
 /// Totals behind `/anomalies/summary`.
@@ -77,22 +77,22 @@ pub struct Totals {
 
 /// One applied file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Applied {
+pub(crate) struct Applied {
     /// `raw/<name>.csv`
-    pub source_key: String,
+    pub(crate) source_key: String,
     /// ETag of the exact object version applied.
-    pub source_etag: String,
+    pub(crate) source_etag: String,
     /// Where the scored copy waits until it is moved to `processed/`.
-    pub staged_key: String,
+    pub(crate) staged_key: String,
     /// The scored copy's size in bytes, so that moving it on S3 need not
     /// ask for it (absent in ledgers written before it was recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub staged_bytes: Option<u64>,
+    pub(crate) staged_bytes: Option<u64>,
     /// The summary written next to the outputs.
-    pub summary: Summary,
+    pub(crate) summary: Summary,
     /// Anomalous rows (kept for the newest [`RECENT_FILES`] entries only).
     #[serde(default)]
-    pub anomalies: Vec<Map<String, Value>>,
+    pub(crate) anomalies: Vec<Map<String, Value>>,
 }
 
 /// `processed/<name>_summary.json`: the seed's fields, then tswatch's.
@@ -136,7 +136,7 @@ impl Summary {
     /// The summary of a scored file. `counts` are the observation counts
     /// after it; `state_seq` the commit it became part of.
     #[allow(clippy::too_many_arguments)]
-    pub fn of_report(
+    pub(crate) fn of_report(
         source_key: String,
         output_key: String,
         processed_at: String,
@@ -169,7 +169,7 @@ impl Summary {
 }
 
 /// Rounds to 4 decimals, as the seed reports rates.
-pub fn round4(x: f64) -> f64 {
+pub(crate) fn round4(x: f64) -> f64 {
     let r = (x * 1e4).round() / 1e4;
     // Beyond ~1e304 the scaling overflows (and would be written as null);
     // such a number has no decimals left to round.
@@ -177,7 +177,7 @@ pub fn round4(x: f64) -> f64 {
 }
 
 /// Current UTC time as the seed writes it (`datetime.utcnow().isoformat()`).
-pub fn now_iso() -> String {
+pub(crate) fn now_iso() -> String {
     chrono::Utc::now()
         .format("%Y-%m-%dT%H:%M:%S%.6f")
         .to_string()
@@ -185,7 +185,7 @@ pub fn now_iso() -> String {
 
 impl StateDoc {
     /// A fresh document around an engine state.
-    pub fn new(engine: EngineState) -> Self {
+    pub(crate) fn new(engine: EngineState) -> Self {
         Self {
             format: 1,
             seq: 0,
@@ -198,7 +198,7 @@ impl StateDoc {
     }
 
     /// The ledger entry for this exact object version, if applied recently.
-    pub fn find(&self, key: &str, etag: &str) -> Option<&Applied> {
+    pub(crate) fn find(&self, key: &str, etag: &str) -> Option<&Applied> {
         self.applied
             .iter()
             .rev()
@@ -206,7 +206,7 @@ impl StateDoc {
     }
 
     /// Records an applied file and trims the ledger.
-    pub fn record(&mut self, entry: Applied) {
+    pub(crate) fn record(&mut self, entry: Applied) {
         self.totals.files_processed += 1;
         self.totals.total_rows_scored += entry.summary.total_rows;
         self.totals.total_anomalies += entry.summary.anomaly_count;
@@ -222,7 +222,7 @@ impl StateDoc {
     }
 
     /// The seed-shaped `baseline.json` body for this state.
-    pub fn baseline_json(&self) -> Value {
+    pub(crate) fn baseline_json(&self) -> Value {
         let mut m = Map::new();
         for (name, w) in &self.engine.channels {
             m.insert(name.clone(), channel_json(&w.stats, self.seq));
@@ -247,7 +247,7 @@ fn channel_json(w: &Welford, seq: u64) -> Value {
 
 /// The engine sequence number a `baseline.json` projection was written at
 /// (0 for a seed-written file).
-pub fn projection_seq(v: &Value) -> u64 {
+pub(crate) fn projection_seq(v: &Value) -> u64 {
     v.as_object()
         .into_iter()
         .flat_map(|m| m.values())
@@ -258,7 +258,7 @@ pub fn projection_seq(v: &Value) -> u64 {
 
 /// Why a seed `baseline.json` could not be adopted.
 #[derive(Debug, thiserror::Error)]
-pub enum AdoptError {
+pub(crate) enum AdoptError {
     /// Not a JSON object.
     #[error("state/baseline.json is not a JSON object of channels")]
     NotObject,
@@ -269,7 +269,7 @@ pub enum AdoptError {
 
 /// Reads a seed-written `baseline.json`: every top-level key but
 /// `last_updated` is a channel with `count`, `mean`, `M2`.
-pub fn adopt_seed_baseline(v: &Value) -> Result<EngineState, AdoptError> {
+pub(crate) fn adopt_seed_baseline(v: &Value) -> Result<EngineState, AdoptError> {
     let obj = v.as_object().ok_or(AdoptError::NotObject)?;
     let mut state = EngineState::default();
     for (name, c) in obj.iter().filter(|(k, _)| k.as_str() != "last_updated") {

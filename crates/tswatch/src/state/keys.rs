@@ -30,10 +30,10 @@ pub enum KeyError {
 }
 
 /// Longest key segment (a file name on local disks).
-pub const MAX_SEGMENT: usize = 255;
+pub(crate) const MAX_SEGMENT: usize = 255;
 /// Stream names taken by tswatch's own files in `state/` (its documents,
 /// their local lock files, the staging area).
-pub const RESERVED_STREAMS: [&str; 7] = [
+pub(crate) const RESERVED_STREAMS: [&str; 7] = [
     "staging",
     "engine.json",
     "baseline.json",
@@ -49,7 +49,8 @@ const LONGEST_OUTPUT_SUFFIX: &str = "_summary.json";
 const LOCAL_WRITE_SUFFIX: usize = "#999".len();
 /// Longest file name of a batch: its summary's name, while written, must
 /// still be a valid file name.
-pub const MAX_FILE_NAME: usize = MAX_SEGMENT - LONGEST_OUTPUT_SUFFIX.len() - LOCAL_WRITE_SUFFIX;
+pub(crate) const MAX_FILE_NAME: usize =
+    MAX_SEGMENT - LONGEST_OUTPUT_SUFFIX.len() - LOCAL_WRITE_SUFFIX;
 
 /// Checks that `key` is a plain relative object key and converts it.
 pub fn validate(key: &str) -> Result<Path, KeyError> {
@@ -134,14 +135,14 @@ impl RawKey {
     }
 
     /// The full key, `raw/<name>.csv`.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.key
     }
 
     /// The stream the batch belongs to: the first folder of
     /// `raw/<stream>/<name>.csv`, or `""` (the default stream) for
     /// `raw/<name>.csv`. Each stream has its own state.
-    pub fn stream(&self) -> &str {
+    pub(crate) fn stream(&self) -> &str {
         self.name.split_once('/').map_or("", |(s, _)| s)
     }
 
@@ -169,7 +170,7 @@ impl std::fmt::Display for RawKey {
 
 /// Decodes a key as S3 puts it in event notifications: form-encoded, so `+`
 /// is a space and `%XX` a byte. Fails on bytes that are not UTF-8.
-pub fn decode_event_key(raw: &str) -> Result<String, KeyError> {
+pub(crate) fn decode_event_key(raw: &str) -> Result<String, KeyError> {
     let spaced = raw.replace('+', " ");
     percent_encoding::percent_decode_str(&spaced)
         .decode_utf8()

@@ -9,33 +9,33 @@ use std::collections::VecDeque;
 pub const RECENT_ROWS: usize = 500;
 /// Channels a stream's series keeps: when a file brings new ones and the
 /// series is full, those whose latest value is oldest make room.
-pub const RECENT_CHANNELS: usize = 32;
+pub(crate) const RECENT_CHANNELS: usize = 32;
 /// Longest timestamp cell kept (a longer one is cut on a character
 /// boundary): the series stays small whatever the input holds.
-pub const MAX_TIME_BYTES: usize = 64;
+pub(crate) const MAX_TIME_BYTES: usize = 64;
 
 /// One scored row, as the dashboard draws it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct RecentRow {
+pub(crate) struct RecentRow {
     /// The timestamp cell as written (empty without a timestamp column).
-    pub t: String,
+    pub(crate) t: String,
     /// The channels' values, in the order of [`RecentSeries::channels`] (in
     /// a file's tail: of the file's channels)
     /// (`None`: missing in this row).
-    pub v: Vec<Option<f64>>,
+    pub(crate) v: Vec<Option<f64>>,
     /// Whether the row was anomalous.
-    pub anomaly: bool,
+    pub(crate) anomaly: bool,
     /// Its `anomaly_score`.
-    pub score: f64,
+    pub(crate) score: f64,
 }
 
 /// The last [`RECENT_ROWS`] rows of a stream.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct RecentSeries {
+pub(crate) struct RecentSeries {
     /// The channels the rows' values belong to.
-    pub channels: Vec<String>,
+    pub(crate) channels: Vec<String>,
     /// Oldest first.
-    pub rows: VecDeque<RecentRow>,
+    pub(crate) rows: VecDeque<RecentRow>,
 }
 
 impl RecentSeries {
@@ -43,7 +43,7 @@ impl RecentSeries {
     /// of each row's values), dropping the oldest beyond [`RECENT_ROWS`].
     /// The series keeps every channel it has seen (up to
     /// [`RECENT_CHANNELS`]); a file without one leaves it empty in its rows.
-    pub fn extend(&mut self, channels: &[String], rows: Vec<RecentRow>) {
+    pub(crate) fn extend(&mut self, channels: &[String], rows: Vec<RecentRow>) {
         if rows.is_empty() {
             return;
         }
@@ -119,14 +119,14 @@ impl RecentSeries {
 /// The last rows of one file, captured while it is written, reusing each
 /// slot's buffers (no allocation per row once the ring is full).
 #[derive(Debug, Default)]
-pub struct TailRing {
+pub(crate) struct TailRing {
     slots: Vec<RecentRow>,
     next: usize,
 }
 
 impl TailRing {
     /// Records one row: its timestamp cell, values, flag and score.
-    pub fn push(&mut self, t: &[u8], values: &[Option<f64>], anomaly: bool, score: f64) {
+    pub(crate) fn push(&mut self, t: &[u8], values: &[Option<f64>], anomaly: bool, score: f64) {
         if self.slots.len() < RECENT_ROWS {
             self.slots.push(RecentRow::default());
         }
@@ -149,7 +149,7 @@ impl TailRing {
     }
 
     /// The rows captured, oldest first.
-    pub fn into_rows(mut self) -> Vec<RecentRow> {
+    pub(crate) fn into_rows(mut self) -> Vec<RecentRow> {
         if self.slots.len() == RECENT_ROWS {
             self.slots.rotate_left(self.next);
         }

@@ -22,16 +22,16 @@ const STATIC_FOR: Duration = Duration::from_secs(900);
 /// shared by everything that talks to AWS (S3, SQS, the emulator's
 /// certificate endpoint), so that the chain and its cache exist once.
 #[derive(Debug, Clone)]
-pub struct Aws {
+pub(crate) struct Aws {
     /// See [`region`].
-    pub region: String,
+    pub(crate) region: String,
     /// The [`Chain`], as `object_store` and the SQS client take it.
-    pub credentials: AwsCredentialProvider,
+    pub(crate) credentials: AwsCredentialProvider,
 }
 
 impl Aws {
     /// Resolves the region, then builds the credential chain for it.
-    pub async fn load() -> Self {
+    pub(crate) async fn load() -> Self {
         let region = region().await;
         let credentials = Chain::load(&region).await.into_provider();
         Self {
@@ -44,12 +44,12 @@ impl Aws {
 /// No credentials could be had from any source of the chain.
 #[derive(Debug, thiserror::Error)]
 #[error("no AWS credentials: {0}")]
-pub struct NoCredentials(String);
+pub(crate) struct NoCredentials(String);
 
 /// The AWS SDK's default credential chain, cached until shortly before
 /// the credentials expire.
 #[derive(Debug)]
-pub struct Chain {
+pub(crate) struct Chain {
     chain: aws_config::default_provider::credentials::DefaultCredentialsChain,
     cached: tokio::sync::Mutex<Option<Cached>>,
 }
@@ -67,7 +67,7 @@ impl Chain {
     /// shared files are read as the AWS CLI reads them) in `region`, given
     /// so that building the chain never asks the instance metadata service
     /// for one.
-    pub async fn load(region: &str) -> Self {
+    pub(crate) async fn load(region: &str) -> Self {
         Self {
             chain: aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
                 .region(aws_config::Region::new(region.to_string()))
@@ -78,7 +78,7 @@ impl Chain {
     }
 
     /// As the provider `object_store` and the SQS client take.
-    pub fn into_provider(self) -> AwsCredentialProvider {
+    pub(crate) fn into_provider(self) -> AwsCredentialProvider {
         Arc::new(self)
     }
 }
@@ -177,7 +177,7 @@ fn chain_text(e: &CredentialsError) -> String {
 /// The region: `AWS_REGION` / `AWS_DEFAULT_REGION`, else the profile's
 /// `region` (what `aws configure` writes), else `us-east-1`. The instance
 /// metadata service is not asked (it would stall every start off AWS).
-pub async fn region() -> String {
+pub(crate) async fn region() -> String {
     for var in ["AWS_REGION", "AWS_DEFAULT_REGION"] {
         if let Ok(r) = std::env::var(var)
             && !r.is_empty()

@@ -7,8 +7,8 @@
 //! read-compare-write-rename, with a content hash as the version. Everything
 //! that writes state goes through that one API.
 
-pub mod aws;
-pub mod s3list;
+pub(crate) mod aws;
+pub(crate) mod s3list;
 
 use crate::state::keys;
 use crate::storage::s3list::{Listed, Lister, Target};
@@ -100,10 +100,10 @@ pub struct Storage {
 }
 
 /// S3's limit for copying an object in one request (CopyObject): 5 GiB.
-pub const S3_MAX_COPY_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+pub(crate) const S3_MAX_COPY_BYTES: u64 = 5 * 1024 * 1024 * 1024;
 
 /// Opaque version of a state document (an ETag or a content hash).
-pub type Version = String;
+pub(crate) type Version = String;
 
 impl Storage {
     /// Opens a local data directory, creating it (and `raw/`) if needed.
@@ -119,7 +119,7 @@ impl Storage {
 
     /// Opens an existing data directory, creating nothing (for read-only
     /// commands: a mistyped path is an error, not a new directory).
-    pub fn local_existing(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
+    pub(crate) fn local_existing(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir: PathBuf = dir.into();
         let io = |source| StoreError::Io {
             path: dir.display().to_string(),
@@ -188,7 +188,7 @@ impl Storage {
 
     /// Sets the largest object copied in one request (S3 only; some
     /// S3-compatible stores allow less than S3's 5 GiB).
-    pub fn with_max_copy(mut self, bytes: u64) -> Self {
+    pub(crate) fn with_max_copy(mut self, bytes: u64) -> Self {
         self.max_copy = bytes;
         self
     }
@@ -207,7 +207,7 @@ impl Storage {
 
     /// The AWS region and credentials of an S3 storage opened with
     /// [`Storage::s3`], else (locally, or a test's store) the environment's.
-    pub async fn aws(&self) -> crate::storage::aws::Aws {
+    pub(crate) async fn aws(&self) -> crate::storage::aws::Aws {
         match &self.aws {
             Some(a) => a.clone(),
             None => crate::storage::aws::Aws::load().await,
@@ -215,7 +215,7 @@ impl Storage {
     }
 
     /// What `/health` reports: the bucket name or the data directory.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         match &self.location {
             Location::Local(d) => d.display().to_string(),
             Location::S3 { bucket } => bucket.clone(),
@@ -228,7 +228,7 @@ impl Storage {
     }
 
     /// Where `key` lives on this machine, for the local backend only.
-    pub fn local_path(&self, key: &str) -> Result<Option<PathBuf>, StoreError> {
+    pub(crate) fn local_path(&self, key: &str) -> Result<Option<PathBuf>, StoreError> {
         keys::validate(key)?;
         Ok(match &self.location {
             Location::Local(dir) => Some(dir.join(key)),
@@ -242,7 +242,7 @@ impl Storage {
     /// forever). `None` if it is readable, missing, or on S3. Checked just
     /// before reading: whoever can swap files inside the data directory
     /// between the check and the read can write the data anyway.
-    pub fn local_unreadable(&self, key: &str) -> Option<String> {
+    pub(crate) fn local_unreadable(&self, key: &str) -> Option<String> {
         let Location::Local(root) = &self.location else {
             return None;
         };
@@ -269,7 +269,7 @@ impl Storage {
     }
 
     /// Reads a whole object; `None` if it does not exist.
-    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         let path = keys::validate(key)?;
         match self.store.get(&path).await {
             Ok(r) => Ok(Some(r.bytes().await?)),
@@ -279,7 +279,7 @@ impl Storage {
     }
 
     /// The object's ETag, if it exists.
-    pub async fn etag(&self, key: &str) -> Result<Option<String>, StoreError> {
+    pub(crate) async fn etag(&self, key: &str) -> Result<Option<String>, StoreError> {
         let path = keys::validate(key)?;
         match self.store.head(&path).await {
             Ok(m) => Ok(Some(m.e_tag.unwrap_or_default())),
@@ -289,7 +289,7 @@ impl Storage {
     }
 
     /// Writes a whole object (atomically replacing any previous one).
-    pub async fn put(&self, key: &str, body: impl Into<Bytes>) -> Result<(), StoreError> {
+    pub(crate) async fn put(&self, key: &str, body: impl Into<Bytes>) -> Result<(), StoreError> {
         let path = keys::validate(key)?;
         self.store.put(&path, PutPayload::from(body.into())).await?;
         Ok(())
@@ -307,7 +307,7 @@ impl Storage {
 
     /// Whether storage answers now: the data directory exists, or the
     /// bucket can be listed (one level under `state/`). For readiness.
-    pub async fn probe(&self) -> Result<(), StoreError> {
+    pub(crate) async fn probe(&self) -> Result<(), StoreError> {
         if let Location::Local(dir) = &self.location
             && !dir.is_dir()
         {
@@ -330,7 +330,12 @@ impl Storage {
     /// at most 5 GiB in one request, so a larger object is streamed through
     /// this process into a multipart upload instead; `size`, if known, saves
     /// asking S3 for it.
-    pub async fn rename(&self, from: &str, to: &str, size: Option<u64>) -> Result<(), StoreError> {
+    pub(crate) async fn rename(
+        &self,
+        from: &str,
+        to: &str,
+        size: Option<u64>,
+    ) -> Result<(), StoreError> {
         let (f, t) = (keys::validate(from)?, keys::validate(to)?);
         if let Location::S3 { .. } = self.location {
             let size = match size {
@@ -408,7 +413,7 @@ impl Storage {
     }
 
     /// Every key under `prefix` (which should end in `/`), with its ETag.
-    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+    pub(crate) async fn list(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
         Ok(self
             .list_meta(prefix)
             .await?
@@ -434,7 +439,7 @@ impl Storage {
     /// `older_than` ago, except those in `keep`. Locally this includes the
     /// partial files an interrupted upload leaves (`<key>#<n>`), which
     /// listings do not show. Returns how many were deleted.
-    pub async fn sweep(
+    pub(crate) async fn sweep(
         &self,
         prefix: &str,
         older_than: std::time::Duration,
@@ -468,7 +473,10 @@ impl Storage {
     }
 
     /// Reads a state document with its version; `None` if absent.
-    pub async fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, Version)>, StoreError> {
+    pub(crate) async fn get_versioned(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Bytes, Version)>, StoreError> {
         let path = keys::validate(key)?;
         match &self.location {
             Location::Local(root) => {
@@ -491,7 +499,7 @@ impl Storage {
     /// Writes a state document only if it is still at `expected` (`None`:
     /// only if it does not exist). Returns the new version, or
     /// [`StoreError::Conflict`] if someone else wrote first.
-    pub async fn put_if(
+    pub(crate) async fn put_if(
         &self,
         key: &str,
         body: Bytes,

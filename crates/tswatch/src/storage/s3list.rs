@@ -13,31 +13,31 @@ use serde::Deserialize;
 
 /// One object of a listing.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Listed {
+pub(crate) struct Listed {
     /// Its key, decoded and valid ([`keys::validate`]).
-    pub key: String,
+    pub(crate) key: String,
     /// Its ETag, as S3 gives it.
-    pub etag: String,
+    pub(crate) etag: String,
     /// When it was last written.
-    pub modified: chrono::DateTime<chrono::Utc>,
+    pub(crate) modified: chrono::DateTime<chrono::Utc>,
 }
 
 /// Where and how to reach the bucket: what object_store was configured
 /// with (`Storage::s3` reads it from the same builder).
 #[derive(Debug, Clone, Default)]
-pub struct Target {
+pub(crate) struct Target {
     /// The bucket.
-    pub bucket: String,
+    pub(crate) bucket: String,
     /// Its region.
-    pub region: String,
+    pub(crate) region: String,
     /// The endpoint (`AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`), if any.
-    pub endpoint: Option<String>,
+    pub(crate) endpoint: Option<String>,
     /// Virtual-hosted style: the endpoint names the bucket already.
-    pub virtual_hosted: bool,
+    pub(crate) virtual_hosted: bool,
     /// Accept any TLS certificate (`AWS_ALLOW_INVALID_CERTIFICATES`).
-    pub allow_invalid_certificates: bool,
+    pub(crate) allow_invalid_certificates: bool,
     /// Send requests unsigned (`AWS_SKIP_SIGNATURE`).
-    pub skip_signature: bool,
+    pub(crate) skip_signature: bool,
 }
 
 impl Target {
@@ -59,7 +59,7 @@ const ATTEMPTS: u32 = 4;
 
 /// Lists one bucket.
 #[derive(Debug)]
-pub struct Lister {
+pub(crate) struct Lister {
     http: reqwest::Client,
     /// Where the bucket is answered, path style or virtual-hosted.
     base: String,
@@ -109,7 +109,10 @@ fn enc(s: &str) -> String {
 
 impl Lister {
     /// A lister for `target`, signing with `credentials`.
-    pub fn new(target: &Target, credentials: AwsCredentialProvider) -> Result<Self, StoreError> {
+    pub(crate) fn new(
+        target: &Target,
+        credentials: AwsCredentialProvider,
+    ) -> Result<Self, StoreError> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(std::time::Duration::from_secs(60))
@@ -127,7 +130,7 @@ impl Lister {
     }
 
     /// Every usable object under `prefix`; unusable keys are skipped.
-    pub async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+    pub(crate) async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
