@@ -14,7 +14,7 @@
 //! }
 //! let spike = [Some(35.0)];
 //! let s = engine.score(&b, None, &spike);
-//! assert!(s.anomaly);
+//! assert!(s.anomaly());
 //! assert!(s.reason(&["temperature"]).starts_with("temperature above the highest seen"));
 //! ```
 

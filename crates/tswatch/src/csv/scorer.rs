@@ -451,15 +451,15 @@ impl Batch {
     /// Adds the scores of the last row read into `rows`.
     fn push(&mut self, values: &[Option<f64>], score: &RowScore, inline: bool) {
         self.values.extend_from_slice(values);
-        self.z.extend_from_slice(&score.z);
-        self.z_flag.extend_from_slice(&score.z_flag);
-        if score.anomaly {
+        self.z.extend_from_slice(score.z());
+        self.z_flag.extend_from_slice(score.z_flag());
+        if score.anomaly() {
             self.flagged.push((self.len(), score.clone()));
         }
-        self.anomaly.push(score.anomaly);
-        self.anomaly_score.push(score.anomaly_score);
+        self.anomaly.push(score.anomaly());
+        self.anomaly_score.push(score.anomaly_score());
         if inline {
-            self.forest.push(score.forest.clone());
+            self.forest.push(score.forest().cloned());
         }
     }
 
@@ -510,7 +510,7 @@ impl Writing<'_> {
             Some(v) => {
                 computed = v.verdicts((0..batch.len()).map(|r| batch.values(r)));
                 for (r, score) in &mut batch.flagged {
-                    score.forest = computed[*r].clone();
+                    score.set_forest(computed[*r].clone());
                 }
                 &computed
             }
@@ -909,11 +909,11 @@ fn row_json(
         m.insert(kept_cell(name.as_bytes()), v);
     }
     for (k, ch) in channels.iter().enumerate() {
-        let z = score.z[k].map(|z| (z * 1e4).round() / 1e4);
+        let z = score.z()[k].map(|z| (z * 1e4).round() / 1e4);
         m.insert(format!("{ch}_zscore"), z.map_or(Value::Null, Value::from));
         m.insert(
             format!("{ch}_zscore_flag"),
-            score.z_flag[k].map_or(Value::Null, Value::from),
+            score.z_flag()[k].map_or(Value::Null, Value::from),
         );
     }
     let label = score.if_label();
@@ -923,8 +923,8 @@ fn row_json(
         Value::from((score.if_score(forest_threshold) * 1e4).round() / 1e4),
     );
     m.insert("if_flag".into(), Value::from(label < 0));
-    m.insert("anomaly".into(), Value::from(score.anomaly));
-    m.insert("anomaly_score".into(), Value::from(score.anomaly_score));
+    m.insert("anomaly".into(), Value::from(score.anomaly()));
+    m.insert("anomaly_score".into(), Value::from(score.anomaly_score()));
     m.insert("reason".into(), Value::from(kept_cell(reason.as_bytes())));
     m
 }
