@@ -19,7 +19,7 @@
 //! - [`http`]: where reads are served. The API, the dashboard and the
 //!   connection loop.
 //! - [`service`] wires all of them together for `tswatch serve`;
-//!   [`telemetry`] holds the counters behind `GET /metrics`; [`report`]
+//!   `telemetry` holds the counters behind `GET /metrics`; `report`
 //!   turns an error into the lines a user or a log reads.
 //! - [`cli`]: flags, configuration file, exit codes, progress and the
 //!   one-shot commands (`score`, `produce`, `baseline`); [`eval`]: detection

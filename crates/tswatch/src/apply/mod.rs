@@ -2,7 +2,7 @@
 //! ([`processor`]: score into a staged output, commit the state by
 //! compare-and-swap, publish the outputs), the object streaming around the
 //! scorer ([`pipeline`]), per-stream leases for instances sharing a queue
-//! ([`lease`]) and the alert webhooks offered after a commit ([`alerts`]).
+//! (`lease`) and the alert webhooks offered after a commit (`alerts`).
 
 pub(crate) mod alerts;
 pub(crate) mod lease;

@@ -1,5 +1,5 @@
 //! Where a row is scored: CSV records read from a byte stream
-//! ([`records`]), row timestamps ([`timestamp`]) and the scorer
+//! ([`records`]), row timestamps (`timestamp`) and the scorer
 //! ([`scorer`]: parse, score then absorb, write the annotated copy). No
 //! storage, no async: plain `Read` and `Write`.
 

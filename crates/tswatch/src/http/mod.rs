@@ -1,5 +1,5 @@
-//! Where reads are served: the HTTP API ([`api`]), the dashboard
-//! ([`dashboard`]) and the connection loop with its timeouts and cap
+//! Where reads are served: the HTTP API (`api`), the dashboard
+//! (`dashboard`) and the connection loop with its timeouts and cap
 //! ([`server`]).
 
 pub(crate) mod api;

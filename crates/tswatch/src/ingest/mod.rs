@@ -2,8 +2,8 @@
 //! the one work queue ([`queue`]), whose worker applies them.
 //!
 //! - [`sns`]: SNS messages posted to `/notify` (parsing, signature checks);
-//! - [`sqs`] and [`sqs_worker`]: an SQS queue of S3 event notifications;
-//! - [`s3_event`]: the S3 event parser every path shares;
+//! - [`sqs`] and `sqs_worker`: an SQS queue of S3 event notifications;
+//! - `s3_event`: the S3 event parser every path shares;
 //! - [`queue`]: the queue, its worker, the local folder watcher and the
 //!   periodic reconciliation of `raw/` against what was processed.
 
