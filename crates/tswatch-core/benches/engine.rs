@@ -4,7 +4,7 @@
 
 use std::hint::black_box;
 use std::time::Instant;
-use tswatch_core::forest::SplitMix64;
+use tswatch_core::SplitMix64;
 use tswatch_core::{Engine, EngineConfig};
 
 fn rows(n: usize) -> Vec<(f64, Vec<Option<f64>>)> {

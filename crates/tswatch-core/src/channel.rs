@@ -7,12 +7,12 @@ use crate::stats::{Ew, Welford, weight};
 use serde::{Deserialize, Serialize};
 
 /// Time-of-day buckets of the seasonal baseline (30 minutes each).
-pub const SEASON_BUCKETS: usize = 48;
+pub(crate) const SEASON_BUCKETS: usize = 48;
 const DAY: f64 = 86_400.0;
 /// Memory of the error trackers that decide whether the cycle is real.
 const SEASON_ERR_ALPHA: f64 = 1.0 / 500.0;
 /// |z| beyond which a value counts towards a level shift.
-pub const SHIFT_Z: f64 = 2.0;
+pub(crate) const SHIFT_Z: f64 = 2.0;
 
 /// Persisted state of one channel.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -99,7 +99,7 @@ pub struct ShiftRun {
 
 /// The baseline a value is judged against.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Reference {
+pub(crate) struct Reference {
     /// Expected value.
     pub mean: f64,
     /// Expected spread.
@@ -111,7 +111,7 @@ pub struct Reference {
 impl Reference {
     /// The value on this baseline's scale (`None`: not representable, as a
     /// non-positive value on a log scale).
-    pub fn scale(&self, x: f64) -> Option<f64> {
+    pub(crate) fn scale(&self, x: f64) -> Option<f64> {
         match self.basis {
             Basis::Log => (x > 0.0).then(|| x.ln()),
             _ => Some(x),
@@ -205,7 +205,7 @@ impl ChannelState {
     }
 
     /// The baseline for a value at `ts`, or `None` while immature.
-    pub fn reference(&self, ts: Option<Moment>, cfg: &EngineConfig) -> Option<Reference> {
+    pub(crate) fn reference(&self, ts: Option<Moment>, cfg: &EngineConfig) -> Option<Reference> {
         if self.ew.n < cfg.min_observations {
             return None;
         }
@@ -245,7 +245,7 @@ impl ChannelState {
 
     /// The z-score of `x` against `r` (on `r`'s scale; a value a log scale
     /// cannot represent is judged on the plain baseline).
-    pub fn z(&self, x: f64, r: &Reference) -> f64 {
+    pub(crate) fn z(&self, x: f64, r: &Reference) -> f64 {
         match r.scale(x) {
             Some(v) => z_score(v, r.mean, r.sd),
             None => z_score(x, self.ew.mean, self.ew.sd()),
@@ -255,7 +255,7 @@ impl ChannelState {
     /// Absorbs a normal value. A value the running statistics cannot hold
     /// (non-finite, or so extreme that they would overflow) is refused and
     /// leaves the channel untouched; returns whether it was absorbed.
-    pub fn absorb(&mut self, x: f64, ts: Option<Moment>, cfg: &EngineConfig) -> bool {
+    pub(crate) fn absorb(&mut self, x: f64, ts: Option<Moment>, cfg: &EngineConfig) -> bool {
         let mut probe = self.ew;
         probe.push(x, cfg.alpha());
         if !x.is_finite() || !probe.is_valid() || !self.stats.push(x) {
@@ -306,8 +306,10 @@ impl ChannelState {
         true
     }
 
-    /// Whether a value with this z would complete a level shift.
-    pub fn completes_shift(&self, z: f64, cfg: &EngineConfig) -> bool {
+    /// Whether a value with this z would complete a level shift (read by
+    /// the tests to see the run's state).
+    #[cfg(test)]
+    fn completes_shift(&self, z: f64, cfg: &EngineConfig) -> bool {
         cfg.level_shift_rows > 0
             && z.abs() > SHIFT_Z
             && self.run.sign == sign(z)
@@ -316,7 +318,7 @@ impl ChannelState {
 
     /// Tracks runs beyond 2 sigma; when a run is long enough, re-learns the
     /// channel at the new level. Returns whether it re-learned.
-    pub fn track_shift(
+    pub(crate) fn track_shift(
         &mut self,
         x: f64,
         z: Option<f64>,
@@ -395,7 +397,7 @@ impl ChannelState {
 
 /// `(x - mean) / sd`, with a zero spread treated as a tiny one so that any
 /// departure from a constant channel is flagged and nothing divides by zero.
-pub fn z_score(x: f64, mean: f64, sd: f64) -> f64 {
+pub(crate) fn z_score(x: f64, mean: f64, sd: f64) -> f64 {
     let floor = 1e-9 * mean.abs().max(1.0);
     let z = (x - mean) / sd.max(floor);
     // Keep the number printable: a z of 1e300 says no more than 1e12.

@@ -3,6 +3,11 @@
 use crate::error::ConfigError;
 use serde::{Deserialize, Serialize};
 
+/// Most channels in a joint model (the per-row work is on the stack): the
+/// highest `joint_max_channels`. Defined here, not in `joint`, so that the
+/// settings depend on no model.
+pub(crate) const MAX_JOINT_CHANNELS: usize = 16;
+
 /// Tuning of the detection engine. The defaults are meant to hold on any
 /// series without per-dataset tuning; see the README for what each does.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -98,7 +103,7 @@ impl EngineConfig {
                 "must be 0 (off) or between 2 and 10000",
             ));
         }
-        if !(2..=crate::joint::MAX_CHANNELS).contains(&self.joint_max_channels) {
+        if !(2..=MAX_JOINT_CHANNELS).contains(&self.joint_max_channels) {
             return Err(bad("joint_max_channels", "must be between 2 and 16"));
         }
         if !(1..=100_000).contains(&self.max_channels) {

@@ -35,11 +35,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
 /// Values the reference window holds.
-pub const WINDOW: usize = 6400;
+pub(crate) const WINDOW: usize = 6400;
 /// Values the recent reference window holds: the stretch test also asks
 /// "unusual for the last few hundred rows?", which sees a change of regime
 /// that a long window, still holding older and wilder values, absorbs.
-pub const SHORT: usize = 400;
+pub(crate) const SHORT: usize = 400;
 /// Rows learned before the stuck-value test speaks.
 const STUCK_LEARN: u64 = LIKELIHOOD_LEARN;
 /// A value repeated this many times the longest run seen so far is stuck...
@@ -47,15 +47,15 @@ const STUCK_FACTOR: u64 = 3;
 /// ...if it also repeated at least this many times.
 const STUCK_MIN: u64 = 40;
 /// Raw scores averaged by the stretch test.
-pub const AVERAGE: usize = 10;
+pub(crate) const AVERAGE: usize = 10;
 /// Memory (rows) of the averaged scores' mean and variance.
 const LIKELIHOOD_MEMORY: f64 = 8640.0;
 /// Averaged scores learned before the stretch test speaks.
 const LIKELIHOOD_LEARN: u64 = 388;
 /// A new extreme must pass the range seen so far by this share of it.
-pub const EXTREME_MARGIN: f64 = 0.01;
+pub(crate) const EXTREME_MARGIN: f64 = 0.01;
 /// Rows of a channel kept quiet after a stretch or extreme alarm.
-pub const QUIET_ROWS: u64 = 100;
+pub(crate) const QUIET_ROWS: u64 = 100;
 /// |z| above which the tail of z-scores is modelled.
 const TAIL_FROM: f64 = 3.0;
 /// Memory of the tail model (rows).
@@ -68,7 +68,7 @@ const TAIL_MIN_Z: f64 = 4.0;
 /// values a run keeps.
 const MAX_SHIFT_ROWS: usize = 10_000;
 /// Time-of-day buckets of the daily profile.
-pub const DAY_BUCKETS: usize = 48;
+pub(crate) const DAY_BUCKETS: usize = 48;
 /// Weight of a new value in its time-of-day bucket (after the first few).
 const DAY_ALPHA: f64 = 0.2;
 /// Values a bucket needs before departures from it are scored.
@@ -176,7 +176,7 @@ impl Thresholds {
 /// Rolling reference of recent values and the stretch test over their raw
 /// scores.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct View {
+pub(crate) struct View {
     /// The last [`WINDOW`] learned values.
     window: VecDeque<f64>,
     /// Sums of `value - origin` and its square over the window (an origin

@@ -93,7 +93,7 @@ struct Complete {
 
 /// A trained isolation forest: every tree in one flat array.
 #[derive(Debug, Clone)]
-pub struct IsolationForest {
+pub(crate) struct IsolationForest {
     nodes: Vec<Node>,
     /// The same trees in complete form, if not too deep.
     complete: Option<Complete>,
@@ -107,7 +107,7 @@ pub struct IsolationForest {
 }
 
 /// Average path length of an unsuccessful search in a BST of `n` points.
-pub fn average_path_length(n: usize) -> f64 {
+pub(crate) fn average_path_length(n: usize) -> f64 {
     match n {
         0 | 1 => 0.0,
         2 => 1.0,
@@ -122,7 +122,12 @@ impl IsolationForest {
     /// Trains `n_trees` trees, each on `sample_size` rows drawn without
     /// replacement from `rows` (every row must have the same length).
     /// Returns `None` for an empty or ragged matrix.
-    pub fn train(rows: &[Vec<f64>], n_trees: usize, sample_size: usize, seed: u64) -> Option<Self> {
+    pub(crate) fn train(
+        rows: &[Vec<f64>],
+        n_trees: usize,
+        sample_size: usize,
+        seed: u64,
+    ) -> Option<Self> {
         let features = rows.first()?.len();
         if features == 0 || features >= LEAF as usize || rows.iter().any(|r| r.len() != features) {
             return None;
@@ -211,11 +216,6 @@ impl IsolationForest {
         self.fill(child + 1, 2 * at + 1, level + 1, depth, t);
     }
 
-    /// Number of features the forest was trained on.
-    pub fn features(&self) -> usize {
-        self.features
-    }
-
     fn leaf_of(&self, root: u32, x: &[f64], mut visit: impl FnMut(usize)) -> (usize, f64) {
         let mut i = root as usize;
         let mut depth = 0.0;
@@ -232,7 +232,7 @@ impl IsolationForest {
     }
 
     /// Anomaly score `s(x)` in (0, 1]; `x` must have [`Self::features`] values.
-    pub fn score(&self, x: &[f64]) -> f64 {
+    pub(crate) fn score(&self, x: &[f64]) -> f64 {
         let total: f64 = self
             .roots
             .iter()
@@ -249,7 +249,7 @@ impl IsolationForest {
     /// Tree by tree, [`LANES`] points in lockstep with branch-free steps: the
     /// tree stays in cache and the independent walks overlap, where
     /// one walk at a time waits on every load and mispredicts every branch.
-    pub fn score_many(&self, xs: &[f64], out: &mut [f64]) {
+    pub(crate) fn score_many(&self, xs: &[f64], out: &mut [f64]) {
         let k = self.features;
         let n = out.len().min(xs.len() / k.max(1));
         if n < LANES {
@@ -343,7 +343,7 @@ impl IsolationForest {
 
     /// For each feature, the share of trees whose last split before `x`'s
     /// leaf used it: which channels isolated the point.
-    pub fn attribution(&self, x: &[f64]) -> Vec<f64> {
+    pub(crate) fn attribution(&self, x: &[f64]) -> Vec<f64> {
         let mut counts = vec![0.0; self.features];
         for &r in &self.roots {
             let mut last = None;

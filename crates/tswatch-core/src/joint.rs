@@ -4,11 +4,9 @@
 //! probability is calibrated like the per-channel ones.
 
 use crate::channel::Basis;
+pub(crate) use crate::config::MAX_JOINT_CHANNELS as MAX_CHANNELS;
 use crate::stats::chi2_surprise;
 use serde::{Deserialize, Serialize};
-
-/// Most channels in a joint model: the per-row work is on the stack.
-pub const MAX_CHANNELS: usize = 16;
 
 /// Persisted joint model.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

@@ -14,26 +14,27 @@
 //! }
 //! let spike = [Some(35.0)];
 //! let s = engine.score(&b, None, &spike);
-//! assert!(s.anomaly);
+//! assert!(s.anomaly());
 //! assert!(s.reason(&["temperature"]).starts_with("temperature above the highest seen"));
 //! ```
 
-pub mod channel;
-pub mod config;
-pub mod detector;
-pub mod engine;
-pub mod error;
-pub mod forest;
-pub mod joint;
-pub mod score;
-pub mod state;
-pub mod stats;
+mod channel;
+mod config;
+mod detector;
+mod engine;
+mod error;
+mod forest;
+mod joint;
+mod score;
+mod state;
+mod stats;
 
 pub use channel::{ChannelState, Moment};
 pub use config::EngineConfig;
 pub use detector::{Band, DailyBand, Detector, Finding, Thresholds, Verdict};
 pub use engine::{Binding, Engine, ForestView, LoadError};
 pub use error::{ChannelLimit, ConfigError, StateError};
+pub use forest::SplitMix64;
 pub use score::{ForestVerdict, JointFinding, RowScore};
 pub use state::{EngineState, ForestRecipe, History};
 pub use stats::Welford;

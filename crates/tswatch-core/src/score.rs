@@ -14,7 +14,7 @@ use crate::detector::{Finding, Verdict};
 /// The joint test is held to a ten times stricter standard than the
 /// configured false-alarm rate (`-log10(10)`): its Gaussian assumption is
 /// the weakest, and it spends little of the false-alarm budget that way.
-pub const JOINT_PENALTY: f64 = 1.0;
+pub(crate) const JOINT_PENALTY: f64 = 1.0;
 
 /// The isolation forest's view of a row (the seed's `if_*` columns).
 #[derive(Debug, Clone, PartialEq)]
@@ -68,27 +68,83 @@ pub struct JointFinding {
 pub struct RowScore {
     /// z-score per channel against its recent values (the `<ch>_zscore`
     /// column); `None` while immature or for a missing cell.
-    pub z: Vec<Option<f64>>,
+    pub(crate) z: Vec<Option<f64>>,
     /// Whether the channel's own detector flags the row; `None` where `z` is.
-    pub z_flag: Vec<Option<bool>>,
+    pub(crate) z_flag: Vec<Option<bool>>,
     /// Each channel's verdict; `None` for a missing cell.
-    pub verdicts: Vec<Option<Verdict>>,
+    pub(crate) verdicts: Vec<Option<Verdict>>,
     /// z-score per channel against its adaptive (or time-of-day) baseline:
     /// the joint model's input.
-    pub base_z: Vec<Option<f64>>,
+    pub(crate) base_z: Vec<Option<f64>>,
     /// The baseline each `base_z` was taken against.
-    pub basis: Vec<Basis>,
+    pub(crate) basis: Vec<Basis>,
     /// The joint model's finding, once it is mature.
-    pub joint: Option<JointFinding>,
+    pub(crate) joint: Option<JointFinding>,
     /// `None` until a forest is trained (or when the row has no feature value).
-    pub forest: Option<ForestVerdict>,
+    pub(crate) forest: Option<ForestVerdict>,
     /// Whether the row is anomalous.
-    pub anomaly: bool,
+    pub(crate) anomaly: bool,
     /// Score in [0, 1); at least 0.5 exactly when `anomaly`.
-    pub anomaly_score: f64,
+    pub(crate) anomaly_score: f64,
 }
 
+/// Read-only: a score is made by [`crate::Engine::score`] and handed back to
+/// [`crate::Engine::update`] as it is.
 impl RowScore {
+    /// z-score per channel against its recent values (the `<ch>_zscore`
+    /// column); `None` while immature or for a missing cell.
+    #[inline]
+    pub fn z(&self) -> &[Option<f64>] {
+        &self.z
+    }
+
+    /// Whether each channel's own detector flags the row; `None` where
+    /// [`RowScore::z`] is.
+    #[inline]
+    pub fn z_flag(&self) -> &[Option<bool>] {
+        &self.z_flag
+    }
+
+    /// Each channel's verdict; `None` for a missing cell.
+    #[inline]
+    pub fn verdicts(&self) -> &[Option<Verdict>] {
+        &self.verdicts
+    }
+
+    /// The joint model's finding, once it is mature.
+    #[inline]
+    pub fn joint(&self) -> Option<&JointFinding> {
+        self.joint.as_ref()
+    }
+
+    /// The isolation forest's verdict: `None` until a forest is trained (or
+    /// when the row has no feature value, or the forest scores in batches:
+    /// see [`RowScore::set_forest`]).
+    #[inline]
+    pub fn forest(&self) -> Option<&ForestVerdict> {
+        self.forest.as_ref()
+    }
+
+    /// Whether the row is anomalous.
+    #[inline]
+    pub fn anomaly(&self) -> bool {
+        self.anomaly
+    }
+
+    /// Score in [0, 1); at least 0.5 exactly when [`RowScore::anomaly`].
+    #[inline]
+    pub fn anomaly_score(&self) -> f64 {
+        self.anomaly_score
+    }
+
+    /// Records the forest verdict of a row scored in a batch after the row
+    /// itself ([`crate::ForestView::verdicts`]). The forest never decides
+    /// `anomaly` here: it is set after the state was updated.
+    #[inline]
+    pub fn set_forest(&mut self, forest: Option<ForestVerdict>) {
+        self.forest = forest;
+    }
+
     pub(crate) fn clear(&mut self) {
         self.z.clear();
         self.z_flag.clear();

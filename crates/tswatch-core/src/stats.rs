@@ -83,8 +83,10 @@ impl Welford {
 ///
 /// Computed in log space, so it stays finite and strictly increasing for any
 /// finite `z` (no underflow to `p = 0` at large `z`): this is what keeps
-/// anomaly scores from saturating.
-pub fn two_sided_surprise(z: f64) -> f64 {
+/// anomaly scores from saturating. The detector takes one-sided tails; this
+/// is the reference the chi-square tail is checked against.
+#[cfg(test)]
+fn two_sided_surprise(z: f64) -> f64 {
     let z = z.abs();
     if z.is_nan() {
         return 0.0;
@@ -100,7 +102,7 @@ pub fn two_sided_surprise(z: f64) -> f64 {
 ///
 /// Chebyshev fit from Numerical Recipes (`erfcc`), fractional error below
 /// 1.2e-7 everywhere; written as an exponent so the log needs no `exp`.
-pub fn ln_erfc(x: f64) -> f64 {
+pub(crate) fn ln_erfc(x: f64) -> f64 {
     let x = x.max(0.0);
     let t = 1.0 / (1.0 + 0.5 * x);
     let poly = -x * x - 1.265_512_23
@@ -323,7 +325,7 @@ impl Ew {
 /// (this runs several times per value): if the product, rounded, exceeds 2,
 /// then `1/n < alpha / 1.99`, so even rounded up `1/n` is below `alpha`, and
 /// the maximum is exactly `alpha`.
-pub fn weight(n: u64, alpha: f64) -> f64 {
+pub(crate) fn weight(n: u64, alpha: f64) -> f64 {
     if n as f64 * alpha > 2.0 {
         alpha
     } else {
@@ -332,7 +334,7 @@ pub fn weight(n: u64, alpha: f64) -> f64 {
 }
 
 /// `ln Γ(x)` for `x > 0` (Lanczos, g = 7, 9 terms; ~1e-15 relative).
-pub fn ln_gamma(x: f64) -> f64 {
+pub(crate) fn ln_gamma(x: f64) -> f64 {
     const C: [f64; 9] = [
         0.999_999_999_999_809_9,
         676.520_368_121_885_1,
@@ -360,7 +362,7 @@ pub fn ln_gamma(x: f64) -> f64 {
 
 /// `ln Q(a, x)`, the log of the regularised upper incomplete gamma function,
 /// finite far into the tail (series for small `x`, continued fraction else).
-pub fn ln_gamma_q(a: f64, x: f64) -> f64 {
+pub(crate) fn ln_gamma_q(a: f64, x: f64) -> f64 {
     if x <= 0.0 {
         return 0.0;
     }
@@ -410,7 +412,7 @@ pub fn ln_gamma_q(a: f64, x: f64) -> f64 {
 
 /// `-log10 P(X >= d2)` for `X ~ chi-square(k)`: the surprise of a squared
 /// Mahalanobis distance over `k` Gaussian channels.
-pub fn chi2_surprise(d2: f64, k: usize) -> f64 {
+pub(crate) fn chi2_surprise(d2: f64, k: usize) -> f64 {
     if d2.is_nan() || d2 <= 0.0 || k == 0 {
         return 0.0;
     }
@@ -436,28 +438,6 @@ fn ln_gamma_q_int(m: usize, x: f64) -> Option<f64> {
         sum += term;
     }
     sum.is_finite().then(|| (sum.ln() - x).min(0.0))
-}
-
-/// `YYYY-MM-DDTHH:MM:SS` (UTC) for seconds since the Unix epoch.
-pub fn format_epoch(secs: f64) -> String {
-    let s = secs.floor() as i64;
-    let (days, rem) = (s.div_euclid(86_400), s.rem_euclid(86_400));
-    // Howard Hinnant's civil-from-days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 #[cfg(test)]
@@ -507,13 +487,6 @@ mod more_tests {
         assert!(chi2_surprise(1e6, 3).is_finite());
         // Beyond where the closed form's sum overflows.
         assert!(chi2_surprise(1e300, 16).is_finite() && chi2_surprise(1e300, 16) > 1e298);
-    }
-
-    #[test]
-    fn epoch_formatting() {
-        assert_eq!(format_epoch(0.0), "1970-01-01T00:00:00");
-        assert_eq!(format_epoch(1_771_891_851.6), "2026-02-24T00:10:51");
-        assert_eq!(format_epoch(951_782_400.0), "2000-02-29T00:00:00");
     }
 
     #[test]

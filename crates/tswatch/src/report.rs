@@ -6,7 +6,7 @@
 use std::fmt::Write;
 
 /// The error and its causes as the user reads them.
-pub fn render(e: &anyhow::Error) -> String {
+pub(crate) fn render(e: &anyhow::Error) -> String {
     let causes: Vec<String> = e.chain().map(|c| tidy(&c.to_string())).collect();
     let mut shown: Vec<&str> = Vec::new();
     for c in &causes {
@@ -133,7 +133,7 @@ fn hint(all: &str) -> Option<&'static str> {
 /// written as Rust escapes (`\n`, `\u{1b}`), so a string from outside
 /// (a topic, a key, an error quoting either) cannot forge a log line or
 /// drive the terminal that shows it.
-pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
     // Line and paragraph separators and bidirectional overrides cannot end
     // a line, but can make one look like two, or read backwards.
     let unsafe_char = |c: char| {
@@ -158,11 +158,11 @@ pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
 /// reconciliation pass is logged once (at most 10,000 keys are remembered;
 /// past that, the set starts over).
 #[derive(Debug, Default)]
-pub struct OnceSet(std::sync::Mutex<std::collections::HashSet<String>>);
+pub(crate) struct OnceSet(std::sync::Mutex<std::collections::HashSet<String>>);
 
 impl OnceSet {
     /// Whether `key` is seen here for the first time.
-    pub fn first(&self, key: &str) -> bool {
+    pub(crate) fn first(&self, key: &str) -> bool {
         let Ok(mut seen) = self.0.lock() else {
             return false;
         };

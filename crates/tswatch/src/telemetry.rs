@@ -18,46 +18,46 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 /// Metric names.
-pub mod name {
+pub(crate) mod name {
     /// Files scored and committed, by stream.
-    pub const FILES: &str = "tswatch_files_processed_total";
+    pub(crate) const FILES: &str = "tswatch_files_processed_total";
     /// Rows scored, by stream.
-    pub const ROWS: &str = "tswatch_rows_scored_total";
+    pub(crate) const ROWS: &str = "tswatch_rows_scored_total";
     /// Anomalous rows, by stream.
-    pub const ANOMALIES: &str = "tswatch_anomalies_total";
+    pub(crate) const ANOMALIES: &str = "tswatch_anomalies_total";
     /// Rows each channel flagged, by stream and channel.
-    pub const CHANNEL_ANOMALIES: &str = "tswatch_channel_anomalies_total";
+    pub(crate) const CHANNEL_ANOMALIES: &str = "tswatch_channel_anomalies_total";
     /// Events (runs of anomalous rows), by stream.
-    pub const EVENTS: &str = "tswatch_anomaly_events_total";
+    pub(crate) const EVENTS: &str = "tswatch_anomaly_events_total";
     /// Seconds from picking a file up to its commit, by stream.
-    pub const LATENCY: &str = "tswatch_processing_seconds";
+    pub(crate) const LATENCY: &str = "tswatch_processing_seconds";
     /// Files refused for their content, by reason.
-    pub const REJECTED: &str = "tswatch_files_rejected_total";
+    pub(crate) const REJECTED: &str = "tswatch_files_rejected_total";
     /// Files waiting in the work queue.
-    pub const QUEUE_DEPTH: &str = "tswatch_queue_depth";
+    pub(crate) const QUEUE_DEPTH: &str = "tswatch_queue_depth";
     /// Commits that lost the compare-and-swap on a stream's state.
-    pub const CONFLICTS: &str = "tswatch_state_commit_conflicts_total";
+    pub(crate) const CONFLICTS: &str = "tswatch_state_commit_conflicts_total";
     /// Attempts that failed on storage or network and were retried.
-    pub const RETRIES: &str = "tswatch_retries_total";
+    pub(crate) const RETRIES: &str = "tswatch_retries_total";
     /// SNS messages refused by `/notify`, by reason.
-    pub const SNS_REFUSED: &str = "tswatch_sns_refused_total";
+    pub(crate) const SNS_REFUSED: &str = "tswatch_sns_refused_total";
     /// Messages received from the SQS queue.
-    pub const SQS_RECEIVED: &str = "tswatch_sqs_messages_received_total";
+    pub(crate) const SQS_RECEIVED: &str = "tswatch_sqs_messages_received_total";
     /// SQS messages left for the queue's dead-letter redrive.
-    pub const SQS_DEAD_LETTERS: &str = "tswatch_sqs_dead_letters_total";
+    pub(crate) const SQS_DEAD_LETTERS: &str = "tswatch_sqs_dead_letters_total";
     /// Files a reconciliation scan queued (unprocessed when it looked).
-    pub const RECONCILED: &str = "tswatch_reconciliation_found_total";
+    pub(crate) const RECONCILED: &str = "tswatch_reconciliation_found_total";
     /// Alerts a webhook accepted (one per alert and webhook).
-    pub const ALERTS_SENT: &str = "tswatch_alerts_sent_total";
+    pub(crate) const ALERTS_SENT: &str = "tswatch_alerts_sent_total";
     /// Alerts given up on after their retries (one per alert and webhook).
-    pub const ALERTS_FAILED: &str = "tswatch_alerts_failed_total";
+    pub(crate) const ALERTS_FAILED: &str = "tswatch_alerts_failed_total";
     /// Alerts not sent, by reason.
-    pub const ALERTS_DROPPED: &str = "tswatch_alerts_dropped_total";
+    pub(crate) const ALERTS_DROPPED: &str = "tswatch_alerts_dropped_total";
 }
 
 /// Installs the recorder and describes every metric, once per process
 /// (later calls return the same handle).
-pub fn install() -> anyhow::Result<PrometheusHandle> {
+pub(crate) fn install() -> anyhow::Result<PrometheusHandle> {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
     if let Some(h) = HANDLE.get() {
         return Ok(h.clone());
@@ -142,7 +142,7 @@ fn describe() {
 /// Drains the histograms' samples into their buckets every few seconds:
 /// without it they would pile up in memory until the next scrape, for good
 /// where nothing scrapes. Ends when `stop` flips.
-pub fn spawn_upkeep(handle: PrometheusHandle, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub(crate) fn spawn_upkeep(handle: PrometheusHandle, mut stop: tokio::sync::watch::Receiver<bool>) {
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -157,7 +157,11 @@ pub fn spawn_upkeep(handle: PrometheusHandle, mut stop: tokio::sync::watch::Rece
 const MAX_LABEL: usize = 128;
 
 /// A file committed: its counts, per-channel flags and latency.
-pub fn file_applied(stream: &str, summary: &crate::statedoc::Summary, flagged: &[(String, u64)]) {
+pub(crate) fn file_applied(
+    stream: &str,
+    summary: &crate::state::documents::Summary,
+    flagged: &[(String, u64)],
+) {
     let stream = stream_label(stream);
     counter!(name::FILES, "stream" => stream.clone()).increment(1);
     counter!(name::ROWS, "stream" => stream.clone()).increment(summary.total_rows);
@@ -171,43 +175,43 @@ pub fn file_applied(stream: &str, summary: &crate::statedoc::Summary, flagged: &
 }
 
 /// A file refused for its content.
-pub fn file_rejected(reason: &'static str) {
+pub(crate) fn file_rejected(reason: &'static str) {
     counter!(name::REJECTED, "reason" => reason).increment(1);
 }
 
 /// The work queue's length now.
-pub fn queue_depth(n: usize) {
+pub(crate) fn queue_depth(n: usize) {
     gauge!(name::QUEUE_DEPTH).set(n as f64);
 }
 
 /// A commit lost the compare-and-swap.
-pub fn commit_conflict() {
+pub(crate) fn commit_conflict() {
     counter!(name::CONFLICTS).increment(1);
 }
 
 /// A failed attempt at `what` (`file`, `sqs_receive`, `reconciliation`)
 /// that will be retried.
-pub fn retry(what: &'static str) {
+pub(crate) fn retry(what: &'static str) {
     counter!(name::RETRIES, "what" => what).increment(1);
 }
 
 /// An SNS message refused, for `reason`.
-pub fn sns_refused(reason: &'static str) {
+pub(crate) fn sns_refused(reason: &'static str) {
     counter!(name::SNS_REFUSED, "reason" => reason).increment(1);
 }
 
 /// `n` messages received from SQS.
-pub fn sqs_received(n: usize) {
+pub(crate) fn sqs_received(n: usize) {
     counter!(name::SQS_RECEIVED).increment(n as u64);
 }
 
 /// An SQS message left for the dead-letter redrive.
-pub fn sqs_dead_letter() {
+pub(crate) fn sqs_dead_letter() {
     counter!(name::SQS_DEAD_LETTERS).increment(1);
 }
 
 /// `n` files found by a reconciliation scan.
-pub fn reconciled(n: usize) {
+pub(crate) fn reconciled(n: usize) {
     counter!(name::RECONCILED).increment(n as u64);
 }
 
@@ -221,17 +225,17 @@ fn cut(s: &str) -> String {
 }
 
 /// An alert a webhook accepted.
-pub fn alert_sent() {
+pub(crate) fn alert_sent() {
     counter!(name::ALERTS_SENT).increment(1);
 }
 
 /// An alert given up on.
-pub fn alert_failed() {
+pub(crate) fn alert_failed() {
     counter!(name::ALERTS_FAILED).increment(1);
 }
 
 /// An alert not sent, for `reason` (`rate_limit`, `queue_full`, `shutdown`).
-pub fn alert_dropped(reason: &'static str) {
+pub(crate) fn alert_dropped(reason: &'static str) {
     counter!(name::ALERTS_DROPPED, "reason" => reason).increment(1);
 }
 

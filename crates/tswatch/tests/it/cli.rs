@@ -381,13 +381,6 @@ fn no_progress_is_drawn_without_a_terminal() {
         .output()
         .unwrap();
     assert_no_progress("eval", &o.stderr);
-    let o = tswatch()
-        .args(["bench", "--rows", "50", "--repeat", "1"])
-        .output()
-        .unwrap();
-    assert_eq!(code(&o), 0, "{}", stderr(&o));
-    assert!(stderr(&o).contains("measured 50 rows"), "{}", stderr(&o));
-    assert_no_progress("bench", &o.stderr);
 }
 
 /// On a terminal (a pseudo-terminal from util-linux `script`), `score`

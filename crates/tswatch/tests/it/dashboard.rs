@@ -63,7 +63,7 @@ async fn the_page_and_its_data_are_served_and_bounded() {
     );
     assert_eq!(d["totals"]["files_processed"], 3);
     let rows = d["recent"]["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), tswatch::recent::RECENT_ROWS);
+    assert_eq!(rows.len(), tswatch::state::recent::RECENT_ROWS);
     // The newest row last: the last file's last timestamp.
     assert_eq!(
         rows.last().unwrap()["t"],

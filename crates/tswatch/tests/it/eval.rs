@@ -126,47 +126,6 @@ fn produce_writes_scenarios_with_labels() {
     assert_eq!(text.lines().count(), 101);
 }
 
-#[test]
-fn bench_measures_each_size_against_the_floor() {
-    let o = tswatch()
-        .args(["bench", "--rows", "50,500", "--reads", "3", "--json"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    let reads = v["reads"].as_array().unwrap();
-    assert_eq!(reads.len(), 1);
-    assert_eq!(reads[0]["files"], 3);
-    assert!(reads[0]["summary_ms"][0].as_f64().unwrap() > 0.0);
-    let ms = v["files"].as_array().unwrap();
-    assert_eq!(ms.len(), 2);
-    assert_eq!(ms[1]["rows"], 500);
-    for m in ms {
-        assert!(m["input_bytes"].as_u64().unwrap() > 0);
-        assert!(m["floor_s"].as_f64().unwrap() > 0.0);
-        assert!(m["end_to_end_s"].as_f64().unwrap() > 0.0);
-        assert!(m["peak_rss_kib"].as_u64().unwrap() > 0);
-    }
-}
-
-#[test]
-fn bench_measures_on_moto_too() {
-    let o = tswatch()
-        .args(["bench", "--rows", "50", "--moto", "--reads", "5", "--json"])
-        .args(["--read-streams", "2"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    let moto = v["moto"].as_array().unwrap();
-    assert_eq!(moto.len(), 1);
-    assert_eq!(moto[0]["rows"], 50);
-    assert!(moto[0]["floor_s"].as_f64().unwrap() > 0.0);
-    assert!(moto[0]["end_to_end_s"].as_f64().unwrap() > 0.0);
-    assert_eq!(v["reads"][0]["files"], 5);
-    assert_eq!(v["reads"][0]["streams"], 2);
-}
-
 /// The shared NAB development half (`/work/shared/nab-dev` beside the repo).
 const NAB_DEV: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/nab-dev");
 

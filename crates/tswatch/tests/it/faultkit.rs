@@ -16,11 +16,11 @@ use tokio::sync::watch;
 
 /// `n` producer batches of `rows` rows, in chronological (= name) order.
 pub(crate) fn producer_files(n: usize, rows: usize, seed: u64) -> Vec<(String, String)> {
-    let mut sc = tswatch::scenario::Scenario::new("seed", seed, 1_770_000_000.0).unwrap();
+    let mut sc = tswatch::eval::scenario::Scenario::new("seed", seed, 1_770_000_000.0).unwrap();
     (0..n)
         .map(|_| {
             let (csv, _, first) = sc.batch(rows);
-            (tswatch::scenario::batch_key("sensors", first), csv)
+            (tswatch::eval::scenario::batch_key("sensors", first), csv)
         })
         .collect()
 }

@@ -555,7 +555,7 @@ fn help_lists_every_setting_once() {
         assert!(top.contains(s), "{s} missing from:\n{top}");
     }
     // Subcommands don't repeat the file's keys.
-    for sub in ["serve", "score", "produce", "eval", "bench"] {
+    for sub in ["serve", "score", "produce", "eval"] {
         let o = tswatch().args([sub, "--help"]).output().unwrap();
         let text = String::from_utf8_lossy(&o.stdout);
         assert!(

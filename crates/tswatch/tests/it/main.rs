@@ -4,6 +4,7 @@
 
 mod alerts;
 mod cli;
+mod crashtest;
 mod credentials;
 mod dashboard;
 mod eval;

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
-use tswatch::sns::SnsMessage;
+use tswatch::ingest::sns::SnsMessage;
 
 const SCRIPT: &str = r#"
 import base64, datetime, json, sys

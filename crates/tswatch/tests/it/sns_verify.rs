@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tswatch::sns::{CertSource, SnsError, SnsMessage, Verifier};
+use tswatch::ingest::sns::{CertSource, SnsError, SnsMessage, Verifier};
 
 /// Serves fixed PEMs by exact URL and counts fetches.
 #[derive(Debug, Default)]

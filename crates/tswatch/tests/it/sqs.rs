@@ -6,7 +6,7 @@ use crate::harness::*;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
-use tswatch::sqs::SqsClient;
+use tswatch::ingest::sqs::SqsClient;
 
 const BUCKET: &str = "tswatch-sqs";
 

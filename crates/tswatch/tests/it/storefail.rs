@@ -15,11 +15,11 @@ use std::time::Duration;
 
 /// Producer batches of the given sizes, one stream, in time order.
 fn batches(seed: u64, rows: &[usize]) -> Vec<(String, String)> {
-    let mut sc = tswatch::scenario::Scenario::new("seed", seed, 1_770_000_000.0).unwrap();
+    let mut sc = tswatch::eval::scenario::Scenario::new("seed", seed, 1_770_000_000.0).unwrap();
     rows.iter()
         .map(|&n| {
             let (csv, _, first) = sc.batch(n);
-            (tswatch::scenario::batch_key("sensors", first), csv)
+            (tswatch::eval::scenario::batch_key("sensors", first), csv)
         })
         .collect()
 }
