@@ -356,20 +356,37 @@ struct Adopted {
     mean: f64,
     /// Their spread.
     sd: f64,
+    /// How many spreads from the mean `count` Gaussian values reach, on
+    /// median (worked out once: the extreme test asks on every row).
+    reach: f64,
 }
 
 impl Adopted {
-    /// The range `count` Gaussian values of this mean and spread reach, on
-    /// median: the largest of `n` passes `mean + q·sd` with probability
-    /// one half when `P(Z > q) = 1 - 2^(-1/n)`.
+    fn new(count: u64, mean: f64, sd: f64) -> Self {
+        // The largest of `n` passes `q` with probability one half when
+        // `P(Z > q) = 1 - 2^(-1/n)`.
+        let p = -(-std::f64::consts::LN_2 / count.max(1) as f64).exp_m1();
+        Self {
+            count,
+            mean,
+            sd,
+            reach: gaussian_upper_quantile(p),
+        }
+    }
+
+    /// The range the adopted observations reach.
     fn range(&self) -> (f64, f64) {
-        let p = -(-std::f64::consts::LN_2 / self.count.max(1) as f64).exp_m1();
-        let h = gaussian_upper_quantile(p) * self.sd;
+        let h = self.reach * self.sd;
         (self.mean - h, self.mean + h)
     }
 
     fn is_valid(&self) -> bool {
-        self.count >= ADOPT_MIN && self.mean.is_finite() && self.sd.is_finite() && self.sd >= 0.0
+        self.count >= ADOPT_MIN
+            && self.mean.is_finite()
+            && self.sd.is_finite()
+            && self.sd >= 0.0
+            && self.reach.is_finite()
+            && self.reach >= 0.0
     }
 }
 
@@ -508,7 +525,7 @@ impl Detector {
     /// by the new-extreme test. With fewer than [`ADOPT_MIN`] observations,
     /// or a non-finite or negative number, the channel learns as a new one.
     pub fn adopted(count: u64, mean: f64, sd: f64) -> Self {
-        let a = Adopted { count, mean, sd };
+        let a = Adopted::new(count, mean, sd);
         Self {
             adopted: a.is_valid().then_some(a),
             ..Self::default()
