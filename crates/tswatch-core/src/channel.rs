@@ -170,7 +170,8 @@ fn floor(q: f64) -> f64 {
 }
 
 impl ChannelState {
-    /// A channel adopted from seed statistics.
+    /// A channel adopted from seed statistics: mature from its first row
+    /// (see [`crate::detector::Detector::adopted`]).
     pub fn from_welford(w: Welford) -> Self {
         Self {
             stats: w,
@@ -179,6 +180,7 @@ impl ChannelState {
                 mean: w.mean,
                 var: w.variance(),
             },
+            detector: crate::detector::Detector::adopted(w.count, w.mean, w.std()),
             ..Default::default()
         }
     }

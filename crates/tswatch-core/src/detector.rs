@@ -25,6 +25,13 @@
 //! spread has a floor from the channel's own range, so quantised and
 //! constant channels give bounded z-scores.
 //!
+//! A channel adopted from a mature baseline (the seed's `baseline.json`,
+//! at least [`ADOPT_MIN`] observations: see [`Detector::adopted`]) is judged
+//! from its first row: until its own tail is learned the tail test holds
+//! the value's z against the adopted mean and spread to a Gaussian tail at
+//! the same budget, and the new-extreme test counts the range the adopted
+//! observations imply as seen.
+//!
 //! Score-then-learn: [`Detector::score`] reads the state, [`Detector::learn`]
 //! takes its verdict. Values beyond the tail test are kept out of the
 //! window unless they persist (`level_shift_rows`, 16 by default, in a row
@@ -64,6 +71,12 @@ const TAIL_MEMORY: f64 = 2000.0;
 const TAIL_LEARN: u64 = 500;
 /// The tail test never flags below this |z|.
 const TAIL_MIN_Z: f64 = 4.0;
+/// The fewest observations an adopted baseline needs to stand in for the
+/// channel's own learning: as many as the tail test learns from before it
+/// speaks. (Its spread is then known within about 3% (`1/sqrt(2n)`), and a
+/// Student-t of that many degrees of freedom is within 3% of the Gaussian
+/// threshold.)
+pub const ADOPT_MIN: u64 = TAIL_LEARN;
 /// The largest `level_shift_rows` the configuration allows: the most
 /// values a run keeps.
 const MAX_SHIFT_ROWS: usize = 10_000;
@@ -333,6 +346,50 @@ impl View {
     }
 }
 
+/// A mature baseline a channel was adopted with (the seed's `count`, mean
+/// and spread), which judges its first rows while its own tests learn.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Adopted {
+    /// Observations it rests on (at least [`ADOPT_MIN`]).
+    count: u64,
+    /// Their mean (moved with a learned level shift).
+    mean: f64,
+    /// Their spread.
+    sd: f64,
+    /// How many spreads from the mean `count` Gaussian values reach, on
+    /// median (worked out once: the extreme test asks on every row).
+    reach: f64,
+}
+
+impl Adopted {
+    fn new(count: u64, mean: f64, sd: f64) -> Self {
+        // The largest of `n` passes `q` with probability one half when
+        // `P(Z > q) = 1 - 2^(-1/n)`.
+        let p = -(-std::f64::consts::LN_2 / count.max(1) as f64).exp_m1();
+        Self {
+            count,
+            mean,
+            sd,
+            reach: gaussian_upper_quantile(p),
+        }
+    }
+
+    /// The range the adopted observations reach.
+    fn range(&self) -> (f64, f64) {
+        let h = self.reach * self.sd;
+        (self.mean - h, self.mean + h)
+    }
+
+    fn is_valid(&self) -> bool {
+        self.count >= ADOPT_MIN
+            && self.mean.is_finite()
+            && self.sd.is_finite()
+            && self.sd >= 0.0
+            && self.reach.is_finite()
+            && self.reach >= 0.0
+    }
+}
+
 /// Persisted state of one channel's detector.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Detector {
@@ -363,6 +420,10 @@ pub struct Detector {
     /// Runs of one value, for the stuck-value test.
     #[serde(default)]
     repeats: Repeats,
+    /// The mature baseline the channel was adopted with, if any (a state
+    /// saved without one judges as it always did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    adopted: Option<Adopted>,
 }
 
 /// Runs of one value, for the stuck-value test.
@@ -455,13 +516,51 @@ pub struct DailyBand {
 }
 
 impl Detector {
+    /// A detector adopted with a mature baseline of `count` observations of
+    /// mean `mean` and spread `sd` (the seed's `baseline.json`), which
+    /// judges the channel from its first row: until the channel's own tail
+    /// is learned, the tail test holds the value's z against it (or against
+    /// the recent values' spread, if wider) to a Gaussian tail at the same
+    /// per-row budget; and the range its observations imply counts as seen
+    /// by the new-extreme test. With fewer than [`ADOPT_MIN`] observations,
+    /// or a non-finite or negative number, the channel learns as a new one.
+    pub fn adopted(count: u64, mean: f64, sd: f64) -> Self {
+        let a = Adopted::new(count, mean, sd);
+        Self {
+            adopted: a.is_valid().then_some(a),
+            ..Self::default()
+        }
+    }
+
+    /// While the channel's own tail is unlearned and it has an adopted
+    /// baseline: the mean and spread values are held against, and the
+    /// Gaussian |z| threshold at tail probability `p`. The spread is the
+    /// adopted one, or the recent values' if they are wilder (a baseline
+    /// gone stale is not a flood of alarms), with the floor every spread has.
+    fn adoption(&self, th: &Thresholds) -> Option<(f64, f64, f64)> {
+        let a = self.adopted.filter(|_| self.tail_n < TAIL_LEARN)?;
+        let recent = if self.plain.len() >= th.min_observations.max(1) {
+            self.plain.spread().1
+        } else {
+            0.0
+        };
+        let sd = a.sd.max(recent).max(1e-4 * a.mean.abs()).max(1e-12);
+        let z = gaussian_upper_quantile(th.tail_p / 2.0).max(TAIL_MIN_Z);
+        Some((a.mean, sd, z))
+    }
+
     /// The baseline the tests hold values against now (`None` until the
-    /// window has `min_observations` values).
+    /// window has `min_observations` values, or an adopted baseline stands
+    /// in for it).
     pub fn band(&self, th: &Thresholds) -> Option<Band> {
-        if self.plain.len() < th.min_observations.max(1) {
+        let adoption = self.adoption(th);
+        if self.plain.len() < th.min_observations.max(1) && adoption.is_none() {
             return None;
         }
-        let (mean, sd) = self.plain.spread();
+        let (mean, sd) = match adoption {
+            Some((mean, sd, _)) => (mean, sd),
+            None => self.plain.spread(),
+        };
         let daily = (th.daily
             && self.profile.len() == DAY_BUCKETS
             && self.profile_n.iter().all(|&n| n >= DAY_MIN)
@@ -475,12 +574,11 @@ impl Detector {
         })
         // Shown only where it explains the values better than one level.
         .filter(|d| d.sd < sd);
-        Some(Band {
-            mean,
-            sd,
-            z: self.tail_threshold(th.tail_p).unwrap_or(TAIL_MIN_Z),
-            daily,
-        })
+        let z = match adoption {
+            Some((_, _, z)) => z,
+            None => self.tail_threshold(th.tail_p).unwrap_or(TAIL_MIN_Z),
+        };
+        Some(Band { mean, sd, z, daily })
     }
 
     /// Whether every stored number is usable.
@@ -497,6 +595,7 @@ impl Detector {
             && self.short.is_valid()
             && self.short.len() <= SHORT
             && self.repeats.is_valid()
+            && self.adopted.is_none_or(|a| a.is_valid())
     }
 
     /// The tail test's |z| threshold for tail probability `p`, once learned.
@@ -516,8 +615,15 @@ impl Detector {
     /// the state, which it does not change.
     pub fn score(&self, v: f64, ts: Option<f64>, th: &Thresholds) -> Verdict {
         let p = self.plain.score(v, th.min_observations);
+        // Adopted and still learning its own tail: z against the adopted
+        // baseline, held to a Gaussian tail.
+        let adoption = self.adoption(th);
+        let (z, tail_threshold) = match adoption {
+            Some((mean, sd, t)) => (Some(((v - mean) / sd).clamp(-1e12, 1e12)), Some(t)),
+            None => (p.z, self.tail_threshold(th.tail_p)),
+        };
         let mut out = Verdict {
-            z: p.z,
+            z,
             raw: p.raw,
             avg: p.avg,
             ..Default::default()
@@ -550,13 +656,27 @@ impl Detector {
             out.stuck = true;
             consider(strength, Finding::Stuck { value: v, rows });
         }
-        if let Some(e) = p.extreme.filter(|&e| e > 0.0) {
+        let (extreme, low, high) = match self.adopted {
+            // The adopted observations' range was seen too.
+            Some(a) => {
+                let (mut low, mut high) = a.range();
+                if self.plain.avg_n > 0 {
+                    (low, high) = (low.min(self.plain.low), high.max(self.plain.high));
+                }
+                let range = high - low;
+                let e = if range > 0.0 {
+                    Some((v - high).max(low - v) / range)
+                } else {
+                    (v != high).then_some(1.0)
+                };
+                (e, low, high)
+            }
+            None => (p.extreme, self.plain.low, self.plain.high),
+        };
+        if let Some(e) = extreme.filter(|&e| e > 0.0) {
             consider(
                 0.5 + 0.5 * (e - EXTREME_MARGIN).tanh(),
-                Finding::Extreme {
-                    low: self.plain.low,
-                    high: self.plain.high,
-                },
+                Finding::Extreme { low, high },
             );
         }
         if let Some(t) = ts.filter(|t| th.daily && t.is_finite()) {
@@ -592,7 +712,7 @@ impl Detector {
         }
         // The tail test: every row beyond it, no quiet period (isolated
         // spikes are each an incident).
-        if let (Some(z), Some(t)) = (p.z, self.tail_threshold(th.tail_p))
+        if let (Some(z), Some(t)) = (z, tail_threshold)
             && z.abs() >= t
         {
             out.tail_hit = true;
@@ -678,7 +798,14 @@ impl Detector {
                 self.run.push(v);
             }
             if verdict.completes_shift {
-                // A level shift: the run is the new normal.
+                // A level shift: the run is the new normal, and an adopted
+                // baseline moves to it with its spread.
+                if let Some(a) = self.adopted.as_mut() {
+                    let mean = self.run.iter().sum::<f64>() / self.run.len() as f64;
+                    if mean.is_finite() {
+                        a.mean = mean;
+                    }
+                }
                 for x in std::mem::take(&mut self.run) {
                     self.plain.learn(x, verdict.raw, verdict.avg, WINDOW);
                     self.short.learn(x, verdict.short.0, verdict.short.1, SHORT);
@@ -738,6 +865,27 @@ fn upper_tail(x: f64) -> f64 {
     if x >= 0.0 { half } else { 1.0 - half }
 }
 
+/// The `q >= 0` with `P(Z >= q) = p` for a standard normal `Z` (`p` in
+/// (0, 0.5]; 0 for larger `p`, 38 for smaller, where `f64` ends), by
+/// bisection on the log of the tail, so tiny `p` keep their precision.
+fn gaussian_upper_quantile(p: f64) -> f64 {
+    if p.is_nan() || p >= 0.5 {
+        return 0.0;
+    }
+    let target = p.max(f64::MIN_POSITIVE).ln();
+    let ln_tail = |q: f64| ln_erfc(q / std::f64::consts::SQRT_2) - std::f64::consts::LN_2;
+    let (mut lo, mut hi) = (0.0_f64, 38.0_f64);
+    for _ in 0..64 {
+        let mid = 0.5 * (lo + hi);
+        if ln_tail(mid) > target {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -755,6 +903,166 @@ mod tests {
     fn noise(n: usize, seed: u64) -> Vec<f64> {
         let mut r = crate::forest::SplitMix64::new(seed);
         (0..n).map(|_| r.normal()).collect()
+    }
+
+    #[test]
+    fn the_gaussian_quantile_inverts_the_tail() {
+        assert!((gaussian_upper_quantile(0.025) - 1.959_964).abs() < 1e-5);
+        assert!((gaussian_upper_quantile(1.25e-6) - 4.708_130).abs() < 1e-4);
+        assert_eq!(gaussian_upper_quantile(0.7), 0.0);
+        assert_eq!(gaussian_upper_quantile(f64::NAN), 0.0);
+        let tiny = gaussian_upper_quantile(0.0);
+        assert!(tiny.is_finite() && tiny > 37.0, "{tiny}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_gaussian_quantile_is_exact_on_the_log_scale(e in -300.0f64..-0.31) {
+            let p = 10f64.powf(e);
+            let q = gaussian_upper_quantile(p);
+            let back = upper_tail(q);
+            proptest::prop_assert!((back / p - 1.0).abs() < 1e-6, "{} -> {} -> {}", p, q, back);
+        }
+
+        /// On its first row, an adopted channel flags exactly the values
+        /// beyond the Gaussian tail threshold at the budget, or beyond the
+        /// range its observations imply (by the extreme margin); whatever
+        /// the level and spread.
+        #[test]
+        fn an_adopted_channel_judges_its_first_row(
+            mean in -1.0e4f64..1.0e4,
+            sd in 2.0f64..1.0e3,
+            count in ADOPT_MIN..1_000_000_000,
+            k in -12.0f64..12.0,
+        ) {
+            let th = Thresholds::new(&crate::EngineConfig::default(), 4);
+            let d = Detector::adopted(count, mean, sd);
+            let t = gaussian_upper_quantile(th.tail_p / 2.0);
+            let q = gaussian_upper_quantile(-(-std::f64::consts::LN_2 / count as f64).exp_m1());
+            let v = d.score(mean + k * sd, None, &th);
+            let z = v.z.unwrap_or(f64::NAN);
+            proptest::prop_assert!((z - k).abs() < 1e-6 * (1.0 + mean.abs() / sd), "{} vs {}", z, k);
+            // Away from the two edges (rounding), the verdict is exact.
+            let (a, edge) = (k.abs(), (1.0 + 2.0 * EXTREME_MARGIN) * q);
+            if (a - t).abs() > 1e-3 && (a - edge).abs() > 1e-3 {
+                proptest::prop_assert_eq!(v.alarm, a >= t.min(edge), "{:?}", v);
+            }
+        }
+    }
+
+    #[test]
+    fn an_adopted_baseline_judges_from_the_first_row() {
+        let th = Thresholds::new(&crate::EngineConfig::default(), 4);
+        // The seed's wind_speed after 3,700 rows.
+        let (mean, sd) = (10.06, 3.2);
+        let mut d = Detector::adopted(3_700, mean, sd);
+        let spike = d.score(mean - 7.0 * sd, None, &th);
+        assert!(spike.alarm, "{spike:?}");
+        assert!((spike.z.unwrap_or_default() + 7.0).abs() < 1e-9);
+        // The tail test speaks on its own: a baseline of 10^12 values
+        // implies a range (about 7 sigma) beyond the tail threshold.
+        let big = Detector::adopted(1_000_000_000_000, mean, sd);
+        let spike = big.score(mean - 6.0 * sd, None, &th);
+        assert!(spike.alarm, "{spike:?}");
+        assert!(matches!(spike.finding, Some(Finding::Tail { .. })));
+        // Ordinary values are ordinary from the first row, and are not new
+        // extremes of the few rows seen since adoption; a fresh channel fed
+        // the same calls the first value past their range one.
+        let mut fresh = Detector::default();
+        let ordinary: Vec<f64> = noise(60, 61)
+            .into_iter()
+            .map(|x| mean + 0.5 * sd * x)
+            .collect();
+        assert!(feed(&mut d, ordinary.clone(), &th).iter().all(|v| !v.alarm));
+        feed(&mut fresh, ordinary, &th);
+        let wider = mean + 2.5 * sd;
+        assert!(!d.score(wider, None, &th).alarm);
+        let e = fresh.plain.score(wider, th.min_observations).extreme;
+        assert!(e.is_some_and(|e| e > EXTREME_MARGIN), "{e:?}");
+        // The band shows what values are held against.
+        let b = d.band(&th).unwrap_or_else(|| panic!("no band"));
+        assert_eq!((b.mean, b.sd), (mean, sd));
+        assert!((b.z - gaussian_upper_quantile(th.tail_p / 2.0)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn an_adopted_channel_of_gaussian_noise_stays_within_its_budget() {
+        let th = Thresholds::new(&crate::EngineConfig::default(), 1);
+        let mut d = Detector::adopted(5_000, 0.0, 1.0);
+        let v = feed(&mut d, noise(20_000, 62), &th);
+        let flagged = v.iter().filter(|v| v.alarm).count();
+        assert!(flagged <= 20, "{flagged} of 20000 flagged");
+        // Its own tail takes over once learned.
+        assert!(d.adoption(&th).is_none() && d.tail_threshold(th.tail_p).is_some());
+    }
+
+    #[test]
+    fn a_stale_adopted_baseline_is_judged_by_the_wilder_recent_spread() {
+        let th = Thresholds::new(&crate::EngineConfig::default(), 1);
+        // Adopted at sd 1, the channel now varies with sd 3: once its window
+        // has `min_observations` values (the first rows flag the wildest,
+        // which are kept out of it) its own spread is used, so a 4-sigma
+        // move of the adopted baseline (1.3 of the recent) is not a spike.
+        let mut d = Detector::adopted(5_000, 0.0, 1.0);
+        let wild: Vec<f64> = noise(200, 63).into_iter().map(|x| 3.0 * x).collect();
+        let v = feed(&mut d, wild, &th);
+        let tails = v[2 * th.min_observations..]
+            .iter()
+            .filter(|v| matches!(v.finding, Some(Finding::Tail { .. })))
+            .count();
+        assert_eq!(tails, 0, "{v:?}");
+        let (_, sd, _) = d.adoption(&th).unwrap_or_else(|| panic!("not adopted"));
+        assert!(sd > 2.5, "{sd}");
+    }
+
+    #[test]
+    fn an_adopted_baseline_follows_a_level_shift() {
+        let th = Thresholds::new(&crate::EngineConfig::default(), 1);
+        let mut d = Detector::adopted(5_000, 0.0, 1.0);
+        feed(&mut d, noise(50, 64), &th);
+        let shifted: Vec<f64> = noise(200, 65).into_iter().map(|x| x + 30.0).collect();
+        let v = feed(&mut d, shifted, &th);
+        let alarms: Vec<usize> = (0..v.len()).filter(|&i| v[i].alarm).collect();
+        assert_eq!(alarms, [0], "one onset, then the new level is learned");
+        let (mean, _, _) = d.adoption(&th).unwrap_or_else(|| panic!("not adopted"));
+        assert!((mean - 30.0).abs() < 1.0, "{mean}");
+    }
+
+    #[test]
+    fn too_small_or_broken_baselines_are_not_adopted() {
+        for d in [
+            Detector::adopted(ADOPT_MIN - 1, 0.0, 1.0),
+            Detector::adopted(5_000, f64::NAN, 1.0),
+            Detector::adopted(5_000, 0.0, -1.0),
+            Detector::adopted(5_000, 0.0, f64::INFINITY),
+        ] {
+            assert_eq!(d, Detector::default());
+        }
+    }
+
+    #[test]
+    fn an_adopted_state_round_trips_and_an_old_state_is_not_adopted() {
+        let th = Thresholds::new(&crate::EngineConfig::default(), 1);
+        let mut d = Detector::adopted(3_700, 10.0, 2.0);
+        feed(
+            &mut d,
+            noise(50, 66).into_iter().map(|x| 10.0 + 2.0 * x),
+            &th,
+        );
+        let json = serde_json::to_value(&d).unwrap_or_default();
+        let back: Detector = serde_json::from_value(json.clone()).unwrap_or_default();
+        assert!(back.is_valid());
+        assert_eq!(back, d);
+        // A state saved before adoption existed has no field: as before.
+        let mut old = json;
+        if let Some(m) = old.as_object_mut() {
+            assert!(m.remove("adopted").is_some());
+        }
+        let old: Detector = serde_json::from_value(old).unwrap_or_default();
+        assert!(old.adoption(&th).is_none());
+        // And a detector never adopted writes no field.
+        let plain = serde_json::to_value(Detector::default()).unwrap_or_default();
+        assert!(plain.get("adopted").is_none());
     }
 
     #[test]
