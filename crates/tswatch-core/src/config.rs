@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) const MAX_JOINT_CHANNELS: usize = 16;
 
 /// Tuning of the detection engine. The defaults are meant to hold on any
-/// series without per-dataset tuning; see the README for what each does.
+/// series without per-dataset tuning; docs/configuration.md says what each does.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {

@@ -20,7 +20,7 @@ pub(crate) enum ExitCode {
     GateFailed = 4,
 }
 
-/// The table `tswatch --help` ends with (README.md has the same table).
+/// The table `tswatch --help` ends with (docs/configuration.md has the same table).
 pub(crate) const HELP: &str = "\
 Exit codes:
   0  success

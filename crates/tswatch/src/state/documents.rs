@@ -90,7 +90,7 @@ pub(crate) struct Applied {
     pub(crate) staged_bytes: Option<u64>,
     /// The summary written next to the outputs.
     pub(crate) summary: Summary,
-    /// Anomalous rows (kept for the newest [`RECENT_FILES`] entries only).
+    /// Anomalous rows (kept for the newest `RECENT_FILES` entries only).
     #[serde(default)]
     pub(crate) anomalies: Vec<Map<String, Value>>,
 }

@@ -19,7 +19,7 @@ pub(crate) const MAX_TIME_BYTES: usize = 64;
 pub(crate) struct RecentRow {
     /// The timestamp cell as written (empty without a timestamp column).
     pub(crate) t: String,
-    /// The channels' values, in the order of [`RecentSeries::channels`] (in
+    /// The channels' values, in the order of `channels` (in
     /// a file's tail: of the file's channels)
     /// (`None`: missing in this row).
     pub(crate) v: Vec<Option<f64>>,
@@ -29,7 +29,7 @@ pub(crate) struct RecentRow {
     pub(crate) score: f64,
 }
 
-/// The last [`RECENT_ROWS`] rows of a stream.
+/// The last 500 (`RECENT_ROWS`) rows of a stream.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct RecentSeries {
     /// The channels the rows' values belong to.

@@ -180,7 +180,7 @@ async fn load_small() {
     run("small", 4_000, 16, 60).await;
 }
 
-/// The measurement behind the README's figures: `scripts/load`.
+/// The measurement behind the load figures in docs/architecture.md: `scripts/load`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement, not a check: run with scripts/load"]
 async fn load_full() {
