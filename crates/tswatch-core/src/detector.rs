@@ -76,7 +76,7 @@ const TAIL_MIN_Z: f64 = 4.0;
 /// speaks. (Its spread is then known within about 3% (`1/sqrt(2n)`), and a
 /// Student-t of that many degrees of freedom is within 3% of the Gaussian
 /// threshold.)
-pub const ADOPT_MIN: u64 = TAIL_LEARN;
+pub(crate) const ADOPT_MIN: u64 = TAIL_LEARN;
 /// The largest `level_shift_rows` the configuration allows: the most
 /// values a run keeps.
 const MAX_SHIFT_ROWS: usize = 10_000;

@@ -391,8 +391,8 @@ fn an_adopted_engine_catches_spikes_from_its_first_rows() {
     let mut fresh = Engine::new(EngineConfig::default()).unwrap();
     let f = run(&mut fresh, &NAMES, &rows);
     let spikes = (0..300).filter(|&i| truth[i]).count();
-    let found = |s: &[RowScore]| (0..300).filter(|&i| truth[i] && s[i].anomaly).count();
-    let false_alarms = |s: &[RowScore]| (0..600).filter(|&i| !truth[i] && s[i].anomaly).count();
+    let found = |s: &[RowScore]| (0..300).filter(|&i| truth[i] && s[i].anomaly()).count();
+    let false_alarms = |s: &[RowScore]| (0..600).filter(|&i| !truth[i] && s[i].anomaly()).count();
     eprintln!(
         "spikes {spikes}: adopted {} fresh {}; false alarms adopted {} fresh {}",
         found(&a),

@@ -115,8 +115,8 @@ mod tests {
     use super::*;
     use crate::http::schema::*;
     use crate::state::documents::Summary;
-    use serde_json::{Map, Value};
     use serde_json::json;
+    use serde_json::{Map, Value};
 
     /// The operations of a path item (its other keys are not methods).
     const METHODS: [&str; 8] = [
