@@ -119,6 +119,9 @@ pub enum Finding {
         low: f64,
         /// The highest value seen before.
         high: f64,
+        /// Whether the bound crossed is the reach of an adopted baseline
+        /// (the range its observations imply) rather than a value seen.
+        adopted: bool,
     },
 }
 
@@ -656,10 +659,11 @@ impl Detector {
             out.stuck = true;
             consider(strength, Finding::Stuck { value: v, rows });
         }
-        let (extreme, low, high) = match self.adopted {
+        let (extreme, low, high, adopted) = match self.adopted {
             // The adopted observations' range was seen too.
             Some(a) => {
-                let (mut low, mut high) = a.range();
+                let (reach_low, reach_high) = a.range();
+                let (mut low, mut high) = (reach_low, reach_high);
                 if self.plain.avg_n > 0 {
                     (low, high) = (low.min(self.plain.low), high.max(self.plain.high));
                 }
@@ -669,14 +673,21 @@ impl Detector {
                 } else {
                     (v != high).then_some(1.0)
                 };
-                (e, low, high)
+                // The side crossed, and whether its bound is the reach
+                // (no value seen went beyond it).
+                let adopted = if v > high {
+                    self.plain.avg_n == 0 || reach_high > self.plain.high
+                } else {
+                    self.plain.avg_n == 0 || reach_low < self.plain.low
+                };
+                (e, low, high, adopted)
             }
-            None => (p.extreme, self.plain.low, self.plain.high),
+            None => (p.extreme, self.plain.low, self.plain.high, false),
         };
         if let Some(e) = extreme.filter(|&e| e > 0.0) {
             consider(
                 0.5 + 0.5 * (e - EXTREME_MARGIN).tanh(),
-                Finding::Extreme { low, high },
+                Finding::Extreme { low, high, adopted },
             );
         }
         if let Some(t) = ts.filter(|t| th.daily && t.is_finite()) {

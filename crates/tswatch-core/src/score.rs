@@ -223,12 +223,14 @@ impl RowScore {
             let name = names[i].as_ref();
             let z = v.z.unwrap_or(0.0);
             parts.push(match v.finding {
-                Some(Finding::Extreme { low, high }) => {
-                    if z >= 0.0 {
-                        format!("{name} above the highest seen ({}; z={z:.2})", short(high))
-                    } else {
-                        format!("{name} below the lowest seen ({}; z={z:.2})", short(low))
-                    }
+                Some(Finding::Extreme { low, high, adopted }) => {
+                    let (side, bound) = match (z >= 0.0, adopted) {
+                        (true, false) => ("above the highest seen", high),
+                        (false, false) => ("below the lowest seen", low),
+                        (true, true) => ("above the adopted baseline's range", high),
+                        (false, true) => ("below the adopted baseline's range", low),
+                    };
+                    format!("{name} {side} ({}; z={z:.2})", short(bound))
                 }
                 Some(Finding::Stretch { daily: true, .. }) => {
                     format!("{name} unusual for this time of day (z={z:.2})")
@@ -347,11 +349,26 @@ mod tests {
             Some(Finding::Extreme {
                 low: 1.0,
                 high: 88.25,
+                adopted: false,
             }),
         )]);
         assert_eq!(
             e.reason(&["cpu"]),
             "cpu above the highest seen (88.25; z=9.00)"
+        );
+        // A bound no value reached, only an adopted baseline's reach.
+        let a = row(vec![verdict(
+            -7.1,
+            0.6,
+            Some(Finding::Extreme {
+                low: -0.9,
+                high: 20.0,
+                adopted: true,
+            }),
+        )]);
+        assert_eq!(
+            a.reason(&["wind"]),
+            "wind below the adopted baseline's range (-0.9; z=-7.10)"
         );
         let d = row(vec![verdict(
             2.0,

@@ -18,10 +18,11 @@ use crate::storage::Location;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::handler::Handler;
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use serde_json::Value;
@@ -60,19 +61,31 @@ pub(crate) struct AppState {
 }
 
 /// One endpoint: its path, its method (as the OpenAPI document names it)
-/// and its handler.
+/// and its handler, routed for that method only (see [`endpoint`]).
 pub(crate) type Route = (&'static str, Method, MethodRouter<AppState>);
+
+/// The route of `handler` at `path` for `method`: the method the document
+/// is checked against is the one served.
+pub(crate) fn endpoint<H, T>(path: &'static str, method: Method, handler: H) -> Route
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone())
+        .expect("endpoints are declared with a standard HTTP method");
+    (path, method, on(filter, handler))
+}
 
 /// The API's own endpoints (the seed's five, readiness and metrics).
 pub(crate) fn routes() -> Vec<Route> {
     vec![
-        ("/notify", Method::POST, post(notify)),
-        ("/anomalies/recent", Method::GET, get(recent)),
-        ("/anomalies/summary", Method::GET, get(summary)),
-        ("/baseline/current", Method::GET, get(baseline)),
-        ("/health", Method::GET, get(health)),
-        ("/ready", Method::GET, get(ready)),
-        ("/metrics", Method::GET, get(metrics)),
+        endpoint("/notify", Method::POST, notify),
+        endpoint("/anomalies/recent", Method::GET, recent),
+        endpoint("/anomalies/summary", Method::GET, summary),
+        endpoint("/baseline/current", Method::GET, baseline),
+        endpoint("/health", Method::GET, health),
+        endpoint("/ready", Method::GET, ready),
+        endpoint("/metrics", Method::GET, metrics),
     ]
 }
 

@@ -6,7 +6,7 @@
 //! files, the last refused files), so it costs the same after ten files or
 //! ten million.
 
-use crate::http::api::{AppState, Route, error, ok, url_pairs, with_age};
+use crate::http::api::{AppState, Route, endpoint, error, ok, url_pairs, with_age};
 use crate::http::schema::{
     Band, DailyBand, DashboardAnomaly, DashboardChannel, DashboardData, DashboardFile, ErrorBody,
 };
@@ -16,7 +16,6 @@ use axum::http::Method;
 use axum::http::StatusCode;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use tswatch_core::Thresholds;
@@ -29,8 +28,8 @@ const ANOMALY_ROWS: usize = 50;
 /// The dashboard's routes: the page at `/` and the data it polls.
 pub(crate) fn routes() -> Vec<Route> {
     vec![
-        ("/", Method::GET, get(page)),
-        ("/dashboard/data", Method::GET, get(data)),
+        endpoint("/", Method::GET, page),
+        endpoint("/dashboard/data", Method::GET, data),
     ]
 }
 

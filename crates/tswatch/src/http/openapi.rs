@@ -8,10 +8,9 @@ use std::sync::OnceLock;
 use utoipa::OpenApi;
 use utoipa::openapi::ServerBuilder;
 
-use crate::http::api::Route;
+use crate::http::api::{Route, endpoint};
 use crate::http::schema::ErrorBody;
 use axum::http::Method;
-use axum::routing::get;
 /// The OpenAPI document of the HTTP API.
 #[derive(OpenApi)]
 #[openapi(
@@ -65,8 +64,8 @@ pub(crate) fn document() -> &'static str {
 /// The document's routes: `/openapi.json` and `/docs`.
 pub(crate) fn routes() -> Vec<Route> {
     vec![
-        ("/openapi.json", Method::GET, get(openapi_json)),
-        ("/docs", Method::GET, get(docs)),
+        endpoint("/openapi.json", Method::GET, openapi_json),
+        endpoint("/docs", Method::GET, docs),
     ]
 }
 

@@ -514,15 +514,20 @@ async fn handle(
     }
 }
 
-/// Writes `processed/<name>_error.json` for a file that kept failing.
+/// Writes `processed/<name>_error.json` for a file that kept failing. It
+/// names the version that failed (`source_etag`), so that uploading the
+/// file again is processed; without one (the version could not be read
+/// either) the record stands for every version, as the seed's did.
 async fn dead_letter(
     processor: &Processor,
     key: &RawKey,
     err: &ProcessError,
     receives: u32,
 ) -> Result<(), ProcessError> {
+    let etag = processor.storage().etag(key.as_str()).await.ok().flatten();
     let body = json!({
         "source_key": key.as_str(),
+        "source_etag": etag,
         "error": format!("processing kept failing: gave up after {receives} deliveries from the SQS queue"),
         "last_error": err.to_string(),
         "receive_count": receives,

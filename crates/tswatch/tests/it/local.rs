@@ -140,8 +140,8 @@ async fn adopts_a_seed_baseline() {
     let flagged: Vec<usize> = (1..rows.len()).filter(|&i| rows[i][16] == "True").collect();
     assert_eq!(flagged, [11, 40, 70, 74]);
     let reason = |row: usize| rows[row][18].as_str();
-    assert!(reason(11).starts_with("wind_speed below the lowest seen"));
-    assert!(reason(40).starts_with("pressure above the highest seen"));
+    assert!(reason(11).starts_with("wind_speed below the adopted baseline's range"));
+    assert!(reason(40).starts_with("pressure above the adopted baseline's range"));
     assert!(reason(74).starts_with("joint: humidity"));
     assert_eq!(summary["anomaly_count"], 4);
     let base: Value =

@@ -371,6 +371,25 @@ async fn sqs_poison_file_is_dead_lettered() {
     assert_eq!(value("tswatch_sqs_dead_letters_total"), Some(1.0));
     // archived.csv three times, fine.csv at least once.
     assert!(value("tswatch_sqs_messages_received_total").is_some_and(|n| n >= 4.0));
+    // The record names the version that failed, so a new version of the
+    // file (readable, one more line: another ETag) is processed, not
+    // skipped as already refused.
+    assert!(
+        err["source_etag"].as_str().is_some_and(|e| !e.is_empty()),
+        "{err}"
+    );
+    let mut again = fixture();
+    again.extend_from_slice(b"\n");
+    moto.put_object(BUCKET, "raw/archived.csv", again).await;
+    wait_for(
+        "the re-uploaded file's summary",
+        Duration::from_secs(60),
+        || async {
+            moto.get_object(BUCKET, "processed/archived_summary.json")
+                .await
+        },
+    )
+    .await;
     assert!(svc.proc.terminate().success());
 }
 
