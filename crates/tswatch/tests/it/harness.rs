@@ -351,6 +351,12 @@ pub(crate) struct Service {
 }
 
 impl Service {
+    /// The real service on the local data directory `data` and nothing
+    /// else set, logging into `log_dir`.
+    pub(crate) async fn local(data: &Path, log_dir: &Path) -> Service {
+        Service::start(tswatch(), &["--data-dir", data.to_str().unwrap()], log_dir).await
+    }
+
     /// Starts `cmd serve --bind 127.0.0.1:<port> <extra>` and waits for /health.
     pub(crate) async fn start(mut cmd: Command, extra: &[&str], log_dir: &Path) -> Service {
         let port = free_port();

@@ -592,12 +592,7 @@ async fn outputs_that_cannot_be_published_yet_are_reported_and_retried() {
     // A directory where the scored copy goes: publishing it fails (as on a
     // full disk or a read-only folder), while reads work.
     std::fs::create_dir_all(data.join("processed/late.csv/in-the-way")).unwrap();
-    let svc = Service::start(
-        tswatch(),
-        &["--data-dir", data.to_str().unwrap()],
-        tmp.path(),
-    )
-    .await;
+    let svc = Service::local(&data, tmp.path()).await;
     let fixture = std::fs::read(fixtures().join("sensors_20260224T001051.csv")).unwrap();
     drop_in(&data, "late.csv", &fixture);
     // Committed (counted), but its outputs are not out: the summary says so.
@@ -628,12 +623,7 @@ async fn outputs_that_cannot_be_published_yet_are_reported_and_retried() {
 async fn ready_says_when_the_data_directory_is_gone() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let svc = Service::start(
-        tswatch(),
-        &["--data-dir", data.to_str().unwrap()],
-        tmp.path(),
-    )
-    .await;
+    let svc = Service::local(&data, tmp.path()).await;
     assert_eq!(svc.get_json("/ready").await.0, 200);
     let away = tmp.path().join("away");
     std::fs::rename(&data, &away).unwrap();

@@ -38,12 +38,7 @@ fn hand_z(xs: &[f64], i: usize) -> Option<f64> {
 async fn z_scores_in_the_scored_copy_and_the_api_match_a_hand_computation() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let svc = Service::start(
-        tswatch(),
-        &["--data-dir", data.to_str().unwrap()],
-        tmp.path(),
-    )
-    .await;
+    let svc = Service::local(&data, tmp.path()).await;
     let fixture = std::fs::read(fixtures().join("sensors_20260224T001051.csv")).unwrap();
     let input = csv_rows(&fixture);
     drop_in(&data, "f.csv", &fixture);

@@ -88,12 +88,7 @@ const OUTPUT_VOLATILE: &[&str] = &[
 async fn outputs_state_and_endpoints_match_their_snapshots() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let svc = Service::start(
-        tswatch(),
-        &["--data-dir", data.to_str().unwrap()],
-        tmp.path(),
-    )
-    .await;
+    let svc = Service::local(&data, tmp.path()).await;
     let fixture = std::fs::read(fixtures().join("sensors_20260224T001051.csv")).unwrap();
     drop_in(&data, "sensors_20260224T001051.csv", &fixture);
     wait_file(&data.join("processed/sensors_20260224T001051_summary.json")).await;
