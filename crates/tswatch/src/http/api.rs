@@ -19,7 +19,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, RawQuery, State};
 use axum::handler::Handler;
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
@@ -178,6 +178,19 @@ pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 
 pub(crate) fn ok(v: impl Serialize) -> Response {
     axum::Json(v).into_response()
+}
+
+/// One of the pages compiled into the binary (the dashboard, `/docs`),
+/// revalidated on every load so a new build's page is seen at once.
+pub(crate) fn html_page(page: &'static str) -> Response {
+    (
+        [
+            (CONTENT_TYPE, "text/html; charset=utf-8"),
+            (CACHE_CONTROL, "no-cache"),
+        ],
+        page,
+    )
+        .into_response()
 }
 
 /// Header set when storage is unreachable and a read endpoint answers from

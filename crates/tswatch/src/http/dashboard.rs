@@ -6,7 +6,7 @@
 //! files, the last refused files), so it costs the same after ten files or
 //! ten million.
 
-use crate::http::api::{AppState, Route, endpoint, error, ok, url_pairs, with_age};
+use crate::http::api::{AppState, Route, endpoint, error, html_page, ok, url_pairs, with_age};
 use crate::http::schema::{
     Band, DailyBand, DashboardAnomaly, DashboardChannel, DashboardData, DashboardFile, ErrorBody,
 };
@@ -14,8 +14,7 @@ use crate::state::documents::{StateDoc, round4};
 use axum::extract::{RawQuery, State};
 use axum::http::Method;
 use axum::http::StatusCode;
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use tswatch_core::Thresholds;
@@ -45,14 +44,7 @@ pub(crate) fn routes() -> Vec<Route> {
     responses((status = 200, description = "The page", content_type = "text/html")),
 )]
 pub(crate) async fn page() -> Response {
-    (
-        [
-            (CONTENT_TYPE, "text/html; charset=utf-8"),
-            (CACHE_CONTROL, "no-cache"),
-        ],
-        PAGE,
-    )
-        .into_response()
+    html_page(PAGE)
 }
 
 /// `GET /dashboard/data?stream=NAME`: what the page draws for one stream

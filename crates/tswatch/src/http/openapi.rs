@@ -2,13 +2,13 @@
 //! response types in `schema` and the handlers' `#[utoipa::path]`
 //! annotations, and `GET /docs`, a page that renders it.
 
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use std::sync::OnceLock;
 use utoipa::OpenApi;
 use utoipa::openapi::ServerBuilder;
 
-use crate::http::api::{Route, endpoint};
+use crate::http::api::{Route, endpoint, html_page};
 use crate::http::schema::ErrorBody;
 use axum::http::Method;
 /// The OpenAPI document of the HTTP API.
@@ -99,14 +99,7 @@ const DOCS_PAGE: &str = include_str!("openapi/docs.html");
     responses((status = 200, description = "The page", content_type = "text/html")),
 )]
 pub(crate) async fn docs() -> Response {
-    (
-        [
-            (CONTENT_TYPE, "text/html; charset=utf-8"),
-            (CACHE_CONTROL, "no-cache"),
-        ],
-        DOCS_PAGE,
-    )
-        .into_response()
+    html_page(DOCS_PAGE)
 }
 
 #[cfg(test)]
