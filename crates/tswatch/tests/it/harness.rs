@@ -357,6 +357,39 @@ impl Service {
         Service::start(tswatch(), &["--data-dir", data.to_str().unwrap()], log_dir).await
     }
 
+    /// Sends a `POST /notify` that promises a 1,000-byte body, sends only
+    /// part of it and stalls; returns the raw HTTP answer (head and body),
+    /// which only the request timeout can give.
+    pub(crate) async fn stalled_notify(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.base.strip_prefix("http://").unwrap();
+        let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        sock.write_all(
+            b"POST /notify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n{\"Type\": ",
+        )
+        .await
+        .unwrap();
+        let mut buf = Vec::new();
+        // Not a timing assertion: a generous bound so a broken build fails
+        // instead of hanging.
+        let read = tokio::time::timeout(Duration::from_secs(60), async {
+            let mut chunk = [0u8; 1024];
+            loop {
+                let n = sock.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.ends_with(b"}") {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "no answer to a stalled request");
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
     /// Starts `cmd serve --bind 127.0.0.1:<port> <extra>` and waits for /health.
     pub(crate) async fn start(mut cmd: Command, extra: &[&str], log_dir: &Path) -> Service {
         let port = free_port();

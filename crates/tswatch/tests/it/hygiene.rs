@@ -8,7 +8,6 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Value, json};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An SNS Notification whose S3 event names `keys` exactly as given (no
 /// encoding added).
@@ -296,33 +295,8 @@ async fn a_slow_client_is_answered_with_408_and_cannot_hold_the_handler() {
         tmp.path(),
     )
     .await;
-    let addr = svc.base.strip_prefix("http://").unwrap();
-    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
     // Promise a body and send only part of it, then stall.
-    sock.write_all(
-        b"POST /notify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n{\"Type\": ",
-    )
-    .await
-    .unwrap();
-    let mut buf = Vec::new();
-    // Not a timing assertion: a generous bound so a broken build fails
-    // instead of hanging.
-    let read = tokio::time::timeout(Duration::from_secs(60), async {
-        let mut chunk = [0u8; 1024];
-        loop {
-            let n = sock.read(&mut chunk).await.unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.ends_with(b"}") {
-                break;
-            }
-        }
-    })
-    .await;
-    assert!(read.is_ok(), "no answer to a stalled request");
-    let text = String::from_utf8_lossy(&buf);
+    let text = svc.stalled_notify().await;
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     let body = text.split("\r\n\r\n").nth(1).unwrap();
     let v: Value = serde_json::from_str(body).unwrap();

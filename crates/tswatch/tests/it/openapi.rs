@@ -18,7 +18,6 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Documented responses no test here can bring about, and why.
 const NOT_PRODUCED: &[(&str, &str, &str, &str)] = &[(
@@ -260,31 +259,7 @@ async fn cert_host() -> String {
 
 /// A request whose body never finishes: the request timeout answers it.
 async fn stalled_notify(svc: &Service, rec: &mut Recorder) {
-    let addr = svc.base.strip_prefix("http://").unwrap();
-    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
-    sock.write_all(
-        b"POST /notify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n{\"Type\": ",
-    )
-    .await
-    .unwrap();
-    let mut buf = Vec::new();
-    // Not a timing assertion: a bound so a broken build fails, not hangs.
-    let read = tokio::time::timeout(Duration::from_secs(60), async {
-        let mut chunk = [0u8; 1024];
-        loop {
-            let n = sock.read(&mut chunk).await.unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.ends_with(b"}") {
-                break;
-            }
-        }
-    })
-    .await;
-    assert!(read.is_ok(), "no answer to a stalled request");
-    let text = String::from_utf8_lossy(&buf).to_string();
+    let text = svc.stalled_notify().await;
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
     let content_type = head
