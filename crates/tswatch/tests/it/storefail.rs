@@ -40,6 +40,21 @@ async fn outputs(data: &Data<'_>, key: &str) -> (Vec<u8>, Value) {
     (csv, summary)
 }
 
+/// The outputs (scored copy, summary) of `key` after an undisturbed run of
+/// `files` on S3, in a bucket of their own, by a service stopped after.
+async fn undisturbed_on_s3(
+    moto: &Moto,
+    files: &[(String, String)],
+    key: &str,
+    dir: &Path,
+) -> (Vec<u8>, Value) {
+    moto.create_bucket("undisturbed").await;
+    let svc = serve_s3(moto, &moto.endpoint, "undisturbed", &[], dir).await;
+    let data = Data::S3(moto, "undisturbed");
+    process_in_turn(&data, files, Some(&svc)).await;
+    outputs(&data, key).await
+}
+
 /// Puts each file in turn, waiting for its summary: the undisturbed run.
 async fn process_in_turn(data: &Data<'_>, files: &[(String, String)], notify_to: Option<&Service>) {
     for (i, (key, body)) in files.iter().enumerate() {
@@ -246,17 +261,12 @@ async fn an_upload_dying_on_a_later_part_delays_a_file_and_never_rejects_it() {
     let files = batches(82, &[100, 160_000]);
     let big = files[1].0.clone();
 
-    moto.create_bucket("undisturbed").await;
-    let svc = serve_s3(&moto, &moto.endpoint, "undisturbed", &[], &dir).await;
-    let data = Data::S3(&moto, "undisturbed");
-    process_in_turn(&data, &files, Some(&svc)).await;
-    let undisturbed = outputs(&data, &big).await;
+    let undisturbed = undisturbed_on_s3(&moto, &files, &big, &dir).await;
     assert!(
         undisturbed.0.len() > 18 << 20,
         "{} bytes",
         undisturbed.0.len()
     );
-    drop(svc);
 
     let bucket = "cut";
     moto.create_bucket(bucket).await;
@@ -309,12 +319,7 @@ async fn a_download_cut_mid_file_delays_a_file_and_never_rejects_it() {
     let files = batches(83, &[100, 20_000]);
     let big = files[1].0.clone();
 
-    moto.create_bucket("undisturbed").await;
-    let svc = serve_s3(&moto, &moto.endpoint, "undisturbed", &[], &dir).await;
-    let data = Data::S3(&moto, "undisturbed");
-    process_in_turn(&data, &files, Some(&svc)).await;
-    let undisturbed = outputs(&data, &big).await;
-    drop(svc);
+    let undisturbed = undisturbed_on_s3(&moto, &files, &big, &dir).await;
 
     let bucket = "cutdown";
     moto.create_bucket(bucket).await;
