@@ -651,6 +651,30 @@ async fn files_given_up_during_an_outage_are_finished_by_reconciliation() {
     assert_eq!(got.processed.len(), 4);
 }
 
+/// One in-memory store holding `files`, and two writers on it whose
+/// commits meet at `gate` (both commit against the same version).
+async fn racing_writers(
+    files: &[(String, String)],
+) -> (Arc<InMemory>, Arc<Gate>, Processor, Processor) {
+    let mem = Arc::new(InMemory::new());
+    seed(&mem, files).await;
+    let gate = Gate::new(2);
+    let writer = || {
+        let store = Crashy::new(mem.clone(), None).gated(gate.clone());
+        Processor::new(storage(Arc::new(store)), EngineConfig::default())
+    };
+    let (a, b) = (writer(), writer());
+    (mem, gate, a, b)
+}
+
+/// The race's precondition: both writers reached the commit with the same
+/// version, and exactly one of them was refused.
+fn assert_both_committed_one_refused(gate: &Gate) {
+    use std::sync::atomic::Ordering::SeqCst;
+    assert_eq!(gate.gated.load(SeqCst), 0, "both writers reached a commit");
+    assert_eq!(gate.refused.load(SeqCst), 1, "exactly one commit refused");
+}
+
 /// Two in-process writers on one in-memory store (conditional puts, as S3
 /// has) race for the same file: both load the same state and score it,
 /// both try to commit against that version, exactly one commit lands. The
@@ -663,22 +687,11 @@ async fn two_writers_racing_for_one_file_commit_it_once() {
     let (alone, _, _, _) = run(&files, None).await;
     let (want, _) = outcome(&alone).await;
 
-    let mem = Arc::new(InMemory::new());
-    seed(&mem, &files).await;
-    let gate = Gate::new(2);
-    let writer = || {
-        let store = Crashy::new(mem.clone(), None).gated(gate.clone());
-        Processor::new(storage(Arc::new(store)), EngineConfig::default())
-    };
-    let (a, b) = (writer(), writer());
+    let (mem, gate, a, b) = racing_writers(&files).await;
     let key = RawKey::parse(&files[0].0).unwrap();
     let (ra, rb) = tokio::join!(a.process(&key), b.process(&key));
     let outcomes = [ra.unwrap(), rb.unwrap()];
-    // The precondition: both reached the commit with the same version, and
-    // one of them was refused.
-    use std::sync::atomic::Ordering::SeqCst;
-    assert_eq!(gate.gated.load(SeqCst), 0, "both writers reached a commit");
-    assert_eq!(gate.refused.load(SeqCst), 1, "exactly one commit refused");
+    assert_both_committed_one_refused(&gate);
     let won = outcomes
         .iter()
         .filter(|o| matches!(o, tswatch::apply::processor::Outcome::Applied(_)))
@@ -703,22 +716,13 @@ async fn two_writers_racing_for_one_file_commit_it_once() {
 #[tokio::test]
 async fn two_writers_racing_with_two_files_lose_nothing() {
     let files = batches(2, 100);
-    let mem = Arc::new(InMemory::new());
-    seed(&mem, &files).await;
-    let gate = Gate::new(2);
-    let writer = || {
-        let store = Crashy::new(mem.clone(), None).gated(gate.clone());
-        Processor::new(storage(Arc::new(store)), EngineConfig::default())
-    };
-    let (a, b) = (writer(), writer());
+    let (mem, gate, a, b) = racing_writers(&files).await;
     let (ka, kb) = (
         RawKey::parse(&files[0].0).unwrap(),
         RawKey::parse(&files[1].0).unwrap(),
     );
     let (ra, rb) = tokio::join!(a.process(&ka), b.process(&kb));
-    use std::sync::atomic::Ordering::SeqCst;
-    assert_eq!(gate.gated.load(SeqCst), 0, "both writers reached a commit");
-    assert_eq!(gate.refused.load(SeqCst), 1, "exactly one commit refused");
+    assert_both_committed_one_refused(&gate);
     let seq = |o: tswatch::apply::processor::Outcome| match o {
         tswatch::apply::processor::Outcome::Applied(s) => s.state_seq,
         other => panic!("{other:?}"),
