@@ -156,7 +156,7 @@ async fn bench(a: &BenchArgs, engine: tswatch_core::EngineConfig) -> anyhow::Res
         + a.reads.len()
         + usize::from(a.latency.is_some())
         + 2 * usize::from(a.streams);
-    let progress = tswatch::cli::progress::Progress::steps("bench", steps as u64);
+    let progress = tswatch::progress::Progress::steps("bench", steps as u64);
     let results =
         bench::measure_in_children(&exe, &a.rows, repeat, &scratch, None, !a.json, &progress)
             .await?;

@@ -3,7 +3,6 @@
 
 pub(crate) mod exit;
 pub(crate) mod offline;
-pub mod progress;
 mod run;
 
 pub use run::main;
