@@ -34,7 +34,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let file = tswatch::cli::FileConfig::load(cli.config.as_deref())?;
+    let file = tswatch::cli::config::Layer::from_file(cli.config.as_deref())?;
     // The service's runtime: two worker threads.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
