@@ -528,6 +528,29 @@ mod tests {
         assert!(s.serve().is_ok());
     }
 
+    /// The file's numbers are held to the same ranges clap holds the
+    /// flags to: a value one refuses, the other refuses too.
+    #[test]
+    fn the_file_and_the_flags_accept_the_same_numbers() {
+        let queue = "http://127.0.0.1:9/1/q";
+        for (flag, key) in [
+            ("--sqs-wait-time", "sqs_wait_time_secs"),
+            ("--sqs-max-messages", "sqs_max_messages"),
+            ("--sqs-visibility-timeout", "sqs_visibility_timeout_secs"),
+            ("--sqs-max-receives", "sqs_max_receives"),
+            ("--alert-max-per-minute", "alert_max_per_minute"),
+        ] {
+            for n in [0, 1, 2, 3, 10, 11, 20, 21, 43_200, 43_201] {
+                let value = n.to_string();
+                let args = ["tswatch", "serve", "--sqs-queue-url", queue, flag, &value];
+                let by_flag = crate::cli::Cli::try_parse_from(args).is_ok();
+                let text = format!("sqs_queue_url = \"{queue}\"\n{key} = {n}\n");
+                let by_file = sources(Layer::default(), file(&text)).serve().is_ok();
+                assert_eq!(by_flag, by_file, "{flag} {n} vs {key} = {n}");
+            }
+        }
+    }
+
     /// Every `serve` flag has an environment variable and a file key (the
     /// flag's name, or with `_secs` for a time), and `tswatch --help` lists
     /// every key of the file.
