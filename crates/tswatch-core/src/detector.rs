@@ -1291,6 +1291,146 @@ mod tests {
         assert!(stretches >= 1 && tails >= 2, "{stretches} {tails}: {v:?}");
     }
 
+    /// What one row's scoring saw, for the test below: each stretch
+    /// view's evidence and the verdict.
+    fn stretch_evidence(d: &Detector, v: f64, ts: Option<f64>, th: &Thresholds) -> [f64; 4] {
+        let long = d.plain.score(v, th.min_observations).stretch;
+        let recent = d.short.score(v, th.min_observations.min(SHORT)).stretch;
+        let daily = ts.map_or(0.0, |t| {
+            let r = v - d.profile[day_bucket(t)];
+            d.daily.score(r, th.min_observations).stretch
+        });
+        [long, recent, daily, d.score(v, ts, th).score]
+    }
+
+    /// The stretch test scores each of its views on its own evidence: a
+    /// surprise `S` against the threshold `T` scores `S / (S + T)`. Pinned
+    /// for the long window, the recent window and the time-of-day residual,
+    /// each on a state where its evidence is the strongest there is and
+    /// nothing else fires (so no other view's score can stand in for it).
+    #[test]
+    fn each_stretch_view_scores_its_evidence_against_the_threshold() {
+        let th = Thresholds::new(&crate::EngineConfig::default(), 1);
+        let t = th.stretch;
+        // No alarm, no held score: the row's score is the best evidence's.
+        let quiet = |d: &Detector, v: f64, ts: Option<f64>| {
+            let verdict = d.score(v, ts, &th);
+            assert!(
+                !verdict.alarm && !verdict.tail_hit && !verdict.held && !verdict.stuck,
+                "{verdict:?}"
+            );
+            assert!(
+                d.plain
+                    .score(v, th.min_observations)
+                    .extreme
+                    .is_none_or(|e| e <= 0.0),
+                "{verdict:?}"
+            );
+        };
+
+        // The long window: steady noise, then a wider recent regime. A
+        // value at 2 sigmas, held, is unusual for the long window only.
+        let mut d = Detector::default();
+        feed(&mut d, noise(3_000, 61), &th);
+        let wide = noise(400, 62)
+            .into_iter()
+            .map(|x| (2.0 * x).clamp(-3.5, 3.5));
+        feed(&mut d, wide, &th);
+        feed(&mut d, [2.0; 3], &th);
+        quiet(&d, 2.0, None);
+        let [long, recent, _, score] = stretch_evidence(&d, 2.0, None, &th);
+        assert!(long > 2.0 * recent && long > 1.0, "{long} vs {recent}");
+        assert!((score - long / (long + t)).abs() < 1e-12, "{score}: {long}");
+
+        // The recent window: a level shift the long window holds both
+        // sides of, then a dip to between them (4.5 sigmas for the recent
+        // window, near the long window's mean).
+        let mut d = Detector::default();
+        feed(&mut d, noise(3_000, 8), &th);
+        feed(&mut d, noise(3_000, 9).into_iter().map(|x| x + 10.0), &th);
+        feed(&mut d, noise(9, 10).into_iter().map(|x| x + 5.5), &th);
+        quiet(&d, 5.5, None);
+        let [long, recent, _, score] = stretch_evidence(&d, 5.5, None, &th);
+        assert!(recent > 2.0 * long && recent > 1.0, "{recent} vs {long}");
+        assert!(
+            (score - recent / (recent + t)).abs() < 1e-12,
+            "{score}: {recent}"
+        );
+
+        // The time-of-day residual: a channel at 0 by night and 50 by day;
+        // 8 at night is inside the range and near neither window's edge,
+        // but far from the night's level.
+        let mut d = Detector::default();
+        let half_hour = |i: usize| i as f64 * 1800.0;
+        let n = noise(48 * 30, 32);
+        for (i, e) in n.iter().enumerate() {
+            let level = if (i % 48) < 24 { 0.0 } else { 50.0 };
+            let v = d.score(level + e, Some(half_hour(i)), &th);
+            d.learn(level + e, &v);
+        }
+        // Held for a few rows, so that the averaged scores move.
+        for i in n.len()..n.len() + 6 {
+            let v = d.score(8.0, Some(half_hour(i)), &th);
+            d.learn(8.0, &v);
+        }
+        let night = Some(half_hour(n.len() + 6));
+        quiet(&d, 8.0, night);
+        let [long, recent, daily, score] = stretch_evidence(&d, 8.0, night, &th);
+        assert!(
+            daily > 2.0 * long.max(recent) && daily > 1.0,
+            "{daily}: {long} {recent}"
+        );
+        assert!(
+            (score - daily / (daily + t)).abs() < 1e-12,
+            "{score}: {daily}"
+        );
+    }
+
+    /// A new extreme `e` (the share of the range seen by which it passes
+    /// it) scores `0.5 + 0.5 tanh(e - margin)`, on either side; a stuck run
+    /// of `r` rows, against three times the longest run seen `L`, scores
+    /// `r / (r + 3L)`.
+    #[test]
+    fn an_extreme_and_a_stuck_run_score_their_evidence() {
+        let th = Thresholds::new(&crate::EngineConfig::default(), 1);
+        let mut d = Detector::default();
+        feed(&mut d, (0..2000).map(|i| f64::from(i % 7)), &th);
+        // Beyond [0, 6] by 0.6 above, 1.5 below: no tail test hit.
+        for (v, e) in [(6.6, 0.1), (-1.5, 0.25)] {
+            let verdict = d.score(v, None, &th);
+            assert!(verdict.alarm && !verdict.tail_hit, "{verdict:?}");
+            assert_eq!(
+                verdict.finding,
+                Some(Finding::Extreme {
+                    low: 0.0,
+                    high: 6.0,
+                    adopted: false
+                })
+            );
+            let want = 0.5 + 0.5 * (e - EXTREME_MARGIN).tanh();
+            assert!((verdict.score - want).abs() < 1e-12, "{verdict:?}: {want}");
+        }
+
+        // Noise repeats no value: the longest run is 1, and a run is stuck
+        // from STUCK_MIN rows on, where it scores r / (r + 3).
+        let mut d = Detector::default();
+        feed(&mut d, noise(1_000, 21), &th);
+        assert_eq!(d.repeats.longest, 1);
+        let v = feed(&mut d, std::iter::repeat_n(0.5, STUCK_MIN as usize), &th);
+        let last = v[v.len() - 1];
+        assert!(last.alarm && !last.tail_hit, "{last:?}");
+        assert_eq!(
+            last.finding,
+            Some(Finding::Stuck {
+                value: 0.5,
+                rows: STUCK_MIN
+            })
+        );
+        let (r, usual) = (STUCK_MIN as f64, 3.0);
+        let want = r / (r + usual);
+        assert!((last.score - want).abs() < 1e-12, "{last:?}: {want}");
+    }
+
     #[test]
     fn values_inside_the_range_seen_get_no_extreme_score() {
         let th = Thresholds::new(&crate::EngineConfig::default(), 1);

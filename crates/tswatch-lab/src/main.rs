@@ -34,7 +34,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let file = tswatch::cli::FileConfig::load(cli.config.as_deref())?;
+    let file = tswatch::cli::config::Layer::from_file(cli.config.as_deref())?;
     // The service's runtime: two worker threads.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -156,7 +156,7 @@ async fn bench(a: &BenchArgs, engine: tswatch_core::EngineConfig) -> anyhow::Res
         + a.reads.len()
         + usize::from(a.latency.is_some())
         + 2 * usize::from(a.streams);
-    let progress = tswatch::cli::progress::Progress::steps("bench", steps as u64);
+    let progress = tswatch::progress::Progress::steps("bench", steps as u64);
     let results =
         bench::measure_in_children(&exe, &a.rows, repeat, &scratch, None, !a.json, &progress)
             .await?;

@@ -20,10 +20,11 @@
 //!   connection loop.
 //! - [`service`] wires all of them together for `tswatch serve`;
 //!   `telemetry` holds the counters behind `GET /metrics`; `report`
-//!   turns an error into the lines a user or a log reads.
-//! - [`cli`]: flags, configuration file, exit codes, progress and the
-//!   one-shot commands (`score`, `produce`, `baseline`); [`eval`]: detection
-//!   quality on labelled scenarios and NAB.
+//!   turns an error into the lines a user or a log reads; [`progress`]
+//!   draws the long commands' progress bars.
+//! - [`cli`]: flags, configuration file, exit codes and the one-shot
+//!   commands (`score`, `produce`, `baseline`); [`eval`]: detection quality
+//!   on labelled scenarios and NAB.
 //!
 //! The data path, one way:
 //!
@@ -40,6 +41,7 @@ pub mod csv;
 pub mod eval;
 pub mod http;
 pub mod ingest;
+pub mod progress;
 pub(crate) mod report;
 pub mod service;
 pub mod state;

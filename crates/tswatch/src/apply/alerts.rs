@@ -67,16 +67,16 @@ pub(crate) enum AlertError {
     /// hold a secret.)
     #[error("{setting}: not a valid URL ({reason})")]
     Invalid {
-        /// The flag.
-        setting: &'static str,
+        /// Where the URL came from: the flag, or the file and its key.
+        setting: String,
         /// Why it does not parse.
         reason: String,
     },
     /// A URL that is not `http://` or `https://`.
     #[error("{setting}: only http and https URLs are supported, not {scheme}:")]
     Scheme {
-        /// The flag.
-        setting: &'static str,
+        /// Where the URL came from: the flag, or the file and its key.
+        setting: String,
         /// The scheme given.
         scheme: String,
     },
@@ -103,9 +103,10 @@ impl std::fmt::Debug for Webhook {
 }
 
 impl Webhook {
-    /// Parses an `--alert-webhook` URL: `http` or `https`, with a host.
-    pub(crate) fn parse(url: &str) -> Result<Self, AlertError> {
-        let url = check_url("--alert-webhook", url)?;
+    /// Parses an `--alert-webhook` URL: `http` or `https`, with a host;
+    /// `setting` names where it came from.
+    pub(crate) fn parse(setting: &str, url: &str) -> Result<Self, AlertError> {
+        let url = check_url(setting, url)?;
         Ok(Self {
             label: origin(&url),
             url,
@@ -118,21 +119,22 @@ impl Webhook {
     }
 }
 
-/// Parses an http(s) URL with a host, for the flag named `setting`.
-pub(crate) fn check_url(setting: &'static str, url: &str) -> Result<reqwest::Url, AlertError> {
+/// Parses an http(s) URL with a host, for the setting named `setting` (the
+/// flag, or the configuration file and its key).
+pub(crate) fn check_url(setting: &str, url: &str) -> Result<reqwest::Url, AlertError> {
     let parsed = reqwest::Url::parse(url.trim()).map_err(|e| AlertError::Invalid {
-        setting,
+        setting: setting.to_string(),
         reason: e.to_string(),
     })?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(AlertError::Scheme {
-            setting,
+            setting: setting.to_string(),
             scheme: parsed.scheme().to_string(),
         });
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(AlertError::Invalid {
-            setting,
+            setting: setting.to_string(),
             reason: "no host".into(),
         });
     }
@@ -677,24 +679,29 @@ mod tests {
 
     #[test]
     fn urls_are_checked_and_logged_without_secrets() {
-        let h =
-            Webhook::parse("https://u:pw@hooks.example.com:8443/services/T/B/SECRET?k=v").unwrap();
+        let h = Webhook::parse(
+            "--alert-webhook",
+            "https://u:pw@hooks.example.com:8443/services/T/B/SECRET?k=v",
+        )
+        .unwrap();
         assert_eq!(h.label(), "https://hooks.example.com:8443");
         assert!(!format!("{h:?}").contains("SECRET"));
         assert!(!format!("{h:?}").contains("pw"));
         assert!(matches!(
-            Webhook::parse("ftp://example.com/x"),
+            Webhook::parse("--alert-webhook", "ftp://example.com/x"),
             Err(AlertError::Scheme { .. })
         ));
         assert!(matches!(
-            Webhook::parse("not a url"),
+            Webhook::parse("--alert-webhook", "not a url"),
             Err(AlertError::Invalid { .. })
         ));
         assert!(matches!(
-            Webhook::parse("https://"),
+            Webhook::parse("--alert-webhook", "https://"),
             Err(AlertError::Invalid { .. })
         ));
-        let e = Webhook::parse("gopher://x/SECRET").unwrap_err().to_string();
+        let e = Webhook::parse("--alert-webhook", "gopher://x/SECRET")
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("SECRET"), "{e}");
     }
 

@@ -7,7 +7,8 @@
 //! few 256 KiB buffers are in flight.
 
 use crate::csv::records::{InputError, READ_BUFFER};
-use crate::csv::scorer::{CellSafety, FileReport, ScoreError, score_csv_with};
+use crate::csv::scorer::{CellSafety, ScoreError, score_csv_with};
+use crate::state::scored::FileReport;
 use crate::storage::{Storage, StoreError};
 use bytes::Bytes;
 use futures::StreamExt;

@@ -1,9 +1,10 @@
-//! Command line and configuration file. Precedence: flag, then environment
-//! variable, then the TOML file (`--config`), then the built-in default.
+//! The command line: every command and its flags (clap), each flag with
+//! its environment variable. How a flag, its environment variable, the
+//! configuration file and the default make one setting: [`config`].
 
+pub mod config;
 pub(crate) mod exit;
 pub(crate) mod offline;
-pub mod progress;
 mod run;
 
 pub use run::main;
@@ -13,7 +14,6 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use tswatch_core::EngineConfig;
 
 /// tswatch: scores CSV batches of time series for anomalies as they land in
 /// an S3 bucket or a local folder, and serves the results over HTTP.
@@ -349,110 +349,4 @@ pub(crate) struct EvalArgs {
         allow_negative_numbers = true
     )]
     pub(crate) min_flag_score: Option<f64>,
-}
-
-/// The optional TOML file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    /// See `--data-dir`.
-    pub(crate) data_dir: Option<PathBuf>,
-    /// See `--bucket`.
-    pub(crate) bucket: Option<String>,
-    /// See `--s3-max-copy-bytes`.
-    pub(crate) s3_max_copy_bytes: Option<u64>,
-    /// See `--bind`.
-    pub(crate) bind: Option<SocketAddr>,
-    /// See `--reconcile-interval`.
-    pub(crate) reconcile_interval_secs: Option<u64>,
-    /// See `--shutdown-grace`.
-    pub(crate) shutdown_grace_secs: Option<u64>,
-    /// See `--insecure-skip-sns-verify`.
-    pub(crate) insecure_skip_sns_verify: Option<bool>,
-    /// See `--sns-topic-arn`.
-    pub(crate) sns_topic_arn: Option<Vec<String>>,
-    /// See `--sns-cert-endpoint`.
-    pub(crate) sns_cert_endpoint: Option<String>,
-    /// See `--request-timeout`.
-    pub(crate) request_timeout_secs: Option<u64>,
-    /// See `--log-format`.
-    pub(crate) log_format: Option<LogFormat>,
-    /// See `--spreadsheet-safe`.
-    pub(crate) spreadsheet_safe: Option<CellSafety>,
-    /// See `--http-header-timeout`.
-    pub(crate) http_header_timeout_secs: Option<u64>,
-    /// See `--max-connections`.
-    pub(crate) max_connections: Option<usize>,
-    /// See `--sqs-queue-url`.
-    pub(crate) sqs_queue_url: Option<String>,
-    /// See `--sqs-wait-time`.
-    pub(crate) sqs_wait_time_secs: Option<u32>,
-    /// See `--sqs-max-messages`.
-    pub(crate) sqs_max_messages: Option<u32>,
-    /// See `--sqs-visibility-timeout`.
-    pub(crate) sqs_visibility_timeout_secs: Option<u32>,
-    /// See `--sqs-max-receives`.
-    pub(crate) sqs_max_receives: Option<u32>,
-    /// See `--sqs-reconcile-after`.
-    pub(crate) sqs_reconcile_after_secs: Option<u32>,
-    /// See `--alert-webhook`.
-    pub(crate) alert_webhook: Option<Vec<String>>,
-    /// See `--alert-max-per-minute`.
-    pub(crate) alert_max_per_minute: Option<u32>,
-    /// See `--public-url`.
-    pub(crate) public_url: Option<String>,
-    /// Detection settings.
-    #[serde(default)]
-    pub engine: EngineConfig,
-}
-
-impl FileConfig {
-    /// Reads and checks the file, or the defaults when there is none.
-    pub fn load(path: Option<&std::path::Path>) -> anyhow::Result<Self> {
-        let Some(p) = path else {
-            return Ok(Self::default());
-        };
-        let text = std::fs::read_to_string(p)
-            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", p.display()))?;
-        let cfg: Self = toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("config file {}: {e}", p.display()))?;
-        cfg.engine
-            .validate()
-            .map_err(|e| anyhow::anyhow!("config file {}: {e}", p.display()))?;
-        Ok(cfg)
-    }
-}
-
-/// Resolved storage choice.
-#[derive(Debug, Clone)]
-pub(crate) enum StorageChoice {
-    /// Local directory.
-    Local(PathBuf),
-    /// S3 bucket, and the largest object it copies in one request.
-    S3(String, u64),
-}
-
-impl StorageArgs {
-    /// Applies precedence: flag/env, file, default `./data`.
-    pub(crate) fn resolve(&self, file: &FileConfig) -> StorageChoice {
-        match self
-            .bucket
-            .clone()
-            .or_else(|| file.bucket.clone())
-            .filter(|b| !b.is_empty())
-        {
-            Some(b) => StorageChoice::S3(
-                b,
-                self.s3_max_copy_bytes
-                    .or(file.s3_max_copy_bytes)
-                    .unwrap_or(crate::storage::S3_MAX_COPY_BYTES),
-            ),
-            None => StorageChoice::Local(
-                self.data_dir
-                    .clone()
-                    .or_else(|| file.data_dir.clone())
-                    .unwrap_or_else(|| PathBuf::from("data")),
-            ),
-        }
-    }
 }

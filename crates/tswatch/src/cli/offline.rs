@@ -2,10 +2,10 @@
 //! state between runs) and `produce` (the seed's test producer).
 
 use crate::cli::exit;
-use crate::cli::progress::{Count, Progress, ProgressRead};
 use crate::cli::{ProduceArgs, ScoreArgs};
 use crate::csv::scorer::{ScoreError, score_csv_with};
 use crate::eval::scenario::Scenario;
+use crate::progress::{Count, Progress, ProgressRead};
 use crate::state::documents::{self, StateDoc, Summary, now_iso};
 use crate::storage::Storage;
 use anyhow::Context;

@@ -14,6 +14,7 @@
 //! lines ([`crate::csv::records`] reads the records and counts them).
 
 use crate::csv::records::{InputError, RecordError, Records, Row, Rows};
+use crate::state::scored::FileReport;
 use serde_json::{Map, Value};
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -138,30 +139,6 @@ impl InputError {
             _ => None,
         }
     }
-}
-
-/// What scoring one file produced.
-#[derive(Debug, Clone, Default)]
-pub struct FileReport {
-    /// Data rows scored.
-    pub(crate) total_rows: u64,
-    /// Rows judged anomalous.
-    pub(crate) anomaly_count: u64,
-    /// Events: runs of consecutive anomalous rows (one incident is one
-    /// event, however many rows it flags).
-    pub(crate) event_count: u64,
-    /// Channel cells that were empty, non-numeric or non-finite.
-    pub(crate) missing_cells: u64,
-    /// Names of the scored channels.
-    pub(crate) channels: Vec<String>,
-    /// Anomalous rows as JSON objects (the first [`MAX_KEPT_ANOMALIES`]).
-    pub(crate) anomalies: Vec<Map<String, Value>>,
-    /// Rows each channel flagged (its `<channel>_zscore_flag`), in the
-    /// order of `channels`.
-    pub(crate) channel_flags: Vec<u64>,
-    /// The file's last rows (at most [`crate::state::recent::RECENT_ROWS`]), for
-    /// the dashboard.
-    pub(crate) tail: Vec<crate::state::recent::RecentRow>,
 }
 
 pub(crate) const TIMESTAMP_NAMES: [&str; 5] = ["timestamp", "time", "date", "datetime", "ts"];

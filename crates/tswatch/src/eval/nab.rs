@@ -474,7 +474,7 @@ pub(crate) struct NabOptions {
     /// Engine settings under test.
     pub(crate) engine: EngineConfig,
     /// Ticks once per series scored.
-    pub(crate) progress: crate::cli::progress::Progress,
+    pub(crate) progress: crate::progress::Progress,
 }
 
 /// Per-category figures for one measure and profile.
