@@ -727,7 +727,11 @@ mod local_cas {
         if current.as_deref() != expected {
             return Err(StoreError::Conflict(key.into()));
         }
-        let tmp = file.with_extension(format!("tmp-{}", std::process::id()));
+        // One name per document, not per process: only the lock holder
+        // writes it, and a copy left by a writer that died before its
+        // rename is overwritten by the next commit instead of staying
+        // forever.
+        let tmp = file.with_extension("tmp");
         let mut f = File::create(&tmp).map_err(io(&tmp))?;
         f.write_all(body).map_err(io(&tmp))?;
         f.sync_data().map_err(io(&tmp))?;
@@ -798,6 +802,27 @@ mod tests {
         ));
         let (b, v) = s.get_versioned("state/x.json").await.unwrap().unwrap();
         assert_eq!((&b[..], v), (&b"2"[..], v2));
+    }
+
+    #[tokio::test]
+    async fn a_dead_writers_temporary_copy_does_not_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::local(dir.path()).unwrap();
+        s.put_if("state/x.json", "1".into(), None).await.unwrap();
+        // What a writer killed between writing its copy and renaming it leaves.
+        std::fs::write(dir.path().join("state/x.tmp"), "half").unwrap();
+        let (_, v) = s.get_versioned("state/x.json").await.unwrap().unwrap();
+        s.put_if("state/x.json", "2".into(), Some(&v))
+            .await
+            .unwrap();
+        let mut left: Vec<_> = std::fs::read_dir(dir.path().join("state"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["x.json", "x.lock"]);
+        let (b, _) = s.get_versioned("state/x.json").await.unwrap().unwrap();
+        assert_eq!(&b[..], b"2");
     }
 
     #[tokio::test]
