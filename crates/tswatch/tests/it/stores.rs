@@ -206,12 +206,10 @@ impl Store {
 
     /// Removes and returns the partial files of local writes a SIGKILL
     /// interrupted (`<key>#<n>`: object_store writes a whole object there
-    /// and renames it into place). The service never lists them; the
-    /// staging sweep removes those under `state/staging/` after 24 h, but
-    /// nothing removes those next to published outputs (see the report in
-    /// `docs/architecture.md`). On S3 the equivalent is an unfinished
-    /// multipart upload, invisible and removed by the bucket's lifecycle
-    /// rule: none is ever listed.
+    /// and renames it into place). The service never lists them, and its
+    /// periodic sweep removes them after 24 h. On S3 the equivalent is an
+    /// unfinished multipart upload, invisible and removed by the bucket's
+    /// lifecycle rule: none is ever listed.
     pub(crate) fn take_partials(&self) -> Vec<String> {
         if self.backend == Backend::S3 {
             return Vec::new();
