@@ -1,6 +1,6 @@
 /*
  * Storage faults for the local backend, for the conformance suite
- * (conformance.rs): loaded into the real tswatch binary with LD_PRELOAD, it
+ * (conformance.rs) and the storage-failure tests (storefail.rs): loaded into the real tswatch binary with LD_PRELOAD, it
  * disturbs the C library's file-system calls on paths under
  * $TSWATCH_FAULTFS_DIR (the data directory, canonical), as the proxy in
  * faultkit.rs disturbs the object store's requests on S3. Nothing else
@@ -22,6 +22,13 @@
  *   TSWATCH_FAULTFS_TRACE=FILE  one line per mutating call ("<n> <call>
  *                               <path>") and per injected fault, appended
  *                               to FILE (outside the directory).
+ *   TSWATCH_FAULTFS_FULL=FILE   a disk that is almost full: while FILE
+ *                               exists it holds the room left, in bytes,
+ *                               and a write that would take a regular file
+ *                               under the directory past that size fails
+ *                               with ENOSPC ("No space left on device"), as
+ *                               a full file system does: small files still
+ *                               fit while a large output dies part-way.
  *
  * Test-only; built by the test with the C compiler that builds aws-lc-rs.
  */
@@ -38,6 +45,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 /* The C library's own `name`, found once. */
@@ -296,4 +304,86 @@ int mkdirat(int dirfd, const char *path, mode_t mode) {
         return -1;
     }
     return real_mkdirat(dirfd, path, mode);
+}
+
+/* Whether a write of `count` bytes to `fd` (at `offset`, or at the file
+ * position when `offset` is negative) must fail for lack of room. */
+static int no_room(int fd, off_t offset, size_t count) {
+    const char *flag = getenv("TSWATCH_FAULTFS_FULL");
+    const char *dir = getenv("TSWATCH_FAULTFS_DIR");
+    if (flag == NULL || dir == NULL || count == 0) {
+        return 0;
+    }
+    int saved = errno;
+    int full = 0;
+    FILE *f = fopen(flag, "r");
+    if (f != NULL) {
+        long long room = 0;
+        if (fscanf(f, "%lld", &room) != 1) {
+            room = 0;
+        }
+        fclose(f);
+        struct stat st;
+        char link[64], path[PATH_MAX];
+        snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+        ssize_t n = readlink(link, path, sizeof path - 1);
+        size_t len = strlen(dir);
+        if (n > 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+            path[n] = '\0';
+            if (strncmp(path, dir, len) == 0 && path[len] == '/') {
+                off_t at = offset;
+                if (at < 0) {
+                    int fl = fcntl(fd, F_GETFL);
+                    at = (fl >= 0 && (fl & O_APPEND)) ? st.st_size : lseek(fd, 0, SEEK_CUR);
+                }
+                full = at < 0 || (long long)at + (long long)count > room;
+            }
+        }
+    }
+    errno = saved;
+    return full;
+}
+
+ssize_t write(int fd, const void *buf, size_t count) {
+    REAL(write);
+    if (no_room(fd, -1, count)) {
+        errno = ENOSPC;
+        return -1;
+    }
+    return real_write(fd, buf, count);
+}
+
+static size_t total(const struct iovec *iov, int iovcnt) {
+    size_t sum = 0;
+    for (int i = 0; i < iovcnt; i++) {
+        sum += iov[i].iov_len;
+    }
+    return sum;
+}
+
+ssize_t writev(int fd, const struct iovec *iov, int iovcnt) {
+    REAL(writev);
+    if (no_room(fd, -1, total(iov, iovcnt))) {
+        errno = ENOSPC;
+        return -1;
+    }
+    return real_writev(fd, iov, iovcnt);
+}
+
+ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset) {
+    REAL(pwrite);
+    if (no_room(fd, offset, count)) {
+        errno = ENOSPC;
+        return -1;
+    }
+    return real_pwrite(fd, buf, count, offset);
+}
+
+ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset) {
+    REAL(pwrite64);
+    if (no_room(fd, offset, count)) {
+        errno = ENOSPC;
+        return -1;
+    }
+    return real_pwrite64(fd, buf, count, offset);
 }

@@ -375,7 +375,7 @@ impl Instance {
 }
 
 /// `faultfs.c`, built once per test run into cargo's temporary directory.
-fn faultfs_library() -> &'static Path {
+pub(crate) fn faultfs_library() -> &'static Path {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
     LIB.get_or_init(|| {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/faultfs.c");
