@@ -729,7 +729,8 @@ impl Processor {
 
     /// Deletes staged outputs older than `older_than` that the ledger does
     /// not name: debris of attempts that crashed before their commit, or
-    /// whose commit failed. Returns how many were removed.
+    /// whose commit failed; and, locally, partial files of outputs whose
+    /// write was killed before its rename. Returns how many were removed.
     pub async fn sweep_staging(&self, older_than: Duration) -> Result<usize, ProcessError> {
         let mut keep = std::collections::HashSet::new();
         for stream in self.known_streams().await {
@@ -739,10 +740,15 @@ impl Processor {
         // A commit made after this load names an object completed moments
         // before it, which is younger than `older_than` (unless scoring it
         // took longer than that, hence the generous default).
-        Ok(self
+        let staged = self
             .storage
             .sweep("state/staging/", older_than, keep)
-            .await?)
+            .await?;
+        Ok(staged
+            + self
+                .storage
+                .sweep_partials("processed/", older_than)
+                .await?)
     }
 
     /// Writes `state/baseline.json` for `doc` unless a newer one is there.
@@ -894,6 +900,21 @@ mod tests {
         let outcome = p.process(&key).await.unwrap();
         assert!(matches!(outcome, Outcome::Applied(_)), "{outcome:?}");
         p.storage().get(&key.processed()).await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_sweep_takes_partial_outputs_of_killed_writes_locally() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Processor::new(Storage::local(dir.path()).unwrap(), EngineConfig::default());
+        process(&p, "raw/a.csv", csv(0, 0.0)).await;
+        // What a SIGKILL while the summary was written leaves.
+        let partial = dir.path().join("processed/a_summary.json#1");
+        std::fs::write(&partial, "{").unwrap();
+        assert_eq!(p.sweep_staging(STAGING_MAX_AGE).await.unwrap(), 0);
+        assert!(partial.exists(), "young: maybe another process's write");
+        assert_eq!(p.sweep_staging(Duration::ZERO).await.unwrap(), 1);
+        assert!(!partial.exists());
+        assert!(dir.path().join("processed/a_summary.json").exists());
     }
 
     #[tokio::test]

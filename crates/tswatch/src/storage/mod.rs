@@ -472,6 +472,30 @@ impl Storage {
         }
     }
 
+    /// Locally, deletes the partial files of writes that died before
+    /// their rename (`<key>#<n>`: object_store writes a whole object there,
+    /// then renames it into place; a SIGKILL between the two leaves it)
+    /// anywhere under `prefix`, last modified more than `older_than` ago
+    /// (a younger one may be another process's write in progress). On S3
+    /// the equivalent, an unfinished upload, is never listed and the
+    /// bucket's lifecycle rule removes it: nothing to do. Returns how many
+    /// were deleted.
+    pub(crate) async fn sweep_partials(
+        &self,
+        prefix: &str,
+        older_than: std::time::Duration,
+    ) -> Result<usize, StoreError> {
+        let prefix = prefix.trim_end_matches('/');
+        keys::validate(prefix)?;
+        let Location::Local(root) = &self.location else {
+            return Ok(0);
+        };
+        let dir = root.join(prefix);
+        tokio::task::spawn_blocking(move || local_sweep_partials(&dir, older_than))
+            .await
+            .map_err(join_err)?
+    }
+
     /// Reads a state document with its version; `None` if absent.
     pub(crate) async fn get_versioned(
         &self,
@@ -635,6 +659,56 @@ fn local_sweep(
     Ok(removed)
 }
 
+/// Whether `name` is the partial file of an unfinished local write: `#`
+/// and digits at the end.
+fn is_partial(name: &str) -> bool {
+    name.rsplit_once('#')
+        .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn local_sweep_partials(
+    dir: &std::path::Path,
+    older_than: std::time::Duration,
+) -> Result<usize, StoreError> {
+    let io = |source| StoreError::Io {
+        path: dir.display().to_string(),
+        source,
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io(e)),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.map_err(io)?;
+        // Of the entry itself: a symbolic link is never followed.
+        let kind = entry.file_type().map_err(io)?;
+        if kind.is_dir() {
+            removed += local_sweep_partials(&entry.path(), older_than)?;
+            continue;
+        }
+        if !kind.is_file() || !is_partial(&entry.file_name().to_string_lossy()) {
+            continue;
+        }
+        let age = entry
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|m| m.elapsed().ok())
+            .unwrap_or_default();
+        if age < older_than {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
+    Ok(removed)
+}
+
 /// Multipart upload part size: near S3's 5 MiB minimum, since a part
 /// being filled and two in flight are held in memory (1M rows on moto:
 /// 58 -> 49 MiB peak with 8 -> 6 MiB parts). 10,000 parts of 6 MiB allow a
@@ -727,7 +801,11 @@ mod local_cas {
         if current.as_deref() != expected {
             return Err(StoreError::Conflict(key.into()));
         }
-        let tmp = file.with_extension(format!("tmp-{}", std::process::id()));
+        // One name per document, not per process: only the lock holder
+        // writes it, and a copy left by a writer that died before its
+        // rename is overwritten by the next commit instead of staying
+        // forever.
+        let tmp = file.with_extension("tmp");
         let mut f = File::create(&tmp).map_err(io(&tmp))?;
         f.write_all(body).map_err(io(&tmp))?;
         f.sync_data().map_err(io(&tmp))?;
@@ -801,6 +879,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_dead_writers_temporary_copy_does_not_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::local(dir.path()).unwrap();
+        s.put_if("state/x.json", "1".into(), None).await.unwrap();
+        // What a writer killed between writing its copy and renaming it leaves.
+        std::fs::write(dir.path().join("state/x.tmp"), "half").unwrap();
+        let (_, v) = s.get_versioned("state/x.json").await.unwrap().unwrap();
+        s.put_if("state/x.json", "2".into(), Some(&v))
+            .await
+            .unwrap();
+        let mut left: Vec<_> = std::fs::read_dir(dir.path().join("state"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["x.json", "x.lock"]);
+        let (b, _) = s.get_versioned("state/x.json").await.unwrap().unwrap();
+        assert_eq!(&b[..], b"2");
+    }
+
+    #[tokio::test]
     async fn concurrent_increments_lose_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::local(dir.path()).unwrap();
@@ -857,6 +956,42 @@ mod tests {
             .collect();
         assert_eq!(left, ["b.csv"]);
         assert_eq!(s.sweep("nothing/here/", zero, keep("x")).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn partial_files_of_dead_writes_are_swept_once_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::local(dir.path()).unwrap();
+        s.put("processed/a_summary.json", "{}").await.unwrap();
+        s.put("processed/s1/b.csv", "b").await.unwrap();
+        // What writes SIGKILLed before their rename leave.
+        std::fs::write(dir.path().join("processed/a_summary.json#1"), "{").unwrap();
+        std::fs::write(dir.path().join("processed/s1/b_summary.json#12"), "").unwrap();
+        // Not partial files: '#' without digits after it.
+        std::fs::write(dir.path().join("processed/c#x.csv"), "c").unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        assert_eq!(s.sweep_partials("processed/", hour).await.unwrap(), 0);
+        let zero = std::time::Duration::ZERO;
+        assert_eq!(s.sweep_partials("processed/", zero).await.unwrap(), 2);
+        let mut left = Vec::new();
+        for d in ["processed", "processed/s1"] {
+            for e in std::fs::read_dir(dir.path().join(d)).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_file() {
+                    left.push(format!("{d}/{}", e.file_name().into_string().unwrap()));
+                }
+            }
+        }
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "processed/a_summary.json",
+                "processed/c#x.csv",
+                "processed/s1/b.csv"
+            ]
+        );
+        assert_eq!(s.sweep_partials("nothing/", zero).await.unwrap(), 0);
     }
 
     #[tokio::test]

@@ -365,9 +365,10 @@ pub(crate) fn strip_ansi(s: &str) -> String {
 
 /// A TCP proxy between tswatch and the object store that can refuse all
 /// connections ("down"), let a chosen request through and lose its
-/// response, as a network failure after the server acted would, or cut
+/// response, as a network failure after the server acted would, cut
 /// every connection that carries a chosen request before it reaches the
-/// store (one kind of request dying while the rest go through).
+/// store (one kind of request dying while the rest go through), or kill
+/// the service just before its N-th mutating request reaches the store.
 pub(crate) struct Proxy {
     pub(crate) endpoint: String,
     down: Arc<AtomicBool>,
@@ -375,7 +376,64 @@ pub(crate) struct Proxy {
     lose: Arc<Mutex<(Vec<u8>, usize)>>,
     lost: Arc<AtomicUsize>,
     cut: Cut,
+    crash: Crash,
     accept: tokio::task::JoinHandle<()>,
+}
+
+/// The crash at a chosen write: mutating requests (PUT, POST, DELETE; a
+/// copy is a PUT) are counted as their heads reach the proxy, and the
+/// `at`-th is never forwarded: the store is frozen (every connection
+/// closed, none accepted) and the `victim` process is sent SIGKILL, as if
+/// it had died just before that write.
+#[derive(Clone, Default)]
+struct Crash {
+    /// Counting is on (requests are framed) only once armed.
+    at: Arc<Mutex<Option<usize>>>,
+    victim: Arc<Mutex<Option<u32>>>,
+    mutations: Arc<AtomicUsize>,
+    fired: Arc<AtomicBool>,
+}
+
+/// Splits what a client sends into HTTP/1.1 requests (heads and
+/// `Content-Length` bodies) to count the mutating ones.
+#[derive(Default)]
+struct Framer {
+    head: Vec<u8>,
+    body_left: usize,
+}
+
+impl Framer {
+    /// Feeds bytes on their way to the store; returns how many mutating
+    /// requests' heads they complete.
+    fn feed(&mut self, mut bytes: &[u8]) -> usize {
+        let mut heads = 0;
+        while !bytes.is_empty() {
+            if self.body_left > 0 {
+                let k = self.body_left.min(bytes.len());
+                self.body_left -= k;
+                bytes = &bytes[k..];
+                continue;
+            }
+            self.head.push(bytes[0]);
+            bytes = &bytes[1..];
+            if !self.head.ends_with(b"\r\n\r\n") {
+                continue;
+            }
+            let head = String::from_utf8_lossy(&self.head).to_ascii_lowercase();
+            assert!(
+                !head.contains("transfer-encoding: chunked"),
+                "a chunked request body cannot be framed: {head}"
+            );
+            self.body_left = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |n| n.trim().parse().unwrap());
+            let method = head.split(' ').next().unwrap_or_default();
+            heads += usize::from(matches!(method, "put" | "post" | "delete"));
+            self.head.clear();
+        }
+        heads
+    }
 }
 
 /// Requests whose bytes contain the pattern (when there is one) have their
@@ -414,12 +472,14 @@ impl Proxy {
         let lose = Arc::new(Mutex::new((Vec::new(), 0)));
         let lost = Arc::new(AtomicUsize::new(0));
         let cut = Cut::default();
-        let (d, g, l, n, c) = (
+        let crash = Crash::default();
+        let (d, g, l, n, c, k) = (
             down.clone(),
             generation.clone(),
             lose.clone(),
             lost.clone(),
             cut.clone(),
+            crash.clone(),
         );
         let accept = tokio::spawn(async move {
             loop {
@@ -432,7 +492,12 @@ impl Proxy {
                 }
                 let up = upstream.clone();
                 let (gen_rx, l, n, c) = (g.subscribe(), l.clone(), n.clone(), c.clone());
-                tokio::spawn(relay(client, up, gen_rx, l, n, c));
+                let freeze = Freeze {
+                    crash: k.clone(),
+                    down: d.clone(),
+                    generation: g.clone(),
+                };
+                tokio::spawn(relay(client, up, gen_rx, l, n, c, freeze));
             }
         });
         Proxy {
@@ -442,8 +507,31 @@ impl Proxy {
             lose,
             lost,
             cut,
+            crash,
             accept,
         }
+    }
+
+    /// Kills `victim` (see [`Proxy::set_victim`]) just before its `n`-th
+    /// mutating request (from 1) reaches the store; from then on the
+    /// store is away. Arm it before the victim starts.
+    pub(crate) fn crash_at(&self, n: usize) {
+        *self.crash.at.lock().unwrap() = Some(n);
+    }
+
+    /// The process [`Proxy::crash_at`] kills.
+    pub(crate) fn set_victim(&self, pid: u32) {
+        *self.crash.victim.lock().unwrap() = Some(pid);
+    }
+
+    /// Mutating requests seen since [`Proxy::crash_at`] armed the count.
+    pub(crate) fn mutations(&self) -> usize {
+        self.crash.mutations.load(Ordering::SeqCst)
+    }
+
+    /// Whether the crash happened.
+    pub(crate) fn crashed(&self) -> bool {
+        self.crash.fired.load(Ordering::SeqCst)
     }
 
     /// From now on (until [`Proxy::stop_cutting`]), closes every
@@ -496,6 +584,51 @@ impl Proxy {
     }
 }
 
+/// What a relay needs to carry out a [`Crash`]: the store is frozen
+/// before the victim dies.
+struct Freeze {
+    crash: Crash,
+    down: Arc<AtomicBool>,
+    generation: watch::Sender<u64>,
+}
+
+impl Freeze {
+    /// Counts the mutating requests whose heads `bytes` complete; true if
+    /// one of them is the chosen one, which has then been carried out:
+    /// the store frozen, the victim killed.
+    fn at_crash(&self, framer: &mut Framer, bytes: &[u8]) -> bool {
+        let Some(at) = *self.crash.at.lock().unwrap() else {
+            return false;
+        };
+        let heads = framer.feed(bytes);
+        if heads == 0 {
+            return false;
+        }
+        let n = self.crash.mutations.fetch_add(heads, Ordering::SeqCst) + heads;
+        if n < at || self.crash.fired.swap(true, Ordering::SeqCst) {
+            return n >= at;
+        }
+        self.down.store(true, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+        // The victim is named right after it is spawned, before it can
+        // send anything; wait for that if this is its very first request.
+        let start = std::time::Instant::now();
+        let pid = loop {
+            if let Some(pid) = *self.crash.victim.lock().unwrap() {
+                break pid;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "no victim named");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success(), "kill -KILL {pid}");
+        true
+    }
+}
+
 async fn relay(
     client: TcpStream,
     upstream: String,
@@ -503,6 +636,7 @@ async fn relay(
     lose: Arc<Mutex<(Vec<u8>, usize)>>,
     lost: Arc<AtomicUsize>,
     cut: Cut,
+    freeze: Freeze,
 ) {
     let Ok(up) = TcpStream::connect(&upstream).await else {
         return;
@@ -516,11 +650,17 @@ async fn relay(
         let mut buf = vec![0u8; 64 * 1024];
         let mut tail: Vec<u8> = Vec::new();
         let mut cut_tail: Vec<u8> = Vec::new();
+        let mut framer = Framer::default();
         loop {
             let n = match cr.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
+            // Without pipelining, a request's head starts a read of its
+            // own: withholding this read withholds the whole request.
+            if freeze.at_crash(&mut framer, &buf[..n]) {
+                return;
+            }
             let rule = cut.armed.lock().unwrap().clone();
             if let Some(CutRule {
                 pattern: p,

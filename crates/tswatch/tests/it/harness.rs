@@ -59,6 +59,11 @@ impl Proc {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
+    /// How the process ended, if it has.
+    pub(crate) fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -391,7 +396,15 @@ impl Service {
     }
 
     /// Starts `cmd serve --bind 127.0.0.1:<port> <extra>` and waits for /health.
-    pub(crate) async fn start(mut cmd: Command, extra: &[&str], log_dir: &Path) -> Service {
+    pub(crate) async fn start(cmd: Command, extra: &[&str], log_dir: &Path) -> Service {
+        let svc = Service::spawn(cmd, extra, log_dir);
+        svc.wait_up().await;
+        svc
+    }
+
+    /// Starts `cmd serve --bind 127.0.0.1:<port> <extra>` without waiting
+    /// for it (a test that may kill it while it starts).
+    pub(crate) fn spawn(mut cmd: Command, extra: &[&str], log_dir: &Path) -> Service {
         let port = free_port();
         let log = log_dir.join(format!("tswatch-{port}.log"));
         cmd.arg("serve")
@@ -411,20 +424,29 @@ impl Service {
             .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .unwrap();
-        let (h, b) = (http.clone(), base.clone());
+        Service { proc, base, http }
+    }
+
+    /// Waits for /health to answer.
+    pub(crate) async fn wait_up(&self) {
         let started = Instant::now();
         loop {
-            if h.get(format!("{b}/health")).send().await.is_ok() {
+            if self
+                .http
+                .get(format!("{}/health", self.base))
+                .send()
+                .await
+                .is_ok()
+            {
                 break;
             }
             assert!(
                 started.elapsed() < Duration::from_secs(30),
                 "tswatch did not come up:\n{}",
-                proc.log_text()
+                self.proc.log_text()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Service { proc, base, http }
     }
 
     pub(crate) async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {

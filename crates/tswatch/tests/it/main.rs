@@ -4,12 +4,12 @@
 
 mod alerts;
 mod cli;
+mod conformance;
 mod crashtest;
 mod credentials;
 mod dashboard;
 mod eval;
 mod faultkit;
-mod faults;
 mod hardening;
 mod harness;
 mod hostile;
@@ -25,3 +25,4 @@ mod snapshots;
 mod sns_verify;
 mod sqs;
 mod storefail;
+mod stores;

@@ -10,7 +10,7 @@ use crate::faultkit::*;
 use crate::harness::*;
 use crate::metrics::{scrape, value};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 /// Producer batches of the given sizes, one stream, in time order.
@@ -183,26 +183,6 @@ async fn assert_applied_once_alike(
     );
 }
 
-/// Builds the LD_PRELOAD library of `enospc.c` into `dir`.
-fn enospc_library(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/enospc.c");
-    let lib = dir.join("libenospc.so");
-    let out = std::process::Command::new("cc")
-        .args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o"])
-        .arg(&lib)
-        .arg(&src)
-        .arg("-ldl")
-        .output()
-        .expect("a C compiler (cc) is needed, as for building aws-lc-rs");
-    assert!(
-        out.status.success(),
-        "cc {}: {}",
-        src.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    lib
-}
-
 /// A valid 20,000-row file while the disk has 1 MiB left: the scored copy
 /// (about 3 MB) dies part-way with ENOSPC, while the small `_error.json` a
 /// rejection would write still fits, as it did in the reported defect.
@@ -228,9 +208,9 @@ async fn a_full_disk_delays_a_file_and_never_rejects_it() {
     std::fs::create_dir_all(&root).unwrap();
     let flag = dir.join("disk-full");
     let mut cmd = tswatch();
-    cmd.env("LD_PRELOAD", enospc_library(&dir))
-        .env("TSWATCH_ENOSPC_DIR", root.canonicalize().unwrap())
-        .env("TSWATCH_ENOSPC_FLAG", &flag);
+    cmd.env("LD_PRELOAD", crate::stores::faultfs_library())
+        .env("TSWATCH_FAULTFS_DIR", root.canonicalize().unwrap())
+        .env("TSWATCH_FAULTFS_FULL", &flag);
     let svc = Service::start(cmd, &["--data-dir", root.to_str().unwrap()], &dir).await;
     let data = Data::Local(&root);
     process_in_turn(&data, &files[..1], None).await;
