@@ -14,7 +14,9 @@
 //! on them (commits are compare-and-swap whatever the lease says), so a
 //! clock that is off, or a lease lost mid-file, costs a re-score at most.
 
+use crate::storage::cas::{Decision, Retry, Swap, compare_and_swap};
 use crate::storage::{Storage, StoreError, Version};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -104,48 +106,60 @@ impl Leases {
             return Ok(Claim::Held);
         }
         let key = lease_key(stream);
-        let current = self.storage.get_versioned(&key).await?;
-        let now = now_ms();
-        let expected = match &current {
-            None => None,
-            Some((body, version)) => {
+        let swap = compare_and_swap(
+            &self.storage,
+            &key,
+            // A refused write means someone else took or renewed it first.
+            Retry::UpTo(1),
+            || self.storage.get_versioned(&key),
+            |current, _| {
+                let now = now_ms();
                 // An unreadable lease is anyone's to take.
-                if let Ok(doc) = serde_json::from_slice::<LeaseDoc>(body)
-                    && doc.owner != self.owner
-                    && doc.until_ms > now
-                {
-                    self.forget(stream);
-                    return Ok(Claim::Elsewhere {
-                        owner: doc.owner,
-                        left: Duration::from_millis(doc.until_ms - now),
-                    });
-                }
-                Some(version.as_str())
-            }
-        };
-        let doc = LeaseDoc {
-            owner: self.owner.clone(),
-            until_ms: now + self.ttl.as_millis() as u64,
-        };
-        let body = serde_json::to_vec(&doc).unwrap_or_default();
-        let started = Instant::now();
-        match self.storage.put_if(&key, body.into(), expected).await {
-            Ok(version) => {
+                let theirs = current
+                    .and_then(|(body, _)| serde_json::from_slice::<LeaseDoc>(&body).ok())
+                    .filter(|doc| doc.owner != self.owner && doc.until_ms > now);
+                let decision = match theirs {
+                    Some(doc) => {
+                        self.forget(stream);
+                        Decision::Stop(Claim::Elsewhere {
+                            owner: doc.owner,
+                            left: Duration::from_millis(doc.until_ms - now),
+                        })
+                    }
+                    None => {
+                        let doc = LeaseDoc {
+                            owner: self.owner.clone(),
+                            until_ms: now + self.ttl.as_millis() as u64,
+                        };
+                        let body = serde_json::to_vec(&doc).unwrap_or_default();
+                        Decision::Write {
+                            body: body.into(),
+                            then: Instant::now(),
+                        }
+                    }
+                };
+                std::future::ready(Ok(decision))
+            },
+            |_| {},
+        )
+        .await?;
+        Ok(match swap {
+            Swap::Stopped(claim) => claim,
+            Swap::Written(version, started) => {
                 if let Ok(mut h) = self.held.lock() {
                     h.insert(stream.to_string(), (version, started + self.ttl));
                 }
-                Ok(Claim::Held)
+                Claim::Held
             }
             // Someone else took or renewed it first: theirs now.
-            Err(StoreError::Conflict(_)) => {
+            Swap::GaveUp(..) => {
                 self.forget(stream);
-                Ok(Claim::Elsewhere {
+                Claim::Elsewhere {
                     owner: "another instance".into(),
                     left: self.ttl,
-                })
+                }
             }
-            Err(e) => Err(e),
-        }
+        })
     }
 
     /// Gives `stream`'s lease up (it has no more work here), so another
@@ -159,12 +173,23 @@ impl Leases {
             owner: String::new(),
             until_ms: 0,
         };
-        let body = serde_json::to_vec(&doc).unwrap_or_default();
-        // Lost to a newer owner, or storage down: it runs out by itself.
-        let _ = self
-            .storage
-            .put_if(&lease_key(stream), body.into(), Some(&version))
-            .await;
+        let body = Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
+        // Not read again: the version is the one this instance wrote. Lost
+        // to a newer owner, or storage down: it runs out by itself.
+        let _: Result<Swap<(), ()>, StoreError> = compare_and_swap(
+            &self.storage,
+            &lease_key(stream),
+            Retry::UpTo(1),
+            || std::future::ready(Ok(Some(((), version.clone())))),
+            |_, _| {
+                std::future::ready(Ok(Decision::Write {
+                    body: body.clone(),
+                    then: (),
+                }))
+            },
+            |_| {},
+        )
+        .await;
     }
 
     fn held_lease(&self, stream: &str) -> Option<(Version, Instant)> {

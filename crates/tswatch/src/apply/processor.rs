@@ -25,6 +25,7 @@ use crate::state::documents::{
     now_iso,
 };
 use crate::state::keys::{self, RawKey};
+use crate::storage::cas::{Decision, Retry, Swap, compare_and_swap};
 use crate::storage::{Storage, StoreError, Version};
 use crate::telemetry;
 use bytes::Bytes;
@@ -260,15 +261,39 @@ impl Processor {
     pub async fn load(&self, stream: &str) -> Result<(StateDoc, Version), ProcessError> {
         let key = engine_key(stream);
         loop {
-            if let Some((bytes, v)) = self.storage.get_versioned(&key).await? {
-                return Ok((parse_doc(&bytes)?, v));
-            }
-            let doc = self.bootstrap(stream).await?;
-            match self.storage.put_if(&key, to_bytes(&doc), None).await {
-                Ok(_) | Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(e.into()),
+            let swap = compare_and_swap(
+                &self.storage,
+                &key,
+                Retry::Forever,
+                || self.stored(&key),
+                |current, _| async move {
+                    Ok(match current {
+                        Some((bytes, v)) => Decision::Stop((parse_doc(&bytes)?, v)),
+                        None => Decision::Write {
+                            body: to_bytes(&self.bootstrap(stream).await?),
+                            then: (),
+                        },
+                    })
+                },
+                |_| {},
+            )
+            .await?;
+            match swap {
+                Swap::Stopped(found) => return Ok(found),
+                // Created (by this call, or by another first): read back as stored.
+                Swap::Written(..) | Swap::GaveUp(..) => continue,
             }
         }
+    }
+
+    /// A document as stored, with its version, for [`compare_and_swap`].
+    async fn stored(&self, key: &str) -> Result<Option<(Bytes, Version)>, ProcessError> {
+        Ok(self.storage.get_versioned(key).await?)
+    }
+
+    /// A stream's state as [`Processor::load`] gives it, for [`compare_and_swap`].
+    async fn loaded(&self, stream: &str) -> Result<Option<(StateDoc, Version)>, ProcessError> {
+        Ok(Some(self.load(stream).await?))
     }
 
     /// The state of `stream` as it is, writing nothing: what a first
@@ -511,132 +536,136 @@ impl Processor {
             return Ok(Outcome::AlreadyApplied);
         }
         tracing::debug!(%key, %etag, "processing");
-        let raw_path = keys::validate(key.as_str())?;
+        let raw_path = &keys::validate(key.as_str())?;
+        let etag = &etag;
         let stream = key.stream();
-        let state_key = engine_key(stream);
-        let mut conflicts = 0;
-        // The staged output of a commit whose fate is not known yet.
-        // (and the channels' flag counts, for the metrics if it landed).
-        let mut unsure: Option<(String, Vec<(String, u64)>)> = None;
-        loop {
-            let (mut doc, version) = self.load(stream).await?;
-            if let Some(entry) = doc.find(key.as_str(), &etag).cloned() {
-                let unsure = unsure.take();
-                // Our own commit landed although the write reported failure.
-                if let Some((_, flagged)) = unsure.as_ref().filter(|(s, _)| *s == entry.staged_key)
-                {
-                    self.committed(stream, &entry, flagged);
+        let swap = compare_and_swap(
+            &self.storage,
+            &engine_key(stream),
+            Retry::UpTo(MAX_CONFLICTS),
+            || self.loaded(stream),
+            // `refused`: the commit the last attempt made, if the state
+            // changed underneath it. Usually another worker committed
+            // first; possibly that very write landed and its retry failed.
+            // The reloaded ledger tells which.
+            move |current, refused: Option<Commit>| async move {
+                let (mut doc, version) = current.ok_or_else(no_state)?;
+                // The staged output of a commit whose fate is not known yet
+                // (and the channels' flag counts, for the metrics if it landed).
+                let unsure = refused.map(|c| (c.entry.staged_key, c.flagged));
+                if let Some(entry) = doc.find(key.as_str(), etag).cloned() {
+                    // Our own commit landed although the write reported failure.
+                    if let Some((_, flagged)) =
+                        unsure.as_ref().filter(|(s, _)| *s == entry.staged_key)
+                    {
+                        self.committed(stream, &entry, flagged);
+                        self.publish(&entry, &doc).await?;
+                        return Ok(Decision::Stop(Outcome::Applied(entry.summary)));
+                    }
                     self.publish(&entry, &doc).await?;
-                    return Ok(Outcome::Applied(entry.summary));
+                    if let Some((s, _)) = unsure {
+                        self.storage.delete(&s).await.ok();
+                    }
+                    return Ok(Decision::Stop(Outcome::AlreadyApplied));
                 }
-                self.publish(&entry, &doc).await?;
+                // Not in the ledger: the failed commit really did not happen.
                 if let Some((s, _)) = unsure {
                     self.storage.delete(&s).await.ok();
                 }
-                return Ok(Outcome::AlreadyApplied);
-            }
-            // Not in the ledger: the failed commit really did not happen.
-            if let Some((s, _)) = unsure.take() {
-                self.storage.delete(&s).await.ok();
-            }
-            let engine = self.engine_at(stream, &version, &doc)?;
-            let staged_key = new_staged_key();
-            let staged = keys::validate(&staged_key)?;
-            let result = score_object(
-                &self.storage,
-                &raw_path,
-                &etag,
-                &staged,
-                engine,
-                self.safety,
-            )
-            .await;
-            let (engine, mut report, staged_bytes) = match result {
-                Ok(r) => r,
-                Err(e) => {
-                    self.storage.delete(&staged_key).await.ok();
-                    return match e {
-                        PipelineError::Input(ie) => self.reject(key, &etag, &ie).await,
-                        PipelineError::Changed => Box::pin(self.process(key)).await,
-                        PipelineError::Store(se) => Err(se.into()),
-                    };
-                }
-            };
-            doc.seq += 1;
-            doc.last_updated = now_iso();
-            doc.recent
-                .extend(&report.channels, std::mem::take(&mut report.tail));
-            doc.engine = engine.to_state();
-            let summary = Summary::of_report(
-                key.as_str().to_string(),
-                key.processed(),
-                doc.last_updated.clone(),
-                &report,
-                doc.engine.observation_counts(),
-                Some(etag.clone()),
-                doc.seq,
-                started.elapsed().as_secs_f64() * 1e3,
-            );
-            let flagged: Vec<(String, u64)> = report
-                .channels
-                .iter()
-                .cloned()
-                .zip(report.channel_flags.iter().copied())
-                .filter(|(_, n)| *n > 0)
-                .collect();
-            let output_key = key.processed();
-            let anomalies = report
-                .anomalies
-                .into_iter()
-                .map(|mut row| {
-                    row.insert("source_file".into(), Value::from(output_key.clone()));
-                    row
-                })
-                .collect();
-            let entry = Applied {
-                source_key: key.as_str().to_string(),
-                source_etag: etag.clone(),
-                staged_key: staged_key.clone(),
-                staged_bytes: Some(staged_bytes),
-                summary: summary.clone(),
-                anomalies,
-            };
-            self.publish_evicted(&doc).await?;
-            doc.record(entry.clone());
-            match self
-                .storage
-                .put_if(&state_key, to_bytes(&doc), Some(&version))
-                .await
-            {
-                Ok(committed) => {
-                    self.keep_engine(stream, committed, engine);
-                    let doc = Arc::new(doc);
-                    self.remember(stream, doc.clone()).await;
-                    self.storage_ok.store(true, Ordering::Relaxed);
-                    self.committed(stream, &entry, &flagged);
-                    self.publish(&entry, &doc).await?;
-                    return Ok(Outcome::Applied(summary));
-                }
-                Err(StoreError::Conflict(_)) => {
-                    // Usually another worker committed first; possibly this
-                    // very write landed and its retry failed. The reload
-                    // tells which.
-                    unsure = Some((staged_key, flagged));
-                    conflicts += 1;
-                    telemetry::commit_conflict();
-                    if conflicts >= MAX_CONFLICTS {
-                        return Err(ProcessError::Contention(conflicts));
+                let engine = self.engine_at(stream, &version, &doc)?;
+                let staged_key = new_staged_key();
+                let staged = keys::validate(&staged_key)?;
+                let result =
+                    score_object(&self.storage, raw_path, etag, &staged, engine, self.safety).await;
+                let (engine, mut report, staged_bytes) = match result {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.storage.delete(&staged_key).await.ok();
+                        return match e {
+                            PipelineError::Input(ie) => self.reject(key, etag, &ie).await,
+                            PipelineError::Changed => Box::pin(self.process(key)).await,
+                            PipelineError::Store(se) => Err(se.into()),
+                        }
+                        .map(Decision::Stop);
                     }
+                };
+                doc.seq += 1;
+                doc.last_updated = now_iso();
+                doc.recent
+                    .extend(&report.channels, std::mem::take(&mut report.tail));
+                doc.engine = engine.to_state();
+                let summary = Summary::of_report(
+                    key.as_str().to_string(),
+                    key.processed(),
+                    doc.last_updated.clone(),
+                    &report,
+                    doc.engine.observation_counts(),
+                    Some(etag.clone()),
+                    doc.seq,
+                    started.elapsed().as_secs_f64() * 1e3,
+                );
+                let flagged: Vec<(String, u64)> = report
+                    .channels
+                    .iter()
+                    .cloned()
+                    .zip(report.channel_flags.iter().copied())
+                    .filter(|(_, n)| *n > 0)
+                    .collect();
+                let output_key = key.processed();
+                let anomalies = report
+                    .anomalies
+                    .into_iter()
+                    .map(|mut row| {
+                        row.insert("source_file".into(), Value::from(output_key.clone()));
+                        row
+                    })
+                    .collect();
+                let entry = Applied {
+                    source_key: key.as_str().to_string(),
+                    source_etag: etag.clone(),
+                    staged_key,
+                    staged_bytes: Some(staged_bytes),
+                    summary,
+                    anomalies,
+                };
+                self.publish_evicted(&doc).await?;
+                doc.record(entry.clone());
+                Ok(Decision::Write {
+                    body: to_bytes(&doc),
+                    then: Commit {
+                        doc,
+                        engine,
+                        entry,
+                        flagged,
+                    },
+                })
+            },
+            |conflicts| {
+                telemetry::commit_conflict();
+                if conflicts < MAX_CONFLICTS {
                     tracing::debug!(%key, conflicts, "state changed underneath; redoing");
                 }
-                Err(e) => {
-                    // The write may have landed: keep the staged output for
-                    // whoever finds the commit in the ledger (a retry, the
-                    // reconciler). If it did not land, the staging sweep
-                    // removes it.
-                    return Err(e.into());
-                }
+            },
+        )
+        .await;
+        match swap {
+            Ok(Swap::Stopped(outcome)) => Ok(outcome),
+            Ok(Swap::Written(committed, c)) => {
+                self.keep_engine(stream, committed, c.engine);
+                let doc = Arc::new(c.doc);
+                self.remember(stream, doc.clone()).await;
+                self.storage_ok.store(true, Ordering::Relaxed);
+                self.committed(stream, &c.entry, &c.flagged);
+                self.publish(&c.entry, &doc).await?;
+                Ok(Outcome::Applied(c.entry.summary))
             }
+            // The last refused commit's staged output stays: the staging
+            // sweep removes it unless the ledger names it.
+            Ok(Swap::GaveUp(conflicts, _)) => Err(ProcessError::Contention(conflicts)),
+            // A failed commit may have landed: its staged output stays for
+            // whoever finds the commit in the ledger (a retry, the
+            // reconciler). If it did not land, the staging sweep removes it.
+            Err(e) => Err(e),
         }
     }
 
@@ -749,26 +778,32 @@ impl Processor {
     async fn project_baseline(&self, doc: &StateDoc, stream: &str) -> Result<(), ProcessError> {
         let body = Bytes::from(serde_json::to_vec_pretty(&doc.baseline_json()).unwrap_or_default());
         let key = baseline_key(stream);
-        for _ in 0..MAX_CONFLICTS {
-            let current = self.storage.get_versioned(&key).await?;
-            let expected = match &current {
-                Some((b, v)) => {
-                    let seen: Value = serde_json::from_slice(b).unwrap_or(Value::Null);
+        let swap = compare_and_swap(
+            &self.storage,
+            &key,
+            Retry::UpTo(MAX_CONFLICTS),
+            || self.stored(&key),
+            |current, _| {
+                let newer = current.is_some_and(|(b, _)| {
+                    let seen: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
                     let seen_seq = documents::projection_seq(&seen);
-                    if seen_seq >= doc.seq && seen_seq > 0 {
-                        return Ok(());
-                    }
-                    Some(v.as_str())
+                    seen_seq >= doc.seq && seen_seq > 0
+                });
+                let body = body.clone();
+                async move {
+                    Ok(match newer {
+                        true => Decision::Stop(()),
+                        false => Decision::Write { body, then: () },
+                    })
                 }
-                None => None,
-            };
-            match self.storage.put_if(&key, body.clone(), expected).await {
-                Ok(_) => return Ok(()),
-                Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(e.into()),
-            }
+            },
+            |_| {},
+        )
+        .await?;
+        match swap {
+            Swap::Written(..) | Swap::Stopped(()) => Ok(()),
+            Swap::GaveUp(conflicts, ()) => Err(ProcessError::Contention(conflicts)),
         }
-        Err(ProcessError::Contention(MAX_CONFLICTS))
     }
 
     /// Records why a file was refused, next to where its outputs would be.
@@ -809,28 +844,57 @@ impl Processor {
     /// Forgets the learned baseline and model (totals and ledger are kept, so
     /// already-processed files still count once). Compare-and-swap too.
     pub(crate) async fn reset(&self, stream: &str) -> Result<(), ProcessError> {
-        let key = engine_key(stream);
-        for _ in 0..MAX_CONFLICTS {
-            let (mut doc, v) = self.load(stream).await?;
-            doc.seq += 1;
-            doc.last_updated = now_iso();
-            doc.engine = Default::default();
-            match self.storage.put_if(&key, to_bytes(&doc), Some(&v)).await {
-                Ok(_) => {
-                    self.cache.write().await.remove(stream);
-                    return self.project_baseline(&doc, stream).await;
-                }
-                Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(e.into()),
+        let swap = compare_and_swap(
+            &self.storage,
+            &engine_key(stream),
+            Retry::UpTo(MAX_CONFLICTS),
+            || self.loaded(stream),
+            |current, _| async move {
+                let (mut doc, _) = current.ok_or_else(no_state)?;
+                doc.seq += 1;
+                doc.last_updated = now_iso();
+                doc.engine = Default::default();
+                Ok::<_, ProcessError>(Decision::<_, ()>::Write {
+                    body: to_bytes(&doc),
+                    then: doc,
+                })
+            },
+            |_| {},
+        )
+        .await?;
+        match swap {
+            Swap::Written(_, doc) => {
+                self.cache.write().await.remove(stream);
+                self.project_baseline(&doc, stream).await
             }
+            Swap::Stopped(()) => Ok(()),
+            Swap::GaveUp(conflicts, _) => Err(ProcessError::Contention(conflicts)),
         }
-        Err(ProcessError::Contention(MAX_CONFLICTS))
     }
 
     /// Totals of a stream, for tests and the CLI.
     pub async fn totals(&self, stream: &str) -> Result<Totals, ProcessError> {
         Ok(self.load(stream).await?.0.totals)
     }
+}
+
+/// A commit on its way: what follows it if it lands, and what tells
+/// whether it landed if its write reports failure.
+struct Commit {
+    /// The state written.
+    doc: StateDoc,
+    /// The engine that state holds, kept for the stream's next file.
+    engine: Engine,
+    /// The file's ledger entry (its staged output names the attempt).
+    entry: Applied,
+    /// Rows flagged per channel, for the metrics.
+    flagged: Vec<(String, u64)>,
+}
+
+/// A state read that found no document: [`Processor::loaded`] never gives
+/// none (it creates the document), so this is an error, not a panic.
+fn no_state() -> ProcessError {
+    ProcessError::State("no state document where one was just read".into())
 }
 
 /// A staging name no other attempt, here or on another machine, can pick.
