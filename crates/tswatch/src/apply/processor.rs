@@ -21,10 +21,10 @@ use crate::apply::pipeline::{PipelineError, score_object};
 use crate::csv::records::InputError;
 use crate::csv::scorer::CellSafety;
 use crate::state::documents::{
-    self, Applied, BASELINE_KEY, LEDGER_LEN, StateDoc, Summary, Totals, baseline_key, engine_key,
-    now_iso,
+    self, Applied, BASELINE_KEY, LEDGER_LEN, StateDoc, Summary, Totals, now_iso,
 };
 use crate::state::keys::{self, RawKey};
+use crate::state::stream::Stream;
 use crate::storage::cas::{Decision, Retry, Swap, compare_and_swap};
 use crate::storage::{Storage, StoreError, Version};
 use crate::telemetry;
@@ -85,9 +85,9 @@ pub struct Processor {
     /// Which cells of the scored copies are made spreadsheet-safe.
     safety: CellSafety,
     /// Last state seen per stream, for the read endpoints: (document, when read).
-    cache: RwLock<HashMap<String, (Arc<StateDoc>, Instant)>>,
+    cache: RwLock<HashMap<Stream, (Arc<StateDoc>, Instant)>>,
     /// Streams known to exist, and when `state/` was last listed for them.
-    streams: RwLock<(BTreeSet<String>, Option<Instant>)>,
+    streams: RwLock<(BTreeSet<Stream>, Option<Instant>)>,
     /// One refresh of the cache at a time; other readers use the copy in hand.
     refresh: Arc<Mutex<()>>,
     /// Whether the last refresh reached storage.
@@ -99,7 +99,7 @@ pub struct Processor {
     /// the document gives the same engine; this only skips the work. At
     /// most [`KEPT_ENGINES`], the most recently committed, with the time
     /// of their commit.
-    engines: std::sync::Mutex<HashMap<String, (Version, Engine, Instant)>>,
+    engines: std::sync::Mutex<HashMap<Stream, (Version, Engine, Instant)>>,
     /// Raw keys committed by this process whose outputs could not be
     /// published yet (retried until they are).
     unpublished: std::sync::Mutex<HashSet<String>>,
@@ -146,7 +146,7 @@ impl Processor {
             config,
             safety: CellSafety::default(),
             cache: RwLock::new(HashMap::new()),
-            streams: RwLock::new((BTreeSet::from([String::new()]), None)),
+            streams: RwLock::new((BTreeSet::from([Stream::DEFAULT]), None)),
             refresh: Arc::new(Mutex::new(())),
             storage_ok: AtomicBool::new(true),
             engines: std::sync::Mutex::new(HashMap::new()),
@@ -168,7 +168,7 @@ impl Processor {
     /// What follows a commit this call won (the exactly-once point), before
     /// publishing, which a later call may finish instead: the file's metrics
     /// (`flagged`: rows per channel) and its alert (offered, never waited on).
-    fn committed(&self, stream: &str, entry: &Applied, flagged: &[(String, u64)]) {
+    fn committed(&self, stream: &Stream, entry: &Applied, flagged: &[(String, u64)]) {
         telemetry::file_applied(stream, &entry.summary, flagged);
         if let Some(sink) = &self.alerts {
             sink.offer(entry);
@@ -215,7 +215,7 @@ impl Processor {
     /// process's last commit if it is that version, else rebuilt from `doc`.
     fn engine_at(
         &self,
-        stream: &str,
+        stream: &Stream,
         version: &str,
         doc: &StateDoc,
     ) -> Result<Engine, ProcessError> {
@@ -235,7 +235,7 @@ impl Processor {
     /// Keeps the engine just committed as `version` of a stream's state,
     /// dropping the least recently committed one if [`KEPT_ENGINES`] are
     /// kept already.
-    fn keep_engine(&self, stream: &str, version: Version, engine: Engine) {
+    fn keep_engine(&self, stream: &Stream, version: Version, engine: Engine) {
         if let Ok(mut m) = self.engines.lock() {
             if m.len() >= KEPT_ENGINES && !m.contains_key(stream) {
                 let oldest = m
@@ -246,7 +246,7 @@ impl Processor {
                     m.remove(&s);
                 }
             }
-            m.insert(stream.to_string(), (version, engine, Instant::now()));
+            m.insert(stream.clone(), (version, engine, Instant::now()));
         }
     }
 
@@ -255,11 +255,11 @@ impl Processor {
         &self.storage
     }
 
-    /// Loads a stream's state document (`""`: the default stream), creating
+    /// Loads a stream's state document, creating
     /// it on first use (adopting a seed `baseline.json` and the totals of
     /// existing summaries).
-    pub async fn load(&self, stream: &str) -> Result<(StateDoc, Version), ProcessError> {
-        let key = engine_key(stream);
+    pub async fn load(&self, stream: &Stream) -> Result<(StateDoc, Version), ProcessError> {
+        let key = stream.engine_key();
         loop {
             let swap = compare_and_swap(
                 &self.storage,
@@ -292,14 +292,14 @@ impl Processor {
     }
 
     /// A stream's state as [`Processor::load`] gives it, for [`compare_and_swap`].
-    async fn loaded(&self, stream: &str) -> Result<Option<(StateDoc, Version)>, ProcessError> {
+    async fn loaded(&self, stream: &Stream) -> Result<Option<(StateDoc, Version)>, ProcessError> {
         Ok(Some(self.load(stream).await?))
     }
 
     /// The state of `stream` as it is, writing nothing: what a first
     /// [`Processor::load`] would store, if nothing is stored yet.
-    pub(crate) async fn peek(&self, stream: &str) -> Result<StateDoc, ProcessError> {
-        match self.storage.get_versioned(&engine_key(stream)).await? {
+    pub(crate) async fn peek(&self, stream: &Stream) -> Result<StateDoc, ProcessError> {
+        match self.storage.get_versioned(&stream.engine_key()).await? {
             Some((bytes, _)) => parse_doc(&bytes),
             None => self.bootstrap(stream).await,
         }
@@ -307,8 +307,8 @@ impl Processor {
 
     /// The first state: a seed baseline if one exists, and the totals of any
     /// summaries already in `processed/`.
-    async fn bootstrap(&self, stream: &str) -> Result<StateDoc, ProcessError> {
-        let seed_baseline = if stream.is_empty() {
+    async fn bootstrap(&self, stream: &Stream) -> Result<StateDoc, ProcessError> {
+        let seed_baseline = if stream.is_default() {
             self.storage.get(BASELINE_KEY).await?
         } else {
             None
@@ -339,7 +339,7 @@ impl Processor {
             match serde_json::from_slice::<Summary>(&b) {
                 Ok(s)
                     if RawKey::parse(&s.source_key)
-                        .map_or(stream.is_empty(), |k| k.stream() == stream) =>
+                        .map_or(stream.is_default(), |k| k.stream() == *stream) =>
                 {
                     doc.totals.files_processed += 1;
                     doc.totals.total_rows_scored += s.total_rows;
@@ -378,7 +378,7 @@ impl Processor {
     /// than [`READ_TIMEOUT`] for storage: when storage is unreachable the last
     /// state read is returned at once (the view says how old it is) while a
     /// background probe looks for storage to come back.
-    pub(crate) async fn view(self: &Arc<Self>, stream: &str) -> Result<View, ProcessError> {
+    pub(crate) async fn view(self: &Arc<Self>, stream: &Stream) -> Result<View, ProcessError> {
         let cached = self.cache.read().await.get(stream).cloned();
         let Some((doc, at)) = cached else {
             let _guard = self.refresh.lock().await;
@@ -393,7 +393,7 @@ impl Processor {
         };
         if !self.storage_ok.load(Ordering::Relaxed) {
             let me = self.clone();
-            let stream = stream.to_string();
+            let stream = stream.clone();
             tokio::spawn(async move {
                 let _guard = guard;
                 let _ = me.reload(&stream, PROBE_TIMEOUT).await;
@@ -408,7 +408,7 @@ impl Processor {
 
     /// Reads the state into the cache, waiting at most `timeout`; records
     /// whether storage answered. The caller holds the refresh lock.
-    async fn reload(&self, stream: &str, timeout: Duration) -> Result<View, ProcessError> {
+    async fn reload(&self, stream: &Stream, timeout: Duration) -> Result<View, ProcessError> {
         let loaded = match tokio::time::timeout(timeout, self.load(stream)).await {
             Ok(r) => r,
             Err(_) => Err(ProcessError::Timeout(timeout)),
@@ -445,7 +445,7 @@ impl Processor {
     /// The views of every stream (the default one first), for endpoints
     /// that report over all of them. Streams are found by listing `state/`
     /// at most every few seconds.
-    pub(crate) async fn views(self: &Arc<Self>) -> Result<Vec<(String, View)>, ProcessError> {
+    pub(crate) async fn views(self: &Arc<Self>) -> Result<Vec<(Stream, View)>, ProcessError> {
         let mut out = Vec::new();
         for s in self.known_streams().await {
             out.push((s.clone(), self.view(&s).await?));
@@ -455,7 +455,7 @@ impl Processor {
 
     /// Every stream with state, from a listing of `state/` no older than
     /// [`STREAMS_TTL`] (or the last known set if storage does not answer).
-    pub(crate) async fn known_streams(&self) -> Vec<String> {
+    pub(crate) async fn known_streams(&self) -> Vec<Stream> {
         let fresh = self
             .streams
             .read()
@@ -467,12 +467,13 @@ impl Processor {
             let mut s = self.streams.write().await;
             if let Ok(Ok(keys)) = listed {
                 for (k, _) in keys {
-                    if let Some(name) = k
+                    // Not a stream: a deeper key, or tswatch's own (staging).
+                    if let Some(stream) = k
                         .strip_prefix("state/")
                         .and_then(|r| r.strip_suffix("/engine.json"))
-                        .filter(|n| !n.contains('/') && *n != "staging")
+                        .and_then(|n| Stream::named(n).ok())
                     {
-                        s.0.insert(name.to_string());
+                        s.0.insert(stream);
                     }
                 }
             }
@@ -481,20 +482,20 @@ impl Processor {
         self.streams.read().await.0.iter().cloned().collect()
     }
 
-    async fn remember(&self, stream: &str, doc: Arc<StateDoc>) {
+    async fn remember(&self, stream: &Stream, doc: Arc<StateDoc>) {
         self.cache
             .write()
             .await
-            .insert(stream.to_string(), (doc, Instant::now()));
+            .insert(stream.clone(), (doc, Instant::now()));
         let known = self.streams.read().await.0.contains(stream);
         if !known {
-            self.streams.write().await.0.insert(stream.to_string());
+            self.streams.write().await.0.insert(stream.clone());
         }
     }
 
     /// Reads a stream's state (retrying as long as the storage client does)
     /// and caches it for the read endpoints.
-    pub(crate) async fn refresh(&self, stream: &str) -> Result<Arc<StateDoc>, ProcessError> {
+    pub(crate) async fn refresh(&self, stream: &Stream) -> Result<Arc<StateDoc>, ProcessError> {
         let (doc, _) = self.load(stream).await?;
         let doc = Arc::new(doc);
         self.remember(stream, doc.clone()).await;
@@ -538,10 +539,10 @@ impl Processor {
         tracing::debug!(%key, %etag, "processing");
         let raw_path = &keys::validate(key.as_str())?;
         let etag = &etag;
-        let stream = key.stream();
+        let stream = &key.stream();
         let swap = compare_and_swap(
             &self.storage,
-            &engine_key(stream),
+            &stream.engine_key(),
             Retry::UpTo(MAX_CONFLICTS),
             || self.loaded(stream),
             // `refused`: the commit the last attempt made, if the state
@@ -749,7 +750,7 @@ impl Processor {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.project_baseline(doc, key.stream()).await?;
+        self.project_baseline(doc, &key.stream()).await?;
         self.storage.delete(&key.error()).await?;
         let body = serde_json::to_vec_pretty(&entry.summary).unwrap_or_default();
         self.storage.put(&key.summary(), body).await?;
@@ -775,9 +776,9 @@ impl Processor {
     }
 
     /// Writes `state/baseline.json` for `doc` unless a newer one is there.
-    async fn project_baseline(&self, doc: &StateDoc, stream: &str) -> Result<(), ProcessError> {
+    async fn project_baseline(&self, doc: &StateDoc, stream: &Stream) -> Result<(), ProcessError> {
         let body = Bytes::from(serde_json::to_vec_pretty(&doc.baseline_json()).unwrap_or_default());
-        let key = baseline_key(stream);
+        let key = stream.baseline_key();
         let swap = compare_and_swap(
             &self.storage,
             &key,
@@ -832,7 +833,7 @@ impl Processor {
         telemetry::file_rejected(err.kind());
         if let Ok(mut recent) = self.recent_errors.lock() {
             let mut shown = body;
-            shown["stream"] = Value::from(key.stream());
+            shown["stream"] = Value::from(key.stream().to_string());
             recent.push_back(shown);
             while recent.len() > RECENT_ERRORS {
                 recent.pop_front();
@@ -843,10 +844,10 @@ impl Processor {
 
     /// Forgets the learned baseline and model (totals and ledger are kept, so
     /// already-processed files still count once). Compare-and-swap too.
-    pub(crate) async fn reset(&self, stream: &str) -> Result<(), ProcessError> {
+    pub(crate) async fn reset(&self, stream: &Stream) -> Result<(), ProcessError> {
         let swap = compare_and_swap(
             &self.storage,
-            &engine_key(stream),
+            &stream.engine_key(),
             Retry::UpTo(MAX_CONFLICTS),
             || self.loaded(stream),
             |current, _| async move {
@@ -873,7 +874,7 @@ impl Processor {
     }
 
     /// Totals of a stream, for tests and the CLI.
-    pub async fn totals(&self, stream: &str) -> Result<Totals, ProcessError> {
+    pub async fn totals(&self, stream: &Stream) -> Result<Totals, ProcessError> {
         Ok(self.load(stream).await?.0.totals)
     }
 }
@@ -960,6 +961,10 @@ mod tests {
         p.storage().get(&key.processed()).await.unwrap().unwrap()
     }
 
+    fn named(name: &str) -> Stream {
+        Stream::named(name).unwrap()
+    }
+
     #[tokio::test]
     async fn engines_kept_are_bounded_and_a_dropped_one_is_rebuilt_alike() {
         let many = tempfile::tempdir().unwrap();
@@ -974,8 +979,8 @@ mod tests {
             let kept = p.engines.lock().unwrap();
             assert_eq!(kept.len(), KEPT_ENGINES);
             // The two committed first made way for the last two.
-            assert!(!kept.contains_key("s0") && !kept.contains_key("s1"));
-            assert!(kept.contains_key(&format!("s{}", KEPT_ENGINES + 1)));
+            assert!(!kept.contains_key(&named("s0")) && !kept.contains_key(&named("s1")));
+            assert!(kept.contains_key(&named(&format!("s{}", KEPT_ENGINES + 1))));
         }
         // s0's second file is scored by an engine rebuilt from its state;
         // on a processor with only s0, by the kept one. Same bytes.
@@ -983,10 +988,10 @@ mod tests {
         let one = tempfile::tempdir().unwrap();
         let q = Processor::new(Storage::local(one.path()).unwrap(), EngineConfig::default());
         process(&q, "raw/s0/a.csv", csv(0, 0.0)).await;
-        assert!(q.engines.lock().unwrap().contains_key("s0"));
+        assert!(q.engines.lock().unwrap().contains_key(&named("s0")));
         let kept = process(&q, "raw/s0/b.csv", csv(40, 3.0)).await;
         assert_eq!(rebuilt, kept);
-        assert!(p.engines.lock().unwrap().contains_key("s0"));
+        assert!(p.engines.lock().unwrap().contains_key(&named("s0")));
         assert_eq!(p.engines.lock().unwrap().len(), KEPT_ENGINES);
     }
 }

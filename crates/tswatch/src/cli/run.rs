@@ -182,7 +182,7 @@ async fn dispatch(cmd: Command, file: FileConfig) -> anyhow::Result<()> {
                     .reset(&a.stream)
                     .await?;
                 if a.json {
-                    let v = serde_json::json!({ "stream": a.stream, "reset": true });
+                    let v = serde_json::json!({ "stream": a.stream.to_string(), "reset": true });
                     crate::cli::offline::print_stdout(&v.to_string())
                 } else {
                     eprintln!("baseline cleared");
