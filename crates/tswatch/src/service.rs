@@ -9,6 +9,7 @@ use crate::ingest::queue::{self, Queue};
 use crate::ingest::sns::{HttpsCertSource, Verifier};
 use crate::ingest::sqs::SqsClient;
 use crate::ingest::sqs_worker::{self, SqsSettings};
+use crate::state::stream::Stream;
 use crate::storage::{Location, Storage};
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,7 +81,7 @@ pub async fn run(
     }
     let processor = Arc::new(processor);
     // Fail fast on unusable state rather than serving errors.
-    processor.refresh("").await?;
+    processor.refresh(&Stream::DEFAULT).await?;
     // One worker per core; each stream always goes to the same worker, so
     // its files stay in order while independent streams run in parallel.
     let lanes = std::thread::available_parallelism()

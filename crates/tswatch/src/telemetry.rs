@@ -158,11 +158,12 @@ const MAX_LABEL: usize = 128;
 
 /// A file committed: its counts, per-channel flags and latency.
 pub(crate) fn file_applied(
-    stream: &str,
+    stream: &crate::state::stream::Stream,
     summary: &crate::state::documents::Summary,
     flagged: &[(String, u64)],
 ) {
-    let stream = stream_label(stream);
+    // The default stream (`raw/<name>.csv`) is labelled `default`.
+    let stream = stream.label().to_string();
     counter!(name::FILES, "stream" => stream.clone()).increment(1);
     counter!(name::ROWS, "stream" => stream.clone()).increment(summary.total_rows);
     counter!(name::ANOMALIES, "stream" => stream.clone()).increment(summary.anomaly_count);
@@ -237,13 +238,4 @@ pub(crate) fn alert_failed() {
 /// An alert not sent, for `reason` (`rate_limit`, `queue_full`, `shutdown`).
 pub(crate) fn alert_dropped(reason: &'static str) {
     counter!(name::ALERTS_DROPPED, "reason" => reason).increment(1);
-}
-
-/// The default stream (`raw/<name>.csv`) is labelled `default`.
-fn stream_label(stream: &str) -> String {
-    if stream.is_empty() {
-        "default".to_string()
-    } else {
-        stream.to_string()
-    }
 }

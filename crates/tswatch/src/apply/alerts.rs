@@ -224,7 +224,7 @@ impl AlertSink {
 pub(crate) fn payload(entry: &Applied, dashboard: &str) -> Value {
     let s = &entry.summary;
     let stream = RawKey::parse(&s.source_key)
-        .map(|k| k.stream().to_string())
+        .map(|k| k.stream())
         .unwrap_or_default();
     let top = top_rows(&entry.anomalies, &s.channels);
     let noun = if s.anomaly_count == 1 {
@@ -232,10 +232,9 @@ pub(crate) fn payload(entry: &Applied, dashboard: &str) -> Value {
     } else {
         "anomalies"
     };
-    let where_ = if stream.is_empty() {
-        "default stream".to_string()
-    } else {
-        format!("stream {stream}")
+    let where_ = match stream.name() {
+        None => "default stream".to_string(),
+        Some(name) => format!("stream {name}"),
     };
     let mut text = format!(
         ":rotating_light: tswatch: {} {noun} in {} ({where_})",
@@ -253,7 +252,8 @@ pub(crate) fn payload(entry: &Applied, dashboard: &str) -> Value {
     json!({
         "text": slack_escape(&text),
         "alert_id": format!("{}@{}", s.source_key, entry.source_etag.trim_matches('"')),
-        "stream": stream,
+        // The default stream is "".
+        "stream": stream.to_string(),
         "source_key": s.source_key,
         "output_key": s.output_key,
         "processed_at": s.processed_at,

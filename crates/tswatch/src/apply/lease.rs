@@ -14,7 +14,10 @@
 //! on them (commits are compare-and-swap whatever the lease says), so a
 //! clock that is off, or a lease lost mid-file, costs a re-score at most.
 
+use crate::state::stream::Stream;
+use crate::storage::cas::{Decision, Retry, Swap, compare_and_swap};
 use crate::storage::{Storage, StoreError, Version};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -27,15 +30,6 @@ struct LeaseDoc {
     owner: String,
     /// When it runs out, in milliseconds since the Unix epoch.
     until_ms: u64,
-}
-
-/// Where a stream's lease lives.
-pub(crate) fn lease_key(stream: &str) -> String {
-    if stream.is_empty() {
-        "state/lease.json".to_string()
-    } else {
-        format!("state/{stream}/lease.json")
-    }
 }
 
 /// Whether this instance may work on a stream now.
@@ -59,7 +53,7 @@ pub(crate) struct Leases {
     owner: String,
     ttl: Duration,
     /// Per stream held: the lease's version and when it runs out.
-    held: Mutex<HashMap<String, (Version, Instant)>>,
+    held: Mutex<HashMap<Stream, (Version, Instant)>>,
 }
 
 fn now_ms() -> u64 {
@@ -97,60 +91,72 @@ impl Leases {
 
     /// Takes, renews or confirms the lease of `stream`: `Held` if this
     /// instance may work on it for at least half the lease time from now.
-    pub(crate) async fn claim(&self, stream: &str) -> Result<Claim, StoreError> {
+    pub(crate) async fn claim(&self, stream: &Stream) -> Result<Claim, StoreError> {
         if let Some((_, until)) = self.held_lease(stream)
             && until.saturating_duration_since(Instant::now()) > self.ttl / 2
         {
             return Ok(Claim::Held);
         }
-        let key = lease_key(stream);
-        let current = self.storage.get_versioned(&key).await?;
-        let now = now_ms();
-        let expected = match &current {
-            None => None,
-            Some((body, version)) => {
+        let key = stream.lease_key();
+        let swap = compare_and_swap(
+            &self.storage,
+            &key,
+            // A refused write means someone else took or renewed it first.
+            Retry::UpTo(1),
+            || self.storage.get_versioned(&key),
+            |current, _| {
+                let now = now_ms();
                 // An unreadable lease is anyone's to take.
-                if let Ok(doc) = serde_json::from_slice::<LeaseDoc>(body)
-                    && doc.owner != self.owner
-                    && doc.until_ms > now
-                {
-                    self.forget(stream);
-                    return Ok(Claim::Elsewhere {
-                        owner: doc.owner,
-                        left: Duration::from_millis(doc.until_ms - now),
-                    });
-                }
-                Some(version.as_str())
-            }
-        };
-        let doc = LeaseDoc {
-            owner: self.owner.clone(),
-            until_ms: now + self.ttl.as_millis() as u64,
-        };
-        let body = serde_json::to_vec(&doc).unwrap_or_default();
-        let started = Instant::now();
-        match self.storage.put_if(&key, body.into(), expected).await {
-            Ok(version) => {
+                let theirs = current
+                    .and_then(|(body, _)| serde_json::from_slice::<LeaseDoc>(&body).ok())
+                    .filter(|doc| doc.owner != self.owner && doc.until_ms > now);
+                let decision = match theirs {
+                    Some(doc) => {
+                        self.forget(stream);
+                        Decision::Stop(Claim::Elsewhere {
+                            owner: doc.owner,
+                            left: Duration::from_millis(doc.until_ms - now),
+                        })
+                    }
+                    None => {
+                        let doc = LeaseDoc {
+                            owner: self.owner.clone(),
+                            until_ms: now + self.ttl.as_millis() as u64,
+                        };
+                        let body = serde_json::to_vec(&doc).unwrap_or_default();
+                        Decision::Write {
+                            body: body.into(),
+                            then: Instant::now(),
+                        }
+                    }
+                };
+                std::future::ready(Ok(decision))
+            },
+            |_| {},
+        )
+        .await?;
+        Ok(match swap {
+            Swap::Stopped(claim) => claim,
+            Swap::Written(version, started) => {
                 if let Ok(mut h) = self.held.lock() {
-                    h.insert(stream.to_string(), (version, started + self.ttl));
+                    h.insert(stream.clone(), (version, started + self.ttl));
                 }
-                Ok(Claim::Held)
+                Claim::Held
             }
             // Someone else took or renewed it first: theirs now.
-            Err(StoreError::Conflict(_)) => {
+            Swap::GaveUp(..) => {
                 self.forget(stream);
-                Ok(Claim::Elsewhere {
+                Claim::Elsewhere {
                     owner: "another instance".into(),
                     left: self.ttl,
-                })
+                }
             }
-            Err(e) => Err(e),
-        }
+        })
     }
 
     /// Gives `stream`'s lease up (it has no more work here), so another
     /// instance may take the stream at once.
-    pub(crate) async fn release(&self, stream: &str) {
+    pub(crate) async fn release(&self, stream: &Stream) {
         let Some((version, _)) = self.held_lease(stream) else {
             return;
         };
@@ -159,19 +165,30 @@ impl Leases {
             owner: String::new(),
             until_ms: 0,
         };
-        let body = serde_json::to_vec(&doc).unwrap_or_default();
-        // Lost to a newer owner, or storage down: it runs out by itself.
-        let _ = self
-            .storage
-            .put_if(&lease_key(stream), body.into(), Some(&version))
-            .await;
+        let body = Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
+        // Not read again: the version is the one this instance wrote. Lost
+        // to a newer owner, or storage down: it runs out by itself.
+        let _: Result<Swap<(), ()>, StoreError> = compare_and_swap(
+            &self.storage,
+            &stream.lease_key(),
+            Retry::UpTo(1),
+            || std::future::ready(Ok(Some(((), version.clone())))),
+            |_, _| {
+                std::future::ready(Ok(Decision::Write {
+                    body: body.clone(),
+                    then: (),
+                }))
+            },
+            |_| {},
+        )
+        .await;
     }
 
-    fn held_lease(&self, stream: &str) -> Option<(Version, Instant)> {
+    fn held_lease(&self, stream: &Stream) -> Option<(Version, Instant)> {
         self.held.lock().ok()?.get(stream).cloned()
     }
 
-    fn forget(&self, stream: &str) {
+    fn forget(&self, stream: &Stream) {
         if let Ok(mut h) = self.held.lock() {
             h.remove(stream);
         }
@@ -182,8 +199,13 @@ impl Leases {
 mod tests {
     use super::*;
 
+    fn named(name: &str) -> Stream {
+        Stream::named(name).unwrap()
+    }
+
     #[tokio::test]
     async fn one_instance_at_a_time_then_the_next() {
+        let (s, t, default) = (named("s"), named("t"), Stream::DEFAULT);
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::local(dir.path()).unwrap();
         let a = Leases::new(storage.clone(), Duration::from_secs(30));
@@ -191,10 +213,10 @@ mod tests {
             owner: "b".into(),
             ..Leases::new(storage.clone(), Duration::from_secs(30))
         };
-        assert_eq!(a.claim("s").await.unwrap(), Claim::Held);
+        assert_eq!(a.claim(&s).await.unwrap(), Claim::Held);
         // Held and fresh: no storage round trip needed to confirm.
-        assert_eq!(a.claim("s").await.unwrap(), Claim::Held);
-        match b.claim("s").await.unwrap() {
+        assert_eq!(a.claim(&s).await.unwrap(), Claim::Held);
+        match b.claim(&s).await.unwrap() {
             Claim::Elsewhere { owner, left } => {
                 assert_eq!(owner, a.owner());
                 assert!(left > Duration::from_secs(25), "{left:?}");
@@ -202,20 +224,21 @@ mod tests {
             Claim::Held => panic!("two holders"),
         }
         // Other streams are independent; the default stream has its own.
-        assert_eq!(b.claim("t").await.unwrap(), Claim::Held);
-        assert_eq!(b.claim("").await.unwrap(), Claim::Held);
+        assert_eq!(b.claim(&t).await.unwrap(), Claim::Held);
+        assert_eq!(b.claim(&default).await.unwrap(), Claim::Held);
         assert!(dir.path().join("state/lease.json").exists());
         // Released: the next instance takes it at once.
-        a.release("s").await;
-        assert_eq!(b.claim("s").await.unwrap(), Claim::Held);
+        a.release(&s).await;
+        assert_eq!(b.claim(&s).await.unwrap(), Claim::Held);
         assert!(matches!(
-            a.claim("s").await.unwrap(),
+            a.claim(&s).await.unwrap(),
             Claim::Elsewhere { .. }
         ));
     }
 
     #[tokio::test]
     async fn a_lease_that_ran_out_is_taken_over() {
+        let (s, u) = (named("s"), named("u"));
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::local(dir.path()).unwrap();
         let a = Leases::new(storage.clone(), Duration::from_millis(200));
@@ -223,16 +246,16 @@ mod tests {
             owner: "b".into(),
             ..Leases::new(storage.clone(), Duration::from_millis(200))
         };
-        assert_eq!(a.claim("s").await.unwrap(), Claim::Held);
+        assert_eq!(a.claim(&s).await.unwrap(), Claim::Held);
         assert!(matches!(
-            b.claim("s").await.unwrap(),
+            b.claim(&s).await.unwrap(),
             Claim::Elsewhere { .. }
         ));
         tokio::time::sleep(Duration::from_millis(250)).await;
-        assert_eq!(b.claim("s").await.unwrap(), Claim::Held);
+        assert_eq!(b.claim(&s).await.unwrap(), Claim::Held);
         // a's renewal finds b's lease: a lost it.
         assert!(matches!(
-            a.claim("s").await.unwrap(),
+            a.claim(&s).await.unwrap(),
             Claim::Elsewhere { .. }
         ));
         // A lease document that cannot be read is anyone's.
@@ -240,6 +263,6 @@ mod tests {
             .put("state/u/lease.json", b"not json".to_vec())
             .await
             .unwrap();
-        assert_eq!(a.claim("u").await.unwrap(), Claim::Held);
+        assert_eq!(a.claim(&u).await.unwrap(), Claim::Held);
     }
 }

@@ -21,10 +21,11 @@ use crate::apply::pipeline::{PipelineError, score_object};
 use crate::csv::records::InputError;
 use crate::csv::scorer::CellSafety;
 use crate::state::documents::{
-    self, Applied, BASELINE_KEY, LEDGER_LEN, StateDoc, Summary, Totals, baseline_key, engine_key,
-    now_iso,
+    self, Applied, BASELINE_KEY, LEDGER_LEN, StateDoc, Summary, Totals, now_iso,
 };
 use crate::state::keys::{self, RawKey};
+use crate::state::stream::Stream;
+use crate::storage::cas::{Decision, Retry, Swap, compare_and_swap};
 use crate::storage::{Storage, StoreError, Version};
 use crate::telemetry;
 use bytes::Bytes;
@@ -84,9 +85,9 @@ pub struct Processor {
     /// Which cells of the scored copies are made spreadsheet-safe.
     safety: CellSafety,
     /// Last state seen per stream, for the read endpoints: (document, when read).
-    cache: RwLock<HashMap<String, (Arc<StateDoc>, Instant)>>,
+    cache: RwLock<HashMap<Stream, (Arc<StateDoc>, Instant)>>,
     /// Streams known to exist, and when `state/` was last listed for them.
-    streams: RwLock<(BTreeSet<String>, Option<Instant>)>,
+    streams: RwLock<(BTreeSet<Stream>, Option<Instant>)>,
     /// One refresh of the cache at a time; other readers use the copy in hand.
     refresh: Arc<Mutex<()>>,
     /// Whether the last refresh reached storage.
@@ -98,7 +99,7 @@ pub struct Processor {
     /// the document gives the same engine; this only skips the work. At
     /// most [`KEPT_ENGINES`], the most recently committed, with the time
     /// of their commit.
-    engines: std::sync::Mutex<HashMap<String, (Version, Engine, Instant)>>,
+    engines: std::sync::Mutex<HashMap<Stream, (Version, Engine, Instant)>>,
     /// Raw keys committed by this process whose outputs could not be
     /// published yet (retried until they are).
     unpublished: std::sync::Mutex<HashSet<String>>,
@@ -145,7 +146,7 @@ impl Processor {
             config,
             safety: CellSafety::default(),
             cache: RwLock::new(HashMap::new()),
-            streams: RwLock::new((BTreeSet::from([String::new()]), None)),
+            streams: RwLock::new((BTreeSet::from([Stream::DEFAULT]), None)),
             refresh: Arc::new(Mutex::new(())),
             storage_ok: AtomicBool::new(true),
             engines: std::sync::Mutex::new(HashMap::new()),
@@ -167,7 +168,7 @@ impl Processor {
     /// What follows a commit this call won (the exactly-once point), before
     /// publishing, which a later call may finish instead: the file's metrics
     /// (`flagged`: rows per channel) and its alert (offered, never waited on).
-    fn committed(&self, stream: &str, entry: &Applied, flagged: &[(String, u64)]) {
+    fn committed(&self, stream: &Stream, entry: &Applied, flagged: &[(String, u64)]) {
         telemetry::file_applied(stream, &entry.summary, flagged);
         if let Some(sink) = &self.alerts {
             sink.offer(entry);
@@ -214,7 +215,7 @@ impl Processor {
     /// process's last commit if it is that version, else rebuilt from `doc`.
     fn engine_at(
         &self,
-        stream: &str,
+        stream: &Stream,
         version: &str,
         doc: &StateDoc,
     ) -> Result<Engine, ProcessError> {
@@ -234,7 +235,7 @@ impl Processor {
     /// Keeps the engine just committed as `version` of a stream's state,
     /// dropping the least recently committed one if [`KEPT_ENGINES`] are
     /// kept already.
-    fn keep_engine(&self, stream: &str, version: Version, engine: Engine) {
+    fn keep_engine(&self, stream: &Stream, version: Version, engine: Engine) {
         if let Ok(mut m) = self.engines.lock() {
             if m.len() >= KEPT_ENGINES && !m.contains_key(stream) {
                 let oldest = m
@@ -245,7 +246,7 @@ impl Processor {
                     m.remove(&s);
                 }
             }
-            m.insert(stream.to_string(), (version, engine, Instant::now()));
+            m.insert(stream.clone(), (version, engine, Instant::now()));
         }
     }
 
@@ -254,27 +255,51 @@ impl Processor {
         &self.storage
     }
 
-    /// Loads a stream's state document (`""`: the default stream), creating
+    /// Loads a stream's state document, creating
     /// it on first use (adopting a seed `baseline.json` and the totals of
     /// existing summaries).
-    pub async fn load(&self, stream: &str) -> Result<(StateDoc, Version), ProcessError> {
-        let key = engine_key(stream);
+    pub async fn load(&self, stream: &Stream) -> Result<(StateDoc, Version), ProcessError> {
+        let key = stream.engine_key();
         loop {
-            if let Some((bytes, v)) = self.storage.get_versioned(&key).await? {
-                return Ok((parse_doc(&bytes)?, v));
-            }
-            let doc = self.bootstrap(stream).await?;
-            match self.storage.put_if(&key, to_bytes(&doc), None).await {
-                Ok(_) | Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(e.into()),
+            let swap = compare_and_swap(
+                &self.storage,
+                &key,
+                Retry::Forever,
+                || self.stored(&key),
+                |current, _| async move {
+                    Ok(match current {
+                        Some((bytes, v)) => Decision::Stop((parse_doc(&bytes)?, v)),
+                        None => Decision::Write {
+                            body: to_bytes(&self.bootstrap(stream).await?),
+                            then: (),
+                        },
+                    })
+                },
+                |_| {},
+            )
+            .await?;
+            match swap {
+                Swap::Stopped(found) => return Ok(found),
+                // Created (by this call, or by another first): read back as stored.
+                Swap::Written(..) | Swap::GaveUp(..) => continue,
             }
         }
     }
 
+    /// A document as stored, with its version, for [`compare_and_swap`].
+    async fn stored(&self, key: &str) -> Result<Option<(Bytes, Version)>, ProcessError> {
+        Ok(self.storage.get_versioned(key).await?)
+    }
+
+    /// A stream's state as [`Processor::load`] gives it, for [`compare_and_swap`].
+    async fn loaded(&self, stream: &Stream) -> Result<Option<(StateDoc, Version)>, ProcessError> {
+        Ok(Some(self.load(stream).await?))
+    }
+
     /// The state of `stream` as it is, writing nothing: what a first
     /// [`Processor::load`] would store, if nothing is stored yet.
-    pub(crate) async fn peek(&self, stream: &str) -> Result<StateDoc, ProcessError> {
-        match self.storage.get_versioned(&engine_key(stream)).await? {
+    pub(crate) async fn peek(&self, stream: &Stream) -> Result<StateDoc, ProcessError> {
+        match self.storage.get_versioned(&stream.engine_key()).await? {
             Some((bytes, _)) => parse_doc(&bytes),
             None => self.bootstrap(stream).await,
         }
@@ -282,8 +307,8 @@ impl Processor {
 
     /// The first state: a seed baseline if one exists, and the totals of any
     /// summaries already in `processed/`.
-    async fn bootstrap(&self, stream: &str) -> Result<StateDoc, ProcessError> {
-        let seed_baseline = if stream.is_empty() {
+    async fn bootstrap(&self, stream: &Stream) -> Result<StateDoc, ProcessError> {
+        let seed_baseline = if stream.is_default() {
             self.storage.get(BASELINE_KEY).await?
         } else {
             None
@@ -314,7 +339,7 @@ impl Processor {
             match serde_json::from_slice::<Summary>(&b) {
                 Ok(s)
                     if RawKey::parse(&s.source_key)
-                        .map_or(stream.is_empty(), |k| k.stream() == stream) =>
+                        .map_or(stream.is_default(), |k| k.stream() == *stream) =>
                 {
                     doc.totals.files_processed += 1;
                     doc.totals.total_rows_scored += s.total_rows;
@@ -353,7 +378,7 @@ impl Processor {
     /// than [`READ_TIMEOUT`] for storage: when storage is unreachable the last
     /// state read is returned at once (the view says how old it is) while a
     /// background probe looks for storage to come back.
-    pub(crate) async fn view(self: &Arc<Self>, stream: &str) -> Result<View, ProcessError> {
+    pub(crate) async fn view(self: &Arc<Self>, stream: &Stream) -> Result<View, ProcessError> {
         let cached = self.cache.read().await.get(stream).cloned();
         let Some((doc, at)) = cached else {
             let _guard = self.refresh.lock().await;
@@ -368,7 +393,7 @@ impl Processor {
         };
         if !self.storage_ok.load(Ordering::Relaxed) {
             let me = self.clone();
-            let stream = stream.to_string();
+            let stream = stream.clone();
             tokio::spawn(async move {
                 let _guard = guard;
                 let _ = me.reload(&stream, PROBE_TIMEOUT).await;
@@ -383,7 +408,7 @@ impl Processor {
 
     /// Reads the state into the cache, waiting at most `timeout`; records
     /// whether storage answered. The caller holds the refresh lock.
-    async fn reload(&self, stream: &str, timeout: Duration) -> Result<View, ProcessError> {
+    async fn reload(&self, stream: &Stream, timeout: Duration) -> Result<View, ProcessError> {
         let loaded = match tokio::time::timeout(timeout, self.load(stream)).await {
             Ok(r) => r,
             Err(_) => Err(ProcessError::Timeout(timeout)),
@@ -420,7 +445,7 @@ impl Processor {
     /// The views of every stream (the default one first), for endpoints
     /// that report over all of them. Streams are found by listing `state/`
     /// at most every few seconds.
-    pub(crate) async fn views(self: &Arc<Self>) -> Result<Vec<(String, View)>, ProcessError> {
+    pub(crate) async fn views(self: &Arc<Self>) -> Result<Vec<(Stream, View)>, ProcessError> {
         let mut out = Vec::new();
         for s in self.known_streams().await {
             out.push((s.clone(), self.view(&s).await?));
@@ -430,7 +455,7 @@ impl Processor {
 
     /// Every stream with state, from a listing of `state/` no older than
     /// [`STREAMS_TTL`] (or the last known set if storage does not answer).
-    pub(crate) async fn known_streams(&self) -> Vec<String> {
+    pub(crate) async fn known_streams(&self) -> Vec<Stream> {
         let fresh = self
             .streams
             .read()
@@ -442,12 +467,13 @@ impl Processor {
             let mut s = self.streams.write().await;
             if let Ok(Ok(keys)) = listed {
                 for (k, _) in keys {
-                    if let Some(name) = k
+                    // Not a stream: a deeper key, or tswatch's own (staging).
+                    if let Some(stream) = k
                         .strip_prefix("state/")
                         .and_then(|r| r.strip_suffix("/engine.json"))
-                        .filter(|n| !n.contains('/') && *n != "staging")
+                        .and_then(|n| Stream::named(n).ok())
                     {
-                        s.0.insert(name.to_string());
+                        s.0.insert(stream);
                     }
                 }
             }
@@ -456,20 +482,20 @@ impl Processor {
         self.streams.read().await.0.iter().cloned().collect()
     }
 
-    async fn remember(&self, stream: &str, doc: Arc<StateDoc>) {
+    async fn remember(&self, stream: &Stream, doc: Arc<StateDoc>) {
         self.cache
             .write()
             .await
-            .insert(stream.to_string(), (doc, Instant::now()));
+            .insert(stream.clone(), (doc, Instant::now()));
         let known = self.streams.read().await.0.contains(stream);
         if !known {
-            self.streams.write().await.0.insert(stream.to_string());
+            self.streams.write().await.0.insert(stream.clone());
         }
     }
 
     /// Reads a stream's state (retrying as long as the storage client does)
     /// and caches it for the read endpoints.
-    pub(crate) async fn refresh(&self, stream: &str) -> Result<Arc<StateDoc>, ProcessError> {
+    pub(crate) async fn refresh(&self, stream: &Stream) -> Result<Arc<StateDoc>, ProcessError> {
         let (doc, _) = self.load(stream).await?;
         let doc = Arc::new(doc);
         self.remember(stream, doc.clone()).await;
@@ -511,132 +537,136 @@ impl Processor {
             return Ok(Outcome::AlreadyApplied);
         }
         tracing::debug!(%key, %etag, "processing");
-        let raw_path = keys::validate(key.as_str())?;
-        let stream = key.stream();
-        let state_key = engine_key(stream);
-        let mut conflicts = 0;
-        // The staged output of a commit whose fate is not known yet.
-        // (and the channels' flag counts, for the metrics if it landed).
-        let mut unsure: Option<(String, Vec<(String, u64)>)> = None;
-        loop {
-            let (mut doc, version) = self.load(stream).await?;
-            if let Some(entry) = doc.find(key.as_str(), &etag).cloned() {
-                let unsure = unsure.take();
-                // Our own commit landed although the write reported failure.
-                if let Some((_, flagged)) = unsure.as_ref().filter(|(s, _)| *s == entry.staged_key)
-                {
-                    self.committed(stream, &entry, flagged);
+        let raw_path = &keys::validate(key.as_str())?;
+        let etag = &etag;
+        let stream = &key.stream();
+        let swap = compare_and_swap(
+            &self.storage,
+            &stream.engine_key(),
+            Retry::UpTo(MAX_CONFLICTS),
+            || self.loaded(stream),
+            // `refused`: the commit the last attempt made, if the state
+            // changed underneath it. Usually another worker committed
+            // first; possibly that very write landed and its retry failed.
+            // The reloaded ledger tells which.
+            move |current, refused: Option<Commit>| async move {
+                let (mut doc, version) = current.ok_or_else(no_state)?;
+                // The staged output of a commit whose fate is not known yet
+                // (and the channels' flag counts, for the metrics if it landed).
+                let unsure = refused.map(|c| (c.entry.staged_key, c.flagged));
+                if let Some(entry) = doc.find(key.as_str(), etag).cloned() {
+                    // Our own commit landed although the write reported failure.
+                    if let Some((_, flagged)) =
+                        unsure.as_ref().filter(|(s, _)| *s == entry.staged_key)
+                    {
+                        self.committed(stream, &entry, flagged);
+                        self.publish(&entry, &doc).await?;
+                        return Ok(Decision::Stop(Outcome::Applied(entry.summary)));
+                    }
                     self.publish(&entry, &doc).await?;
-                    return Ok(Outcome::Applied(entry.summary));
+                    if let Some((s, _)) = unsure {
+                        self.storage.delete(&s).await.ok();
+                    }
+                    return Ok(Decision::Stop(Outcome::AlreadyApplied));
                 }
-                self.publish(&entry, &doc).await?;
+                // Not in the ledger: the failed commit really did not happen.
                 if let Some((s, _)) = unsure {
                     self.storage.delete(&s).await.ok();
                 }
-                return Ok(Outcome::AlreadyApplied);
-            }
-            // Not in the ledger: the failed commit really did not happen.
-            if let Some((s, _)) = unsure.take() {
-                self.storage.delete(&s).await.ok();
-            }
-            let engine = self.engine_at(stream, &version, &doc)?;
-            let staged_key = new_staged_key();
-            let staged = keys::validate(&staged_key)?;
-            let result = score_object(
-                &self.storage,
-                &raw_path,
-                &etag,
-                &staged,
-                engine,
-                self.safety,
-            )
-            .await;
-            let (engine, mut report, staged_bytes) = match result {
-                Ok(r) => r,
-                Err(e) => {
-                    self.storage.delete(&staged_key).await.ok();
-                    return match e {
-                        PipelineError::Input(ie) => self.reject(key, &etag, &ie).await,
-                        PipelineError::Changed => Box::pin(self.process(key)).await,
-                        PipelineError::Store(se) => Err(se.into()),
-                    };
-                }
-            };
-            doc.seq += 1;
-            doc.last_updated = now_iso();
-            doc.recent
-                .extend(&report.channels, std::mem::take(&mut report.tail));
-            doc.engine = engine.to_state();
-            let summary = Summary::of_report(
-                key.as_str().to_string(),
-                key.processed(),
-                doc.last_updated.clone(),
-                &report,
-                doc.engine.observation_counts(),
-                Some(etag.clone()),
-                doc.seq,
-                started.elapsed().as_secs_f64() * 1e3,
-            );
-            let flagged: Vec<(String, u64)> = report
-                .channels
-                .iter()
-                .cloned()
-                .zip(report.channel_flags.iter().copied())
-                .filter(|(_, n)| *n > 0)
-                .collect();
-            let output_key = key.processed();
-            let anomalies = report
-                .anomalies
-                .into_iter()
-                .map(|mut row| {
-                    row.insert("source_file".into(), Value::from(output_key.clone()));
-                    row
-                })
-                .collect();
-            let entry = Applied {
-                source_key: key.as_str().to_string(),
-                source_etag: etag.clone(),
-                staged_key: staged_key.clone(),
-                staged_bytes: Some(staged_bytes),
-                summary: summary.clone(),
-                anomalies,
-            };
-            self.publish_evicted(&doc).await?;
-            doc.record(entry.clone());
-            match self
-                .storage
-                .put_if(&state_key, to_bytes(&doc), Some(&version))
-                .await
-            {
-                Ok(committed) => {
-                    self.keep_engine(stream, committed, engine);
-                    let doc = Arc::new(doc);
-                    self.remember(stream, doc.clone()).await;
-                    self.storage_ok.store(true, Ordering::Relaxed);
-                    self.committed(stream, &entry, &flagged);
-                    self.publish(&entry, &doc).await?;
-                    return Ok(Outcome::Applied(summary));
-                }
-                Err(StoreError::Conflict(_)) => {
-                    // Usually another worker committed first; possibly this
-                    // very write landed and its retry failed. The reload
-                    // tells which.
-                    unsure = Some((staged_key, flagged));
-                    conflicts += 1;
-                    telemetry::commit_conflict();
-                    if conflicts >= MAX_CONFLICTS {
-                        return Err(ProcessError::Contention(conflicts));
+                let engine = self.engine_at(stream, &version, &doc)?;
+                let staged_key = new_staged_key();
+                let staged = keys::validate(&staged_key)?;
+                let result =
+                    score_object(&self.storage, raw_path, etag, &staged, engine, self.safety).await;
+                let (engine, mut report, staged_bytes) = match result {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.storage.delete(&staged_key).await.ok();
+                        return match e {
+                            PipelineError::Input(ie) => self.reject(key, etag, &ie).await,
+                            PipelineError::Changed => Box::pin(self.process(key)).await,
+                            PipelineError::Store(se) => Err(se.into()),
+                        }
+                        .map(Decision::Stop);
                     }
+                };
+                doc.seq += 1;
+                doc.last_updated = now_iso();
+                doc.recent
+                    .extend(&report.channels, std::mem::take(&mut report.tail));
+                doc.engine = engine.to_state();
+                let summary = Summary::of_report(
+                    key.as_str().to_string(),
+                    key.processed(),
+                    doc.last_updated.clone(),
+                    &report,
+                    doc.engine.observation_counts(),
+                    Some(etag.clone()),
+                    doc.seq,
+                    started.elapsed().as_secs_f64() * 1e3,
+                );
+                let flagged: Vec<(String, u64)> = report
+                    .channels
+                    .iter()
+                    .cloned()
+                    .zip(report.channel_flags.iter().copied())
+                    .filter(|(_, n)| *n > 0)
+                    .collect();
+                let output_key = key.processed();
+                let anomalies = report
+                    .anomalies
+                    .into_iter()
+                    .map(|mut row| {
+                        row.insert("source_file".into(), Value::from(output_key.clone()));
+                        row
+                    })
+                    .collect();
+                let entry = Applied {
+                    source_key: key.as_str().to_string(),
+                    source_etag: etag.clone(),
+                    staged_key,
+                    staged_bytes: Some(staged_bytes),
+                    summary,
+                    anomalies,
+                };
+                self.publish_evicted(&doc).await?;
+                doc.record(entry.clone());
+                Ok(Decision::Write {
+                    body: to_bytes(&doc),
+                    then: Commit {
+                        doc,
+                        engine,
+                        entry,
+                        flagged,
+                    },
+                })
+            },
+            |conflicts| {
+                telemetry::commit_conflict();
+                if conflicts < MAX_CONFLICTS {
                     tracing::debug!(%key, conflicts, "state changed underneath; redoing");
                 }
-                Err(e) => {
-                    // The write may have landed: keep the staged output for
-                    // whoever finds the commit in the ledger (a retry, the
-                    // reconciler). If it did not land, the staging sweep
-                    // removes it.
-                    return Err(e.into());
-                }
+            },
+        )
+        .await;
+        match swap {
+            Ok(Swap::Stopped(outcome)) => Ok(outcome),
+            Ok(Swap::Written(committed, c)) => {
+                self.keep_engine(stream, committed, c.engine);
+                let doc = Arc::new(c.doc);
+                self.remember(stream, doc.clone()).await;
+                self.storage_ok.store(true, Ordering::Relaxed);
+                self.committed(stream, &c.entry, &c.flagged);
+                self.publish(&c.entry, &doc).await?;
+                Ok(Outcome::Applied(c.entry.summary))
             }
+            // The last refused commit's staged output stays: the staging
+            // sweep removes it unless the ledger names it.
+            Ok(Swap::GaveUp(conflicts, _)) => Err(ProcessError::Contention(conflicts)),
+            // A failed commit may have landed: its staged output stays for
+            // whoever finds the commit in the ledger (a retry, the
+            // reconciler). If it did not land, the staging sweep removes it.
+            Err(e) => Err(e),
         }
     }
 
@@ -720,7 +750,7 @@ impl Processor {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.project_baseline(doc, key.stream()).await?;
+        self.project_baseline(doc, &key.stream()).await?;
         self.storage.delete(&key.error()).await?;
         let body = serde_json::to_vec_pretty(&entry.summary).unwrap_or_default();
         self.storage.put(&key.summary(), body).await?;
@@ -752,29 +782,35 @@ impl Processor {
     }
 
     /// Writes `state/baseline.json` for `doc` unless a newer one is there.
-    async fn project_baseline(&self, doc: &StateDoc, stream: &str) -> Result<(), ProcessError> {
+    async fn project_baseline(&self, doc: &StateDoc, stream: &Stream) -> Result<(), ProcessError> {
         let body = Bytes::from(serde_json::to_vec_pretty(&doc.baseline_json()).unwrap_or_default());
-        let key = baseline_key(stream);
-        for _ in 0..MAX_CONFLICTS {
-            let current = self.storage.get_versioned(&key).await?;
-            let expected = match &current {
-                Some((b, v)) => {
-                    let seen: Value = serde_json::from_slice(b).unwrap_or(Value::Null);
+        let key = stream.baseline_key();
+        let swap = compare_and_swap(
+            &self.storage,
+            &key,
+            Retry::UpTo(MAX_CONFLICTS),
+            || self.stored(&key),
+            |current, _| {
+                let newer = current.is_some_and(|(b, _)| {
+                    let seen: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
                     let seen_seq = documents::projection_seq(&seen);
-                    if seen_seq >= doc.seq && seen_seq > 0 {
-                        return Ok(());
-                    }
-                    Some(v.as_str())
+                    seen_seq >= doc.seq && seen_seq > 0
+                });
+                let body = body.clone();
+                async move {
+                    Ok(match newer {
+                        true => Decision::Stop(()),
+                        false => Decision::Write { body, then: () },
+                    })
                 }
-                None => None,
-            };
-            match self.storage.put_if(&key, body.clone(), expected).await {
-                Ok(_) => return Ok(()),
-                Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(e.into()),
-            }
+            },
+            |_| {},
+        )
+        .await?;
+        match swap {
+            Swap::Written(..) | Swap::Stopped(()) => Ok(()),
+            Swap::GaveUp(conflicts, ()) => Err(ProcessError::Contention(conflicts)),
         }
-        Err(ProcessError::Contention(MAX_CONFLICTS))
     }
 
     /// Records why a file was refused, next to where its outputs would be.
@@ -803,7 +839,7 @@ impl Processor {
         telemetry::file_rejected(err.kind());
         if let Ok(mut recent) = self.recent_errors.lock() {
             let mut shown = body;
-            shown["stream"] = Value::from(key.stream());
+            shown["stream"] = Value::from(key.stream().to_string());
             recent.push_back(shown);
             while recent.len() > RECENT_ERRORS {
                 recent.pop_front();
@@ -814,29 +850,58 @@ impl Processor {
 
     /// Forgets the learned baseline and model (totals and ledger are kept, so
     /// already-processed files still count once). Compare-and-swap too.
-    pub(crate) async fn reset(&self, stream: &str) -> Result<(), ProcessError> {
-        let key = engine_key(stream);
-        for _ in 0..MAX_CONFLICTS {
-            let (mut doc, v) = self.load(stream).await?;
-            doc.seq += 1;
-            doc.last_updated = now_iso();
-            doc.engine = Default::default();
-            match self.storage.put_if(&key, to_bytes(&doc), Some(&v)).await {
-                Ok(_) => {
-                    self.cache.write().await.remove(stream);
-                    return self.project_baseline(&doc, stream).await;
-                }
-                Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(e.into()),
+    pub(crate) async fn reset(&self, stream: &Stream) -> Result<(), ProcessError> {
+        let swap = compare_and_swap(
+            &self.storage,
+            &stream.engine_key(),
+            Retry::UpTo(MAX_CONFLICTS),
+            || self.loaded(stream),
+            |current, _| async move {
+                let (mut doc, _) = current.ok_or_else(no_state)?;
+                doc.seq += 1;
+                doc.last_updated = now_iso();
+                doc.engine = Default::default();
+                Ok::<_, ProcessError>(Decision::<_, ()>::Write {
+                    body: to_bytes(&doc),
+                    then: doc,
+                })
+            },
+            |_| {},
+        )
+        .await?;
+        match swap {
+            Swap::Written(_, doc) => {
+                self.cache.write().await.remove(stream);
+                self.project_baseline(&doc, stream).await
             }
+            Swap::Stopped(()) => Ok(()),
+            Swap::GaveUp(conflicts, _) => Err(ProcessError::Contention(conflicts)),
         }
-        Err(ProcessError::Contention(MAX_CONFLICTS))
     }
 
     /// Totals of a stream, for tests and the CLI.
-    pub async fn totals(&self, stream: &str) -> Result<Totals, ProcessError> {
+    pub async fn totals(&self, stream: &Stream) -> Result<Totals, ProcessError> {
         Ok(self.load(stream).await?.0.totals)
     }
+}
+
+/// A commit on its way: what follows it if it lands, and what tells
+/// whether it landed if its write reports failure.
+struct Commit {
+    /// The state written.
+    doc: StateDoc,
+    /// The engine that state holds, kept for the stream's next file.
+    engine: Engine,
+    /// The file's ledger entry (its staged output names the attempt).
+    entry: Applied,
+    /// Rows flagged per channel, for the metrics.
+    flagged: Vec<(String, u64)>,
+}
+
+/// A state read that found no document: [`Processor::loaded`] never gives
+/// none (it creates the document), so this is an error, not a panic.
+fn no_state() -> ProcessError {
+    ProcessError::State("no state document where one was just read".into())
 }
 
 /// A staging name no other attempt, here or on another machine, can pick.
@@ -902,6 +967,10 @@ mod tests {
         p.storage().get(&key.processed()).await.unwrap().unwrap()
     }
 
+    fn named(name: &str) -> Stream {
+        Stream::named(name).unwrap()
+    }
+
     #[tokio::test]
     async fn the_sweep_takes_partial_outputs_of_killed_writes_locally() {
         let dir = tempfile::tempdir().unwrap();
@@ -931,8 +1000,8 @@ mod tests {
             let kept = p.engines.lock().unwrap();
             assert_eq!(kept.len(), KEPT_ENGINES);
             // The two committed first made way for the last two.
-            assert!(!kept.contains_key("s0") && !kept.contains_key("s1"));
-            assert!(kept.contains_key(&format!("s{}", KEPT_ENGINES + 1)));
+            assert!(!kept.contains_key(&named("s0")) && !kept.contains_key(&named("s1")));
+            assert!(kept.contains_key(&named(&format!("s{}", KEPT_ENGINES + 1))));
         }
         // s0's second file is scored by an engine rebuilt from its state;
         // on a processor with only s0, by the kept one. Same bytes.
@@ -940,10 +1009,10 @@ mod tests {
         let one = tempfile::tempdir().unwrap();
         let q = Processor::new(Storage::local(one.path()).unwrap(), EngineConfig::default());
         process(&q, "raw/s0/a.csv", csv(0, 0.0)).await;
-        assert!(q.engines.lock().unwrap().contains_key("s0"));
+        assert!(q.engines.lock().unwrap().contains_key(&named("s0")));
         let kept = process(&q, "raw/s0/b.csv", csv(40, 3.0)).await;
         assert_eq!(rebuilt, kept);
-        assert!(p.engines.lock().unwrap().contains_key("s0"));
+        assert!(p.engines.lock().unwrap().contains_key(&named("s0")));
         assert_eq!(p.engines.lock().unwrap().len(), KEPT_ENGINES);
     }
 }

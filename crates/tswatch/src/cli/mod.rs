@@ -10,6 +10,7 @@ mod run;
 pub use run::main;
 
 use crate::csv::scorer::CellSafety;
+use crate::state::stream::Stream;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -106,8 +107,8 @@ pub(crate) struct BaselineArgs {
     pub(crate) storage: StorageArgs,
     /// The stream (files under `raw/<stream>/`); default: the default stream
     /// (`raw/<name>.csv`, state in `state/baseline.json`).
-    #[arg(long, value_name = "NAME", default_value = "")]
-    pub(crate) stream: String,
+    #[arg(long, value_name = "NAME", default_value = "", value_parser = Stream::parse)]
+    pub(crate) stream: Stream,
     /// JSON on stdout: `show` always prints the baseline as JSON (accepted
     /// for uniformity); `reset` prints `{"stream": ..., "reset": true}`
     /// instead of a line on stderr.

@@ -134,7 +134,7 @@ async fn dispatch(cmd: Command, config: Sources) -> anyhow::Result<()> {
                     .reset(&a.stream)
                     .await?;
                 if a.json {
-                    let v = serde_json::json!({ "stream": a.stream, "reset": true });
+                    let v = serde_json::json!({ "stream": a.stream.to_string(), "reset": true });
                     crate::cli::offline::print_stdout(&v.to_string())
                 } else {
                     eprintln!("baseline cleared");

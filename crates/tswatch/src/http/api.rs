@@ -14,6 +14,7 @@ use crate::ingest::queue::{Enqueue, Queue};
 use crate::ingest::s3_event::{S3Event, parse_s3_event};
 use crate::ingest::sns::{SnsError, SnsMessage, Verifier, is_sns_url};
 use crate::state::documents::{Applied, RECENT_FILES, StateDoc, Summary, Totals, now_iso, round4};
+use crate::state::stream::Stream;
 use crate::storage::Location;
 use axum::Router;
 use axum::body::Bytes;
@@ -524,6 +525,7 @@ pub(crate) async fn summary(State(st): State<AppState>) -> Response {
         t.total_anomalies += v.doc.totals.total_anomalies;
         t.total_events += v.doc.totals.total_events;
     }
+    // Keyed by name, the default stream by "".
     let events_by_stream: BTreeMap<String, u64> = views
         .iter()
         .map(|(stream, v)| (stream.to_string(), v.doc.totals.total_events))
@@ -605,7 +607,7 @@ pub(crate) async fn baseline(State(st): State<AppState>) -> Response {
     };
     // The default stream is always among the views (the processor's set of
     // streams starts with it).
-    let Some((_, default)) = views.iter().find(|(name, _)| name.is_empty()) else {
+    let Some((_, default)) = views.iter().find(|(stream, _)| stream.is_default()) else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the default stream's state was not read",
@@ -613,17 +615,16 @@ pub(crate) async fn baseline(State(st): State<AppState>) -> Response {
     };
     let streams: BTreeMap<String, StreamBaseline> = views
         .iter()
-        .filter(|(name, _)| !name.is_empty())
-        .map(|(name, v)| {
+        .filter_map(|(stream, v)| {
             let channels = channels_of(&v.doc, st.min_observations);
             let last_updated = v.doc.last_updated.clone();
-            (
-                name.clone(),
+            Some((
+                stream.name()?.to_string(),
                 StreamBaseline {
                     last_updated,
                     channels,
                 },
-            )
+            ))
         })
         .collect();
     let body = BaselineCurrent {
@@ -635,7 +636,7 @@ pub(crate) async fn baseline(State(st): State<AppState>) -> Response {
 }
 
 /// Marks a response built from several streams' views with the oldest age.
-fn with_ages(views: &[(String, View)], r: Response) -> Response {
+fn with_ages(views: &[(Stream, View)], r: Response) -> Response {
     match views.iter().max_by_key(|(_, v)| v.stale_for) {
         Some((_, v)) => with_age(v, r),
         None => r,

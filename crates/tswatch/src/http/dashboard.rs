@@ -11,6 +11,7 @@ use crate::http::schema::{
     Band, DailyBand, DashboardAnomaly, DashboardChannel, DashboardData, DashboardFile, ErrorBody,
 };
 use crate::state::documents::{StateDoc, round4};
+use crate::state::stream::Stream;
 use axum::extract::{RawQuery, State};
 use axum::http::Method;
 use axum::http::StatusCode;
@@ -75,18 +76,11 @@ pub(crate) async fn data(State(st): State<AppState>, RawQuery(q): RawQuery) -> R
     // Only the chosen stream's state is read: the page polls every few
     // seconds, and one unreadable stream must not blank the others.
     let known = st.processor.known_streams().await;
-    let label = |s: &str| {
-        if s.is_empty() {
-            "default".to_string()
-        } else {
-            s.to_string()
-        }
-    };
-    let streams: Vec<String> = known.iter().map(|s| label(s)).collect();
+    let streams: Vec<String> = known.iter().map(|s| s.label().to_string()).collect();
     // The default stream, read once: it is the answer without a choice
     // unless it has no files and another stream does.
     let chosen = match &wanted {
-        Some(w) => match known.iter().find(|s| &label(s) == w) {
+        Some(w) => match known.iter().find(|s| s.label() == w) {
             Some(s) => s.clone(),
             None => {
                 return error(
@@ -95,7 +89,7 @@ pub(crate) async fn data(State(st): State<AppState>, RawQuery(q): RawQuery) -> R
                 );
             }
         },
-        None => String::new(),
+        None => Stream::DEFAULT,
     };
     let mut read = st.processor.view(&chosen).await;
     let mut stream = chosen;
@@ -104,7 +98,7 @@ pub(crate) async fn data(State(st): State<AppState>, RawQuery(q): RawQuery) -> R
         && read
             .as_ref()
             .is_ok_and(|v| v.doc.totals.files_processed == 0)
-        && let Some(other) = known.iter().find(|s| !s.is_empty())
+        && let Some(other) = known.iter().find(|s| !s.is_default())
     {
         stream = other.clone();
         read = st.processor.view(&stream).await;
@@ -119,10 +113,10 @@ pub(crate) async fn data(State(st): State<AppState>, RawQuery(q): RawQuery) -> R
         .processor
         .recent_errors()
         .into_iter()
-        .filter(|e| e["stream"] == stream.as_str())
+        .filter(|e| e["stream"] == stream.to_string().as_str())
         .collect();
     let body = DashboardData {
-        stream: label(stream),
+        stream: stream.label().to_string(),
         streams,
         last_updated: &doc.last_updated,
         totals: &doc.totals,

@@ -57,7 +57,8 @@ impl Queue {
 
     fn lane(&self, key: &RawKey) -> &mpsc::Sender<RawKey> {
         // FNV-1a of the stream name: stable, so a stream keeps its lane.
-        let h = key.stream().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        let name = key.stream().to_string();
+        let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });
         &self.lanes[(h % self.lanes.len() as u64) as usize]

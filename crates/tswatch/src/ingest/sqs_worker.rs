@@ -26,6 +26,7 @@ use crate::apply::lease::{Claim, Leases};
 use crate::apply::processor::{Outcome, ProcessError, Processor};
 use crate::ingest::sqs::{Message, SqsClient};
 use crate::state::keys::RawKey;
+use crate::state::stream::Stream;
 use crate::storage::Location;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
@@ -133,7 +134,7 @@ struct Consumer {
     /// Receipt handles of the messages in hand (kept invisible).
     in_hand: Arc<Mutex<HashSet<String>>>,
     /// Per stream, the queue of its worker, while it has one.
-    streams: Mutex<HashMap<String, mpsc::UnboundedSender<Job>>>,
+    streams: Mutex<HashMap<Stream, mpsc::UnboundedSender<Job>>>,
     stopping: AtomicBool,
 }
 
@@ -275,7 +276,7 @@ impl Consumer {
     /// the stream had none (a message naming no file gets one of its own).
     fn dispatch(self: Arc<Self>, job: Job) -> Option<Task> {
         let stream = match &job.parsed {
-            Ok(Parsed::Records { keys, .. }) => keys.first().map(|k| k.stream().to_string()),
+            Ok(Parsed::Records { keys, .. }) => keys.first().map(|k| k.stream()),
             _ => None,
         };
         let Some(stream) = stream else {
@@ -298,7 +299,7 @@ impl Consumer {
 
     /// Works through one stream's messages, in order, while holding its
     /// lease; gives the lease up when idle.
-    async fn stream_worker(self: Arc<Self>, stream: String, mut rx: mpsc::UnboundedReceiver<Job>) {
+    async fn stream_worker(self: Arc<Self>, stream: Stream, mut rx: mpsc::UnboundedReceiver<Job>) {
         loop {
             let job = match tokio::time::timeout(STREAM_IDLE, rx.recv()).await {
                 Ok(Some(job)) => job,
@@ -329,7 +330,7 @@ impl Consumer {
     }
 
     /// Handles one message (on `stream`'s lease, if it names files).
-    async fn work(&self, stream: Option<&str>, job: Job) {
+    async fn work(&self, stream: Option<&Stream>, job: Job) {
         let msg = &job.msg;
         match self.lane_and_lease(stream, job.received).await {
             Some(_lane) => {
@@ -367,7 +368,7 @@ impl Consumer {
     /// if it gave up (shutdown, or [`LEASE_WAIT`] passed).
     async fn lane_and_lease(
         &self,
-        stream: Option<&str>,
+        stream: Option<&Stream>,
         received: Instant,
     ) -> Option<SemaphorePermit<'_>> {
         let mut storage_failures = 0u32;

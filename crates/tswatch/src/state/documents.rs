@@ -17,24 +17,6 @@ use tswatch_core::{EngineState, Welford};
 pub const ENGINE_KEY: &str = "state/engine.json";
 /// Key of the seed-compatible projection.
 pub const BASELINE_KEY: &str = "state/baseline.json";
-/// The source of truth of a stream (`""` is the default stream, whose
-/// state is where the seed keeps it).
-pub(crate) fn engine_key(stream: &str) -> String {
-    if stream.is_empty() {
-        ENGINE_KEY.to_string()
-    } else {
-        format!("state/{stream}/engine.json")
-    }
-}
-
-/// The seed-shaped projection of a stream's baseline.
-pub(crate) fn baseline_key(stream: &str) -> String {
-    if stream.is_empty() {
-        BASELINE_KEY.to_string()
-    } else {
-        format!("state/{stream}/baseline.json")
-    }
-}
 
 /// Applied files remembered in the ledger.
 pub const LEDGER_LEN: usize = 256;

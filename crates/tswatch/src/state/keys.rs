@@ -3,6 +3,7 @@
 //! Invariant: every key that reaches storage went through [`validate`], so no
 //! key can name a location outside the bucket or the data directory.
 
+use crate::state::stream::Stream;
 use object_store::path::Path;
 
 /// Why a key was refused.
@@ -121,8 +122,9 @@ impl RawKey {
                 seg.len()
             ));
         }
-        let stream = name.split_once('/').map_or("", |(s, _)| s);
-        if RESERVED_STREAMS.contains(&stream) {
+        if let Some((stream, _)) = name.split_once('/')
+            && RESERVED_STREAMS.contains(&stream)
+        {
             return unusable(format!(
                 "stream name {stream:?} is reserved for tswatch's own state (state/{stream}); reserved: {}",
                 RESERVED_STREAMS.join(", ")
@@ -140,10 +142,14 @@ impl RawKey {
     }
 
     /// The stream the batch belongs to: the first folder of
-    /// `raw/<stream>/<name>.csv`, or `""` (the default stream) for
+    /// `raw/<stream>/<name>.csv`, or the default stream for
     /// `raw/<name>.csv`. Each stream has its own state.
-    pub(crate) fn stream(&self) -> &str {
-        self.name.split_once('/').map_or("", |(s, _)| s)
+    pub(crate) fn stream(&self) -> Stream {
+        match self.name.split_once('/') {
+            // Checked by `parse`: one segment of a valid key, not reserved.
+            Some((s, _)) => Stream::checked(s),
+            None => Stream::DEFAULT,
+        }
     }
 
     /// `processed/<name>.csv`
@@ -195,14 +201,15 @@ mod tests {
 
     #[test]
     fn streams_are_the_first_folder() {
-        assert_eq!(RawKey::parse("raw/x.csv").unwrap().stream(), "");
         assert_eq!(
-            RawKey::parse("raw/site-a/x.csv").unwrap().stream(),
-            "site-a"
+            RawKey::parse("raw/x.csv").unwrap().stream(),
+            Stream::DEFAULT
         );
+        let site_a = Stream::named("site-a").unwrap();
+        assert_eq!(RawKey::parse("raw/site-a/x.csv").unwrap().stream(), site_a);
         assert_eq!(
             RawKey::parse("raw/site-a/2026/x.csv").unwrap().stream(),
-            "site-a"
+            site_a
         );
     }
 

@@ -5,9 +5,11 @@
 //! S3 conditional writes (If-Match / If-None-Match) on S3, and on the local
 //! backend an exclusive `flock` on a sibling `.lock` file around
 //! read-compare-write-rename, with a content hash as the version. Everything
-//! that writes state goes through that one API.
+//! that writes state goes through that one API, by way of the one
+//! read-decide-write loop in [`cas`].
 
 pub(crate) mod aws;
+pub(crate) mod cas;
 pub(crate) mod s3list;
 
 use crate::state::keys;

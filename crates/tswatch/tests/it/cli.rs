@@ -236,6 +236,22 @@ fn eval_and_baseline_print_one_json_document() {
         run(&["baseline", "reset", "--json"]),
         serde_json::json!({ "stream": "", "reset": true })
     );
+    assert_eq!(
+        run(&["baseline", "reset", "--json", "--stream", "site-a"]),
+        serde_json::json!({ "stream": "site-a", "reset": true })
+    );
+    assert!(data.join("state/site-a/engine.json").is_file());
+    // A name that cannot be a folder under raw/ is refused before any work.
+    for (bad, why) in [("a/b", "must not contain '/'"), ("staging", "reserved")] {
+        let o = tswatch()
+            .args(["baseline", "reset", "--stream", bad, "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 2, "{}", stderr(&o));
+        assert!(stderr(&o).contains(why), "{}", stderr(&o));
+    }
+    assert!(!data.join("state/a").exists());
 }
 
 #[test]

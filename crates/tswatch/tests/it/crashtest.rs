@@ -28,6 +28,7 @@ use tswatch::eval::scenario::Scenario;
 use tswatch::ingest::queue::{self, Queue};
 use tswatch::state::documents::{BASELINE_KEY, ENGINE_KEY, LEDGER_LEN, StateDoc};
 use tswatch::state::keys::RawKey;
+use tswatch::state::stream::Stream;
 use tswatch::storage::{Location, Storage};
 use tswatch_core::EngineConfig;
 
@@ -553,7 +554,7 @@ async fn an_unpublished_commit_survives_ledger_eviction() {
         other.process(&RawKey::parse(k).unwrap()).await.unwrap();
     }
     other.process(&first_key).await.unwrap();
-    let t = other.totals("").await.unwrap();
+    let t = other.totals(&Stream::DEFAULT).await.unwrap();
     assert_eq!(t.files_processed, files.len() as u64);
     assert_eq!(t.total_rows_scored, 2 * files.len() as u64);
     let (got, _) = outcome(&mem).await;
@@ -606,7 +607,7 @@ async fn files_given_up_during_an_outage_are_finished_by_reconciliation() {
     let store = Arc::new(Crashy::new(mem.clone(), None));
     let plan = store.plan.clone();
     let p = Arc::new(Processor::new(storage(store), EngineConfig::default()));
-    p.load("").await.unwrap();
+    p.load(&Stream::DEFAULT).await.unwrap();
     plan.lock().unwrap().down = true;
     let (queue, rx) = Queue::new(16);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -637,12 +638,12 @@ async fn files_given_up_during_an_outage_are_finished_by_reconciliation() {
     // The next reconciliation pass (within a minute) queues them again.
     tokio::time::sleep(Duration::from_secs(61)).await;
     for _ in 0..200 {
-        if p.totals("").await.unwrap().files_processed == files.len() as u64 {
+        if p.totals(&Stream::DEFAULT).await.unwrap().files_processed == files.len() as u64 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(p.totals("").await.unwrap().files_processed, 2);
+    assert_eq!(p.totals(&Stream::DEFAULT).await.unwrap().files_processed, 2);
     let _ = stop_tx.send(true);
     worker.await.unwrap();
     reconciler.await.unwrap();
