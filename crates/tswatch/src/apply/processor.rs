@@ -759,8 +759,8 @@ impl Processor {
 
     /// Deletes staged outputs older than `older_than` that the ledger does
     /// not name: debris of attempts that crashed before their commit, or
-    /// whose commit failed; and, locally, partial files of outputs whose
-    /// write was killed before its rename. Returns how many were removed.
+    /// whose commit failed (and, locally, copies of state documents whose
+    /// writer died before renaming them). Returns how many were removed.
     pub async fn sweep_staging(&self, older_than: Duration) -> Result<usize, ProcessError> {
         let mut keep = std::collections::HashSet::new();
         for stream in self.known_streams().await {
@@ -770,15 +770,20 @@ impl Processor {
         // A commit made after this load names an object completed moments
         // before it, which is younger than `older_than` (unless scoring it
         // took longer than that, hence the generous default).
-        let staged = self
+        Ok(self
             .storage
             .sweep("state/staging/", older_than, keep)
-            .await?;
-        Ok(staged
-            + self
-                .storage
-                .sweep_partials("processed/", older_than)
-                .await?)
+            .await?)
+    }
+
+    /// Deletes, locally, the partial files (`<key>#<n>`) under `processed/`
+    /// older than `older_than` that writes killed before their rename
+    /// left. Returns how many were removed.
+    pub async fn sweep_partials(&self, older_than: Duration) -> Result<usize, ProcessError> {
+        Ok(self
+            .storage
+            .sweep_partials("processed/", older_than)
+            .await?)
     }
 
     /// Writes `state/baseline.json` for `doc` unless a newer one is there.
@@ -979,9 +984,11 @@ mod tests {
         // What a SIGKILL while the summary was written leaves.
         let partial = dir.path().join("processed/a_summary.json#1");
         std::fs::write(&partial, "{").unwrap();
-        assert_eq!(p.sweep_staging(STAGING_MAX_AGE).await.unwrap(), 0);
+        assert_eq!(p.sweep_partials(STAGING_MAX_AGE).await.unwrap(), 0);
         assert!(partial.exists(), "young: maybe another process's write");
-        assert_eq!(p.sweep_staging(Duration::ZERO).await.unwrap(), 1);
+        assert_eq!(p.sweep_staging(Duration::ZERO).await.unwrap(), 0);
+        assert!(partial.exists(), "not staging's to sweep");
+        assert_eq!(p.sweep_partials(Duration::ZERO).await.unwrap(), 1);
         assert!(!partial.exists());
         assert!(dir.path().join("processed/a_summary.json").exists());
     }

@@ -406,11 +406,19 @@ mod tests {
         toml::from_str(text).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// The flags `tswatch serve ARGS` gives (their environment variables
-    /// too: the tests give every flag they read).
+    /// The flags `tswatch serve ARGS` gives, with the environment left
+    /// out: a `TSWATCH_*` variable in the shell running the tests must not
+    /// change what they see.
     fn flags(args: &[&str]) -> Layer {
-        let cli = crate::cli::Cli::try_parse_from(["tswatch", "serve"].iter().chain(args))
+        use clap::{CommandFactory, FromArgMatches};
+        let no_env = |a: clap::Arg| a.env(None);
+        let cmd = crate::cli::Cli::command()
+            .mut_args(no_env)
+            .mut_subcommands(move |c| c.mut_args(no_env));
+        let matches = cmd
+            .try_get_matches_from(["tswatch", "serve"].iter().chain(args))
             .unwrap_or_else(|e| panic!("{e}"));
+        let cli = crate::cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| panic!("{e}"));
         Layer::of_command(&cli.command)
     }
 

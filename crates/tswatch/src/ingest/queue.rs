@@ -227,6 +227,9 @@ pub(crate) async fn reconcile_older(
     Ok(queued)
 }
 
+/// How often the reconciler looks for partial files of interrupted writes.
+const PARTIALS_SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
 /// Runs [`reconcile`] now and then every `every`, until shutdown.
 pub async fn run_reconciler(
     processor: Arc<Processor>,
@@ -235,6 +238,7 @@ pub async fn run_reconciler(
     min_age: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut last_partials: Option<std::time::Instant> = None;
     loop {
         match reconcile_older(&processor, &queue, min_age).await {
             Ok(0) => {}
@@ -248,6 +252,16 @@ pub async fn run_reconciler(
             Ok(0) => {}
             Ok(n) => tracing::info!(objects = n, "removed staged outputs of abandoned attempts"),
             Err(e) => tracing::warn!(error = %e, "staging sweep failed; will retry"),
+        }
+        // A walk of all of processed/: hourly is often enough for debris
+        // that is only removed once a day old.
+        if last_partials.is_none_or(|t| t.elapsed() >= PARTIALS_SWEEP_EVERY) {
+            last_partials = Some(std::time::Instant::now());
+            match processor.sweep_partials(STAGING_MAX_AGE).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(files = n, "removed partial files of interrupted writes"),
+                Err(e) => tracing::warn!(error = %e, "partial-file sweep failed; will retry"),
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

@@ -535,10 +535,11 @@ impl Storage {
         match &self.location {
             Location::Local(root) => {
                 let file = root.join(path.as_ref());
+                let root = root.clone();
                 let expected = expected.map(str::to_string);
                 let key = key.to_string();
                 tokio::task::spawn_blocking(move || {
-                    local_cas::put_if(&file, &body, expected.as_deref(), &key)
+                    local_cas::put_if(&root, &file, &body, expected.as_deref(), &key)
                 })
                 .await
                 .map_err(join_err)?
@@ -781,7 +782,30 @@ mod local_cas {
         }))
     }
 
+    /// Where a writer's copy of a document waits for its rename:
+    /// `state/staging/` (a folder no stream can be named), under a name of
+    /// its own. Writers never share one, even where the lock does not hold
+    /// (a volume shared between hosts), and a copy left by a writer killed
+    /// before its rename is swept with the other staging debris.
+    fn temp_path(root: &Path) -> std::path::PathBuf {
+        use std::hash::{BuildHasher, Hasher};
+        use std::sync::OnceLock;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        // Random per process (a pid repeats across containers on one volume).
+        static NONCE: OnceLock<u64> = OnceLock::new();
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nonce = *NONCE.get_or_init(|| {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            h.finish()
+        });
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        root.join("state/staging")
+            .join(format!("cas-{nonce:016x}-{n}.tmp"))
+    }
+
     pub(super) fn put_if(
+        root: &Path,
         file: &Path,
         body: &[u8],
         expected: Option<&str>,
@@ -803,11 +827,10 @@ mod local_cas {
         if current.as_deref() != expected {
             return Err(StoreError::Conflict(key.into()));
         }
-        // One name per document, not per process: only the lock holder
-        // writes it, and a copy left by a writer that died before its
-        // rename is overwritten by the next commit instead of staying
-        // forever.
-        let tmp = file.with_extension("tmp");
+        let tmp = temp_path(root);
+        if let Some(staging) = tmp.parent() {
+            fs::create_dir_all(staging).map_err(io(staging))?;
+        }
         let mut f = File::create(&tmp).map_err(io(&tmp))?;
         f.write_all(body).map_err(io(&tmp))?;
         f.sync_data().map_err(io(&tmp))?;
@@ -881,22 +904,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_dead_writers_temporary_copy_does_not_stay() {
+    async fn a_writers_copy_waits_in_staging_and_a_dead_ones_is_swept() {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::local(dir.path()).unwrap();
         s.put_if("state/x.json", "1".into(), None).await.unwrap();
-        // What a writer killed between writing its copy and renaming it leaves.
-        std::fs::write(dir.path().join("state/x.tmp"), "half").unwrap();
         let (_, v) = s.get_versioned("state/x.json").await.unwrap().unwrap();
         s.put_if("state/x.json", "2".into(), Some(&v))
             .await
             .unwrap();
-        let mut left: Vec<_> = std::fs::read_dir(dir.path().join("state"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        left.sort();
-        assert_eq!(left, ["x.json", "x.lock"]);
+        let names = |d: &str| {
+            let mut v: Vec<_> = std::fs::read_dir(dir.path().join(d))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            v.sort();
+            v
+        };
+        // Nothing beside the document a stream could collide with.
+        assert_eq!(names("state"), ["staging", "x.json", "x.lock"]);
+        assert!(names("state/staging").is_empty());
+        // What a writer killed between writing its copy and renaming it leaves.
+        std::fs::write(dir.path().join("state/staging/cas-dead-0.tmp"), "half").unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        assert_eq!(
+            s.sweep("state/staging/", hour, Default::default())
+                .await
+                .unwrap(),
+            0
+        );
+        let zero = std::time::Duration::ZERO;
+        assert_eq!(
+            s.sweep("state/staging/", zero, Default::default())
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(names("state/staging").is_empty());
         let (b, _) = s.get_versioned("state/x.json").await.unwrap().unwrap();
         assert_eq!(&b[..], b"2");
     }
