@@ -8,18 +8,18 @@
 //! (one per core) take different streams at once, in turn. A key already
 //! waiting is not queued twice.
 //!
-//! What differs by source is the item's [`Delivery`], which says how a
+//! What differs by source is the item's `Delivery`, which says how a
 //! failure is retried and what is done once the item is finished:
 //!
-//! - [`Delivery::Direct`] (notification, folder, reconciliation): storage
+//! - `Delivery::Direct` (notification, folder, reconciliation): storage
 //!   failures are retried here with exponential backoff; a file that still
 //!   fails is left for the next reconciliation pass, never dropped.
-//! - [`Delivery::Sqs`]: one attempt per receive. The message is deleted
+//! - `Delivery::Sqs`: one attempt per receive. The message is deleted
 //!   once every file it names is done, handed back to SQS with a growing
 //!   delay when one failed, and dead-lettered after `--sqs-max-receives`
 //!   receives (see `sqs_worker`). With several instances sharing the SQS
 //!   queue, such an item is worked on only while this instance holds its
-//!   stream's lease ([`Leases`]).
+//!   stream's lease (`apply::lease`).
 
 use crate::apply::lease::{Claim, Leases};
 use crate::apply::processor::{Outcome, ProcessError, Processor, STAGING_MAX_AGE};
