@@ -840,6 +840,28 @@ mod tests {
         assert_eq!(q.len(), 0);
     }
 
+    /// An item whose lease is elsewhere goes back to the head of its
+    /// stream, which no worker takes for the pause; other streams go on.
+    #[tokio::test(start_paused = true)]
+    async fn a_parked_item_keeps_its_place_and_its_stream_waits() {
+        let q = Queue::new(10);
+        for k in ["raw/a/1.csv", "raw/a/2.csv"] {
+            q.push(key(k));
+        }
+        let (stream, item) = q.next().await;
+        assert!(q.park(stream, item, Duration::from_secs(1)).is_ok());
+        q.push(key("raw/b/1.csv"));
+        assert_eq!(take(&q).await, ("b".into(), "raw/b/1.csv".into()));
+        let early = tokio::time::timeout(Duration::from_millis(900), q.next()).await;
+        assert!(
+            early.is_err(),
+            "a parked stream was taken before its pause ended"
+        );
+        assert_eq!(take(&q).await, ("a".into(), "raw/a/1.csv".into()));
+        q.finish("a");
+        assert_eq!(take(&q).await, ("a".into(), "raw/a/2.csv".into()));
+    }
+
     #[tokio::test]
     async fn full_and_closed_queues_refuse_and_close_returns_the_waiting_keys() {
         let q = Queue::new(2);
