@@ -42,7 +42,9 @@ pub struct Settings {
     pub max_connections: usize,
     /// Which cells of scored copies are made spreadsheet-safe.
     pub spreadsheet_safe: CellSafety,
-    /// Capacity of the work queue.
+    /// Capacity of the work queue per core: keys from notifications, the
+    /// folder watcher and reconciliation waiting at once (SQS messages are
+    /// bounded by those kept in hand).
     pub queue_capacity: usize,
     /// Consume S3 events from this SQS queue as well (`--sqs-queue-url`).
     pub sqs: Option<SqsSettings>,
@@ -87,8 +89,7 @@ pub async fn run(
     let lanes = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .max(1);
-    // Room for as many waiting keys as before the queue was one: the
-    // capacity per core.
+    // Per core: more workers drain more at once.
     let capacity = settings.queue_capacity.saturating_mul(lanes);
     let queue = match &settings.sqs {
         // Instances sharing an SQS queue take each stream in turn.
