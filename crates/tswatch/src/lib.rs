@@ -6,7 +6,8 @@
 //!
 //! - [`ingest`]: where a notification enters. SNS (`POST /notify`), SQS,
 //!   the local folder watcher and the reconciliation of `raw/` all push
-//!   raw keys onto one work queue, whose worker hands each to [`apply`].
+//!   raw keys onto one work queue, whose worker hands each to [`apply`];
+//!   only how an item is retried and settled differs by source.
 //! - [`csv`]: where a row is scored. CSV records, row timestamps and the
 //!   scorer (parse, score then absorb, write), on plain `Read`/`Write`.
 //! - [`apply`]: where state is committed. Exactly once per batch: score into

@@ -2,6 +2,7 @@
 //! can start it on any listener and storage.
 
 use crate::apply::alerts::{AlertSettings, Alerts};
+use crate::apply::lease::Leases;
 use crate::apply::processor::Processor;
 use crate::csv::scorer::CellSafety;
 use crate::http::api::{self, AppState};
@@ -42,7 +43,9 @@ pub struct Settings {
     pub max_connections: usize,
     /// Which cells of scored copies are made spreadsheet-safe.
     pub spreadsheet_safe: CellSafety,
-    /// Capacity of the work queue.
+    /// Capacity of the work queue per core: keys from notifications, the
+    /// folder watcher and reconciliation waiting at once (SQS messages are
+    /// bounded by those kept in hand).
     pub queue_capacity: usize,
     /// Consume S3 events from this SQS queue as well (`--sqs-queue-url`).
     pub sqs: Option<SqsSettings>,
@@ -82,12 +85,21 @@ pub async fn run(
     let processor = Arc::new(processor);
     // Fail fast on unusable state rather than serving errors.
     processor.refresh(&Stream::DEFAULT).await?;
-    // One worker per core; each stream always goes to the same worker, so
-    // its files stay in order while independent streams run in parallel.
+    // One worker per core; a stream's files are taken one at a time, in
+    // order, while independent streams run in parallel.
     let lanes = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .max(1);
-    let (queue, receivers) = Queue::with_lanes(settings.queue_capacity, lanes);
+    // Per core: more workers drain more at once.
+    let capacity = settings.queue_capacity.saturating_mul(lanes);
+    let queue = match &settings.sqs {
+        // Instances sharing an SQS queue take each stream in turn.
+        Some(_) => Queue::with_leases(
+            capacity,
+            Arc::new(Leases::new(storage.clone(), Duration::from_secs(30))),
+        ),
+        None => Queue::new(capacity),
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     crate::telemetry::spawn_upkeep(metrics.clone(), stop_rx.clone());
 
@@ -95,13 +107,11 @@ pub async fn run(
         Location::Local(root) => Some(queue::watch_local(root, queue.clone())?),
         Location::S3 { .. } => None,
     };
-    let workers: Vec<_> = receivers
-        .into_iter()
-        .map(|rx| {
+    let workers: Vec<_> = (0..lanes)
+        .map(|_| {
             tokio::spawn(queue::run_worker(
                 processor.clone(),
                 queue.clone(),
-                rx,
                 stop_rx.clone(),
                 settings.shutdown_grace,
             ))
@@ -109,18 +119,24 @@ pub async fn run(
         .collect();
     let sqs = match &settings.sqs {
         Some(sqs) => {
-            anyhow::ensure!(
-                matches!(storage.location(), Location::S3 { .. }),
-                "--sqs-queue-url needs an S3 bucket (--bucket / BUCKET_NAME): the queue carries S3 events"
-            );
+            let bucket = match storage.location() {
+                Location::S3 { bucket } => bucket.clone(),
+                Location::Local(_) => anyhow::bail!(
+                    "--sqs-queue-url needs an S3 bucket (--bucket / BUCKET_NAME): the queue carries S3 events"
+                ),
+            };
             // The storage's credential chain, not a second one.
             let aws = storage.aws().await;
             let client = SqsClient::new(&sqs.queue_url, Some(&aws.region), aws.credentials)?;
-            Some(tokio::spawn(sqs_worker::run(
+            let source = sqs_worker::Source {
                 client,
-                processor.clone(),
-                sqs.clone(),
-                settings.sns_topics.clone(),
+                settings: sqs.clone(),
+                bucket: Some(bucket),
+                topics: settings.sns_topics.clone(),
+            };
+            Some(tokio::spawn(sqs_worker::run(
+                source,
+                queue.clone(),
                 lanes,
                 stop_rx.clone(),
                 settings.shutdown_grace,
@@ -163,7 +179,7 @@ pub async fn run(
     let verifier = Arc::new(Verifier::new(Arc::new(certs), settings.sns_topics.clone()));
     let state = AppState {
         processor,
-        queue,
+        queue: queue.clone(),
         verifier,
         skip_sns_verify: settings.insecure_skip_sns_verify,
         http: api::confirm_client()?,
@@ -195,12 +211,16 @@ pub async fn run(
     )
     .await?;
     let _ = stop_tx.send(true);
+    // Waiting SQS messages go back to SQS at once; waiting keys are found
+    // again by the next start's reconciliation.
+    queue.close().await;
     for w in workers {
         let _ = w.await;
     }
     if let Some(sqs) = sqs {
         let _ = sqs.await;
     }
+    queue.release_leases().await;
     reconciler.abort();
     if let Some(a) = alerts {
         // The workers are done: no alert comes after this.

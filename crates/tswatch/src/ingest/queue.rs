@@ -1,25 +1,185 @@
-//! The work queue and its feeders: notifications, the local folder watcher
+//! The one work queue, the one worker loop that drains it, and the feeders
+//! other than SQS: notifications (`POST /notify`), the local folder watcher
 //! and the periodic reconciliation of `raw/` against what was processed.
+//! The SQS consumer (`sqs_worker`) feeds the same queue.
 //!
-//! One worker per lane drains the queue; every file of a stream goes to the
-//! same lane, so a stream is processed in order and different streams in
-//! parallel. A key already waiting is not queued twice. Storage failures are retried with exponential backoff; a file that
-//! still fails is left for the next reconciliation pass, never dropped.
+//! Work waits per stream: a stream's items are taken one at a time in the
+//! order they came, so a stream is processed in order, while the workers
+//! (one per core) take different streams at once, in turn. A key already
+//! waiting is not queued twice.
+//!
+//! What differs by source is the item's `Delivery`, which says how a
+//! failure is retried and what is done once the item is finished:
+//!
+//! - `Delivery::Direct` (notification, folder, reconciliation): storage
+//!   failures are retried here with exponential backoff; a file that still
+//!   fails is left for the next reconciliation pass, never dropped.
+//! - `Delivery::Sqs`: one attempt per receive. The message is deleted
+//!   once every file it names is done, handed back to SQS with a growing
+//!   delay when one failed, and dead-lettered after `--sqs-max-receives`
+//!   receives (see `sqs_worker`). With several instances sharing the SQS
+//!   queue, such an item is worked on only while this instance holds its
+//!   stream's lease (`apply::lease`).
 
-use crate::apply::processor::{Outcome, Processor, STAGING_MAX_AGE};
+use crate::apply::lease::{Claim, Leases};
+use crate::apply::processor::{Outcome, ProcessError, Processor, STAGING_MAX_AGE};
+use crate::ingest::sqs_worker::InHand;
 use crate::state::keys::RawKey;
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use crate::state::stream::Stream;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, watch};
 
-/// Keys waiting to be processed, without duplicates, in lanes: every key
-/// of a stream goes to the same lane (one worker each), so a stream's files
-/// are processed in order while different streams proceed in parallel.
-#[derive(Debug, Clone)]
+/// How an item came, and so how its failures are retried and how it is
+/// settled once finished: the one thing that varies by source.
+pub(crate) enum Delivery {
+    /// A notification, the folder watcher or reconciliation: retried here,
+    /// nothing to settle.
+    Direct,
+    /// An SQS message in hand: settled with SQS (deleted, handed back, or
+    /// dead-lettered). Boxed: a message is large, and items move around.
+    Sqs(Box<InHand>),
+}
+
+impl Delivery {
+    /// The wait before trying `key` again after its `attempt`-th failure
+    /// `e` here, or `None` to stop (the failure is then settled); logs it.
+    fn failed(&self, key: &RawKey, attempt: u32, e: &ProcessError) -> Option<Duration> {
+        match self {
+            Delivery::Direct if attempt < ATTEMPTS => {
+                tracing::warn!(%key, attempt, error = %e, "processing failed; will retry");
+                crate::telemetry::retry("file");
+                Some(backoff(attempt))
+            }
+            Delivery::Direct => {
+                tracing::error!(%key, error = %e, "giving up for now; the next reconciliation will retry");
+                None
+            }
+            Delivery::Sqs(m) => {
+                m.failed(key, e);
+                None
+            }
+        }
+    }
+
+    /// Settles a finished item, given the files that still failed.
+    async fn settle(self, processor: &Processor, failed: Vec<(RawKey, ProcessError)>) {
+        match self {
+            // Failures are left to reconciliation (logged as they happened).
+            Delivery::Direct => {}
+            Delivery::Sqs(m) => m.settle(processor, failed).await,
+        }
+    }
+
+    /// Gives back an item that was not started (shutdown, or its stream
+    /// busy elsewhere for too long).
+    async fn not_started(self) {
+        match self {
+            // A file not started is found again by reconciliation.
+            Delivery::Direct => {}
+            Delivery::Sqs(m) => m.hand_back().await,
+        }
+    }
+
+    /// Whether the item is worked on only on its stream's lease: an SQS
+    /// message, which other instances may hold events of the stream too.
+    fn wants_lease(&self) -> bool {
+        matches!(self, Delivery::Sqs(_))
+    }
+
+    /// The source, as the `processed` log line names it (direct: none).
+    fn via(&self) -> Option<&'static str> {
+        match self {
+            Delivery::Direct => None,
+            Delivery::Sqs(_) => Some("sqs"),
+        }
+    }
+}
+
+/// A unit of work: the files of one notification, and how it came.
+pub(crate) struct Item {
+    /// Processed in this order; the first one's stream is the item's.
+    keys: Vec<RawKey>,
+    delivery: Delivery,
+    /// Its place in the order of arrival (for [`Queue::close`]).
+    seq: u64,
+    /// Failed attempts to read its stream's lease (storage failing).
+    lease_failures: u32,
+}
+
+impl Item {
+    /// An SQS message naming `keys` (at least one).
+    pub(crate) fn sqs(keys: Vec<RawKey>, message: InHand) -> Self {
+        Self {
+            keys,
+            delivery: Delivery::Sqs(Box::new(message)),
+            seq: 0,
+            lease_failures: 0,
+        }
+    }
+
+    /// Gives the item back as not started (the queue was shut down).
+    pub(crate) async fn not_started(self) {
+        self.delivery.not_started().await;
+    }
+
+    fn stream(&self) -> Stream {
+        self.keys.first().map_or(Stream::DEFAULT, RawKey::stream)
+    }
+}
+
+/// The work queue: items waiting, per stream. Cloning shares it.
+#[derive(Clone)]
 pub struct Queue {
-    lanes: Vec<mpsc::Sender<RawKey>>,
-    pending: Arc<Mutex<HashSet<RawKey>>>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("waiting", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes a worker when a stream becomes ready.
+    wake: Notify,
+    /// Most direct keys waiting at once (SQS items are bounded by the
+    /// messages the consumer keeps in hand).
+    capacity: usize,
+    /// Per-stream leases, when instances share an SQS queue.
+    leases: Option<Arc<Leases>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Streams with work waiting or in hand; a stream no worker has and
+    /// with nothing waiting has no entry.
+    streams: HashMap<Stream, Lane>,
+    /// Streams with work waiting that no worker has, in turn.
+    ready: VecDeque<Stream>,
+    /// Direct keys waiting (a key waiting is not queued twice).
+    pending: HashSet<RawKey>,
+    /// Items waiting, of any delivery.
+    waiting: usize,
+    /// Arrivals so far (the next item's `seq`).
+    arrived: u64,
+    /// Streams whose lease this instance has claimed and not given up.
+    leased: HashSet<Stream>,
+    /// Shut down: nothing more is queued.
+    closed: bool,
+}
+
+/// One stream's items.
+#[derive(Default)]
+struct Lane {
+    items: VecDeque<Item>,
+    /// A worker has the stream (working on it, waiting for its lease, or
+    /// giving the lease up): no other worker takes it meanwhile.
+    busy: bool,
 }
 
 /// Why a key was not queued.
@@ -29,108 +189,426 @@ pub enum Enqueue {
     Queued,
     /// Already waiting.
     AlreadyQueued,
-    /// The queue is full (callers should ask the sender to retry).
+    /// The queue is full, or shutting down (callers should ask the sender
+    /// to retry).
     Full,
 }
 
+/// Longest an SQS item waits for its stream's lease (held by another
+/// instance) before it is handed back to SQS.
+const LEASE_WAIT: Duration = Duration::from_secs(120);
+/// How long a stream lingers with nothing to do before its lease is given up.
+const STREAM_IDLE: Duration = Duration::from_millis(100);
+/// How often the lease of a stream being worked on is renewed.
+const LEASE_RENEW: Duration = Duration::from_secs(5);
+
 impl Queue {
-    /// A single-lane queue holding at most `capacity` keys, and its receiving end.
-    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<RawKey>) {
-        let (q, mut rx) = Self::with_lanes(capacity, 1);
-        (q, rx.remove(0))
+    /// A queue holding at most `capacity` keys from direct sources.
+    pub fn new(capacity: usize) -> Self {
+        Self::build(capacity, None)
     }
 
-    /// A queue of `lanes` lanes of at most `capacity` keys each, and their
-    /// receiving ends.
-    pub(crate) fn with_lanes(capacity: usize, lanes: usize) -> (Self, Vec<mpsc::Receiver<RawKey>>) {
-        let (txs, rxs) = (0..lanes.max(1))
-            .map(|_| mpsc::channel(capacity.max(1)))
-            .unzip();
-        (
-            Self {
-                lanes: txs,
-                pending: Default::default(),
-            },
-            rxs,
-        )
+    /// As [`Queue::new`], working SQS items on their stream's lease.
+    pub(crate) fn with_leases(capacity: usize, leases: Arc<Leases>) -> Self {
+        Self::build(capacity, Some(leases))
     }
 
-    fn lane(&self, key: &RawKey) -> &mpsc::Sender<RawKey> {
-        // FNV-1a of the stream name: stable, so a stream keeps its lane.
-        let name = key.stream().to_string();
-        let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        &self.lanes[(h % self.lanes.len() as u64) as usize]
+    fn build(capacity: usize, leases: Option<Arc<Leases>>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::default(),
+                wake: Notify::new(),
+                capacity: capacity.max(1),
+                leases,
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding the lock; a poisoned one is as good.
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Queues `key` unless it is already waiting.
     pub fn push(&self, key: RawKey) -> Enqueue {
-        let Ok(mut p) = self.pending.lock() else {
-            return Enqueue::Full;
-        };
-        if p.contains(&key) {
+        let mut st = self.state();
+        if st.pending.contains(&key) {
             return Enqueue::AlreadyQueued;
         }
-        match self.lane(&key).try_send(key.clone()) {
-            Ok(()) => {
-                p.insert(key);
-                Enqueue::Queued
+        if st.closed || st.pending.len() >= self.shared.capacity {
+            return Enqueue::Full;
+        }
+        st.pending.insert(key.clone());
+        let item = Item {
+            keys: vec![key],
+            delivery: Delivery::Direct,
+            seq: 0,
+            lease_failures: 0,
+        };
+        self.enqueue(&mut st, item);
+        Enqueue::Queued
+    }
+
+    /// Queues an item of the SQS consumer; gives it back if the queue is
+    /// shut down.
+    pub(crate) fn push_item(&self, item: Item) -> Result<(), Item> {
+        let mut st = self.state();
+        if st.closed {
+            return Err(item);
+        }
+        self.enqueue(&mut st, item);
+        Ok(())
+    }
+
+    fn enqueue(&self, st: &mut State, mut item: Item) {
+        item.seq = st.arrived;
+        st.arrived += 1;
+        st.waiting += 1;
+        let stream = item.stream();
+        let lane = st.streams.entry(stream.clone()).or_default();
+        lane.items.push_back(item);
+        // A stream already ready, or in a worker's hands, needs no mention.
+        if !lane.busy && lane.items.len() == 1 {
+            st.ready.push_back(stream);
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Takes the first item of the next ready stream, which is then this
+    /// worker's until [`Queue::finish`] or [`Queue::park`].
+    async fn next(&self) -> (Stream, Item) {
+        loop {
+            {
+                let mut st = self.state();
+                while let Some(stream) = st.ready.pop_front() {
+                    let Some(lane) = st.streams.get_mut(&stream) else {
+                        continue;
+                    };
+                    let Some(item) = lane.items.pop_front() else {
+                        continue;
+                    };
+                    lane.busy = true;
+                    st.waiting -= 1;
+                    // Off the waiting set before work starts, so a new
+                    // version uploaded meanwhile is queued again, not lost.
+                    if matches!(item.delivery, Delivery::Direct) {
+                        for k in &item.keys {
+                            st.pending.remove(k);
+                        }
+                    }
+                    if !st.ready.is_empty() {
+                        // More work: pass the wake-up on to another worker.
+                        self.shared.wake.notify_one();
+                    }
+                    return (stream, item);
+                }
             }
-            Err(_) => Enqueue::Full,
+            self.shared.wake.notified().await;
         }
     }
 
-    fn done(&self, key: &RawKey) {
-        if let Ok(mut p) = self.pending.lock() {
-            p.remove(key);
+    /// The worker is done with `stream` for now: it is ready again if it
+    /// has more waiting; otherwise its lease is given up if it stays idle.
+    fn finish(&self, stream: &Stream) {
+        let mut st = self.state();
+        let Some(lane) = st.streams.get_mut(stream) else {
+            return;
+        };
+        lane.busy = false;
+        if lane.items.is_empty() {
+            st.streams.remove(stream);
+            if st.leased.contains(stream) {
+                self.release_when_idle(stream.clone());
+            }
+        } else {
+            st.ready.push_back(stream.clone());
+            self.shared.wake.notify_one();
         }
     }
 
-    /// Keys waiting now.
+    /// Puts `item` back at the head of its stream, which no worker takes
+    /// for `pause` (its lease is elsewhere, or could not be read).
+    /// Gives the item back if the queue is shut down meanwhile.
+    fn park(&self, stream: Stream, item: Item, pause: Duration) -> Result<(), Item> {
+        {
+            let mut st = self.state();
+            if st.closed {
+                return Err(item);
+            }
+            st.waiting += 1;
+            st.streams
+                .entry(stream.clone())
+                .or_default()
+                .items
+                .push_front(item);
+        }
+        let queue = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(pause).await;
+            queue.finish(&stream);
+        });
+        Ok(())
+    }
+
+    /// Gives `stream`'s lease up after [`STREAM_IDLE`] unless work of the
+    /// stream came meanwhile. The stream counts as busy while the lease is
+    /// given up, so no worker can be holding it when the release lands.
+    fn release_when_idle(&self, stream: Stream) {
+        let Some(leases) = self.shared.leases.clone() else {
+            return;
+        };
+        let queue = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(STREAM_IDLE).await;
+            {
+                let mut st = queue.state();
+                if st.streams.contains_key(&stream) || !st.leased.remove(&stream) {
+                    return;
+                }
+                st.streams.insert(
+                    stream.clone(),
+                    Lane {
+                        items: VecDeque::new(),
+                        busy: true,
+                    },
+                );
+            }
+            leases.release(&stream).await;
+            queue.finish(&stream);
+        });
+    }
+
+    /// This instance's id, as its stream leases name it (with leases).
+    pub(crate) fn instance(&self) -> Option<&str> {
+        self.shared.leases.as_deref().map(Leases::owner)
+    }
+
+    /// Items waiting now (direct keys and SQS messages).
     pub(crate) fn len(&self) -> usize {
-        self.pending.lock().map(|p| p.len()).unwrap_or(0)
+        self.state().waiting
+    }
+
+    /// Shuts the queue: nothing more is queued, SQS messages waiting are
+    /// handed back to SQS at once, and the direct keys that were waiting
+    /// are returned in the order they came (left to the next start's
+    /// reconciliation, or to a caller that processes them itself).
+    pub async fn close(&self) -> Vec<RawKey> {
+        let mut items: Vec<Item> = {
+            let mut st = self.state();
+            st.closed = true;
+            st.ready.clear();
+            st.pending.clear();
+            st.waiting = 0;
+            let mut items = Vec::new();
+            st.streams.retain(|_, lane| {
+                items.extend(lane.items.drain(..));
+                lane.busy
+            });
+            items
+        };
+        items.sort_by_key(|i| i.seq);
+        let mut direct = Vec::new();
+        for item in items {
+            match item.delivery {
+                Delivery::Direct => direct.extend(item.keys),
+                other => other.not_started().await,
+            }
+        }
+        direct
+    }
+
+    /// Gives up every stream lease this instance holds (on shutdown, once
+    /// the workers are done), so other instances take the streams at once.
+    pub(crate) async fn release_leases(&self) {
+        let Some(leases) = &self.shared.leases else {
+            return;
+        };
+        let held: Vec<Stream> = self.state().leased.drain().collect();
+        for stream in held {
+            leases.release(&stream).await;
+        }
     }
 }
 
-/// Drains the queue until `shutdown` flips. The file in hand then gets
+/// What became of an item a worker took.
+enum Step {
+    /// Finished (or given back): the stream is free.
+    Done,
+    /// Its stream's lease is not to be had yet: back to the queue's head,
+    /// for this long.
+    Park(Item, Duration),
+}
+
+/// Drains the queue until `shutdown` flips. The item in hand then gets
 /// `grace` to finish; after that it is abandoned, which is safe: nothing is
 /// visible before its commit, and a commit is finished by whoever next
-/// looks at the file.
+/// looks at the file (an SQS message abandoned so is handed back to SQS by
+/// its consumer).
 pub async fn run_worker(
     processor: Arc<Processor>,
     queue: Queue,
-    mut rx: mpsc::Receiver<RawKey>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
     loop {
-        let key = tokio::select! {
-            k = rx.recv() => match k { Some(k) => k, None => return },
-            _ = shutdown.changed() => return,
+        let (stream, item) = tokio::select! {
+            taken = queue.next() => taken,
+            _ = stopped(shutdown.clone()) => return,
         };
-        // Taken off the waiting set before work starts, so a new version
-        // uploaded meanwhile is queued again rather than lost.
-        queue.done(&key);
-        let work = process_with_retry(&processor, &key, shutdown.clone());
+        if *shutdown.borrow() {
+            item.delivery.not_started().await;
+            queue.finish(&stream);
+            return;
+        }
+        let key = item
+            .keys
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let sqs = item.delivery.via().is_some();
+        let work = work(&processor, &queue, &stream, item, shutdown.clone());
         tokio::pin!(work);
-        tokio::select! {
-            _ = &mut work => {}
+        let step = tokio::select! {
+            step = &mut work => step,
             _ = stopped(shutdown.clone()) => {
-                if tokio::time::timeout(grace, &mut work).await.is_err() {
-                    tracing::warn!(%key, ?grace, "shutdown grace period over: abandoning the file in hand; it will be processed on the next start");
+                match tokio::time::timeout(grace, &mut work).await {
+                    Ok(Step::Park(item, _)) => item.delivery.not_started().await,
+                    Ok(Step::Done) => {}
+                    Err(_) if sqs => tracing::warn!(%key, ?grace, "shutdown grace period over: abandoning the message in hand; it will be received again"),
+                    Err(_) => tracing::warn!(%key, ?grace, "shutdown grace period over: abandoning the file in hand; it will be processed on the next start"),
                 }
                 return;
             }
+        };
+        match step {
+            Step::Done => queue.finish(&stream),
+            Step::Park(item, pause) => {
+                if let Err(item) = queue.park(stream.clone(), item, pause) {
+                    item.delivery.not_started().await;
+                    queue.finish(&stream);
+                }
+            }
         }
-        if *shutdown.borrow() {
-            return;
+    }
+}
+
+/// Works on one item: on its stream's lease when it wants one, every file
+/// in turn, then settles it.
+async fn work(
+    processor: &Processor,
+    queue: &Queue,
+    stream: &Stream,
+    mut item: Item,
+    shutdown: watch::Receiver<bool>,
+) -> Step {
+    let leases = match &queue.shared.leases {
+        Some(leases) if item.delivery.wants_lease() => Some(leases),
+        _ => None,
+    };
+    let mut leased = false;
+    if let Some(leases) = leases {
+        match leases.claim(stream).await {
+            Ok(Claim::Held) => {
+                queue.state().leased.insert(stream.clone());
+                leased = true;
+            }
+            Ok(Claim::Elsewhere { left, .. }) => {
+                if let Delivery::Sqs(m) = &item.delivery
+                    && m.received().elapsed() > LEASE_WAIT
+                {
+                    tracing::debug!(%stream, "stream busy on another instance; message handed back");
+                    item.delivery.not_started().await;
+                    return Step::Done;
+                }
+                return Step::Park(item, left.min(Duration::from_millis(100)));
+            }
+            Err(e) => {
+                // Leases steer work, they do not guard it: with storage
+                // failing, the commit will say what it can do.
+                item.lease_failures += 1;
+                if item.lease_failures < 3 {
+                    return Step::Park(item, Duration::from_millis(200));
+                }
+                tracing::debug!(%stream, error = %e, "stream lease unavailable; working without it");
+            }
+        }
+    }
+    // A long file keeps its stream's lease (this never ends by itself: the
+    // item's handling ends the select).
+    let renew = async {
+        match leases {
+            Some(leases) if leased => loop {
+                tokio::time::sleep(LEASE_RENEW).await;
+                let _ = leases.claim(stream).await;
+            },
+            _ => std::future::pending().await,
+        }
+    };
+    let Item { keys, delivery, .. } = item;
+    let files = async {
+        if let Delivery::Sqs(m) = &delivery {
+            m.starting(keys.len());
+        }
+        let mut failed = Vec::new();
+        for key in keys {
+            match process(processor, &key, &delivery, shutdown.clone()).await {
+                Ok(()) => {}
+                Err(Some(e)) => failed.push((key, e)),
+                // Shutdown cut the retries short: the file is left as if
+                // not started (it is not done, and nothing says it failed).
+                Err(None) => return,
+            }
+        }
+        delivery.settle(processor, failed).await;
+    };
+    tokio::select! {
+        () = files => {}
+        () = renew => {}
+    }
+    Step::Done
+}
+
+/// Processes `key`, retrying as its delivery says. `Err(Some)`: the last
+/// failure; `Err(None)`: shutdown came during a wait between attempts.
+async fn process(
+    processor: &Processor,
+    key: &RawKey,
+    delivery: &Delivery,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), Option<ProcessError>> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        tracing::debug!(%key, attempt, "processing");
+        match processor.process(key).await {
+            Ok(Outcome::Applied(s)) => {
+                tracing::info!(
+                    %key, rows = s.total_rows, anomalies = s.anomaly_count,
+                    ms = format!("{:.1}", s.duration_ms), via = delivery.via(), "processed"
+                );
+                return Ok(());
+            }
+            Ok(Outcome::AlreadyApplied) => {
+                tracing::debug!(%key, "already processed; skipped");
+                return Ok(());
+            }
+            Ok(Outcome::Rejected(_)) | Ok(Outcome::Missing) => return Ok(()),
+            Err(e) => match delivery.failed(key, attempt, &e) {
+                Some(wait) => tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stopped(shutdown.clone()) => return Err(None),
+                },
+                None => return Err(Some(e)),
+            },
         }
     }
 }
 
 /// Resolves once shutdown is requested (or its sender is gone).
-async fn stopped(mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn stopped(mut shutdown: watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
 }
 
@@ -143,39 +621,8 @@ fn backoff(attempt: u32) -> Duration {
     crate::apply::retry_wait(Duration::from_millis(200), attempt)
 }
 
-/// Attempts per file before it is left to reconciliation.
+/// Attempts per file (from a direct source) before it is left to reconciliation.
 pub const ATTEMPTS: u32 = 10;
-
-async fn process_with_retry(processor: &Processor, key: &RawKey, shutdown: watch::Receiver<bool>) {
-    for attempt in 1..=ATTEMPTS {
-        tracing::debug!(%key, attempt, "processing");
-        match processor.process(key).await {
-            Ok(Outcome::Applied(s)) => {
-                tracing::info!(
-                    %key, rows = s.total_rows, anomalies = s.anomaly_count,
-                    ms = format!("{:.1}", s.duration_ms), "processed"
-                );
-                return;
-            }
-            Ok(Outcome::AlreadyApplied) => {
-                tracing::debug!(%key, "already processed; skipped");
-                return;
-            }
-            Ok(Outcome::Rejected(_)) | Ok(Outcome::Missing) => return,
-            Err(e) if attempt < ATTEMPTS => {
-                tracing::warn!(%key, attempt, error = %e, "processing failed; will retry");
-                crate::telemetry::retry("file");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff(attempt)) => {}
-                    _ = stopped(shutdown.clone()) => return,
-                }
-            }
-            Err(e) => {
-                tracing::error!(%key, error = %e, "giving up for now; the next reconciliation will retry");
-            }
-        }
-    }
-}
 
 /// Queues every `raw/*.csv` that has neither a summary nor an error record
 /// written after it (a file replaced after it was processed counts as new;
@@ -368,6 +815,85 @@ fn for_each_file(dir: &std::path::Path, f: &mut dyn FnMut(&std::path::Path)) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(k: &str) -> RawKey {
+        RawKey::parse(k).unwrap()
+    }
+
+    async fn take(q: &Queue) -> (String, String) {
+        let (stream, item) = tokio::time::timeout(Duration::from_secs(5), q.next())
+            .await
+            .expect("an item is ready");
+        (stream.to_string(), item.keys[0].as_str().to_string())
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_taken_in_order_and_by_one_worker_at_a_time() {
+        let q = Queue::new(10);
+        for k in ["raw/a/1.csv", "raw/a/2.csv", "raw/b/1.csv", "raw/3.csv"] {
+            assert_eq!(q.push(key(k)), Enqueue::Queued);
+        }
+        assert_eq!(q.push(key("raw/a/2.csv")), Enqueue::AlreadyQueued);
+        assert_eq!(q.len(), 4);
+        // Stream a is in hand: its second file waits; the others do not.
+        assert_eq!(take(&q).await, ("a".into(), "raw/a/1.csv".into()));
+        assert_eq!(take(&q).await, ("b".into(), "raw/b/1.csv".into()));
+        assert_eq!(take(&q).await, ("".into(), "raw/3.csv".into()));
+        // Nothing of the default stream waits now; a new file of it still
+        // waits for the one in hand.
+        assert_eq!(q.push(key("raw/4.csv")), Enqueue::Queued);
+        let nothing = tokio::time::timeout(Duration::from_millis(50), q.next()).await;
+        assert!(nothing.is_err(), "a stream in hand was taken again");
+        // Taken off the waiting set: a new version may be queued again.
+        assert_eq!(q.push(key("raw/a/1.csv")), Enqueue::Queued);
+        q.finish(&Stream::named("a").unwrap());
+        assert_eq!(take(&q).await, ("a".into(), "raw/a/2.csv".into()));
+        q.finish(&Stream::named("a").unwrap());
+        assert_eq!(take(&q).await, ("a".into(), "raw/a/1.csv".into()));
+        q.finish(&Stream::DEFAULT);
+        assert_eq!(take(&q).await, ("".into(), "raw/4.csv".into()));
+        assert_eq!(q.len(), 0);
+    }
+
+    /// An item whose lease is elsewhere goes back to the head of its
+    /// stream, which no worker takes for the pause; other streams go on.
+    #[tokio::test(start_paused = true)]
+    async fn a_parked_item_keeps_its_place_and_its_stream_waits() {
+        let q = Queue::new(10);
+        for k in ["raw/a/1.csv", "raw/a/2.csv"] {
+            q.push(key(k));
+        }
+        let (stream, item) = q.next().await;
+        assert!(q.park(stream, item, Duration::from_secs(1)).is_ok());
+        q.push(key("raw/b/1.csv"));
+        assert_eq!(take(&q).await, ("b".into(), "raw/b/1.csv".into()));
+        let early = tokio::time::timeout(Duration::from_millis(900), q.next()).await;
+        assert!(
+            early.is_err(),
+            "a parked stream was taken before its pause ended"
+        );
+        assert_eq!(take(&q).await, ("a".into(), "raw/a/1.csv".into()));
+        q.finish(&Stream::named("a").unwrap());
+        assert_eq!(take(&q).await, ("a".into(), "raw/a/2.csv".into()));
+    }
+
+    #[tokio::test]
+    async fn full_and_closed_queues_refuse_and_close_returns_the_waiting_keys() {
+        let q = Queue::new(2);
+        assert_eq!(q.push(key("raw/b/1.csv")), Enqueue::Queued);
+        assert_eq!(q.push(key("raw/a/1.csv")), Enqueue::Queued);
+        assert_eq!(q.push(key("raw/a/2.csv")), Enqueue::Full);
+        // In the order they came, whatever their streams.
+        let left: Vec<String> = q
+            .close()
+            .await
+            .iter()
+            .map(|k| k.as_str().to_string())
+            .collect();
+        assert_eq!(left, ["raw/b/1.csv", "raw/a/1.csv"]);
+        assert_eq!(q.len(), 0);
+        assert_eq!(q.push(key("raw/c/1.csv")), Enqueue::Full);
+    }
 
     #[test]
     fn retries_outlast_a_thirty_second_outage() {

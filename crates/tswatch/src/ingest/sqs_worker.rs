@@ -1,4 +1,7 @@
-//! Consumes S3 event notifications from an SQS queue (`--sqs-queue-url`).
+//! Consumes S3 event notifications from an SQS queue (`--sqs-queue-url`)
+//! and feeds them to the work queue ([`crate::ingest::queue`]), which works
+//! on them as on any other notification; what is particular to SQS is how
+//! a message is settled ([`InHand`]).
 //!
 //! Delivery is at least once; the effect is exactly once because
 //! [`Processor::process`] commits each file by compare-and-swap and skips a
@@ -6,34 +9,36 @@
 //! queue. The protocol per message:
 //!
 //! 1. Long-poll (`WaitTimeSeconds`) for up to 10 messages, each invisible to
-//!    other consumers for `visibility` seconds.
-//! 2. While messages are in hand, a heartbeat extends their visibility
-//!    every third of that, so a slow file is not handed to another instance.
-//! 3. Process every `raw/*.csv` the message names: messages of different
-//!    streams at once (one lane per core), those of one stream in receive
-//!    order, as a stream's commits are serial anyway. Delete the message only
-//!    once every file returned `Ok` (applied, already applied, rejected as bad
-//!    input, or gone). On a failure, leave it: it comes back after the
-//!    visibility timeout, doubled for each earlier receive ([`retry_delay`]).
+//!    other consumers for `visibility` seconds, and queue each as one item
+//!    (an S3 test event, or a message that can never be acted upon, is
+//!    deleted at once).
+//! 2. While messages are in hand (queued or being worked on), a heartbeat
+//!    extends their visibility every third of that, so a slow file is not
+//!    handed to another instance.
+//! 3. The work queue processes every `raw/*.csv` the message names:
+//!    messages of different streams at once (one worker per core), those of
+//!    one stream in receive order, on the stream's lease. Delete the message
+//!    only once every file returned `Ok` (applied, already applied, rejected
+//!    as bad input, or gone). On a failure, hand it back: it comes back
+//!    after the visibility timeout, doubled for each earlier receive
+//!    ([`retry_delay`]).
 //! 4. Dead letter: when the message has been received `max_receives` times
 //!    and a file still fails, write `processed/<name>_error.json` saying so,
 //!    log an error, and delete the message.
 //!
 //! On shutdown: stop receiving, finish the files in hand (within the grace
-//! period), and make the messages not yet started visible again at once.
+//! period), and make the messages not started (or abandoned) visible again
+//! at once.
 
-use crate::apply::lease::{Claim, Leases};
-use crate::apply::processor::{Outcome, ProcessError, Processor};
+use crate::apply::processor::{ProcessError, Processor};
+use crate::ingest::queue::{Item, Queue, stopped};
 use crate::ingest::sqs::{Message, SqsClient};
 use crate::state::keys::RawKey;
-use crate::state::stream::Stream;
-use crate::storage::Location;
 use serde_json::{Value, json};
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 /// How the consumer behaves.
 #[derive(Debug, Clone)]
@@ -103,90 +108,204 @@ pub(crate) fn retry_delay(visibility_secs: u32, receive_count: u32) -> u32 {
     visibility_secs.saturating_mul(factor).min(900)
 }
 
-/// Longest a received message waits for its stream's lease (held by
-/// another instance) before it is handed back to the queue.
-const LEASE_WAIT: Duration = Duration::from_secs(120);
-/// How long a stream's worker lingers with nothing to do before it gives
-/// the stream's lease up.
-const STREAM_IDLE: Duration = Duration::from_millis(100);
+/// What the messages in hand share.
+struct Consumer {
+    client: SqsClient,
+    settings: SqsSettings,
+    /// Receipt handles of the messages in hand (kept invisible).
+    in_hand: Mutex<HashSet<String>>,
+}
 
-/// A task of the consumer.
-type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+impl Consumer {
+    /// The receipt handles in hand just now.
+    fn handles(&self) -> Vec<String> {
+        self.in_hand
+            .lock()
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default()
+    }
 
-/// A received message on its way through this instance.
-struct Job {
-    /// When it was received: the lease wait counts from then.
-    received: Instant,
+    fn hold(&self, handle: &str) {
+        if let Ok(mut h) = self.in_hand.lock() {
+            h.insert(handle.to_string());
+        }
+    }
+
+    fn let_go(&self, handle: &str) {
+        if let Ok(mut h) = self.in_hand.lock() {
+            h.remove(handle);
+        }
+    }
+}
+
+/// A received message, from its receive until it is settled: deleted,
+/// handed back or dead-lettered. Kept invisible meanwhile (the heartbeat);
+/// its place among the messages this instance holds is freed when it is
+/// dropped. One dropped unsettled (abandoned on shutdown) stays among the
+/// handles in hand, which the consumer hands back before it stops.
+pub(crate) struct InHand {
     msg: Message,
-    parsed: Result<Parsed, String>,
+    /// When it was received: the wait for its stream's lease counts from then.
+    received: Instant,
+    consumer: Arc<Consumer>,
     /// Its place among the messages this instance holds.
     _slot: OwnedSemaphorePermit,
 }
 
-/// What the consumer's tasks share.
-struct Consumer {
-    client: SqsClient,
-    processor: Arc<Processor>,
-    leases: Arc<Leases>,
-    settings: SqsSettings,
-    /// Files worked on at once (one lane per core).
-    lanes: Arc<Semaphore>,
-    /// Receipt handles of the messages in hand (kept invisible).
-    in_hand: Arc<Mutex<HashSet<String>>>,
-    /// Per stream, the queue of its worker, while it has one.
-    streams: Mutex<HashMap<Stream, mpsc::UnboundedSender<Job>>>,
-    stopping: AtomicBool,
+impl InHand {
+    /// When it was received.
+    pub(crate) fn received(&self) -> Instant {
+        self.received
+    }
+
+    /// Logs the start of the work on its `files` files.
+    pub(crate) fn starting(&self, files: usize) {
+        tracing::debug!(
+            sqs_message = %self.msg.message_id,
+            receive = self.msg.receive_count(),
+            files,
+            "handling SQS message"
+        );
+    }
+
+    /// Logs a file's failure (it is not retried before the message is
+    /// received again).
+    pub(crate) fn failed(&self, key: &RawKey, e: &ProcessError) {
+        let receive = self.msg.receive_count();
+        tracing::warn!(%key, receive, error = %e, "processing failed");
+    }
+
+    /// Settles the message once its files are done, `failed` those that
+    /// failed: deleted if none did; otherwise dead-lettered after
+    /// `max_receives` receives, or handed back for [`retry_delay`].
+    pub(crate) async fn settle(self, processor: &Processor, failed: Vec<(RawKey, ProcessError)>) {
+        if failed.is_empty() {
+            self.delete().await;
+            return;
+        }
+        let count = self.msg.receive_count();
+        let settings = &self.consumer.settings;
+        if count >= settings.max_receives {
+            let mut recorded = true;
+            for (key, e) in &failed {
+                tracing::error!(
+                    %key, receives = count, error = %e,
+                    "DEAD LETTER: giving up on this file after {count} deliveries; see {}", key.error()
+                );
+                match dead_letter(processor, key, e, count).await {
+                    Ok(()) => crate::telemetry::sqs_dead_letter(),
+                    Err(we) => {
+                        tracing::error!(%key, error = %we, "could not record the dead letter; the message stays on the queue");
+                        recorded = false;
+                    }
+                }
+            }
+            if recorded {
+                self.delete().await;
+            } else {
+                self.consumer.let_go(&self.msg.receipt_handle);
+            }
+            return;
+        }
+        let delay = retry_delay(settings.visibility_secs, count);
+        let handle = &self.msg.receipt_handle;
+        if let Err(e) = self.consumer.client.change_visibility(handle, delay).await {
+            tracing::debug!(error = %e, "could not set the retry delay");
+        }
+        self.consumer.let_go(handle);
+    }
+
+    /// Hands a message not started back to SQS at once, for another
+    /// consumer (or this one, later).
+    pub(crate) async fn hand_back(self) {
+        let handle = &self.msg.receipt_handle;
+        if let Err(e) = self.consumer.client.change_visibility(handle, 0).await {
+            tracing::debug!(error = %e, "could not release an unstarted message");
+        }
+        self.consumer.let_go(handle);
+    }
+
+    async fn delete(self) {
+        if let Err(e) = self.consumer.client.delete(&self.msg.receipt_handle).await {
+            // The message comes back and is found already processed.
+            tracing::warn!(sqs_message = %self.msg.message_id, error = %e, "could not delete the SQS message; it will be redelivered and skipped");
+        }
+        self.consumer.let_go(&self.msg.receipt_handle);
+    }
+
+    /// Queues the message as an item of the work queue, or settles it at
+    /// once if it names no file.
+    async fn feed(self, parsed: Result<Parsed, String>, queue: &Queue) {
+        let id = self.msg.message_id.as_str();
+        match parsed {
+            Ok(Parsed::Test) => {
+                tracing::info!(sqs_message = id, "S3 test event received; deleting it");
+                self.delete().await;
+            }
+            Err(reason) => {
+                tracing::warn!(sqs_message = id, %reason, body = %self.msg.body.chars().take(200).collect::<String>(), "unusable SQS message; deleting it");
+                self.delete().await;
+            }
+            Ok(Parsed::Records { keys, ignored }) => {
+                for (key, reason) in ignored {
+                    tracing::info!(sqs_message = id, %key, %reason, "event record ignored");
+                }
+                if keys.is_empty() {
+                    self.starting(0);
+                    self.delete().await;
+                } else if let Err(item) = queue.push_item(Item::sqs(keys, self)) {
+                    // Shutting down: not started.
+                    item.not_started().await;
+                }
+            }
+        }
+    }
 }
 
-/// Runs the consumer until `shutdown` flips. Receives are pipelined: the
-/// next one is made as soon as this instance has room for more messages
-/// (`2 x lanes` in hand), not when the slowest file of the last batch is
-/// done. Each stream's messages go to the stream's worker, in receive
-/// order; a worker works on its stream only while it holds the stream's
-/// lease ([`Leases`]), so across instances a stream is worked on by one at
-/// a time and their commits do not collide. A message whose stream another
-/// instance holds waits in hand (still invisible, so not received again)
-/// until that instance lets the stream go.
+/// The messages from SQS: where they come from and which are accepted.
+pub(crate) struct Source {
+    /// The queue's client.
+    pub(crate) client: SqsClient,
+    /// How the consumer behaves.
+    pub(crate) settings: SqsSettings,
+    /// On S3, the bucket whose records are accepted.
+    pub(crate) bucket: Option<String>,
+    /// Accepted SNS topics of SNS-wrapped events (empty: any).
+    pub(crate) topics: Vec<String>,
+}
+
+/// Runs the consumer until `shutdown` flips, feeding `queue`. Receives are
+/// pipelined: the next one is made as soon as this instance has room for
+/// more messages (`2 x lanes` in hand), not when the slowest file of the
+/// last batch is done. A message whose stream another instance holds waits
+/// in the queue (in hand, so still invisible and not received again) until
+/// that instance lets the stream go.
 pub(crate) async fn run(
-    client: SqsClient,
-    processor: Arc<Processor>,
-    settings: SqsSettings,
-    topics: Vec<String>,
+    source: Source,
+    queue: Queue,
     lanes: usize,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    let bucket = match processor.storage().location() {
-        Location::S3 { bucket } => Some(bucket.clone()),
-        Location::Local(_) => None,
-    };
-    let leases = Arc::new(Leases::new(
-        processor.storage().clone(),
-        Duration::from_secs(30),
-    ));
+    let Source {
+        client,
+        settings,
+        bucket,
+        topics,
+    } = source;
     tracing::info!(
         queue = %settings.queue_url, wait = settings.wait_secs,
-        max_receives = settings.max_receives, instance = leases.owner(),
+        max_receives = settings.max_receives, instance = queue.instance(),
         "consuming S3 events from SQS"
     );
     let capacity = (2 * lanes).max(2);
     let slots = Arc::new(Semaphore::new(capacity));
-    let me = Arc::new(Consumer {
+    let consumer = Arc::new(Consumer {
         client: client.clone(),
-        processor,
-        leases,
         settings: settings.clone(),
-        lanes: Arc::new(Semaphore::new(lanes.max(1))),
-        in_hand: Arc::new(Mutex::new(HashSet::new())),
-        streams: Mutex::new(HashMap::new()),
-        stopping: AtomicBool::new(false),
+        in_hand: Mutex::new(HashSet::new()),
     });
-    let heartbeat = tokio::spawn(heartbeat(
-        client.clone(),
-        me.in_hand.clone(),
-        settings.visibility_secs,
-    ));
-    let mut workers = tokio::task::JoinSet::new();
+    let heartbeat = tokio::spawn(heartbeat(consumer.clone()));
     let mut failures = 0u32;
     loop {
         // Room for at least one more message, then for as many as are free.
@@ -227,7 +346,7 @@ pub(crate) async fn run(
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => continue,
-                    _ = shutdown.changed() => break,
+                    _ = stopped(shutdown.clone()) => break,
                 }
             }
         };
@@ -235,283 +354,40 @@ pub(crate) async fn run(
             tracing::debug!(count = messages.len(), "received SQS messages");
         }
         for (msg, slot) in messages.into_iter().zip(room) {
-            if let Ok(mut h) = me.in_hand.lock() {
-                h.insert(msg.receipt_handle.clone());
-            }
+            consumer.hold(&msg.receipt_handle);
             let parsed = parse_body(&msg.body, bucket.as_deref(), &topics);
-            let job = Job {
-                received: Instant::now(),
+            let message = InHand {
                 msg,
-                parsed,
+                received: Instant::now(),
+                consumer: consumer.clone(),
                 _slot: slot,
             };
-            if let Some(w) = me.clone().dispatch(job) {
-                workers.spawn(w);
-            }
+            message.feed(parsed, &queue).await;
         }
-        // Reap finished workers (their results are nothing).
-        while workers.try_join_next().is_some() {}
     }
-    me.stopping.store(true, Ordering::Relaxed);
-    let drained = tokio::time::timeout(grace, async {
-        while workers.join_next().await.is_some() {}
-    })
-    .await;
+    // The queue hands back the messages not started, and its workers
+    // finish those in hand within the grace (or abandon them): each frees
+    // its place. Then the ones left (abandoned) go back at once
+    // (processing is idempotent).
+    let all = u32::try_from(capacity).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(grace + Duration::from_secs(1), slots.acquire_many(all)).await;
     heartbeat.abort();
-    if drained.is_err() {
-        tracing::warn!(
-            "shutdown grace period over: abandoning the messages in hand; they will be received again"
-        );
-        workers.shutdown().await;
-        // Those not started (queued behind a long file) go back at once;
-        // the one abandoned mid-file too (processing is idempotent).
-        for h in handles_in(&me.in_hand) {
-            let _ = client.change_visibility(&h, 0).await;
-        }
+    for h in consumer.handles() {
+        let _ = client.change_visibility(&h, 0).await;
     }
-}
-
-impl Consumer {
-    /// Hands `job` to its stream's worker; returns a new worker to run if
-    /// the stream had none (a message naming no file gets one of its own).
-    fn dispatch(self: Arc<Self>, job: Job) -> Option<Task> {
-        let stream = match &job.parsed {
-            Ok(Parsed::Records { keys, .. }) => keys.first().map(|k| k.stream()),
-            _ => None,
-        };
-        let Some(stream) = stream else {
-            return Some(Box::pin(async move { self.work(None, job).await }));
-        };
-        let mut streams = self.streams.lock().ok()?;
-        let job = match streams.get(&stream) {
-            Some(tx) => match tx.send(job) {
-                Ok(()) => return None,
-                Err(mpsc::error::SendError(job)) => job,
-            },
-            None => job,
-        };
-        let (tx, rx) = mpsc::unbounded_channel();
-        let _ = tx.send(job);
-        streams.insert(stream.clone(), tx);
-        drop(streams);
-        Some(Box::pin(self.clone().stream_worker(stream, rx)))
-    }
-
-    /// Works through one stream's messages, in order, while holding its
-    /// lease; gives the lease up when idle.
-    async fn stream_worker(self: Arc<Self>, stream: Stream, mut rx: mpsc::UnboundedReceiver<Job>) {
-        loop {
-            let job = match tokio::time::timeout(STREAM_IDLE, rx.recv()).await {
-                Ok(Some(job)) => job,
-                _ => {
-                    // Idle: give the lease up first (so no new worker of
-                    // this stream can be holding it when the release lands),
-                    // then leave, unless a message came in meanwhile (the
-                    // check and the leaving under the lock dispatch takes).
-                    self.leases.release(&stream).await;
-                    let late = match self.streams.lock() {
-                        Ok(mut streams) => match rx.try_recv() {
-                            Ok(job) => Some(job),
-                            Err(_) => {
-                                streams.remove(&stream);
-                                None
-                            }
-                        },
-                        Err(_) => None,
-                    };
-                    match late {
-                        Some(job) => job,
-                        None => return,
-                    }
-                }
-            };
-            self.work(Some(&stream), job).await;
-        }
-    }
-
-    /// Handles one message (on `stream`'s lease, if it names files).
-    async fn work(&self, stream: Option<&Stream>, job: Job) {
-        let msg = &job.msg;
-        match self.lane_and_lease(stream, job.received).await {
-            Some(_lane) => {
-                // A long file keeps its stream's lease (this never ends by
-                // itself: the message's handling ends the select).
-                let renew = async {
-                    let Some(s) = stream else {
-                        return std::future::pending().await;
-                    };
-                    loop {
-                        tokio::time::sleep(Duration::from_secs(5)).await;
-                        let _ = self.leases.claim(s).await;
-                    }
-                };
-                tokio::select! {
-                    () = handle(&self.client, &self.processor, msg, job.parsed, &self.settings) => {}
-                    () = renew => {}
-                }
-            }
-            None => {
-                // Not started: hand it to another consumer at once.
-                if let Err(e) = self.client.change_visibility(&msg.receipt_handle, 0).await {
-                    tracing::debug!(error = %e, "could not release an unstarted message");
-                }
-            }
-        }
-        if let Ok(mut h) = self.in_hand.lock() {
-            h.remove(&msg.receipt_handle);
-        }
-    }
-
-    /// Waits for a lane and, with it, `stream`'s lease: a lease is claimed
-    /// only with a lane in hand, so an instance holds no more streams than
-    /// it can work on (the others stay free for other instances). `None`
-    /// if it gave up (shutdown, or [`LEASE_WAIT`] passed).
-    async fn lane_and_lease(
-        &self,
-        stream: Option<&Stream>,
-        received: Instant,
-    ) -> Option<SemaphorePermit<'_>> {
-        let mut storage_failures = 0u32;
-        loop {
-            if self.stopping.load(Ordering::Relaxed) {
-                return None;
-            }
-            let lane = self.lanes.acquire().await.ok()?;
-            // Shutdown may have begun while this waited for the lane.
-            if self.stopping.load(Ordering::Relaxed) {
-                return None;
-            }
-            let Some(stream) = stream else {
-                return Some(lane);
-            };
-            let pause = match self.leases.claim(stream).await {
-                Ok(Claim::Held) => return Some(lane),
-                Ok(Claim::Elsewhere { left, .. }) => left.min(Duration::from_millis(100)),
-                Err(e) => {
-                    // Leases steer work, they do not guard it: with storage
-                    // failing, the commit will say what it can do.
-                    storage_failures += 1;
-                    if storage_failures >= 3 {
-                        tracing::debug!(%stream, error = %e, "stream lease unavailable; working without it");
-                        return Some(lane);
-                    }
-                    Duration::from_millis(200)
-                }
-            };
-            drop(lane);
-            if received.elapsed() > LEASE_WAIT {
-                tracing::debug!(%stream, "stream busy on another instance; message handed back");
-                return None;
-            }
-            tokio::time::sleep(pause).await;
-        }
-    }
-}
-
-/// Resolves once shutdown is requested (or its sender is gone).
-async fn stopped(mut shutdown: watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
-}
-
-/// The receipt handles in hand just now.
-fn handles_in(in_hand: &Mutex<HashSet<String>>) -> Vec<String> {
-    in_hand
-        .lock()
-        .map(|h| h.iter().cloned().collect())
-        .unwrap_or_default()
 }
 
 /// Keeps the messages in hand invisible to other consumers.
-async fn heartbeat(client: SqsClient, in_hand: Arc<Mutex<HashSet<String>>>, visibility: u32) {
+async fn heartbeat(consumer: Arc<Consumer>) {
+    let visibility = consumer.settings.visibility_secs;
     let every = Duration::from_secs(u64::from((visibility / 3).max(1)));
     loop {
         tokio::time::sleep(every).await;
-        for h in handles_in(&in_hand) {
-            if let Err(e) = client.change_visibility(&h, visibility).await {
+        for h in consumer.handles() {
+            if let Err(e) = consumer.client.change_visibility(&h, visibility).await {
                 tracing::warn!(error = %e, "could not extend a message's visibility; another consumer may take it (harmless: processing is idempotent)");
             }
         }
-    }
-}
-
-/// Acts on one message; deletes it when done (see the module docs).
-async fn handle(
-    client: &SqsClient,
-    processor: &Processor,
-    msg: &Message,
-    parsed: Result<Parsed, String>,
-    settings: &SqsSettings,
-) {
-    let id = msg.message_id.as_str();
-    let keys = match parsed {
-        Ok(Parsed::Test) => {
-            tracing::info!(sqs_message = id, "S3 test event received; deleting it");
-            delete(client, msg).await;
-            return;
-        }
-        Ok(Parsed::Records { keys, ignored }) => {
-            for (key, reason) in ignored {
-                tracing::info!(sqs_message = id, %key, %reason, "event record ignored");
-            }
-            keys
-        }
-        Err(reason) => {
-            tracing::warn!(sqs_message = id, %reason, body = %msg.body.chars().take(200).collect::<String>(), "unusable SQS message; deleting it");
-            delete(client, msg).await;
-            return;
-        }
-    };
-    let count = msg.receive_count();
-    tracing::debug!(
-        sqs_message = id,
-        receive = count,
-        files = keys.len(),
-        "handling SQS message"
-    );
-    let mut failed: Vec<(RawKey, ProcessError)> = Vec::new();
-    for key in keys {
-        match processor.process(&key).await {
-            Ok(Outcome::Applied(s)) => tracing::info!(
-                %key, rows = s.total_rows, anomalies = s.anomaly_count,
-                ms = format!("{:.1}", s.duration_ms), via = "sqs", "processed"
-            ),
-            Ok(Outcome::AlreadyApplied) => {
-                tracing::debug!(%key, "already processed; skipped")
-            }
-            Ok(Outcome::Rejected(_)) | Ok(Outcome::Missing) => {}
-            Err(e) => {
-                tracing::warn!(%key, receive = count, error = %e, "processing failed");
-                failed.push((key, e));
-            }
-        }
-    }
-    if failed.is_empty() {
-        delete(client, msg).await;
-        return;
-    }
-    if count >= settings.max_receives {
-        let mut recorded = true;
-        for (key, e) in &failed {
-            tracing::error!(
-                %key, receives = count, error = %e,
-                "DEAD LETTER: giving up on this file after {count} deliveries; see {}", key.error()
-            );
-            match dead_letter(processor, key, e, count).await {
-                Ok(()) => crate::telemetry::sqs_dead_letter(),
-                Err(we) => {
-                    tracing::error!(%key, error = %we, "could not record the dead letter; the message stays on the queue");
-                    recorded = false;
-                }
-            }
-        }
-        if recorded {
-            delete(client, msg).await;
-        }
-        return;
-    }
-    let delay = retry_delay(settings.visibility_secs, count);
-    if let Err(e) = client.change_visibility(&msg.receipt_handle, delay).await {
-        tracing::debug!(error = %e, "could not set the retry delay");
     }
 }
 
@@ -543,13 +419,6 @@ async fn dead_letter(
         )
         .await?;
     Ok(())
-}
-
-async fn delete(client: &SqsClient, msg: &Message) {
-    if let Err(e) = client.delete(&msg.receipt_handle).await {
-        // The message comes back and is found already processed.
-        tracing::warn!(sqs_message = %msg.message_id, error = %e, "could not delete the SQS message; it will be redelivered and skipped");
-    }
 }
 
 #[cfg(test)]

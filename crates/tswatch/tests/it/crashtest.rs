@@ -442,9 +442,9 @@ async fn outcome(mem: &InMemory) -> (Outcome, Vec<String>) {
 
 /// Processes every file that reconciliation finds, the way the worker does.
 async fn reconcile_and_drain(p: &Processor) -> Result<(), tswatch::apply::processor::ProcessError> {
-    let (queue, mut rx) = Queue::new(10_000);
+    let queue = Queue::new(10_000);
     queue::reconcile(p, &queue).await.unwrap();
-    while let Ok(k) = rx.try_recv() {
+    for k in queue.close().await {
         p.process(&k).await?;
     }
     Ok(())
@@ -609,12 +609,11 @@ async fn files_given_up_during_an_outage_are_finished_by_reconciliation() {
     let p = Arc::new(Processor::new(storage(store), EngineConfig::default()));
     p.load(&Stream::DEFAULT).await.unwrap();
     plan.lock().unwrap().down = true;
-    let (queue, rx) = Queue::new(16);
+    let queue = Queue::new(16);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let worker = tokio::spawn(queue::run_worker(
         p.clone(),
         queue.clone(),
-        rx,
         stop_rx.clone(),
         Duration::ZERO,
     ));
