@@ -1,8 +1,9 @@
 //! The dashboard's page and data endpoint over real HTTP (the page itself
 //! runs in Chromium in tests/browser/dashboard.py).
 
-use crate::harness::{Service, drop_in, tswatch, wait_file};
+use crate::harness::{Service, drop_in, tswatch, wait_file, wait_for};
 use serde_json::Value;
+use std::time::Duration;
 
 #[tokio::test]
 async fn the_page_and_its_data_are_served_and_bounded() {
@@ -52,8 +53,18 @@ async fn the_page_and_its_data_are_served_and_bounded() {
     drop_in(&data, "north/bad.csv", b"timestamp,a\n1,2,3\n");
     wait_file(&data.join("processed/north/bad_error.json")).await;
 
-    let (st, d) = svc.get_json("/dashboard/data?stream=north").await;
-    assert_eq!(st, 200, "{d}");
+    // The rejection reaches the page's error list just after its record is
+    // stored (it is listed only once recorded).
+    let d = wait_for(
+        "the rejection on the dashboard",
+        Duration::from_secs(30),
+        || async {
+            let (st, d) = svc.get_json("/dashboard/data?stream=north").await;
+            assert_eq!(st, 200, "{d}");
+            (!d["errors"].as_array()?.is_empty()).then_some(d)
+        },
+    )
+    .await;
     assert_eq!(d["stream"], "north");
     assert!(
         d["streams"]
