@@ -628,38 +628,9 @@ fn local_sweep(
     older_than: std::time::Duration,
     keep: &std::collections::HashSet<String>,
 ) -> Result<usize, StoreError> {
-    let io = |source| StoreError::Io {
-        path: dir.display().to_string(),
-        source,
-    };
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(io(e)),
-    };
-    let mut removed = 0;
-    for entry in entries {
-        let entry = entry.map_err(io)?;
-        let meta = entry.metadata().map_err(io)?;
-        if !meta.is_file() {
-            continue;
-        }
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let age = meta
-            .modified()
-            .ok()
-            .and_then(|m| m.elapsed().ok())
-            .unwrap_or_default();
-        if age < older_than || keep.contains(&format!("{prefix}/{name}")) {
-            continue;
-        }
-        match std::fs::remove_file(entry.path()) {
-            Ok(()) => removed += 1,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(e)),
-        }
-    }
-    Ok(removed)
+    remove_old_files(dir, older_than, false, &|name| {
+        !keep.contains(&format!("{prefix}/{name}"))
+    })
 }
 
 /// Whether `name` is the partial file of an unfinished local write: `#`
@@ -672,6 +643,20 @@ fn is_partial(name: &str) -> bool {
 fn local_sweep_partials(
     dir: &std::path::Path,
     older_than: std::time::Duration,
+) -> Result<usize, StoreError> {
+    remove_old_files(dir, older_than, true, &is_partial)
+}
+
+/// Removes the files in `dir` (with `deep`, in its subfolders too) that
+/// `pick` names, once last modified more than `older_than` ago (a younger
+/// one may be another process's write in progress; so is one whose age
+/// cannot be read). A symbolic link is never followed. Returns how many
+/// were removed.
+fn remove_old_files(
+    dir: &std::path::Path,
+    older_than: std::time::Duration,
+    deep: bool,
+    pick: &dyn Fn(&str) -> bool,
 ) -> Result<usize, StoreError> {
     let io = |source| StoreError::Io {
         path: dir.display().to_string(),
@@ -687,11 +672,11 @@ fn local_sweep_partials(
         let entry = entry.map_err(io)?;
         // Of the entry itself: a symbolic link is never followed.
         let kind = entry.file_type().map_err(io)?;
-        if kind.is_dir() {
-            removed += local_sweep_partials(&entry.path(), older_than)?;
+        if kind.is_dir() && deep {
+            removed += remove_old_files(&entry.path(), older_than, deep, pick)?;
             continue;
         }
-        if !kind.is_file() || !is_partial(&entry.file_name().to_string_lossy()) {
+        if !kind.is_file() || !pick(&entry.file_name().to_string_lossy()) {
             continue;
         }
         let age = entry

@@ -818,3 +818,19 @@ pub(crate) fn tmp() -> (tempfile::TempDir, PathBuf) {
     let p = t.path().to_path_buf();
     (t, p)
 }
+
+/// What a run wrote for `key`: the scored copy and the summary, without the
+/// fields that differ between runs (times, and the local ETag, which holds
+/// the inode and modification time).
+pub(crate) async fn outputs(data: &Data<'_>, key: &str) -> (Vec<u8>, Value) {
+    let name = stem(key);
+    let csv = data.get(&format!("processed/{name}.csv")).await.unwrap();
+    let mut summary = data
+        .json(&format!("processed/{name}_summary.json"))
+        .await
+        .unwrap();
+    for volatile in ["processed_at", "duration_ms", "source_etag"] {
+        summary.as_object_mut().unwrap().remove(volatile);
+    }
+    (csv, summary)
+}

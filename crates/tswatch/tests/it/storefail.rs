@@ -24,22 +24,6 @@ fn batches(seed: u64, rows: &[usize]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// What a run wrote for `key`: the scored copy and the summary, without the
-/// fields that differ between runs (times, and the local ETag, which holds
-/// the inode and modification time).
-async fn outputs(data: &Data<'_>, key: &str) -> (Vec<u8>, Value) {
-    let name = stem(key);
-    let csv = data.get(&format!("processed/{name}.csv")).await.unwrap();
-    let mut summary = data
-        .json(&format!("processed/{name}_summary.json"))
-        .await
-        .unwrap();
-    for volatile in ["processed_at", "duration_ms", "source_etag"] {
-        summary.as_object_mut().unwrap().remove(volatile);
-    }
-    (csv, summary)
-}
-
 /// The outputs (scored copy, summary) of `key` after an undisturbed run of
 /// `files` on S3, in a bucket of their own, by a service stopped after.
 async fn undisturbed_on_s3(

@@ -417,15 +417,7 @@ impl Published {
     pub(crate) async fn read(data: &Data<'_>, files: &[(String, String)]) -> Published {
         let mut out = Vec::new();
         for (key, _) in files {
-            let name = stem(key);
-            let csv = data.get(&format!("processed/{name}.csv")).await.unwrap();
-            let mut summary = data
-                .json(&format!("processed/{name}_summary.json"))
-                .await
-                .unwrap();
-            for volatile in ["processed_at", "duration_ms", "source_etag"] {
-                summary.as_object_mut().unwrap().remove(volatile);
-            }
+            let (csv, summary) = outputs(data, key).await;
             out.push((key.clone(), csv, summary));
         }
         let mut baseline = data.json("state/baseline.json").await.unwrap();
