@@ -103,8 +103,9 @@ enum Access {
 async fn dispatch(cmd: Command, config: Sources) -> anyhow::Result<()> {
     match cmd {
         Command::Serve(_) => {
-            // Every setting is checked before anything is opened.
-            let Serve { bind, settings } = config.serve()?;
+            // Every setting is checked before anything is opened; a value
+            // refused here is a usage error, like one clap refuses.
+            let Serve { bind, settings } = config.serve().map_err(exit::Classified::Usage)?;
             let storage = open(&config, Access::ReadWrite).await?;
             service::check_insecure_bind(settings.insecure_skip_sns_verify, bind)?;
             let listener = tokio::net::TcpListener::bind(bind)
