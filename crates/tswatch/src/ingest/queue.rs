@@ -598,11 +598,44 @@ async fn process(
             Ok(Outcome::Rejected(_)) | Ok(Outcome::Missing) => return Ok(()),
             Err(e) => match delivery.failed(key, attempt, &e) {
                 Some(wait) => tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
+                    () = until_retry(processor, wait) => {}
                     _ = stopped(shutdown.clone()) => return Err(None),
                 },
                 None => return Err(Some(e)),
             },
+        }
+    }
+}
+
+/// How often storage is probed while a file waits to be tried again.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Waits `wait` before a file's next attempt, or less: storage is probed
+/// every [`PROBE_EVERY`], and once it has been seen down and then back, the
+/// file is tried at once (an outage that ends need not be waited out to the
+/// end of a long backoff). A failure the probe does not show, such as a
+/// full disk, waits it all.
+async fn until_retry(processor: &Processor, wait: Duration) {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut down = false;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left.min(PROBE_EVERY)).await;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        // A probe that hangs (an S3 client retrying) counts as down.
+        match tokio::time::timeout(left.min(PROBE_EVERY), processor.storage().probe()).await {
+            Ok(Ok(())) if down => {
+                tracing::debug!("storage is back; retrying now");
+                return;
+            }
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => down = true,
         }
     }
 }
@@ -825,6 +858,36 @@ mod tests {
             .await
             .expect("an item is ready");
         (stream.to_string(), item.keys[0].as_str().to_string())
+    }
+
+    #[tokio::test]
+    async fn a_retry_waits_its_backoff_unless_storage_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let p = Processor::new(
+            crate::storage::Storage::local(&data).unwrap(),
+            tswatch_core::EngineConfig::default(),
+        );
+        // Storage up all along (a failure it does not show): the whole wait.
+        let start = std::time::Instant::now();
+        until_retry(&p, Duration::from_millis(2500)).await;
+        assert!(start.elapsed() >= Duration::from_millis(2500));
+        // Storage away, then back after a moment: tried again long before
+        // the backoff ends.
+        let away = dir.path().join("away");
+        std::fs::rename(&data, &away).unwrap();
+        let back = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            std::fs::rename(&away, &data).unwrap();
+        });
+        let start = std::time::Instant::now();
+        until_retry(&p, Duration::from_secs(600)).await;
+        back.await.unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[tokio::test]
