@@ -166,22 +166,13 @@ impl Leases {
             until_ms: 0,
         };
         let body = Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
-        // Not read again: the version is the one this instance wrote. Lost
-        // to a newer owner, or storage down: it runs out by itself.
-        let _: Result<Swap<(), ()>, StoreError> = compare_and_swap(
-            &self.storage,
-            &stream.lease_key(),
-            Retry::UpTo(1),
-            || std::future::ready(Ok(Some(((), version.clone())))),
-            |_, _| {
-                std::future::ready(Ok(Decision::Write {
-                    body: body.clone(),
-                    then: (),
-                }))
-            },
-            |_| {},
-        )
-        .await;
+        // One conditional write, not read again: the version is the one this
+        // instance wrote. Lost to a newer owner, or storage down: it runs
+        // out by itself.
+        let _ = self
+            .storage
+            .put_if(&stream.lease_key(), body, Some(&version))
+            .await;
     }
 
     fn held_lease(&self, stream: &Stream) -> Option<(Version, Instant)> {

@@ -5,8 +5,9 @@
 //! until the write lands, a decision stops, or the caller's limit of refused
 //! writes is reached.
 //!
-//! Every conditional write of the service goes through
-//! [`compare_and_swap`], so what counts as a conflict and when to give up
+//! Every read-decide-write of the service goes through
+//! [`compare_and_swap`] (a lease given up, one write at a version already
+//! known, needs no loop), so what counts as a conflict and when to give up
 //! are decided here once; each caller says only how to read, how to decide,
 //! and what a refused write means to it. Any other storage failure ends the
 //! loop at once with that error: the write may or may not have landed, and
