@@ -202,16 +202,23 @@ impl Moto {
         Some(r.bytes().await.unwrap().to_vec())
     }
 
-    pub(crate) async fn list(&self, bucket: &str, prefix: &str) -> Vec<String> {
-        let path = format!("/{bucket}?list-type=2&prefix={prefix}&max-keys=1000");
-        let xml = self
-            .req("s3", reqwest::Method::GET, &path)
+    /// The body of an S3 `GET path` (a listing's XML, say).
+    pub(crate) async fn s3_text(&self, path: &str) -> String {
+        self.req("s3", reqwest::Method::GET, path)
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    pub(crate) async fn list(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let xml = self
+            .s3_text(&format!(
+                "/{bucket}?list-type=2&prefix={prefix}&max-keys=1000"
+            ))
+            .await;
         xml.split("<Key>")
             .skip(1)
             .map(|s| s.split("</Key>").next().unwrap().to_string())

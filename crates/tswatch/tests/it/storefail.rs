@@ -260,14 +260,7 @@ async fn an_upload_dying_on_a_later_part_delays_a_file_and_never_rejects_it() {
     data.wait_summaries(2, Duration::from_secs(180)).await;
     assert_applied_once_alike(&svc, &data, &files, &undisturbed).await;
     // The uploads that died were aborted, not left to the lifecycle rule.
-    let uploads = moto
-        .req("s3", reqwest::Method::GET, &format!("/{bucket}?uploads"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let uploads = moto.s3_text(&format!("/{bucket}?uploads")).await;
     assert!(!uploads.contains("<Upload>"), "{uploads}");
 }
 
