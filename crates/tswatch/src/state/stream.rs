@@ -10,7 +10,6 @@
 //! checked where they come in: from a raw key, from `--stream`, from a
 //! listing of `state/`.
 
-use crate::state::documents::{BASELINE_KEY, ENGINE_KEY};
 use crate::state::keys::{KeyError, MAX_SEGMENT, RESERVED_STREAMS, validate};
 use std::fmt;
 
@@ -90,25 +89,26 @@ impl Stream {
     /// Its source of truth: `state/<stream>/engine.json`, or
     /// `state/engine.json` for the default stream.
     pub fn engine_key(&self) -> String {
-        self.state_key("engine.json", ENGINE_KEY)
+        self.state_key("engine.json")
     }
 
     /// The seed-shaped projection of its baseline:
     /// `state/<stream>/baseline.json`, or `state/baseline.json`.
     pub fn baseline_key(&self) -> String {
-        self.state_key("baseline.json", BASELINE_KEY)
+        self.state_key("baseline.json")
     }
 
     /// Its lease (see [`crate::apply::lease`]): `state/<stream>/lease.json`,
     /// or `state/lease.json`.
     pub(crate) fn lease_key(&self) -> String {
-        self.state_key("lease.json", "state/lease.json")
+        self.state_key("lease.json")
     }
 
-    fn state_key(&self, file: &str, default: &str) -> String {
+    /// `state/<stream>/<file>`, or `state/<file>` for the default stream.
+    fn state_key(&self, file: &str) -> String {
         match self.name() {
             Some(name) => format!("state/{name}/{file}"),
-            None => default.to_string(),
+            None => format!("state/{file}"),
         }
     }
 }
